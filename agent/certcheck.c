@@ -1,0 +1,139 @@
+#include "config.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/asn1.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "agent/certcheck.h"
+#include "mtls-agent/client.h"
+
+int certcheck_parse_chain(const uint8_t *data, size_t len, STACK_OF(X509) **chain, char *err,
+			  size_t errlen)
+{
+	STACK_OF(X509) *sk = NULL;
+	const unsigned char *p = data;
+	BIO *bio = NULL;
+	X509 *x = NULL;
+	int ret = MTLS_AGENT_ERR_CERT;
+
+	*chain = NULL;
+	if (len == 0 || len > INT32_MAX) {
+		snprintf(err, errlen, "no certificate data");
+		return MTLS_AGENT_ERR_CERT;
+	}
+	if ((sk = sk_X509_new_null()) == NULL)
+		return MTLS_AGENT_ERR_NOMEM;
+	if (len > 0 && data[0] == 0x30) {
+		/* DER: exactly one certificate, nothing after it. */
+		if ((x = d2i_X509(NULL, &p, (long)len)) == NULL || p != data + len) {
+			snprintf(err, errlen, "not a valid DER certificate");
+			goto out;
+		}
+		if (!sk_X509_push(sk, x))
+			goto out;
+		x = NULL;
+	} else {
+		if ((bio = BIO_new_mem_buf(data, (int)len)) == NULL)
+			goto out;
+		while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+			if (!sk_X509_push(sk, x))
+				goto out;
+			x = NULL;
+		}
+		ERR_clear_error();
+		if (sk_X509_num(sk) == 0) {
+			snprintf(err, errlen, "no PEM certificate found");
+			goto out;
+		}
+	}
+	*chain = sk;
+	sk = NULL;
+	ret = 0;
+out:
+	ERR_clear_error();
+	X509_free(x);
+	BIO_free(bio);
+	sk_X509_pop_free(sk, X509_free);
+	return ret;
+}
+
+int certcheck_leaf(X509 *leaf, time_t now, char *err, size_t errlen)
+{
+	uint32_t xku, ku;
+
+	/* X509_get_extension_flags() caches the parsed extensions. */
+	if ((X509_get_extension_flags(leaf) & EXFLAG_INVALID) != 0) {
+		snprintf(err, errlen, "certificate has invalid extensions");
+		return MTLS_AGENT_ERR_CERT;
+	}
+	xku = X509_get_extended_key_usage(leaf);
+	if ((X509_get_extension_flags(leaf) & EXFLAG_XKUSAGE) == 0 || (xku & XKU_SSL_CLIENT) == 0) {
+		snprintf(err, errlen, "certificate lacks the clientAuth extended key usage");
+		return MTLS_AGENT_ERR_CERT;
+	}
+	ku = X509_get_key_usage(leaf);
+	if ((X509_get_extension_flags(leaf) & EXFLAG_KUSAGE) == 0 ||
+	    (ku & KU_DIGITAL_SIGNATURE) == 0) {
+		snprintf(err, errlen, "certificate lacks the digitalSignature key usage");
+		return MTLS_AGENT_ERR_CERT;
+	}
+	if (X509_cmp_time(X509_get0_notBefore(leaf), &now) > 0) {
+		snprintf(err, errlen, "certificate is not valid yet");
+		return MTLS_AGENT_ERR_CERT;
+	}
+	if (X509_cmp_time(X509_get0_notAfter(leaf), &now) < 0) {
+		snprintf(err, errlen, "certificate has expired");
+		return MTLS_AGENT_ERR_CERT;
+	}
+	return 0;
+}
+
+int certcheck_chain_order(STACK_OF(X509) *chain, char *err, size_t errlen)
+{
+	EVP_PKEY *issuer_key;
+	int i, n = sk_X509_num(chain);
+
+	for (i = 0; i + 1 < n; i++) {
+		X509 *subject = sk_X509_value(chain, i), *issuer = sk_X509_value(chain, i + 1);
+
+		if (X509_check_issued(issuer, subject) != X509_V_OK ||
+		    (issuer_key = X509_get0_pubkey(issuer)) == NULL ||
+		    X509_verify(subject, issuer_key) != 1) {
+			ERR_clear_error();
+			snprintf(err, errlen,
+				 "chain out of order: certificate %d is not issued by certificate %d",
+				 i + 1, i + 2);
+			return MTLS_AGENT_ERR_CERT;
+		}
+	}
+	return 0;
+}
+
+int certcheck_spki(X509 *cert, uint8_t **der, size_t *len)
+{
+	unsigned char *p = NULL;
+	int n;
+
+	*der = NULL;
+	*len = 0;
+	if ((n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &p)) <= 0)
+		return MTLS_AGENT_ERR_CERT;
+	*der = p;
+	*len = (size_t)n;
+	return 0;
+}
+
+time_t certcheck_not_after(X509 *cert)
+{
+	struct tm tm;
+
+	memset(&tm, 0, sizeof(tm));
+	if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1)
+		return 0;
+	return timegm(&tm);
+}

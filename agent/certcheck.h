@@ -1,0 +1,35 @@
+/* Certificate checks for import-cert (and later renewal). */
+#ifndef MTLS_AGENT_CERTCHECK_H
+#define MTLS_AGENT_CERTCHECK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <openssl/x509.h>
+
+/*
+ * Parses a PEM chain (one or more CERTIFICATE blocks) or one DER
+ * certificate. *chain gets the certificates in order, leaf first.
+ */
+int certcheck_parse_chain(const uint8_t *data, size_t len, STACK_OF(X509) **chain, char *err,
+			  size_t errlen);
+
+/*
+ * Checks a leaf is fit for TLS client authentication at time now:
+ * extendedKeyUsage includes clientAuth, keyUsage includes digitalSignature,
+ * notBefore <= now <= notAfter. Returns 0 or MTLS_AGENT_ERR_CERT with the
+ * reason in err.
+ */
+int certcheck_leaf(X509 *leaf, time_t now, char *err, size_t errlen);
+
+/* Each certificate of the chain is issued (name and signature) by the next. */
+int certcheck_chain_order(STACK_OF(X509) *chain, char *err, size_t errlen);
+
+/* DER SubjectPublicKeyInfo of a certificate (caller frees with OPENSSL_free). */
+int certcheck_spki(X509 *cert, uint8_t **der, size_t *len);
+
+/* notAfter as seconds since the epoch; 0 on error. */
+time_t certcheck_not_after(X509 *cert);
+
+#endif

@@ -1,0 +1,77 @@
+/*
+ * The agent's configuration file (INI with git-style subsections), parsed
+ * with libinih. Every problem is reported as "FILE:LINE: message".
+ */
+#ifndef MTLS_AGENT_CONF_H
+#define MTLS_AGENT_CONF_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+enum sign_policy {
+	POLICY_TLS_CLIENT = 0,   /* TLS 1.3 client CertificateVerify or TLS 1.2 client transcript */
+	POLICY_TLS13_CLIENT = 1, /* TLS 1.3 client CertificateVerify only */
+	POLICY_ANY = 2,          /* anything, including pre-hashed digests */
+};
+
+struct cfg_keystore {
+	char *name;
+	char *type;        /* "pkcs11" or "tpm2" */
+	char *module;      /* pkcs11: absolute path; default: p11-kit-proxy */
+	char *token;       /* pkcs11: URI or label (required) */
+	char *pin_file;    /* may be NULL */
+	unsigned sessions; /* pkcs11 session pool size, default 4, 1..64 */
+	char *tcti;        /* tpm2: default "device:/dev/tpmrm0" */
+	int line;          /* line of the section header */
+};
+
+struct cfg_identity {
+	char *name;
+	char *keystore;    /* name of a [keystore] section (required, must exist) */
+	char *key;         /* key reference (required) */
+	char *cert;        /* default: <state-dir>/<name>.crt */
+	uid_t *allow_users;
+	size_t n_allow_users;
+	gid_t *allow_groups;
+	size_t n_allow_groups;
+	int sign_policy;   /* enum sign_policy, default POLICY_TLS_CLIENT */
+	int line;
+};
+
+struct config {
+	char *path;
+	/* [agent] */
+	char *socket;            /* default MTLS_AGENT_DEFAULT_SOCKET */
+	mode_t socket_mode;      /* default 0660 */
+	int has_socket_group;
+	gid_t socket_group;
+	char *state_dir;         /* default MTLS_AGENT_DEFAULT_STATE_DIR */
+	uid_t *admin_users;      /* default: root (0) */
+	size_t n_admin_users;
+	gid_t *admin_groups;
+	size_t n_admin_groups;
+	unsigned workers;        /* signing threads, default 4, 1..64 */
+	unsigned max_clients;    /* default 1024 */
+	unsigned max_clients_per_uid; /* default 128 */
+
+	struct cfg_keystore *keystores;
+	size_t n_keystores;
+	struct cfg_identity *identities;
+	size_t n_identities;
+};
+
+/*
+ * Parses and validates path. On failure returns -1 and writes one line to
+ * err ("FILE:LINE: message", or "FILE: message" for whole-file problems).
+ */
+int config_load(const char *path, struct config **out, char *err, size_t errlen);
+void config_free(struct config *cfg);
+
+const struct cfg_keystore *config_keystore(const struct config *cfg, const char *name);
+const struct cfg_identity *config_identity(const struct config *cfg, const char *name);
+
+const char *sign_policy_name(int policy);
+/* -1 if unknown. */
+int sign_policy_from_name(const char *name);
+
+#endif

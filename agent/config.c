@@ -1,0 +1,984 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <grp.h>
+#include <ini.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "agent/conf.h"
+
+#ifndef MTLS_AGENT_DEFAULT_SOCKET
+#define MTLS_AGENT_DEFAULT_SOCKET "/run/mtls-agent/agent.sock"
+#endif
+#ifndef MTLS_AGENT_DEFAULT_STATE_DIR
+#define MTLS_AGENT_DEFAULT_STATE_DIR "/var/lib/mtls-agent"
+#endif
+#ifndef MTLS_AGENT_DEFAULT_PKCS11_MODULE
+#define MTLS_AGENT_DEFAULT_PKCS11_MODULE "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so"
+#endif
+
+#define DEFAULT_TCTI "device:/dev/tpmrm0"
+#define NAME_MAX_LEN 64
+
+enum section_kind { SEC_NONE, SEC_AGENT, SEC_KEYSTORE, SEC_IDENTITY };
+
+enum agent_key {
+	A_SOCKET,
+	A_SOCKET_MODE,
+	A_SOCKET_GROUP,
+	A_STATE_DIR,
+	A_ADMIN_USERS,
+	A_ADMIN_GROUPS,
+	A_WORKERS,
+	A_MAX_CLIENTS,
+	A_MAX_CLIENTS_PER_UID,
+	A_NKEYS
+};
+
+enum keystore_key { K_TYPE, K_MODULE, K_TOKEN, K_PIN_FILE, K_SESSIONS, K_TCTI, K_NKEYS };
+
+enum identity_key {
+	I_KEYSTORE,
+	I_KEY,
+	I_CERT,
+	I_ALLOW_USERS,
+	I_ALLOW_GROUPS,
+	I_SIGN_POLICY,
+	I_NKEYS
+};
+
+#define MAX_KEYS 16
+
+static const char *const agent_keys[A_NKEYS] = {
+	"socket",	"socket-mode", "socket-group", "state-dir",	     "admin-users",
+	"admin-groups", "workers",     "max-clients",  "max-clients-per-uid",
+};
+
+static const char *const keystore_keys[K_NKEYS] = {
+	"type", "module", "token", "pin-file", "sessions", "tcti",
+};
+
+static const char *const identity_keys[I_NKEYS] = {
+	"keystore", "key", "cert", "allow-users", "allow-groups", "sign-policy",
+};
+
+static const char *const policy_names[] = {
+	[POLICY_TLS_CLIENT] = "tls-client",
+	[POLICY_TLS13_CLIENT] = "tls13-client",
+	[POLICY_ANY] = "any",
+};
+
+/* Line of each key seen in one section (0: absent), to catch repeats and to point later
+ * checks (which need the whole file) at the right line. */
+struct key_lines {
+	int line[MAX_KEYS];
+};
+
+struct parser {
+	struct config *cfg;
+	const char *path;
+	FILE *fp;
+	char *raw; /* getline() buffer */
+	size_t rawcap;
+	int lineno;
+
+	enum section_kind kind;
+	size_t idx;	/* current keystore or identity */
+	char label[96]; /* current section header, for messages */
+	int agent_line;
+	struct key_lines agent;
+	struct key_lines *ks;  /* parallel to cfg->keystores */
+	struct key_lines *ids; /* parallel to cfg->identities */
+
+	int failed;
+	char *err;
+	size_t errlen;
+};
+
+static void fail(struct parser *p, int line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Keeps only the first error: later ones are usually consequences of it. */
+static void fail(struct parser *p, int line, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	if (p->failed)
+		return;
+	p->failed = 1;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (p->err == NULL || p->errlen == 0)
+		return;
+	if (line > 0)
+		snprintf(p->err, p->errlen, "%s:%d: %s", p->path, line, msg);
+	else
+		snprintf(p->err, p->errlen, "%s: %s", p->path, msg);
+}
+
+const char *sign_policy_name(int policy)
+{
+	if (policy < 0 || (size_t)policy >= sizeof(policy_names) / sizeof(policy_names[0]))
+		return "unknown";
+	return policy_names[policy];
+}
+
+int sign_policy_from_name(const char *name)
+{
+	size_t i;
+
+	if (name == NULL)
+		return -1;
+	for (i = 0; i < sizeof(policy_names) / sizeof(policy_names[0]); i++)
+		if (strcmp(name, policy_names[i]) == 0)
+			return (int)i;
+	return -1;
+}
+
+const struct cfg_keystore *config_keystore(const struct config *cfg, const char *name)
+{
+	size_t i;
+
+	if (cfg == NULL || name == NULL)
+		return NULL;
+	for (i = 0; i < cfg->n_keystores; i++)
+		if (strcmp(cfg->keystores[i].name, name) == 0)
+			return &cfg->keystores[i];
+	return NULL;
+}
+
+const struct cfg_identity *config_identity(const struct config *cfg, const char *name)
+{
+	size_t i;
+
+	if (cfg == NULL || name == NULL)
+		return NULL;
+	for (i = 0; i < cfg->n_identities; i++)
+		if (strcmp(cfg->identities[i].name, name) == 0)
+			return &cfg->identities[i];
+	return NULL;
+}
+
+void config_free(struct config *cfg)
+{
+	size_t i;
+
+	if (cfg == NULL)
+		return;
+	for (i = 0; i < cfg->n_keystores; i++) {
+		struct cfg_keystore *ks = &cfg->keystores[i];
+
+		free(ks->name);
+		free(ks->type);
+		free(ks->module);
+		free(ks->token);
+		free(ks->pin_file);
+		free(ks->tcti);
+	}
+	free(cfg->keystores);
+	for (i = 0; i < cfg->n_identities; i++) {
+		struct cfg_identity *id = &cfg->identities[i];
+
+		free(id->name);
+		free(id->keystore);
+		free(id->key);
+		free(id->cert);
+		free(id->allow_users);
+		free(id->allow_groups);
+	}
+	free(cfg->identities);
+	free(cfg->path);
+	free(cfg->socket);
+	free(cfg->state_dir);
+	free(cfg->admin_users);
+	free(cfg->admin_groups);
+	free(cfg);
+}
+
+/* ---- values ---------------------------------------------------------------------------- */
+
+static int set_string(struct parser *p, char **dst, const char *value)
+{
+	if ((*dst = strdup(value)) == NULL) {
+		fail(p, 0, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
+static int set_path(struct parser *p, const char *key, char **dst, const char *value)
+{
+	if (value[0] != '/') {
+		fail(p, p->lineno, "%s must be an absolute path, not \"%s\"", key, value);
+		return -1;
+	}
+	return set_string(p, dst, value);
+}
+
+/* Plain decimal digits only: strtoul() alone would take signs, spaces and "0x". */
+static int parse_ulong(const char *s, int base, unsigned long *v)
+{
+	const char *c;
+	char *end;
+
+	if (*s == '\0')
+		return -1;
+	for (c = s; *c != '\0'; c++)
+		if (!isdigit((unsigned char)*c) || (base == 8 && *c > '7'))
+			return -1;
+	errno = 0;
+	*v = strtoul(s, &end, base);
+	if (errno != 0 || *end != '\0')
+		return -1;
+	return 0;
+}
+
+static int set_uint(struct parser *p, const char *key, unsigned *dst, const char *value,
+		    unsigned long min, unsigned long max)
+{
+	unsigned long v;
+
+	if (parse_ulong(value, 10, &v) != 0 || v < min || v > max) {
+		fail(p, p->lineno, "bad %s \"%s\": want a number in %lu..%lu", key, value, min,
+		     max);
+		return -1;
+	}
+	*dst = (unsigned)v;
+	return 0;
+}
+
+static int set_mode(struct parser *p, const char *key, mode_t *dst, const char *value)
+{
+	unsigned long v;
+
+	if (parse_ulong(value, 8, &v) != 0 || v > 0777) {
+		fail(p, p->lineno, "bad %s \"%s\": want an octal mode <= 0777", key, value);
+		return -1;
+	}
+	/* The agent itself (and root's tools) must keep using the socket it creates. */
+	if ((v & 0600) != 0600) {
+		fail(p, p->lineno, "bad %s \"%s\": the owner needs read and write", key, value);
+		return -1;
+	}
+	*dst = (mode_t)v;
+	return 0;
+}
+
+/* A numeric id or a user/group name; (id_t)-1 is reserved ("no change" to chown()). */
+static int resolve_id(struct parser *p, const char *name, int group, unsigned long *id)
+{
+	struct passwd *pw;
+	struct group *gr;
+	unsigned long max = group ? (unsigned long)(gid_t)-1 : (unsigned long)(uid_t)-1;
+
+	if (parse_ulong(name, 10, id) == 0) {
+		if (*id < max)
+			return 0;
+		fail(p, p->lineno, "bad %s id \"%s\"", group ? "group" : "user", name);
+		return -1;
+	}
+	if (group) {
+		if ((gr = getgrnam(name)) != NULL) {
+			*id = gr->gr_gid;
+			return 0;
+		}
+	} else {
+		if ((pw = getpwnam(name)) != NULL) {
+			*id = pw->pw_uid;
+			return 0;
+		}
+	}
+	fail(p, p->lineno, "unknown %s \"%s\"", group ? "group" : "user", name);
+	return -1;
+}
+
+/* Entries separated by spaces and/or commas; repeats are dropped. */
+static int parse_id_list(struct parser *p, const char *value, int group, unsigned long **out,
+			 size_t *n)
+{
+	unsigned long *ids = NULL, *nids, id;
+	char *copy, *tok, *save = NULL;
+	size_t cnt = 0, i;
+	int ret = -1;
+
+	if ((copy = strdup(value)) == NULL) {
+		fail(p, 0, "out of memory");
+		goto out;
+	}
+	for (tok = strtok_r(copy, " \t,", &save); tok != NULL;
+	     tok = strtok_r(NULL, " \t,", &save)) {
+		if (resolve_id(p, tok, group, &id) != 0)
+			goto out;
+		for (i = 0; i < cnt && ids[i] != id; i++)
+			;
+		if (i < cnt)
+			continue;
+		if ((nids = realloc(ids, (cnt + 1) * sizeof(*ids))) == NULL) {
+			fail(p, 0, "out of memory");
+			goto out;
+		}
+		ids = nids;
+		ids[cnt++] = id;
+	}
+	if (cnt == 0) {
+		fail(p, p->lineno, "empty %s list", group ? "group" : "user");
+		goto out;
+	}
+	*out = ids;
+	*n = cnt;
+	ids = NULL;
+	ret = 0;
+out:
+	free(ids);
+	free(copy);
+	return ret;
+}
+
+static int set_users(struct parser *p, uid_t **dst, size_t *n, const char *value)
+{
+	unsigned long *ids = NULL;
+	size_t cnt = 0, i;
+
+	if (parse_id_list(p, value, 0, &ids, &cnt) != 0)
+		return -1;
+	if ((*dst = calloc(cnt, sizeof(**dst))) == NULL) {
+		free(ids);
+		fail(p, 0, "out of memory");
+		return -1;
+	}
+	for (i = 0; i < cnt; i++)
+		(*dst)[i] = (uid_t)ids[i];
+	*n = cnt;
+	free(ids);
+	return 0;
+}
+
+static int set_groups(struct parser *p, gid_t **dst, size_t *n, const char *value)
+{
+	unsigned long *ids = NULL;
+	size_t cnt = 0, i;
+
+	if (parse_id_list(p, value, 1, &ids, &cnt) != 0)
+		return -1;
+	if ((*dst = calloc(cnt, sizeof(**dst))) == NULL) {
+		free(ids);
+		fail(p, 0, "out of memory");
+		return -1;
+	}
+	for (i = 0; i < cnt; i++)
+		(*dst)[i] = (gid_t)ids[i];
+	*n = cnt;
+	free(ids);
+	return 0;
+}
+
+/* ---- sections and keys ----------------------------------------------------------------- */
+
+static int agent_value(struct parser *p, int k, const char *value)
+{
+	struct config *cfg = p->cfg;
+	unsigned long gid;
+
+	switch (k) {
+	case A_SOCKET:
+		/* bind() silently truncates nothing: it fails, so say it here. */
+		if (strlen(value) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+			fail(p, p->lineno, "socket path too long (max %zu bytes)",
+			     sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+			return -1;
+		}
+		return set_path(p, agent_keys[k], &cfg->socket, value);
+	case A_SOCKET_MODE:
+		return set_mode(p, agent_keys[k], &cfg->socket_mode, value);
+	case A_SOCKET_GROUP:
+		if (resolve_id(p, value, 1, &gid) != 0)
+			return -1;
+		cfg->socket_group = (gid_t)gid;
+		cfg->has_socket_group = 1;
+		return 0;
+	case A_STATE_DIR:
+		return set_path(p, agent_keys[k], &cfg->state_dir, value);
+	case A_ADMIN_USERS:
+		return set_users(p, &cfg->admin_users, &cfg->n_admin_users, value);
+	case A_ADMIN_GROUPS:
+		return set_groups(p, &cfg->admin_groups, &cfg->n_admin_groups, value);
+	case A_WORKERS:
+		return set_uint(p, agent_keys[k], &cfg->workers, value, 1, 64);
+	case A_MAX_CLIENTS:
+		return set_uint(p, agent_keys[k], &cfg->max_clients, value, 1, 65536);
+	case A_MAX_CLIENTS_PER_UID:
+		return set_uint(p, agent_keys[k], &cfg->max_clients_per_uid, value, 1, 65536);
+	}
+	return -1;
+}
+
+static int keystore_value(struct parser *p, int k, const char *value)
+{
+	struct cfg_keystore *ks = &p->cfg->keystores[p->idx];
+
+	switch (k) {
+	case K_TYPE:
+		if (strcmp(value, "pkcs11") != 0 && strcmp(value, "tpm2") != 0) {
+			fail(p, p->lineno, "bad type \"%s\": want pkcs11 or tpm2", value);
+			return -1;
+		}
+		return set_string(p, &ks->type, value);
+	case K_MODULE:
+		return set_path(p, keystore_keys[k], &ks->module, value);
+	case K_TOKEN:
+		return set_string(p, &ks->token, value);
+	case K_PIN_FILE:
+		/* Only the path: the keystore reads (and checks) the file when it opens. */
+		return set_path(p, keystore_keys[k], &ks->pin_file, value);
+	case K_SESSIONS:
+		return set_uint(p, keystore_keys[k], &ks->sessions, value, 1, 64);
+	case K_TCTI:
+		return set_string(p, &ks->tcti, value);
+	}
+	return -1;
+}
+
+static int identity_value(struct parser *p, int k, const char *value)
+{
+	struct cfg_identity *id = &p->cfg->identities[p->idx];
+	int pol;
+
+	switch (k) {
+	case I_KEYSTORE:
+		return set_string(p, &id->keystore, value);
+	case I_KEY:
+		return set_string(p, &id->key, value);
+	case I_CERT:
+		return set_path(p, identity_keys[k], &id->cert, value);
+	case I_ALLOW_USERS:
+		return set_users(p, &id->allow_users, &id->n_allow_users, value);
+	case I_ALLOW_GROUPS:
+		return set_groups(p, &id->allow_groups, &id->n_allow_groups, value);
+	case I_SIGN_POLICY:
+		if ((pol = sign_policy_from_name(value)) < 0) {
+			fail(p, p->lineno,
+			     "bad sign-policy \"%s\": want tls-client, tls13-client or any", value);
+			return -1;
+		}
+		id->sign_policy = pol;
+		return 0;
+	}
+	return -1;
+}
+
+/* The section string inih passes is ignored: sections are tracked by the reader. */
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct parser *p = user;
+	const char *const *keys;
+	struct key_lines *kl;
+	int nkeys, k;
+
+	(void)section;
+	if (p->failed)
+		return 0;
+	switch (p->kind) {
+	case SEC_AGENT:
+		keys = agent_keys;
+		nkeys = A_NKEYS;
+		kl = &p->agent;
+		break;
+	case SEC_KEYSTORE:
+		keys = keystore_keys;
+		nkeys = K_NKEYS;
+		kl = &p->ks[p->idx];
+		break;
+	case SEC_IDENTITY:
+		keys = identity_keys;
+		nkeys = I_NKEYS;
+		kl = &p->ids[p->idx];
+		break;
+	default:
+		fail(p, p->lineno, "key \"%s\" outside of any section", name);
+		return 0;
+	}
+	for (k = 0; k < nkeys && strcmp(keys[k], name) != 0; k++)
+		;
+	if (k == nkeys) {
+		fail(p, p->lineno, "unknown key \"%s\" in %s", name, p->label);
+		return 0;
+	}
+	if (kl->line[k] != 0) {
+		fail(p, p->lineno, "duplicate key \"%s\" in %s (first at line %d)", name, p->label,
+		     kl->line[k]);
+		return 0;
+	}
+	kl->line[k] = p->lineno;
+	if (*value == '\0') {
+		fail(p, p->lineno, "empty value for \"%s\"", name);
+		return 0;
+	}
+	switch (p->kind) {
+	case SEC_AGENT:
+		agent_value(p, k, value);
+		break;
+	case SEC_KEYSTORE:
+		keystore_value(p, k, value);
+		break;
+	case SEC_IDENTITY:
+		identity_value(p, k, value);
+		break;
+	default:
+		break;
+	}
+	return !p->failed;
+}
+
+static int valid_name(const char *s, size_t len)
+{
+	size_t i;
+
+	if (len == 0 || len > NAME_MAX_LEN)
+		return 0;
+	for (i = 0; i < len; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
+			return 0;
+	return 1;
+}
+
+static int add_keystore(struct parser *p, const char *name, size_t len)
+{
+	struct config *cfg = p->cfg;
+	struct cfg_keystore *nks, *ks;
+	struct key_lines *nkl;
+	size_t n = cfg->n_keystores;
+
+	/* Grow both arrays before counting the entry so a failure leaves them consistent. */
+	if ((nks = realloc(cfg->keystores, (n + 1) * sizeof(*nks))) == NULL)
+		goto nomem;
+	cfg->keystores = nks;
+	if ((nkl = realloc(p->ks, (n + 1) * sizeof(*nkl))) == NULL)
+		goto nomem;
+	p->ks = nkl;
+	ks = &cfg->keystores[n];
+	memset(ks, 0, sizeof(*ks));
+	memset(&p->ks[n], 0, sizeof(p->ks[n]));
+	if ((ks->name = strndup(name, len)) == NULL)
+		goto nomem;
+	ks->sessions = 4;
+	ks->line = p->lineno;
+	cfg->n_keystores = n + 1;
+	p->idx = n;
+	return 0;
+nomem:
+	fail(p, 0, "out of memory");
+	return -1;
+}
+
+static int add_identity(struct parser *p, const char *name, size_t len)
+{
+	struct config *cfg = p->cfg;
+	struct cfg_identity *nid, *id;
+	struct key_lines *nkl;
+	size_t n = cfg->n_identities;
+
+	if ((nid = realloc(cfg->identities, (n + 1) * sizeof(*nid))) == NULL)
+		goto nomem;
+	cfg->identities = nid;
+	if ((nkl = realloc(p->ids, (n + 1) * sizeof(*nkl))) == NULL)
+		goto nomem;
+	p->ids = nkl;
+	id = &cfg->identities[n];
+	memset(id, 0, sizeof(*id));
+	memset(&p->ids[n], 0, sizeof(p->ids[n]));
+	if ((id->name = strndup(name, len)) == NULL)
+		goto nomem;
+	id->sign_policy = POLICY_TLS_CLIENT;
+	id->line = p->lineno;
+	cfg->n_identities = n + 1;
+	p->idx = n;
+	return 0;
+nomem:
+	fail(p, 0, "out of memory");
+	return -1;
+}
+
+/*
+ * s is a whole header line, "[...]", comments and outer blanks already gone. Done here
+ * rather than in the handler because inih only calls the handler for keys: an empty
+ * section would go unnoticed, and the header's line would be lost.
+ */
+static int section_start(struct parser *p, const char *s)
+{
+	const char *in = s + 1, *sp, *name;
+	size_t len = strlen(s), inlen, kwlen, namelen, i;
+	int is_ks;
+
+	if (len < 2 || s[len - 1] != ']') {
+		fail(p, p->lineno,
+		     "bad section header: want [agent], [keystore \"NAME\"] or "
+		     "[identity \"NAME\"]");
+		return -1;
+	}
+	inlen = len - 2;
+	if (inlen == 5 && memcmp(in, "agent", 5) == 0) {
+		if (p->agent_line != 0) {
+			fail(p, p->lineno, "duplicate section [agent] (first at line %d)",
+			     p->agent_line);
+			return -1;
+		}
+		p->agent_line = p->lineno;
+		p->kind = SEC_AGENT;
+		snprintf(p->label, sizeof(p->label), "[agent]");
+		return 0;
+	}
+	sp = memchr(in, ' ', inlen);
+	kwlen = sp != NULL ? (size_t)(sp - in) : inlen;
+	if (kwlen == 8 && memcmp(in, "keystore", 8) == 0)
+		is_ks = 1;
+	else if (kwlen == 8 && memcmp(in, "identity", 8) == 0)
+		is_ks = 0;
+	else {
+		fail(p, p->lineno, "unknown section %s", s);
+		return -1;
+	}
+	if (sp == NULL) {
+		fail(p, p->lineno, "section %s needs a name: [%s \"NAME\"]", s,
+		     is_ks ? "keystore" : "identity");
+		return -1;
+	}
+	/* Exactly one space, then the quoted name, as git writes subsections. */
+	name = sp + 1;
+	namelen = inlen - kwlen - 1;
+	if (namelen < 2 || name[0] != '"' || name[namelen - 1] != '"') {
+		fail(p, p->lineno, "bad section header %s: want [%s \"NAME\"]", s,
+		     is_ks ? "keystore" : "identity");
+		return -1;
+	}
+	name++;
+	namelen -= 2;
+	if (!valid_name(name, namelen)) {
+		fail(p, p->lineno, "bad %s name \"%.*s\": want 1-%d of A-Z a-z 0-9 . _ -",
+		     is_ks ? "keystore" : "identity", (int)namelen, name, NAME_MAX_LEN);
+		return -1;
+	}
+	snprintf(p->label, sizeof(p->label), "[%s \"%.*s\"]", is_ks ? "keystore" : "identity",
+		 (int)namelen, name);
+	if (is_ks) {
+		for (i = 0; i < p->cfg->n_keystores; i++) {
+			const struct cfg_keystore *ks = &p->cfg->keystores[i];
+
+			if (strlen(ks->name) == namelen && memcmp(ks->name, name, namelen) == 0) {
+				fail(p, p->lineno, "duplicate section %s (first at line %d)",
+				     p->label, ks->line);
+				return -1;
+			}
+		}
+		if (add_keystore(p, name, namelen) != 0)
+			return -1;
+		p->kind = SEC_KEYSTORE;
+	} else {
+		for (i = 0; i < p->cfg->n_identities; i++) {
+			const struct cfg_identity *id = &p->cfg->identities[i];
+
+			if (strlen(id->name) == namelen && memcmp(id->name, name, namelen) == 0) {
+				fail(p, p->lineno, "duplicate section %s (first at line %d)",
+				     p->label, id->line);
+				return -1;
+			}
+		}
+		if (add_identity(p, name, namelen) != 0)
+			return -1;
+		p->kind = SEC_IDENTITY;
+	}
+	return 0;
+}
+
+/*
+ * The fgets-like reader inih pulls lines through. It counts lines (this inih has no
+ * INI_HANDLER_LINENO) and normalises each line so inih's build options do not matter:
+ * comments (";" or "#" at the start or after a blank) are cut, since Debian's build only
+ * knows " ;"; leading blanks are dropped, since inih would take an indented line for the
+ * continuation of the previous value; section headers are handled here (see above).
+ * Returning NULL ends the parse: at EOF and after the first error.
+ */
+static char *reader(char *str, int num, void *stream)
+{
+	struct parser *p = stream;
+	ssize_t n;
+	size_t len;
+	char *s, *c;
+
+	if (p->failed)
+		return NULL;
+	errno = 0;
+	if ((n = getline(&p->raw, &p->rawcap, p->fp)) < 0) {
+		if (ferror(p->fp))
+			fail(p, 0, "read error: %s", strerror(errno ? errno : EIO));
+		return NULL;
+	}
+	p->lineno++;
+	if (memchr(p->raw, '\0', (size_t)n) != NULL) {
+		fail(p, p->lineno, "NUL byte in line");
+		return NULL;
+	}
+	s = p->raw;
+	if (p->lineno == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
+		s += 3;
+	while (isspace((unsigned char)*s))
+		s++;
+	for (c = s; *c != '\0'; c++) {
+		if ((*c == ';' || *c == '#') && (c == s || isspace((unsigned char)c[-1]))) {
+			*c = '\0';
+			break;
+		}
+	}
+	len = strlen(s);
+	while (len > 0 && isspace((unsigned char)s[len - 1]))
+		s[--len] = '\0';
+
+	if (*s == '[') {
+		if (section_start(p, s) != 0)
+			return NULL;
+	} else if (*s != '\0') {
+		/* inih would also split at ':'; only "key = value" is documented. */
+		c = strpbrk(s, "=:");
+		if (c == NULL || *c != '=' || c == s) {
+			fail(p, p->lineno, "expected \"key = value\"");
+			return NULL;
+		}
+	}
+	/* Room for the newline too, or inih could take the line as cut short. */
+	if (num < 2 || len > (size_t)num - 2) {
+		fail(p, p->lineno, "line too long (max %d characters without comments)",
+		     num > 2 ? num - 2 : 0);
+		return NULL;
+	}
+	memcpy(str, s, len);
+	str[len] = '\n';
+	str[len + 1] = '\0';
+	return str;
+}
+
+/* ---- checks that need the whole file --------------------------------------------------- */
+
+/* dlopen() of the module runs its code inside the agent, next to every key it holds. */
+static int check_module(struct parser *p, const char *path, int line)
+{
+	struct stat st;
+
+	if (stat(path, &st) != 0) {
+		fail(p, line, "module %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		fail(p, line, "module %s is not a regular file", path);
+		return -1;
+	}
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+		fail(p, line, "module %s is writable by group or others (mode %04o)", path,
+		     (unsigned)(st.st_mode & 07777));
+		return -1;
+	}
+	if (st.st_uid != 0) {
+		fail(p, line, "module %s is not owned by root (uid %lu)", path,
+		     (unsigned long)st.st_uid);
+		return -1;
+	}
+	return 0;
+}
+
+static int finish_keystore(struct parser *p, size_t i)
+{
+	struct cfg_keystore *ks = &p->cfg->keystores[i];
+	const struct key_lines *kl = &p->ks[i];
+	static const int pkcs11_only[] = {K_MODULE, K_TOKEN, K_SESSIONS};
+	struct stat st;
+	size_t j;
+
+	if (ks->type == NULL) {
+		fail(p, ks->line, "keystore \"%s\": missing \"type\"", ks->name);
+		return -1;
+	}
+	if (strcmp(ks->type, "tpm2") == 0) {
+		for (j = 0; j < sizeof(pkcs11_only) / sizeof(pkcs11_only[0]); j++) {
+			if (kl->line[pkcs11_only[j]] != 0) {
+				fail(p, kl->line[pkcs11_only[j]],
+				     "keystore \"%s\": \"%s\" is only for type pkcs11", ks->name,
+				     keystore_keys[pkcs11_only[j]]);
+				return -1;
+			}
+		}
+		return ks->tcti == NULL ? set_string(p, &ks->tcti, DEFAULT_TCTI) : 0;
+	}
+	if (kl->line[K_TCTI] != 0) {
+		fail(p, kl->line[K_TCTI], "keystore \"%s\": \"tcti\" is only for type tpm2",
+		     ks->name);
+		return -1;
+	}
+	if (ks->token == NULL) {
+		fail(p, ks->line, "keystore \"%s\": missing \"token\"", ks->name);
+		return -1;
+	}
+	if (ks->module == NULL) {
+		if (stat(MTLS_AGENT_DEFAULT_PKCS11_MODULE, &st) != 0) {
+			fail(p, ks->line, "keystore \"%s\": missing \"module\" (no %s)", ks->name,
+			     MTLS_AGENT_DEFAULT_PKCS11_MODULE);
+			return -1;
+		}
+		if (set_string(p, &ks->module, MTLS_AGENT_DEFAULT_PKCS11_MODULE) != 0)
+			return -1;
+	}
+	return check_module(p, ks->module, kl->line[K_MODULE] ? kl->line[K_MODULE] : ks->line);
+}
+
+static int finish_identity(struct parser *p, size_t i)
+{
+	struct config *cfg = p->cfg;
+	struct cfg_identity *id = &cfg->identities[i];
+	const struct key_lines *kl = &p->ids[i];
+	size_t dlen;
+
+	if (id->keystore == NULL) {
+		fail(p, id->line, "identity \"%s\": missing \"keystore\"", id->name);
+		return -1;
+	}
+	if (id->key == NULL) {
+		fail(p, id->line, "identity \"%s\": missing \"key\"", id->name);
+		return -1;
+	}
+	if (config_keystore(cfg, id->keystore) == NULL) {
+		fail(p, kl->line[I_KEYSTORE], "identity \"%s\": no [keystore \"%s\"] section",
+		     id->name, id->keystore);
+		return -1;
+	}
+	if (id->cert == NULL) {
+		/* Only now: [agent] state-dir may come after this section. */
+		dlen = strlen(cfg->state_dir);
+		while (dlen > 1 && cfg->state_dir[dlen - 1] == '/')
+			dlen--;
+		if (asprintf(&id->cert, "%.*s%s%s.crt", (int)dlen, cfg->state_dir,
+			     cfg->state_dir[dlen - 1] == '/' ? "" : "/", id->name) < 0) {
+			id->cert = NULL;
+			fail(p, 0, "out of memory");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int finish(struct parser *p)
+{
+	struct config *cfg = p->cfg;
+	size_t i;
+
+	if (cfg->socket == NULL && set_string(p, &cfg->socket, MTLS_AGENT_DEFAULT_SOCKET) != 0)
+		return -1;
+	if (cfg->state_dir == NULL &&
+	    set_string(p, &cfg->state_dir, MTLS_AGENT_DEFAULT_STATE_DIR) != 0)
+		return -1;
+	if (cfg->admin_users == NULL) {
+		if ((cfg->admin_users = calloc(1, sizeof(*cfg->admin_users))) == NULL) {
+			fail(p, 0, "out of memory");
+			return -1;
+		}
+		cfg->admin_users[0] = 0;
+		cfg->n_admin_users = 1;
+	}
+	for (i = 0; i < cfg->n_keystores; i++)
+		if (finish_keystore(p, i) != 0)
+			return -1;
+	for (i = 0; i < cfg->n_identities; i++)
+		if (finish_identity(p, i) != 0)
+			return -1;
+	return 0;
+}
+
+/* Whoever can write the file decides which module is loaded and who may sign. */
+static int check_file(struct parser *p)
+{
+	struct stat st;
+
+	if (fstat(fileno(p->fp), &st) != 0) {
+		fail(p, 0, "%s", strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		fail(p, 0, "not a regular file");
+		return -1;
+	}
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+		fail(p, 0, "refusing a config file writable by group or others (mode %04o)",
+		     (unsigned)(st.st_mode & 07777));
+		return -1;
+	}
+	if (st.st_uid != 0 && st.st_uid != geteuid()) {
+		fail(p, 0,
+		     "refusing a config file owned by uid %lu (neither root nor the agent's uid)",
+		     (unsigned long)st.st_uid);
+		return -1;
+	}
+	return 0;
+}
+
+int config_load(const char *path, struct config **out, char *err, size_t errlen)
+{
+	struct parser p;
+	struct config *cfg = NULL;
+	int r, ret = -1;
+
+	memset(&p, 0, sizeof(p));
+	p.path = path != NULL ? path : "(null)";
+	p.err = err;
+	p.errlen = errlen;
+	if (err != NULL && errlen > 0)
+		err[0] = '\0';
+	if (out != NULL)
+		*out = NULL;
+	if (path == NULL || out == NULL) {
+		fail(&p, 0, "invalid argument");
+		goto out;
+	}
+	if ((cfg = calloc(1, sizeof(*cfg))) == NULL || (cfg->path = strdup(path)) == NULL) {
+		fail(&p, 0, "out of memory");
+		goto out;
+	}
+	cfg->socket_mode = 0660;
+	cfg->workers = 4;
+	cfg->max_clients = 1024;
+	cfg->max_clients_per_uid = 128;
+	p.cfg = cfg;
+
+	if ((p.fp = fopen(path, "re")) == NULL) {
+		fail(&p, 0, "cannot open: %s", strerror(errno));
+		goto out;
+	}
+	if (check_file(&p) != 0)
+		goto out;
+	r = ini_parse_stream(reader, &p, handler, &p);
+	if (p.failed)
+		goto out;
+	if (r != 0) {
+		/* The reader screens lines so this should not happen; never accept it. */
+		fail(&p, r > 0 ? r : 0, "syntax error");
+		goto out;
+	}
+	if (finish(&p) != 0)
+		goto out;
+	*out = cfg;
+	cfg = NULL;
+	ret = 0;
+out:
+	if (p.fp != NULL)
+		fclose(p.fp);
+	free(p.raw);
+	free(p.ks);
+	free(p.ids);
+	config_free(cfg);
+	return ret;
+}

@@ -1,0 +1,197 @@
+/* mtls-agent: keeps TLS client keys in hardware and signs for local programs. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/conf.h"
+#include "agent/server.h"
+#include "agent/state.h"
+#include "common/log.h"
+#include "common/util.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: mtls-agent [-f] [-n] [-v] [-c FILE]\n"
+		"  -c, --config FILE  configuration file (default %s)\n"
+		"  -f, --foreground   stay in the foreground and log to stderr\n"
+		"  -n, --check        check the configuration and exit\n"
+		"  -v, --verbose      more logging (repeat for debug)\n"
+		"      --version      print the version and exit\n",
+		MTLS_AGENT_DEFAULT_CONFIG);
+}
+
+/* No core dumps and no ptrace by other processes of our uid: keys' PINs live here. */
+static int harden_process(void)
+{
+	struct rlimit rl = {0, 0};
+
+	if (setrlimit(RLIMIT_CORE, &rl) != 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+		return -1;
+	return 0;
+}
+
+/* -n: besides parsing, check what start-up would refuse (PIN file permissions). */
+static int check_secrets(const struct config *cfg)
+{
+	char err[512], *pin = NULL;
+	size_t i;
+
+	for (i = 0; i < cfg->n_keystores; i++) {
+		if (cfg->keystores[i].pin_file == NULL)
+			continue;
+		if (read_secret_file(cfg->keystores[i].pin_file, &pin, err, sizeof(err)) != 0) {
+			fprintf(stderr, "%s: keystore \"%s\": %s\n", cfg->path,
+				cfg->keystores[i].name, err);
+			return -1;
+		}
+		wipe(pin, strlen(pin));
+		free(pin);
+	}
+	return 0;
+}
+
+/*
+ * Detaches from the terminal. The parent waits until the child reports that
+ * it is serving (or why it is not), so `mtls-agent` exits non-zero when
+ * start-up fails. Returns the write end of the report pipe in the child.
+ */
+static int daemonize(void)
+{
+	int fds[2], devnull;
+	char status = 1;
+	pid_t pid;
+
+	if (pipe2(fds, O_CLOEXEC) != 0)
+		return -1;
+	if ((pid = fork()) < 0)
+		return -1;
+	if (pid > 0) {
+		close(fds[1]);
+		if (read(fds[0], &status, 1) != 1)
+			status = 1;
+		_exit(status == 0 ? 0 : 1);
+	}
+	close(fds[0]);
+	if (setsid() < 0)
+		return -1;
+	if (chdir("/") != 0)
+		return -1;
+	if ((devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0) {
+		dup2(devnull, 0);
+		dup2(devnull, 1);
+		dup2(devnull, 2);
+		if (devnull > 2)
+			close(devnull);
+	}
+	return fds[1];
+}
+
+static void report_ready(int fd, char status)
+{
+	if (fd >= 0) {
+		(void)!write(fd, &status, 1);
+		close(fd);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
+		{"check", no_argument, NULL, 'n'},        {"verbose", no_argument, NULL, 'v'},
+		{"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *config_path = MTLS_AGENT_DEFAULT_CONFIG;
+	int foreground = 0, check_only = 0, verbosity = LOG_LVL_INFO, ch, listen_fd, ready_fd = -1;
+	struct runtime *rt = NULL;
+	struct config *cfg = NULL;
+	char err[1024], *socket_path;
+
+	while ((ch = getopt_long(argc, argv, "c:fnvh", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			config_path = optarg;
+			break;
+		case 'f':
+			foreground = 1;
+			break;
+		case 'n':
+			check_only = 1;
+			break;
+		case 'v':
+			if (verbosity < LOG_LVL_DEBUG)
+				verbosity++;
+			break;
+		case 'V':
+			printf("mtls-agent %s\n", PACKAGE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (harden_process() != 0) {
+		fprintf(stderr, "mtls-agent: cannot disable core dumps: %s\n", strerror(errno));
+		return 1;
+	}
+	if (config_load(config_path, &cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mtls-agent: %s\n", err);
+		return 1;
+	}
+	if (check_only) {
+		if (check_secrets(cfg) != 0) {
+			config_free(cfg);
+			return 1;
+		}
+		printf("%s: configuration OK (%zu keystores, %zu identities)\n", config_path,
+		       cfg->n_keystores, cfg->n_identities);
+		config_free(cfg);
+		return 0;
+	}
+	log_init("mtls-agent", !foreground, verbosity);
+	/* Fork before any PKCS#11 module is initialised: modules do not survive fork. */
+	if (!foreground && (ready_fd = daemonize()) < 0) {
+		fprintf(stderr, "mtls-agent: cannot daemonize: %s\n", strerror(errno));
+		config_free(cfg);
+		return 1;
+	}
+	if (runtime_create(cfg, time(NULL), &rt, err, sizeof(err)) != 0) {
+		log_error("%s", err);
+		report_ready(ready_fd, 1);
+		return 1;
+	}
+	if ((listen_fd = server_listen(rt->cfg, err, sizeof(err))) < 0) {
+		log_error("%s", err);
+		runtime_unref(rt);
+		report_ready(ready_fd, 1);
+		return 1;
+	}
+	/* The runtime (and its copy of the path) may be replaced by a reload. */
+	if ((socket_path = strdup(rt->cfg->socket)) == NULL) {
+		log_error("out of memory");
+		report_ready(ready_fd, 1);
+		return 1;
+	}
+	report_ready(ready_fd, 0);
+	ch = server_run(listen_fd, socket_path, 1, config_path, rt);
+	free(socket_path);
+	return ch == 0 ? 0 : 1;
+}

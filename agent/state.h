@@ -1,0 +1,82 @@
+/*
+ * The agent's runtime: a loaded configuration with its open keystores and
+ * the live state of each identity (key generations, certificate chain).
+ *
+ * A runtime is reference-counted: each request holds the runtime it started
+ * with, so a reload swaps in a new one without disturbing requests in
+ * flight. Keystores are shared between the old and the new runtime when
+ * their parameters did not change, so a reload neither re-logs-in nor drops
+ * sessions.
+ */
+#ifndef MTLS_AGENT_STATE_H
+#define MTLS_AGENT_STATE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <openssl/x509.h>
+
+#include "agent/conf.h"
+#include "keystore/keystore.h"
+
+struct runtime;
+
+struct identity_rt {
+	struct runtime *rt;        /* the runtime this identity belongs to */
+	const struct cfg_identity *cfg;
+	struct keystore *ks;
+	pthread_mutex_t lock;      /* protects everything below */
+	int keys_loaded;
+	struct ks_key **keys;      /* every generation found in the keystore */
+	size_t n_keys;
+	struct ks_key *current;    /* signs when the caller names no generation */
+	struct ks_key *pending;    /* newest key without a certificate yet */
+	STACK_OF(X509) *chain;     /* leaf first; NULL when no certificate */
+	time_t not_after;
+	char problem[512];         /* "" when healthy */
+	atomic_uint_fast64_t n_signed;
+	atomic_uint_fast64_t n_refused;
+};
+
+struct runtime {
+	atomic_int refs;
+	struct config *cfg;
+	struct keystore **keystores; /* parallel to cfg->keystores */
+	struct identity_rt *ids;     /* parallel to cfg->identities */
+	size_t n_ids;
+	time_t started;
+};
+
+/*
+ * Builds a runtime from cfg (ownership of cfg passes to the runtime, also on
+ * failure). Opens keystores not already open; reads certificate files;
+ * tries to find keys (a missing token is not an error here).
+ */
+int runtime_create(struct config *cfg, time_t started, struct runtime **out, char *err,
+		   size_t errlen);
+void runtime_ref(struct runtime *rt);
+void runtime_unref(struct runtime *rt);
+
+struct identity_rt *runtime_identity(struct runtime *rt, const char *name);
+
+/*
+ * Looks up keys if not done yet (or force) and decides current/pending.
+ * Call with id->lock held.
+ */
+int identity_refresh(struct identity_rt *id, int force, char *err, size_t errlen);
+
+/* Finds the generation whose SPKI hash is spki_hash (32 bytes). Lock held. */
+struct ks_key *identity_key_by_hash(struct identity_rt *id, const uint8_t *spki_hash);
+
+/* Administrator operations; each takes id->lock itself. */
+int identity_keygen(struct identity_rt *id, int gen_type,
+		    struct ks_key **out, char *err, size_t errlen);
+int identity_import_cert(struct identity_rt *id, const uint8_t *data,
+			 size_t len, time_t now, time_t *not_after, char *err, size_t errlen);
+/* The key a CSR is signed with: pending if any, else current. Lock held. */
+struct ks_key *identity_newest_key(struct identity_rt *id);
+
+#endif

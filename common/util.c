@@ -1,0 +1,209 @@
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/util.h"
+
+void wipe(void *p, size_t n)
+{
+	if (p != NULL && n > 0)
+		explicit_bzero(p, n);
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+	const uint8_t *p = data;
+	ssize_t w;
+
+	while (len > 0) {
+		w = write(fd, p, len);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
+{
+	char *tmp = NULL, *dcopy = NULL;
+	int fd = -1, dfd = -1, ret = -1, saved;
+	unsigned attempt;
+
+	if ((dcopy = strdup(path)) == NULL)
+		goto out;
+	for (attempt = 0; attempt < 16; attempt++) {
+		free(tmp);
+		tmp = NULL;
+		if (asprintf(&tmp, "%s.tmp.%ld.%u", path, (long)getpid(), attempt) < 0) {
+			tmp = NULL;
+			goto out;
+		}
+		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+		if (fd >= 0 || errno != EEXIST)
+			break;
+	}
+	if (fd < 0)
+		goto out;
+	if (fchmod(fd, mode) != 0 || write_all(fd, data, len) != 0 || fsync(fd) != 0)
+		goto out;
+	if (close(fd) != 0) {
+		fd = -1;
+		goto out;
+	}
+	fd = -1;
+	if (rename(tmp, path) != 0)
+		goto out;
+	free(tmp);
+	tmp = NULL;
+	/* The rename is durable only once the directory entry is on disk. */
+	if ((dfd = open(dirname(dcopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 || fsync(dfd) != 0)
+		goto out;
+	ret = 0;
+out:
+	saved = errno;
+	if (fd >= 0)
+		close(fd);
+	if (tmp != NULL) {
+		unlink(tmp);
+		free(tmp);
+	}
+	if (dfd >= 0)
+		close(dfd);
+	free(dcopy);
+	errno = saved;
+	return ret;
+}
+
+int read_file(const char *path, size_t max, uint8_t **data, size_t *len)
+{
+	uint8_t *p = NULL, *np;
+	size_t n = 0, cap = 0;
+	ssize_t r;
+	int fd, saved;
+
+	*data = NULL;
+	*len = 0;
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return -1;
+	for (;;) {
+		if (cap - n < 4096) {
+			if (cap > max + 1) {
+				errno = EFBIG;
+				goto fail;
+			}
+			cap = cap == 0 ? 4096 : cap * 2;
+			if ((np = realloc(p, cap + 1)) == NULL)
+				goto fail;
+			p = np;
+		}
+		r = read(fd, p + n, cap - n);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			goto fail;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (n > max) {
+			errno = EFBIG;
+			goto fail;
+		}
+	}
+	close(fd);
+	if (p == NULL && (p = malloc(1)) == NULL)
+		return -1;
+	p[n] = '\0';
+	*data = p;
+	*len = n;
+	return 0;
+fail:
+	saved = errno;
+	close(fd);
+	if (p != NULL) {
+		wipe(p, cap);
+		free(p);
+	}
+	errno = saved;
+	return -1;
+}
+
+int read_secret_file(const char *path, char **secret, char *err, size_t errlen)
+{
+	struct stat st;
+	uint8_t *data = NULL;
+	size_t len = 0;
+	int fd;
+
+	*secret = NULL;
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
+		snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) != 0) {
+		snprintf(err, errlen, "cannot stat %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "%s is not a regular file", path);
+		return -1;
+	}
+	if (st.st_uid != 0 && st.st_uid != geteuid()) {
+		snprintf(err, errlen, "%s must be owned by root or uid %ld", path, (long)geteuid());
+		return -1;
+	}
+	if ((st.st_mode & 077) != 0) {
+		snprintf(err, errlen, "%s is accessible by group or others (mode %04o); chmod 600 it",
+			 path, (unsigned)(st.st_mode & 07777));
+		return -1;
+	}
+	if (read_file(path, 4096, &data, &len) != 0) {
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+		return -1;
+	}
+	while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r'))
+		data[--len] = '\0';
+	if (len == 0 || memchr(data, '\0', len) != NULL) {
+		snprintf(err, errlen, "%s holds no usable secret", path);
+		wipe(data, len);
+		free(data);
+		return -1;
+	}
+	*secret = (char *)data;
+	return 0;
+}
+
+void hex_encode(const uint8_t *p, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		out[2 * i] = digits[p[i] >> 4];
+		out[2 * i + 1] = digits[p[i] & 0xf];
+	}
+	out[2 * n] = '\0';
+}
+
+uint64_t monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}

@@ -1,0 +1,40 @@
+/* Small system helpers shared by the agent, the client library and the tools. */
+#ifndef MTLS_COMMON_UTIL_H
+#define MTLS_COMMON_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Zeroes memory in a way the compiler cannot drop (secrets, signature inputs). */
+void wipe(void *p, size_t n);
+
+/*
+ * Writes data to path atomically: a new temp file in the same directory
+ * (O_CREAT|O_EXCL, given mode), write, fsync, rename over path, fsync the
+ * directory. On failure the old file is untouched and errno says why.
+ * Returns 0 or -1.
+ */
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+
+/*
+ * Reads a whole file of at most max bytes into a new NUL-terminated buffer.
+ * Returns 0 or -1 with errno (EFBIG when over max).
+ */
+int read_file(const char *path, size_t max, uint8_t **data, size_t *len);
+
+/*
+ * Reads a secret (PIN) file. Refuses, with a message in err, a file that is
+ * not a regular file, is owned by someone other than root or the effective
+ * uid, or grants any permission to group or others. Trailing newlines are
+ * stripped. The caller wipes and frees *secret. Returns 0 or -1.
+ */
+int read_secret_file(const char *path, char **secret, char *err, size_t errlen);
+
+/* Lower-case hex of n bytes into out (2n+1 bytes). */
+void hex_encode(const uint8_t *p, size_t n, char *out);
+
+/* CLOCK_MONOTONIC in milliseconds. */
+uint64_t monotonic_ms(void);
+
+#endif

@@ -1,0 +1,149 @@
+/*
+ * Keystore: where private keys live (a PKCS#11 token, later a TPM). The
+ * agent talks to every backend through this interface.
+ *
+ * All functions return 0 or a negative MTLS_AGENT_ERR_* code; when a
+ * function takes (err, errlen) it writes one human-readable line there on
+ * failure (never a secret). Every function is safe to call from several
+ * threads at once; ks_sign calls on one keystore run in parallel up to the
+ * keystore's session count.
+ */
+#ifndef MTLS_KEYSTORE_H
+#define MTLS_KEYSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+#include "common/scheme.h"
+
+#define KS_MAX_ID 64
+
+struct keystore;
+
+/* One private key (one "generation" of an identity's key). Owned by its keystore. */
+struct ks_key {
+	struct keystore *ks;
+	int type;               /* MTLS_AGENT_KEY_EC / _RSA / _ED25519 */
+	unsigned bits;          /* modulus bits or curve bits */
+	int curve_nid;          /* EC: NID of the curve; otherwise NID_undef */
+	EVP_PKEY *pub;          /* public half (libcrypto default provider) */
+	uint8_t *spki;          /* DER SubjectPublicKeyInfo */
+	size_t spki_len;
+	uint8_t spki_hash[32];  /* SHA-256 of spki: the wire's key-generation selector */
+	uint8_t id[KS_MAX_ID];  /* backend's stable identifier (PKCS#11: CKA_ID) */
+	size_t id_len;
+	char *label;            /* PKCS#11: CKA_LABEL; may be NULL */
+	void *backend;          /* backend-private data */
+};
+
+/* What [keystore "NAME"] says; strings are borrowed for the duration of ks_open. */
+struct ks_params {
+	const char *name;
+	const char *type;       /* "pkcs11" */
+	const char *module;     /* PKCS#11 module path */
+	const char *token;      /* PKCS#11 URI (RFC 7512) or a bare token label */
+	const char *pin_file;   /* may be NULL when the token needs no login */
+	unsigned sessions;      /* size of the session pool (>= 1) */
+	const char *tcti;       /* tpm2 */
+};
+
+/* Key types for ks_keygen. */
+enum ks_keygen_type {
+	KS_GEN_EC_P256 = 1,
+	KS_GEN_EC_P384,
+	KS_GEN_RSA_2048,
+	KS_GEN_RSA_3072,
+	KS_GEN_RSA_4096,
+	KS_GEN_ED25519,
+};
+/* "ec-p256" ... "ed25519" -> enum, 0 if unknown. */
+int ks_keygen_type_from_name(const char *name);
+
+/*
+ * Opens a keystore. Fails only for errors an operator must fix in the
+ * configuration (module cannot be loaded, bad token URI, unreadable or
+ * too-open PIN file). A token that is absent, or a login that fails, leaves
+ * the keystore open in an error state reported by ks_state(); it is retried
+ * on the next use, except a wrong PIN, which is never retried with the
+ * same PIN.
+ */
+int ks_open(const struct ks_params *params, struct keystore **out, char *err, size_t errlen);
+/* Closes the keystore and frees every ks_key it handed out. */
+void ks_close(struct keystore *ks);
+/* True when both keystores were opened from identical parameters (reload reuses them). */
+int ks_same_params(const struct keystore *ks, const struct ks_params *params);
+
+/*
+ * All private keys matching key_ref (PKCS#11: a URI naming object= and/or
+ * id=), each a generation of one identity's key. *keys is a new array the
+ * caller frees with free(); the keys stay owned by the keystore and stay
+ * valid until ks_close. Asking again returns the same ks_key pointers for
+ * the same keys. Zero keys is success with *n = 0.
+ */
+int ks_find_keys(struct keystore *ks, const char *key_ref, struct ks_key ***keys, size_t *n,
+		 char *err, size_t errlen);
+
+/*
+ * Creates a new key pair inside the keystore that matches key_ref (PKCS#11:
+ * CKA_LABEL from object=, a fresh random CKA_ID unless the URI fixes id=).
+ * Private key: token, private, sensitive, non-extractable, sign only (no
+ * decrypt, unwrap, derive, sign-recover). Fails with MTLS_AGENT_ERR_EXISTS if
+ * key_ref fixes an id that is already used.
+ */
+int ks_keygen(struct keystore *ks, const char *key_ref, int gen_type, struct ks_key **out,
+	      char *err, size_t errlen);
+
+/*
+ * Signs with key. For ECDSA and RSA, `in` is the digest (scheme->hash_len
+ * bytes) computed by the caller; for Ed25519 it is the whole message. RSA
+ * padding is PKCS#1 v1.5 (DigestInfo built here) or PSS with salt = hash
+ * length, MGF1 with the same hash. *sig (caller frees) is in TLS form: DER
+ * ECDSA-Sig-Value, raw RSA/Ed25519 signature. Re-establishes sessions and
+ * re-finds the key by its id after a token removal or session loss, then
+ * retries once.
+ */
+int ks_sign(struct keystore *ks, struct ks_key *key, const struct scheme *scheme,
+	    const uint8_t *in, size_t inlen, uint8_t **sig, size_t *siglen, char *err,
+	    size_t errlen);
+
+/* One line: "ok", or what is wrong ("token 'gw' not present", "PIN locked", ...). */
+void ks_state(struct keystore *ks, char *buf, size_t len);
+const char *ks_name(const struct keystore *ks);
+const char *ks_type(const struct keystore *ks);
+
+/* Backend vtable; keystore.c routes the functions above through it. */
+struct ks_backend {
+	const char *type;
+	int (*open)(const struct ks_params *params, struct keystore **out, char *err, size_t errlen);
+	void (*close)(struct keystore *ks);
+	int (*same_params)(const struct keystore *ks, const struct ks_params *params);
+	int (*find_keys)(struct keystore *ks, const char *key_ref, struct ks_key ***keys, size_t *n,
+			 char *err, size_t errlen);
+	int (*keygen)(struct keystore *ks, const char *key_ref, int gen_type, struct ks_key **out,
+		      char *err, size_t errlen);
+	int (*sign)(struct keystore *ks, struct ks_key *key, const struct scheme *scheme,
+		    const uint8_t *in, size_t inlen, uint8_t **sig, size_t *siglen, char *err,
+		    size_t errlen);
+	void (*state)(struct keystore *ks, char *buf, size_t len);
+};
+
+/* Every backend's keystore struct starts with this header. */
+struct keystore {
+	const struct ks_backend *backend;
+	char *name;
+};
+
+extern const struct ks_backend ks_pkcs11_backend;
+
+/*
+ * Helpers for backends. ks_key_set_public() fills type, bits, curve_nid,
+ * spki, spki_hash from pub (taking ownership of pub). ks_ecdsa_raw_to_der()
+ * turns an r||s signature into a DER ECDSA-Sig-Value.
+ */
+int ks_key_set_public(struct ks_key *key, EVP_PKEY *pub);
+void ks_key_free_public(struct ks_key *key);
+int ks_ecdsa_raw_to_der(const uint8_t *raw, size_t rawlen, uint8_t **der, size_t *derlen);
+
+#endif

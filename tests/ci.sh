@@ -1,0 +1,147 @@
+#!/bin/bash
+# The whole check, from a clean tree: autoreconf; a normal build in build/
+# with `make check`; an ASan+UBSan build in build-asan/ with `make check`;
+# `make distcheck`. The log of every failed test is printed. Every stage runs
+# even when an earlier one failed; the exit status is non-zero if any failed.
+#
+# Environment: JOBS (default 2), STRICT=0 (no --enable-strict), SKIP_ASAN=1,
+# SKIP_DISTCHECK=1.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+TOP=$(pwd)
+JOBS=${JOBS:-2}
+FAILED=()
+RESULTS=()
+
+stage() { printf '\n======== %s ========\n' "$*"; }
+
+# Prints the .log of each test whose .trs says FAIL, ERROR or XPASS under DIR.
+print_failed_logs() { # DIR
+	local trs logf
+	while IFS= read -r trs; do
+		if grep -qE '^:test-result: (FAIL|ERROR|XPASS)' "$trs"; then
+			logf=${trs%.trs}.log
+			printf '\n-------- %s --------\n' "${logf#"$TOP"/}"
+			cat "$logf" 2>/dev/null || echo "(no log)"
+		fi
+	done < <(find "$1" -name '*.trs' -type f | sort)
+}
+
+# Prints the automake summary lines of DIR/test-suite.log.
+print_summary() { # DIR
+	if [ -f "$1/test-suite.log" ]; then
+		grep -E '^# (TOTAL|PASS|SKIP|XFAIL|FAIL|XPASS|ERROR):' "$1/test-suite.log" || true
+	else
+		echo "(no test-suite.log in $1)"
+	fi
+	# Which tests were skipped, and why (their SKIP lines).
+	find "$1" -name '*.trs' -type f -exec grep -l '^:test-result: SKIP' {} + 2>/dev/null | sort |
+		while IFS= read -r trs; do
+			printf 'SKIP %s: %s\n' "${trs%.trs}" \
+				"$(grep -h -m1 'SKIP' "${trs%.trs}.log" 2>/dev/null || echo '?')"
+		done
+}
+
+record() { # NAME STATUS
+	if [ "$2" -eq 0 ]; then
+		RESULTS+=("PASS  $1")
+	else
+		RESULTS+=("FAIL  $1 (exit $2)")
+		FAILED+=("$1")
+	fi
+}
+
+# build DIR NAME CONFIGURE_ARGS...: configure, make, make check.
+build_and_check() {
+	local dir=$1 name=$2 rc
+	shift 2
+	stage "$name: configure ($*)"
+	rm -rf "${TOP:?}/$dir"
+	mkdir -p "$TOP/$dir"
+	(cd "$TOP/$dir" && ../configure "$@")
+	rc=$?
+	record "$name: configure" "$rc"
+	[ "$rc" -eq 0 ] || { tail -n 60 "$TOP/$dir/config.log" 2>/dev/null; return 1; }
+
+	stage "$name: make -j$JOBS"
+	make -C "$TOP/$dir" -j"$JOBS"
+	rc=$?
+	record "$name: make" "$rc"
+	[ "$rc" -eq 0 ] || return 1
+
+	stage "$name: make -j$JOBS check"
+	make -C "$TOP/$dir" -j"$JOBS" check
+	rc=$?
+	record "$name: make check" "$rc"
+	if [ "$rc" -ne 0 ]; then
+		stage "$name: logs of failed tests"
+		print_failed_logs "$TOP/$dir"
+	fi
+	stage "$name: summary"
+	print_summary "$TOP/$dir"
+	return "$rc"
+}
+
+stage "environment"
+uname -a
+id
+cat /etc/debian_version 2>/dev/null || true
+openssl version
+softhsm2-util --version 2>/dev/null || true
+gcc --version | head -n 1
+clang --version 2>/dev/null | head -n 1 || true
+
+if command -v shellcheck >/dev/null; then
+	stage "shellcheck"
+	shellcheck -x -P SCRIPTDIR tests/lib.sh tests/integration/*.sh tests/ci.sh .ci/run
+	record "shellcheck" $?
+fi
+
+stage "autoreconf -fi"
+autoreconf -fi
+rc=$?
+record "autoreconf" "$rc"
+if [ "$rc" -ne 0 ]; then
+	printf '\nautoreconf failed: nothing else can run\n'
+	exit 1
+fi
+
+STRICT_FLAG=--enable-strict
+[ "${STRICT:-1}" = 1 ] || STRICT_FLAG=
+build_and_check build "default build" ${STRICT_FLAG:+"$STRICT_FLAG"}
+
+if [ "${SKIP_ASAN:-0}" != 1 ]; then
+	# ASan+UBSan with clang when it is there (libclang-rt-14-dev), else gcc.
+	ASAN_CC=gcc
+	command -v clang >/dev/null && ASAN_CC=clang
+	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1}
+	UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+	export ASAN_OPTIONS UBSAN_OPTIONS
+	build_and_check build-asan "asan+ubsan build ($ASAN_CC)" --enable-asan CC="$ASAN_CC"
+	unset ASAN_OPTIONS UBSAN_OPTIONS
+fi
+
+if [ "${SKIP_DISTCHECK:-0}" != 1 ]; then
+	if [ -f "$TOP/build/Makefile" ]; then
+		stage "make distcheck"
+		make -C "$TOP/build" -j"$JOBS" distcheck
+		rc=$?
+		record "make distcheck" "$rc"
+		if [ "$rc" -ne 0 ]; then
+			stage "distcheck: logs of failed tests"
+			find "$TOP/build" -maxdepth 1 -type d -name 'mtls-agent-*' | while IFS= read -r d; do
+				print_failed_logs "$d"
+			done
+		fi
+	else
+		record "make distcheck (no configured build/)" 1
+	fi
+fi
+
+stage "result"
+printf '%s\n' "${RESULTS[@]}"
+if [ "${#FAILED[@]}" -ne 0 ]; then
+	printf '\nFAILED: %s\n' "${FAILED[*]}"
+	exit 1
+fi
+printf '\nall stages passed\n'

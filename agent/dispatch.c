@@ -294,9 +294,8 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 			 &reason) != 0) {
 		atomic_fetch_add(&id->n_refused, 1);
 		log_refusal(peer, id->cfg->name, reason);
-		return fail(res, MTLS_AGENT_ERR_POLICY, "refused by sign-policy %s of identity "
-			    "\"%s\": %s", sign_policy_name(id->cfg->sign_policy), id->cfg->name,
-			    reason);
+		return fail(res, MTLS_AGENT_ERR_POLICY, "identity \"%s\" (sign-policy %s): %s",
+			    id->cfg->name, sign_policy_name(id->cfg->sign_policy), reason);
 	}
 	if (flags & MTLS_AGENT_SIGN_DIGEST) {
 		if (scheme->hash_len == 0)
@@ -478,12 +477,15 @@ static int op_csr(const struct dispatch_env *env, const struct peer *peer, struc
 		goto out;
 	}
 	pthread_mutex_lock(&id->lock);
-	identity_refresh(id, 0, err, sizeof(err));
+	r = identity_refresh(id, 0, err, sizeof(err));
 	key = identity_newest_key(id);
 	pthread_mutex_unlock(&id->lock);
 	if (key == NULL) {
-		fail(res, MTLS_AGENT_ERR_KEY_UNAVAILABLE,
-		     "identity \"%s\" has no key; run keygen first", id->cfg->name);
+		if (r != 0)
+			fail(res, r, "identity \"%s\": %s", id->cfg->name, err);
+		else
+			fail(res, MTLS_AGENT_ERR_KEY_UNAVAILABLE,
+			     "identity \"%s\" has no key; run keygen first", id->cfg->name);
 		goto out;
 	}
 	if ((r = csr_build(id->ks, key, subject, (const char *const *)sans, n_sans, &der, &der_len,

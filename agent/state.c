@@ -232,9 +232,16 @@ int identity_refresh(struct identity_rt *id, int force, char *err, size_t errlen
 		if (id->pending == id->current)
 			id->pending = NULL;
 	}
-	if (prev_current != id->current && id->current != NULL)
-		log_debug("identity \"%s\": current key has %u-bit type %d", id->cfg->name,
-			  id->current->bits, id->current->type);
+	{
+		char a[2 * KS_MAX_ID + 1] = "-", b[2 * KS_MAX_ID + 1] = "-";
+		if (id->current != NULL)
+			hex_encode(id->current->id, id->current->id_len, a);
+		if (id->pending != NULL)
+			hex_encode(id->pending->id, id->pending->id_len, b);
+		log_debug("identity \"%s\": %zu key(s), current %s, pending %s (file %s)",
+			  id->cfg->name, n, a, b, pending_hex != NULL ? pending_hex : "-");
+	}
+	(void)prev_current;
 	OPENSSL_free(leaf_spki);
 	free(pending_hex);
 	return 0;

@@ -99,11 +99,8 @@ int read_file(const char *path, size_t max, uint8_t **data, size_t *len)
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
 		return -1;
 	for (;;) {
-		if (cap - n < 4096) {
-			if (cap > max + 1) {
-				errno = EFBIG;
-				goto fail;
-			}
+		if (n == cap) {
+			/* n <= max here, so one more read tells whether the file is over max. */
 			cap = cap == 0 ? 4096 : cap * 2;
 			if ((np = realloc(p, cap + 1)) == NULL)
 				goto fail;

@@ -214,6 +214,7 @@ run_as_nobody() {
 nobody_prepare() {
 	need_cmd setpriv
 	local d b real
+	chmod a+x "$WORK"
 	if run_as_nobody test -x "$MTLS_AGENTCTL" && run_as_nobody test -r "$MTLS_AGENTCTL"; then
 		NOBODY_CTL=("$MTLS_AGENTCTL")
 		return 0

@@ -1,0 +1,119 @@
+/* File helpers: bounded reads, atomic writes, secret-file permission checks. */
+#include "config.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/util.h"
+
+static char dir[64];
+
+static int setup(void **state)
+{
+	(void)state;
+	snprintf(dir, sizeof(dir), "/tmp/mtls-util-XXXXXX");
+	return mkdtemp(dir) == NULL ? -1 : 0;
+}
+
+static int teardown(void **state)
+{
+	char cmd[128];
+
+	(void)state;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+static void put(const char *name, const char *text, mode_t mode, char *path, size_t len)
+{
+	FILE *f;
+
+	snprintf(path, len, "%s/%s", dir, name);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+	assert_int_equal(chmod(path, mode), 0);
+}
+
+static void test_read_file_bounds(void **state)
+{
+	char path[256], big[10000];
+	uint8_t *data;
+	size_t len;
+
+	(void)state;
+	put("small", "0123456789abcdef0123456789abcdef\n", 0600, path, sizeof(path));
+	/* A small max must not refuse a file that fits (a past bug). */
+	assert_int_equal(read_file(path, 256, &data, &len), 0);
+	assert_int_equal(len, 33);
+	assert_int_equal(data[len], '\0');
+	free(data);
+	assert_int_equal(read_file(path, 33, &data, &len), 0);
+	free(data);
+	assert_int_equal(read_file(path, 32, &data, &len), -1);
+	assert_null(data);
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	put("big", big, 0600, path, sizeof(path));
+	assert_int_equal(read_file(path, sizeof(big) - 1, &data, &len), 0);
+	assert_int_equal(len, sizeof(big) - 1);
+	free(data);
+	assert_int_equal(read_file(path, 5000, &data, &len), -1);
+}
+
+static void test_write_file_atomic(void **state)
+{
+	char path[256];
+	uint8_t *data;
+	size_t len;
+	struct stat st;
+
+	(void)state;
+	put("target", "old", 0644, path, sizeof(path));
+	assert_int_equal(write_file_atomic(path, "new contents", 12, 0640), 0);
+	assert_int_equal(read_file(path, 100, &data, &len), 0);
+	assert_memory_equal(data, "new contents", 12);
+	free(data);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0640);
+	/* A directory that does not exist: error, nothing created. */
+	assert_int_equal(write_file_atomic("/nonexistent-dir/x", "a", 1, 0600), -1);
+}
+
+static void test_secret_file(void **state)
+{
+	char path[256], err[256], *secret;
+
+	(void)state;
+	put("pin", "1234\n", 0600, path, sizeof(path));
+	assert_int_equal(read_secret_file(path, &secret, err, sizeof(err)), 0);
+	assert_string_equal(secret, "1234");
+	free(secret);
+	put("pin-open", "1234\n", 0640, path, sizeof(path));
+	assert_int_equal(read_secret_file(path, &secret, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "group or others"));
+	put("pin-empty", "\n", 0600, path, sizeof(path));
+	assert_int_equal(read_secret_file(path, &secret, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "no usable secret"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_read_file_bounds),
+		cmocka_unit_test(test_write_file_atomic),
+		cmocka_unit_test(test_secret_file),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -19,6 +19,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "common/keyref.h"
 #include "common/proto.h"
 #include "common/scheme.h"
 #include "common/util.h"
@@ -984,6 +985,64 @@ out:
 	return ret;
 }
 
+static int cmd_keyref(struct ctx *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"out", required_argument, NULL, 'o'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	struct mtls_agent_identity *id = NULL;
+	const char *name, *out = NULL;
+	char *pem = NULL;
+	size_t pem_len = 0;
+	int ch, r, ret = EXIT_FAIL;
+
+	while ((ch = getopt_long(argc, argv, ":ho:", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'o':
+			out = optarg;
+			break;
+		case 'h':
+			return command_help(find_command(c->cmd));
+		default:
+			return bad_option(c, ch, argv);
+		}
+	}
+	if (optind == argc)
+		return usage_error(c, "missing identity NAME");
+	name = argv[optind++];
+	if (optind != argc)
+		return usage_error(c, "unexpected argument '%s'", argv[optind]);
+	if ((r = connect_agent(c)) != 0)
+		return r;
+	if ((r = mtls_agent_get_identity(c->agent, name, &id)) != 0)
+		return agent_error(c, r);
+	if (id->spki_len == 0) {
+		errmsg(c, "identity \"%s\" has no key yet; run keygen first", name);
+		goto out;
+	}
+	if (keyref_encode_pem(name, id->spki, id->spki_len, &pem, &pem_len) != 0) {
+		errmsg(c, "cannot encode the key reference");
+		goto out;
+	}
+	/* A key reference holds no secret: world-readable like a certificate. */
+	if (out != NULL && strcmp(out, "-") != 0) {
+		if (write_file_atomic(out, pem, pem_len, 0644) != 0) {
+			errmsg(c, "cannot write %s: %s", out, strerror(errno));
+			goto out;
+		}
+	} else if (fwrite(pem, 1, pem_len, stdout) != pem_len || fflush(stdout) != 0) {
+		errmsg(c, "cannot write output: %s", strerror(errno));
+		goto out;
+	}
+	ret = EXIT_OK;
+out:
+	free(pem);
+	mtls_agent_identity_free(id);
+	return ret;
+}
+
 static int cmd_import_cert(struct ctx *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -1450,6 +1509,11 @@ static const struct command commands[] = {
     {"cert", cmd_cert, "NAME [--json]", "certificate chain of an identity, as PEM",
      "Prints the certificate chain of identity NAME as PEM, leaf first.\n\n"
      "  --json      print {\"name\":..,\"chain\":[PEM strings]}\n"},
+    {"keyref", cmd_keyref, "NAME [-o FILE]", "key reference file for OpenSSL applications",
+     "Writes a key reference file (PEM \"MTLS AGENT KEY\") for identity NAME: its name\n"
+     "and current public key, no secret. Give it to an application as its private key\n"
+     "file (curl --key, mosquitto --key) with the mtlsagent OpenSSL provider loaded.\n\n"
+     "  -o, --out FILE   write there (atomically, mode 0644) instead of standard output\n"},
     {"sign", cmd_sign, "NAME --scheme S [--in FILE] [--out FILE] [--digest]",
      "sign data with an identity's key",
      "Signs data with identity NAME's key, as a TLS handshake would. The identity's\n"

@@ -27,25 +27,23 @@
 static const struct {
 	const char *name;
 	int nid;
-} dn_attrs[] = {
-	{"CN", NID_commonName},
-	{"C", NID_countryName},
-	{"ST", NID_stateOrProvinceName},
-	{"L", NID_localityName},
-	{"O", NID_organizationName},
-	{"OU", NID_organizationalUnitName},
-	{"DC", NID_domainComponent},
-	{"UID", NID_userId},
-	{"emailAddress", NID_pkcs9_emailAddress},
-	{"serialNumber", NID_serialNumber},
-	{"street", NID_streetAddress},
-	{"title", NID_title},
-	{"SN", NID_surname},
-	{"GN", NID_givenName},
-	{"initials", NID_initials},
-	{"pseudonym", NID_pseudonym},
-	{"postalCode", NID_postalCode},
-};
+} dn_attrs[] = {{"CN", NID_commonName},
+		{"C", NID_countryName},
+		{"ST", NID_stateOrProvinceName},
+		{"L", NID_localityName},
+		{"O", NID_organizationName},
+		{"OU", NID_organizationalUnitName},
+		{"DC", NID_domainComponent},
+		{"UID", NID_userId},
+		{"emailAddress", NID_pkcs9_emailAddress},
+		{"serialNumber", NID_serialNumber},
+		{"street", NID_streetAddress},
+		{"title", NID_title},
+		{"SN", NID_surname},
+		{"GN", NID_givenName},
+		{"initials", NID_initials},
+		{"pseudonym", NID_pseudonym},
+		{"postalCode", NID_postalCode}};
 
 static const char *ossl_reason(void)
 {
@@ -94,10 +92,11 @@ static int add_rdn(X509_NAME *name, char *part, long eq, int more_eq, int loc, c
 			nid = dn_attrs[i].nid;
 	log_sanitize(type, tbuf, sizeof(tbuf));
 	if (nid == NID_undef) {
-		snprintf(err, errlen,
-			 "unknown subject attribute '%s' (known: CN C ST L O OU DC UID emailAddress "
-			 "serialNumber street title SN GN initials pseudonym postalCode)",
-			 tbuf);
+		snprintf(
+		    err, errlen,
+		    "unknown subject attribute '%s' (known: CN C ST L O OU DC UID emailAddress "
+		    "serialNumber street title SN GN initials pseudonym postalCode)",
+		    tbuf);
 		return MTLS_AGENT_ERR_INVALID_ARG;
 	}
 	if (val[0] == '\0') {
@@ -199,11 +198,7 @@ static int add_san(GENERAL_NAMES *gens, const char *san, char *err, size_t errle
 		const char *prefix;
 		int type;
 	} kinds[] = {
-		{"DNS:", GEN_DNS},
-		{"IP:", GEN_IPADD},
-		{"URI:", GEN_URI},
-		{"email:", GEN_EMAIL},
-	};
+	    {"DNS:", GEN_DNS}, {"IP:", GEN_IPADD}, {"URI:", GEN_URI}, {"email:", GEN_EMAIL}};
 	GENERAL_NAME *gen = NULL;
 	ASN1_IA5STRING *ia5 = NULL;
 	ASN1_OCTET_STRING *ip = NULL;
@@ -256,7 +251,8 @@ static int add_san(GENERAL_NAMES *gens, const char *san, char *err, size_t errle
 				 type == GEN_EMAIL ? "n e-mail address" : " URI");
 			goto out;
 		}
-		if ((ia5 = ASN1_IA5STRING_new()) == NULL || ASN1_STRING_set(ia5, v, (int)len) != 1) {
+		if ((ia5 = ASN1_IA5STRING_new()) == NULL ||
+		    ASN1_STRING_set(ia5, v, (int)len) != 1) {
 			ret = MTLS_AGENT_ERR_NOMEM;
 			goto out;
 		}
@@ -367,9 +363,8 @@ static int pick_algorithm(const struct ks_key *key, int *sig_nid, int *ptype,
 	return *sch != NULL ? 0 : -1;
 }
 
-int csr_build(struct keystore *ks, struct ks_key *key, const char *subject,
-	      const char *const *sans, size_t n_sans, uint8_t **der, size_t *der_len, char *err,
-	      size_t errlen)
+int csr_build(struct keystore *ks, struct ks_key *key, const char *subject, const char *const *sans,
+	      size_t n_sans, uint8_t **der, size_t *der_len, char *err, size_t errlen)
 {
 	X509_REQ *req = NULL;
 	X509_NAME *name = NULL;
@@ -446,8 +441,9 @@ int csr_build(struct keystore *ks, struct ks_key *key, const char *subject,
 	X509_REQ_set0_signature(req, bs);
 	bs = NULL;
 	if (X509_REQ_verify(req, key->pub) != 1) {
-		snprintf(err, errlen, "the keystore's signature on the request does not verify "
-				      "with the key's public half");
+		snprintf(err, errlen,
+			 "the keystore's signature on the request does not verify "
+			 "with the key's public half");
 		ret = MTLS_AGENT_ERR_KEYSTORE;
 		goto out;
 	}

@@ -28,8 +28,7 @@
  * or Ed25519. *der is the caller's to free(). Returns 0 or a negative
  * MTLS_AGENT_ERR_* code with one line in err.
  */
-int csr_build(struct keystore *ks, struct ks_key *key, const char *subject,
-	      const char *const *sans, size_t n_sans, uint8_t **der, size_t *der_len, char *err,
-	      size_t errlen);
+int csr_build(struct keystore *ks, struct ks_key *key, const char *subject, const char *const *sans,
+	      size_t n_sans, uint8_t **der, size_t *der_len, char *err, size_t errlen);
 
 #endif

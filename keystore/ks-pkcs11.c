@@ -51,7 +51,7 @@
 /* Per-key backend data: where the private key is in the current establishment. */
 struct p11_key {
 	CK_OBJECT_HANDLE handle; /* CK_INVALID_HANDLE when the key was not found again */
-	unsigned long gen;       /* establishment the handle belongs to */
+	unsigned long gen;	 /* establishment the handle belongs to */
 };
 
 struct p11_ks {
@@ -130,6 +130,7 @@ static const struct {
 	CK_RV rv;
 	const char *name;
 } ckr_names[] = {
+/* clang-format off */
 #define CKR_NAME(x) {x, #x}
 	CKR_NAME(CKR_OK),
 	CKR_NAME(CKR_CANCEL),
@@ -200,6 +201,7 @@ static const struct {
 	CKR_NAME(CKR_PIN_TOO_WEAK),
 	CKR_NAME(CKR_FUNCTION_REJECTED),
 #undef CKR_NAME
+/* clang-format on */
 };
 
 struct ckr_buf {
@@ -416,7 +418,8 @@ static int login_locked(struct p11_ks *ks, CK_SESSION_HANDLE s, const char *pin,
 		return 0;
 	/* Login state belongs to the application: another keystore may have done it. */
 	rv = ks->mod->C_GetSessionInfo(s, &si);
-	if (rv == CKR_OK && (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS))
+	if (rv == CKR_OK &&
+	    (si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS))
 		return 0;
 	if ((rv = ks->mod->C_GetTokenInfo(ks->slot, &ti)) != CKR_OK)
 		return est_fail_ckr(ks, err, errlen, rv, "C_GetTokenInfo");
@@ -438,8 +441,8 @@ static int login_locked(struct p11_ks *ks, CK_SESSION_HANDLE s, const char *pin,
 	/* Held across check, login and update: two keystores must not both try one bad PIN. */
 	pthread_mutex_lock(&wrong_pin_lock);
 	if (pin_hash(tkey, pin, hash) != 0) {
-		ret = est_fail(ks, err, errlen, MTLS_AGENT_ERR_INTERNAL, "token %s: cannot hash PIN",
-			       ks->token_desc);
+		ret = est_fail(ks, err, errlen, MTLS_AGENT_ERR_INTERNAL,
+			       "token %s: cannot hash PIN", ks->token_desc);
 		goto unlock;
 	}
 	w = wrong_pin_find(tkey);
@@ -584,17 +587,15 @@ static const struct {
 	int nid;
 	const char *group;
 	size_t field_len;
-} ec_curves[] = {
-	{NID_X9_62_prime256v1, "prime256v1", 32},
-	{NID_secp384r1, "secp384r1", 48},
-	{NID_secp521r1, "secp521r1", 66},
-};
+} ec_curves[] = {{NID_X9_62_prime256v1, "prime256v1", 32},
+		 {NID_secp384r1, "secp384r1", 48},
+		 {NID_secp521r1, "secp521r1", 66}};
 
 static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 static const uint8_t oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
 static const uint8_t oid_ed25519[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
-static const uint8_t str_ed25519[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd',
-				      's', '2', '5', '5', '1', '9'};
+static const uint8_t str_ed25519[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r',
+				      'd',  's',  '2', '5', '5', '1', '9'};
 
 /* NID named by a DER OBJECT IDENTIFIER (CKA_EC_PARAMS), NID_undef otherwise. */
 static int params_nid(const uint8_t *p, size_t len)
@@ -707,8 +708,8 @@ out:
 	return pkey;
 }
 
-static EVP_PKEY *pub_ed25519(const uint8_t *params, size_t plen, const uint8_t *pt,
-			     size_t ptlen, const char **why)
+static EVP_PKEY *pub_ed25519(const uint8_t *params, size_t plen, const uint8_t *pt, size_t ptlen,
+			     const char **why)
 {
 	OSSL_PARAM_BLD *bld = NULL;
 	EVP_PKEY *pkey = NULL;
@@ -1198,8 +1199,8 @@ static int keyref_parse(const char *ref, struct keyref *kr, char *err, size_t er
 	kr->id = p11_kit_uri_get_attribute(kr->uri, CKA_ID);
 	if (kr->label != NULL && (kr->label->pValue == NULL || kr->label->ulValueLen == 0))
 		kr->label = NULL;
-	if (kr->id != NULL && (kr->id->pValue == NULL || kr->id->ulValueLen == 0 ||
-			       kr->id->ulValueLen > KS_MAX_ID)) {
+	if (kr->id != NULL &&
+	    (kr->id->pValue == NULL || kr->id->ulValueLen == 0 || kr->id->ulValueLen > KS_MAX_ID)) {
 		snprintf(err, errlen, "key URI: id= must be 1..%d bytes", KS_MAX_ID);
 		goto fail;
 	}
@@ -1303,8 +1304,7 @@ static int set_token(struct p11_ks *ks, const char *token, char *err, size_t err
 	return 0;
 }
 
-static int p11_open(const struct ks_params *params, struct keystore **out, char *err,
-		    size_t errlen)
+static int p11_open(const struct ks_params *params, struct keystore **out, char *err, size_t errlen)
 {
 	struct p11_ks *ks = NULL;
 	char *pin = NULL, rerr[256];
@@ -1458,7 +1458,8 @@ static int p11_find_keys(struct keystore *base, const char *key_ref, struct ks_k
 		free(hs);
 		hs = NULL;
 		if (ret != 0) {
-			snprintf(err, errlen, "cannot record key found on token %s", ks->token_desc);
+			snprintf(err, errlen, "cannot record key found on token %s",
+				 ks->token_desc);
 			goto out;
 		}
 		if (rv == CKR_OK)
@@ -1636,8 +1637,8 @@ out:
 	return ret;
 }
 
-static int p11_keygen(struct keystore *base, const char *key_ref, int gen_type,
-		      struct ks_key **out, char *err, size_t errlen)
+static int p11_keygen(struct keystore *base, const char *key_ref, int gen_type, struct ks_key **out,
+		      char *err, size_t errlen)
 {
 	static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 	static const CK_BYTE e65537[] = {0x01, 0x00, 0x01};
@@ -1712,15 +1713,16 @@ static int p11_keygen(struct keystore *base, const char *key_ref, int gen_type,
 	case KS_GEN_RSA_3072:
 	case KS_GEN_RSA_4096:
 		mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
-		bits = gen_type == KS_GEN_RSA_2048 ? 2048 : gen_type == KS_GEN_RSA_3072 ? 3072 : 4096;
+		bits = gen_type == KS_GEN_RSA_2048   ? 2048
+		       : gen_type == KS_GEN_RSA_3072 ? 3072
+						     : 4096;
 		pubt[npub++] = (CK_ATTRIBUTE){CKA_MODULUS_BITS, &bits, sizeof(bits)};
-		pubt[npub++] =
-			(CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, (void *)e65537, sizeof(e65537)};
+		pubt[npub++] = (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, (void *)e65537, sizeof(e65537)};
 		break;
 	case KS_GEN_ED25519:
 		mech.mechanism = CKM_EC_EDWARDS_KEY_PAIR_GEN;
 		pubt[npub++] =
-			(CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)oid_ed25519, sizeof(oid_ed25519)};
+		    (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)oid_ed25519, sizeof(oid_ed25519)};
 		break;
 	default:
 		snprintf(err, errlen, "unknown key type");
@@ -1743,7 +1745,8 @@ static int p11_keygen(struct keystore *base, const char *key_ref, int gen_type,
 			free(hs);
 			hs = NULL;
 			if (rv == CKR_OK && nh > 0) {
-				snprintf(err, errlen, "a key with this id already exists on token %s",
+				snprintf(err, errlen,
+					 "a key with this id already exists on token %s",
 					 ks->token_desc);
 				ret = MTLS_AGENT_ERR_EXISTS;
 				goto out;
@@ -1751,8 +1754,8 @@ static int p11_keygen(struct keystore *base, const char *key_ref, int gen_type,
 		}
 		/* Creating token objects needs a read/write session; only for this call. */
 		if (rv == CKR_OK)
-			rv = ks->mod->C_OpenSession(l.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
-						    NULL, &rw);
+			rv = ks->mod->C_OpenSession(l.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+						    NULL, NULL, &rw);
 		if (rv == CKR_OK) {
 			rv = ks->mod->C_GenerateKeyPair(rw, &mech, pubt, npub, privt, npriv, &hpub,
 							&hpriv);
@@ -1804,6 +1807,7 @@ out:
 	return ret;
 }
 
+/* clang-format off */
 const struct ks_backend ks_pkcs11_backend = {
 	.type = "pkcs11",
 	.open = p11_open,
@@ -1814,3 +1818,4 @@ const struct ks_backend ks_pkcs11_backend = {
 	.sign = p11_sign,
 	.state = p11_state,
 };
+/* clang-format on */

@@ -126,11 +126,11 @@ static unsigned long wrong_pin_clock;
 static uint8_t wrong_pin_salt[32];
 static int wrong_pin_salted;
 
+/* clang-format off */
 static const struct {
 	CK_RV rv;
 	const char *name;
 } ckr_names[] = {
-/* clang-format off */
 #define CKR_NAME(x) {x, #x}
 	CKR_NAME(CKR_OK),
 	CKR_NAME(CKR_CANCEL),
@@ -201,8 +201,8 @@ static const struct {
 	CKR_NAME(CKR_PIN_TOO_WEAK),
 	CKR_NAME(CKR_FUNCTION_REJECTED),
 #undef CKR_NAME
-/* clang-format on */
 };
+/* clang-format on */
 
 struct ckr_buf {
 	char s[32];
@@ -463,8 +463,8 @@ static int login_locked(struct p11_ks *ks, CK_SESSION_HANDLE s, const char *pin,
 	case CKR_PIN_INVALID:
 	case CKR_PIN_LEN_RANGE:
 		wrong_pin_remember(tkey, hash);
-		log_warn("keystore %s: token %s refused the PIN in %s (%s); not retried until the "
-			 "file changes",
+		log_warn("keystore %s: login to token %s failed: wrong PIN in %s (%s); not retried "
+			 "until the file changes",
 			 ks->base.name, ks->token_desc, ks->pin_file, ckr_name(rv, &b));
 		ret = est_fail(ks, err, errlen, MTLS_AGENT_ERR_PIN,
 			       "token %s: wrong PIN in %s; not retried until the PIN file changes",

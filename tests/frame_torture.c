@@ -353,7 +353,7 @@ int main(int argc, char **argv)
 	}
 	/* Garbage before HELLO. */
 	for (k = 0; k < 50; k++) {
-		uint8_t junk[64];
+		uint8_t junk[4 + 64];
 		for (i = 0; i < sizeof(junk); i++)
 			junk[i] = (uint8_t)rand();
 		v = 5 + (uint32_t)(rand() % 59);

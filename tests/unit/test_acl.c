@@ -19,7 +19,8 @@ static struct peer make_peer(uid_t uid, gid_t gid, const gid_t *groups, size_t n
 	p.uid = uid;
 	p.gid = gid;
 	p.pid = 1234;
-	memcpy(p.groups, groups, n * sizeof(gid_t));
+	if (n > 0)
+		memcpy(p.groups, groups, n * sizeof(gid_t));
 	p.n_groups = n;
 	return p;
 }

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -29,20 +31,25 @@
 /* After EMFILE/ENFILE, stop accepting for this long instead of spinning. */
 #define ACCEPT_PAUSE_MS 1000
 
+/*
+ * Threading: every thread waits in epoll_wait on one epoll set whose
+ * descriptors are armed with EPOLLONESHOT. The thread that receives a
+ * connection's event owns that connection until it re-arms it (or closes
+ * it): it reads, runs dispatch() (which may block in the keystore) and
+ * writes the reply itself. A request therefore costs the same two wake-ups
+ * as a plain socket round trip, and a slow keystore call holds one thread
+ * while the others keep serving.
+ */
 struct conn {
 	int fd;
 	struct conn_ctx ctx;
 	struct buf in;          /* bytes received, at most one maximal frame */
 	struct buf out;         /* reply bytes not yet written */
-	size_t frame_len;       /* length of the frame a worker is handling */
-	struct buf job_reply;   /* the worker's reply */
-	int job_close;          /* the worker asked to close after the reply */
-	int busy;               /* a worker owns the request */
-	int dead;               /* peer gone while busy: free when the worker returns */
 	int closing;            /* close once out is flushed */
+	/* Below: under server.lock. */
+	int owned;              /* a thread is handling the connection (it is not armed) */
 	uint64_t partial_since; /* monotonic ms when an incomplete frame started; 0 if none */
-	struct conn *next;      /* all-connections list */
-	struct conn *qnext;     /* job or done queue */
+	struct conn *next;
 };
 
 struct uid_count {
@@ -51,27 +58,20 @@ struct uid_count {
 };
 
 struct server {
-	int epfd, listen_fd, sig_fd, done_fd;
-	int accept_paused;
-	uint64_t accept_resume;
+	int epfd, listen_fd, sig_fd, stop_fd, timer_fd;
 	const char *config_path;
+	atomic_int stopping;
+
+	pthread_mutex_t lock; /* connections, counts, accept pause */
 	struct conn *conns;
 	unsigned n_conns;
-	/* Closed connections, freed at the end of the loop iteration: an event for
-	 * them may still be waiting in the current epoll batch. */
-	struct conn *graveyard;
 	struct uid_count *uids;
 	size_t n_uids;
+	int accept_paused;
+	uint64_t accept_resume;
 
 	pthread_mutex_t rt_lock;
 	struct runtime *rt;
-
-	pthread_mutex_t q_lock;
-	pthread_cond_t q_cond;
-	struct conn *jobs_head, *jobs_tail, *done_head;
-	int stopping;
-	pthread_t *workers;
-	unsigned n_workers;
 };
 
 static struct runtime *server_runtime(struct server *s)
@@ -115,44 +115,13 @@ static int server_reload(void *arg, char *err, size_t errlen)
 	return 0;
 }
 
-static void *worker_main(void *arg)
+/* Arms fd for one more event. */
+static void arm(struct server *s, int fd, uint32_t events, void *ptr)
 {
-	struct server *s = arg;
-	struct dispatch_env env;
-	struct conn *c;
-	uint64_t one = 1;
-	int r;
+	struct epoll_event ev = {.events = events | EPOLLONESHOT, .data.ptr = ptr};
 
-	for (;;) {
-		pthread_mutex_lock(&s->q_lock);
-		while (s->jobs_head == NULL && !s->stopping)
-			pthread_cond_wait(&s->q_cond, &s->q_lock);
-		if (s->jobs_head == NULL) {
-			pthread_mutex_unlock(&s->q_lock);
-			return NULL;
-		}
-		c = s->jobs_head;
-		s->jobs_head = c->qnext;
-		if (s->jobs_head == NULL)
-			s->jobs_tail = NULL;
-		pthread_mutex_unlock(&s->q_lock);
-
-		memset(&env, 0, sizeof(env));
-		env.rt = server_runtime(s);
-		env.reload = server_reload;
-		env.reload_arg = s;
-		env.now = time(NULL);
-		r = dispatch(&env, &c->ctx, c->in.data, c->frame_len, &c->job_reply);
-		c->job_close = r != 0;
-		runtime_unref(env.rt);
-
-		pthread_mutex_lock(&s->q_lock);
-		c->qnext = s->done_head;
-		s->done_head = c;
-		pthread_mutex_unlock(&s->q_lock);
-		if (write(s->done_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-			log_error("eventfd write: %s", strerror(errno));
-	}
+	if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &ev) != 0)
+		log_error("epoll_ctl: %s", strerror(errno));
 }
 
 static struct uid_count *uid_slot(struct server *s, uid_t uid, int create)
@@ -171,23 +140,20 @@ static struct uid_count *uid_slot(struct server *s, uid_t uid, int create)
 	return &s->uids[s->n_uids++];
 }
 
-static void conn_free(struct server *s, struct conn *c)
+static void conn_free(struct conn *c)
 {
-	struct uid_count *u = uid_slot(s, c->ctx.peer.uid, 0);
-
-	if (u != NULL && u->n > 0)
-		u->n--;
 	buf_free(&c->in);
 	buf_free(&c->out);
-	buf_free(&c->job_reply);
 	free(c);
 }
 
-/* Removes c from the server; defers the free while a worker still holds it. */
+/* Called by the owning thread only: nobody else can reach c once it is unlinked. */
 static void conn_close(struct server *s, struct conn *c)
 {
+	struct uid_count *u;
 	struct conn **pp;
 
+	pthread_mutex_lock(&s->lock);
 	for (pp = &s->conns; *pp != NULL; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
@@ -195,39 +161,12 @@ static void conn_close(struct server *s, struct conn *c)
 		}
 	}
 	s->n_conns--;
+	if ((u = uid_slot(s, c->ctx.peer.uid, 0)) != NULL && u->n > 0)
+		u->n--;
+	pthread_mutex_unlock(&s->lock);
 	epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
-	c->fd = -1;
-	if (c->busy) {
-		c->dead = 1;
-	} else {
-		c->next = s->graveyard;
-		s->graveyard = c;
-	}
-}
-
-static void bury(struct server *s)
-{
-	struct conn *c;
-
-	while ((c = s->graveyard) != NULL) {
-		s->graveyard = c->next;
-		conn_free(s, c);
-	}
-}
-
-static void conn_set_events(struct server *s, struct conn *c)
-{
-	struct epoll_event ev = {0};
-
-	/* Read only when no request is in progress and no reply is waiting. */
-	if (c->out.len > 0)
-		ev.events |= EPOLLOUT;
-	else if (!c->busy && !c->closing)
-		ev.events |= EPOLLIN;
-	ev.events |= EPOLLRDHUP;
-	ev.data.ptr = c;
-	epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+	conn_free(c);
 }
 
 /* Writes what the socket takes; returns -1 if the connection must go. */
@@ -249,126 +188,98 @@ static int conn_flush(struct conn *c)
 	return 0;
 }
 
-static void queue_job(struct server *s, struct conn *c)
-{
-	c->busy = 1;
-	c->qnext = NULL;
-	pthread_mutex_lock(&s->q_lock);
-	if (s->jobs_tail != NULL)
-		s->jobs_tail->qnext = c;
-	else
-		s->jobs_head = c;
-	s->jobs_tail = c;
-	pthread_cond_signal(&s->q_cond);
-	pthread_mutex_unlock(&s->q_lock);
-}
-
 /*
- * Looks for a complete request in c->in. Hands it to a worker, or, for a
- * frame whose length field is out of bounds, queues an error and closes:
- * the stream cannot be resynchronised after a bad length.
+ * Handles every complete request buffered in c->in, appending the replies
+ * to c->out. A frame whose length field is out of bounds gets an error and
+ * closes the connection: the stream cannot be resynchronised after it.
  */
-static void conn_process_input(struct server *s, struct conn *c)
+static void conn_handle_frames(struct server *s, struct conn *c)
 {
+	struct dispatch_env env;
 	size_t frame_len;
 	int r;
 
-	if (c->busy || c->closing || c->out.len > 0)
-		return;
-	r = proto_frame_peek(c->in.data, c->in.len, PROTO_MAX_REQUEST, &frame_len);
-	if (r == MTLS_AGENT_ERR_TRUNCATED) {
-		if (c->in.len > 0 && c->partial_since == 0)
-			c->partial_since = monotonic_ms();
-		return;
+	while (!c->closing && c->out.len == 0) {
+		r = proto_frame_peek(c->in.data, c->in.len, PROTO_MAX_REQUEST, &frame_len);
+		if (r == MTLS_AGENT_ERR_TRUNCATED)
+			return;
+		if (r != 0) {
+			log_info("closing connection of uid %ld pid %ld: %s frame length",
+				 (long)c->ctx.peer.uid, (long)c->ctx.peer.pid,
+				 r == MTLS_AGENT_ERR_TOO_LARGE ? "over-long" : "invalid");
+			dispatch_error_reply(&c->out, 0, r,
+					     r == MTLS_AGENT_ERR_TOO_LARGE
+						     ? "frame over 262144 bytes"
+						     : "frame shorter than its header");
+			c->closing = 1;
+			buf_reset(&c->in);
+			return;
+		}
+		memset(&env, 0, sizeof(env));
+		env.rt = server_runtime(s);
+		env.reload = server_reload;
+		env.reload_arg = s;
+		env.now = time(NULL);
+		r = dispatch(&env, &c->ctx, c->in.data, frame_len, &c->out);
+		runtime_unref(env.rt);
+		buf_consume(&c->in, frame_len);
+		if (r != 0)
+			c->closing = 1;
 	}
-	c->partial_since = 0;
-	if (r != 0) {
-		log_info("closing connection of uid %ld pid %ld: %s frame length",
-			 (long)c->ctx.peer.uid, (long)c->ctx.peer.pid,
-			 r == MTLS_AGENT_ERR_TOO_LARGE ? "over-long" : "invalid");
-		dispatch_error_reply(&c->out, 0, r,
-				     r == MTLS_AGENT_ERR_TOO_LARGE ? "frame over 262144 bytes"
-								   : "frame shorter than its header");
-		c->closing = 1;
-		buf_reset(&c->in);
-		return;
-	}
-	c->frame_len = frame_len;
-	queue_job(s, c);
 }
 
-static void conn_after_write(struct server *s, struct conn *c)
+/* One event for a connection this thread now owns. */
+static void conn_event(struct server *s, struct conn *c, uint32_t events)
 {
-	if (c->out.len == 0 && c->closing) {
-		conn_close(s, c);
-		return;
-	}
-	conn_process_input(s, c);
-	if (c->out.len > 0 && conn_flush(c) != 0) {
-		conn_close(s, c);
-		return;
-	}
-	if (c->out.len == 0 && c->closing) {
-		conn_close(s, c);
-		return;
-	}
-	conn_set_events(s, c);
-}
-
-static void conn_readable(struct server *s, struct conn *c)
-{
-	uint8_t *p;
+	uint64_t partial_since = 0;
 	size_t room;
+	uint8_t *p;
 	ssize_t n;
 
-	room = c->in.max - c->in.len;
-	if (room == 0 || buf_reserve(&c->in, room, &p) != 0) {
-		conn_close(s, c);
-		return;
-	}
-	n = recv(c->fd, p, room, 0);
-	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-		return;
-	if (n <= 0) {
-		conn_close(s, c);
-		return;
-	}
-	c->in.len += (size_t)n;
-	conn_after_write(s, c);
-}
+	pthread_mutex_lock(&s->lock);
+	c->owned = 1;
+	partial_since = c->partial_since;
+	pthread_mutex_unlock(&s->lock);
 
-static void finish_jobs(struct server *s)
-{
-	struct conn *c, *next;
-	uint64_t v;
-
-	if (read(s->done_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-		log_error("eventfd read: %s", strerror(errno));
-	pthread_mutex_lock(&s->q_lock);
-	c = s->done_head;
-	s->done_head = NULL;
-	pthread_mutex_unlock(&s->q_lock);
-	for (; c != NULL; c = next) {
-		next = c->qnext;
-		c->busy = 0;
-		if (c->dead) {
-			c->next = s->graveyard;
-			s->graveyard = c;
-			continue;
-		}
-		buf_consume(&c->in, c->frame_len);
-		c->frame_len = 0;
-		if (buf_put(&c->out, c->job_reply.data, c->job_reply.len) != 0)
-			c->closing = 1;
-		buf_reset(&c->job_reply);
-		if (c->job_close)
-			c->closing = 1;
-		if (conn_flush(c) != 0) {
-			conn_close(s, c);
-			continue;
-		}
-		conn_after_write(s, c);
+	if ((events & EPOLLOUT) && conn_flush(c) != 0)
+		goto close;
+	if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) && c->out.len == 0 &&
+	    !c->closing) {
+		room = c->in.max - c->in.len;
+		if (room == 0 || buf_reserve(&c->in, room, &p) != 0)
+			goto close;
+		n = recv(c->fd, p, room, 0);
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+			goto close;
+		if (n > 0)
+			c->in.len += (size_t)n;
 	}
+	/* Requests pipelined behind one whose reply went out are handled too. */
+	for (;;) {
+		conn_handle_frames(s, c);
+		if (c->out.len == 0)
+			break; /* waiting for more input */
+		if (conn_flush(c) != 0)
+			goto close;
+		if (c->out.len > 0 || c->closing)
+			break; /* waiting for the socket to take the rest */
+	}
+	if (c->out.len == 0 && c->closing)
+		goto close;
+	if (c->in.len == 0)
+		partial_since = 0;
+	else if (partial_since == 0)
+		partial_since = monotonic_ms();
+
+	pthread_mutex_lock(&s->lock);
+	c->partial_since = partial_since;
+	c->owned = 0;
+	pthread_mutex_unlock(&s->lock);
+	/* Read only when the reply to the last request is out. The last touch of c. */
+	arm(s, c->fd, (c->out.len > 0 ? EPOLLOUT : EPOLLIN) | EPOLLRDHUP, c);
+	return;
+close:
+	conn_close(s, c);
 }
 
 static int peer_credentials(int fd, struct peer *peer)
@@ -386,15 +297,13 @@ static int peer_credentials(int fd, struct peer *peer)
 	peer->pid = uc.pid;
 	/*
 	 * Supplementary groups as they were at connect(). A peer with more
-	 * groups than we keep is judged on the first ones only: that can refuse
-	 * it wrongly but never admit it wrongly.
+	 * groups than we keep is judged without them: that can refuse it
+	 * wrongly but never admit it wrongly.
 	 */
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0)
 		peer->n_groups = glen / sizeof(gid_t);
-	else if (errno == ERANGE)
-		peer->n_groups = 0;
 	if (peer->n_groups > PEER_MAX_GROUPS)
-		peer->n_groups = PEER_MAX_GROUPS;
+		peer->n_groups = 0;
 	memcpy(peer->groups, groups, peer->n_groups * sizeof(gid_t));
 	return 0;
 }
@@ -410,9 +319,10 @@ static void refuse_busy(int fd, const char *why)
 	close(fd);
 }
 
-static void accept_clients(struct server *s)
+/* Accepts what is pending; returns 0 to re-arm the listener, -1 to pause it. */
+static int accept_clients(struct server *s)
 {
-	struct epoll_event ev = {0};
+	struct epoll_event ev;
 	struct runtime *rt;
 	struct uid_count *u;
 	struct conn *c;
@@ -430,23 +340,16 @@ static void accept_clients(struct server *s)
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 				/* Out of descriptors: pause accepting rather than spin. */
 				log_warn("accept: %s; pausing new connections", strerror(errno));
-				epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->listen_fd, NULL);
+				pthread_mutex_lock(&s->lock);
 				s->accept_paused = 1;
 				s->accept_resume = monotonic_ms() + ACCEPT_PAUSE_MS;
+				pthread_mutex_unlock(&s->lock);
+				return -1;
 			}
-			return;
+			return 0;
 		}
 		if (peer_credentials(fd, &peer) != 0) {
 			close(fd);
-			continue;
-		}
-		if (s->n_conns >= max_total) {
-			refuse_busy(fd, "too many connections");
-			continue;
-		}
-		if ((u = uid_slot(s, peer.uid, 1)) == NULL || u->n >= max_uid) {
-			log_info("refused uid %ld: over max-clients-per-uid", (long)peer.uid);
-			refuse_busy(fd, "too many connections for this uid");
 			continue;
 		}
 		if ((c = calloc(1, sizeof(*c))) == NULL) {
@@ -457,47 +360,118 @@ static void accept_clients(struct server *s)
 		c->ctx.peer = peer;
 		buf_init(&c->in, PROTO_LEN_SIZE + PROTO_MAX_REQUEST);
 		buf_init(&c->out, PROTO_MAX_REPLY);
-		buf_init(&c->job_reply, PROTO_MAX_REPLY);
-		ev.events = EPOLLIN | EPOLLRDHUP;
-		ev.data.ptr = c;
-		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-			buf_free(&c->in);
-			buf_free(&c->out);
-			buf_free(&c->job_reply);
-			free(c);
-			close(fd);
+		pthread_mutex_lock(&s->lock);
+		if (s->n_conns >= max_total) {
+			pthread_mutex_unlock(&s->lock);
+			conn_free(c);
+			refuse_busy(fd, "too many connections");
+			continue;
+		}
+		if ((u = uid_slot(s, peer.uid, 1)) == NULL || u->n >= max_uid) {
+			pthread_mutex_unlock(&s->lock);
+			conn_free(c);
+			log_info("refused uid %ld: over max-clients-per-uid", (long)peer.uid);
+			refuse_busy(fd, "too many connections for this uid");
 			continue;
 		}
 		u->n++;
 		c->next = s->conns;
 		s->conns = c;
 		s->n_conns++;
+		pthread_mutex_unlock(&s->lock);
+		/* From here another thread may own c: do not touch it again. */
+		ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
+		ev.data.ptr = c;
+		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+			log_error("epoll_ctl: %s", strerror(errno));
+			conn_close(s, c);
+			continue;
+		}
 		log_debug("connection from uid %ld gid %ld pid %ld", (long)peer.uid,
 			  (long)peer.gid, (long)peer.pid);
 	}
 }
 
+/* Once a second: end stalled partial requests; resume a paused listener. */
 static void sweep(struct server *s)
 {
 	uint64_t now = monotonic_ms();
-	struct epoll_event ev = {0};
-	struct conn *c, *next;
+	int resume = 0;
+	struct conn *c;
 
+	pthread_mutex_lock(&s->lock);
 	if (s->accept_paused && now >= s->accept_resume) {
-		ev.events = EPOLLIN;
-		ev.data.ptr = NULL;
-		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->listen_fd, &ev) == 0)
-			s->accept_paused = 0;
+		s->accept_paused = 0;
+		resume = 1;
 	}
-	for (c = s->conns; c != NULL; c = next) {
-		next = c->next;
-		if (!c->busy && c->partial_since != 0 &&
+	for (c = s->conns; c != NULL; c = c->next) {
+		if (!c->owned && c->partial_since != 0 &&
 		    now - c->partial_since > PARTIAL_FRAME_TIMEOUT_MS) {
 			log_info("closing connection of uid %ld pid %ld: request not completed in "
 				 "time", (long)c->ctx.peer.uid, (long)c->ctx.peer.pid);
-			conn_close(s, c);
+			/* The owner-to-be sees end-of-file and closes it. */
+			c->partial_since = 0;
+			shutdown(c->fd, SHUT_RDWR);
 		}
 	}
+	pthread_mutex_unlock(&s->lock);
+	if (resume)
+		arm(s, s->listen_fd, EPOLLIN, &s->listen_fd);
+}
+
+static void handle_signals(struct server *s)
+{
+	struct signalfd_siginfo si;
+	char err[512];
+	uint64_t one = 1;
+
+	while (read(s->sig_fd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGHUP) {
+			log_info("SIGHUP: reloading %s", s->config_path);
+			server_reload(s, err, sizeof(err));
+		} else {
+			log_info("signal %u: shutting down", si.ssi_signo);
+			atomic_store(&s->stopping, 1);
+			/* Level-triggered and never drained: wakes every thread. */
+			if (write(s->stop_fd, &one, sizeof(one)) < 0)
+				log_error("eventfd write: %s", strerror(errno));
+		}
+	}
+}
+
+static void *server_thread(void *arg)
+{
+	struct server *s = arg;
+	struct epoll_event ev;
+	uint64_t ticks;
+	int n;
+
+	while (!atomic_load(&s->stopping)) {
+		/* One event per wait: a thread never sits on work another could do. */
+		n = epoll_wait(s->epfd, &ev, 1, -1);
+		if (n <= 0) {
+			if (n < 0 && errno != EINTR)
+				log_error("epoll_wait: %s", strerror(errno));
+			continue;
+		}
+		if (ev.data.ptr == &s->stop_fd) {
+			break;
+		} else if (ev.data.ptr == &s->listen_fd) {
+			if (accept_clients(s) == 0)
+				arm(s, s->listen_fd, EPOLLIN, &s->listen_fd);
+		} else if (ev.data.ptr == &s->sig_fd) {
+			handle_signals(s);
+			arm(s, s->sig_fd, EPOLLIN, &s->sig_fd);
+		} else if (ev.data.ptr == &s->timer_fd) {
+			if (read(s->timer_fd, &ticks, sizeof(ticks)) < 0 && errno != EAGAIN)
+				log_error("timerfd read: %s", strerror(errno));
+			sweep(s);
+			arm(s, s->timer_fd, EPOLLIN, &s->timer_fd);
+		} else {
+			conn_event(s, ev.data.ptr, ev.events);
+		}
+	}
+	return NULL;
 }
 
 static int check_socket_dir(const char *path, char *err, size_t errlen)
@@ -603,28 +577,34 @@ fail:
 	return -1;
 }
 
+static int add_fd(struct server *s, int fd, uint32_t events, void *ptr)
+{
+	struct epoll_event ev = {.events = events, .data.ptr = ptr};
+
+	return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
 int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	       const char *config_path, struct runtime *rt)
 {
-	struct epoll_event ev, events[64];
-	struct signalfd_siginfo si;
+	struct itimerspec tick = {{1, 0}, {1, 0}};
+	pthread_t *threads = NULL;
+	unsigned n_threads = 0, i;
 	struct server s;
 	struct conn *c;
 	sigset_t mask;
-	char err[512];
-	unsigned i;
-	int n, k, ret = 1;
+	int ret = 1;
 
 	memset(&s, 0, sizeof(s));
 	s.listen_fd = listen_fd;
 	s.config_path = config_path;
 	s.rt = rt;
-	s.epfd = s.sig_fd = s.done_fd = -1;
+	s.epfd = s.sig_fd = s.stop_fd = s.timer_fd = -1;
+	atomic_init(&s.stopping, 0);
+	pthread_mutex_init(&s.lock, NULL);
 	pthread_mutex_init(&s.rt_lock, NULL);
-	pthread_mutex_init(&s.q_lock, NULL);
-	pthread_cond_init(&s.q_cond, NULL);
 
-	/* Signals arrive through a descriptor; workers inherit the blocked mask. */
+	/* Signals arrive through a descriptor; the threads inherit the blocked mask. */
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGHUP);
 	sigaddset(&mask, SIGTERM);
@@ -632,106 +612,56 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if ((s.sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) < 0 ||
-	    (s.done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
-	    (s.epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
+	    (s.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
+	    (s.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0 ||
+	    timerfd_settime(s.timer_fd, 0, &tick, NULL) != 0 ||
+	    (s.epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+	    add_fd(&s, listen_fd, EPOLLIN | EPOLLONESHOT, &s.listen_fd) != 0 ||
+	    add_fd(&s, s.sig_fd, EPOLLIN | EPOLLONESHOT, &s.sig_fd) != 0 ||
+	    add_fd(&s, s.timer_fd, EPOLLIN | EPOLLONESHOT, &s.timer_fd) != 0 ||
+	    add_fd(&s, s.stop_fd, EPOLLIN, &s.stop_fd) != 0) {
 		log_error("cannot set up the event loop: %s", strerror(errno));
 		goto out;
 	}
-	memset(&ev, 0, sizeof(ev));
-	ev.events = EPOLLIN;
-	ev.data.ptr = NULL;
-	epoll_ctl(s.epfd, EPOLL_CTL_ADD, listen_fd, &ev);
-	ev.data.ptr = &s.sig_fd;
-	epoll_ctl(s.epfd, EPOLL_CTL_ADD, s.sig_fd, &ev);
-	ev.data.ptr = &s.done_fd;
-	epoll_ctl(s.epfd, EPOLL_CTL_ADD, s.done_fd, &ev);
-
-	s.n_workers = rt->cfg->workers;
-	if ((s.workers = calloc(s.n_workers, sizeof(*s.workers))) == NULL)
+	/* This thread is one of the `workers` serving threads. */
+	if ((threads = calloc(rt->cfg->workers, sizeof(*threads))) == NULL)
 		goto out;
-	for (i = 0; i < s.n_workers; i++) {
-		if (pthread_create(&s.workers[i], NULL, worker_main, &s) != 0) {
-			log_error("cannot start worker threads");
-			s.n_workers = i;
+	for (i = 1; i < rt->cfg->workers; i++) {
+		if (pthread_create(&threads[n_threads], NULL, server_thread, &s) != 0) {
+			log_error("cannot start serving threads");
 			goto out;
 		}
+		n_threads++;
 	}
-	log_info("listening on %s (%u workers)", socket_path, s.n_workers);
-	for (;;) {
-		n = epoll_wait(s.epfd, events, 64, 1000);
-		if (n < 0 && errno != EINTR) {
-			log_error("epoll_wait: %s", strerror(errno));
-			goto out;
-		}
-		for (k = 0; k < n; k++) {
-			void *p = events[k].data.ptr;
-
-			if (p == NULL) {
-				accept_clients(&s);
-			} else if (p == &s.done_fd) {
-				finish_jobs(&s);
-			} else if (p == &s.sig_fd) {
-				while (read(s.sig_fd, &si, sizeof(si)) == sizeof(si)) {
-					if (si.ssi_signo == SIGHUP) {
-						log_info("SIGHUP: reloading %s", config_path);
-						server_reload(&s, err, sizeof(err));
-					} else {
-						log_info("signal %u: shutting down", si.ssi_signo);
-						ret = 0;
-						goto out;
-					}
-				}
-			}
-		}
-		/* Connection events after the control descriptors: a close must not
-		 * race with a finished job for the same connection in this batch. */
-		for (k = 0; k < n; k++) {
-			c = events[k].data.ptr;
-			if (c == NULL || (void *)c == &s.done_fd || (void *)c == &s.sig_fd)
-				continue;
-			if (c->fd < 0)
-				continue;
-			if (events[k].events & EPOLLOUT) {
-				if (conn_flush(c) != 0)
-					conn_close(&s, c);
-				else
-					conn_after_write(&s, c);
-			} else if (events[k].events & EPOLLIN) {
-				conn_readable(&s, c);
-			} else if (events[k].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
-				conn_close(&s, c);
-			}
-		}
-		sweep(&s);
-		bury(&s);
-	}
+	log_info("listening on %s (%u threads)", socket_path, rt->cfg->workers);
+	server_thread(&s);
+	ret = 0;
 out:
-	/* Stop taking work, let the workers finish what they hold, then close everything. */
+	/* Stop: every thread finishes the request it holds, then everything is closed. */
+	atomic_store(&s.stopping, 1);
+	if (s.stop_fd >= 0) {
+		uint64_t one = 1;
+		(void)!write(s.stop_fd, &one, sizeof(one));
+	}
+	for (i = 0; i < n_threads; i++)
+		pthread_join(threads[i], NULL);
+	free(threads);
 	if (unlink_socket)
 		unlink(socket_path);
 	close(listen_fd);
-	pthread_mutex_lock(&s.q_lock);
-	s.stopping = 1;
-	pthread_cond_broadcast(&s.q_cond);
-	pthread_mutex_unlock(&s.q_lock);
-	for (i = 0; i < s.n_workers; i++)
-		pthread_join(s.workers[i], NULL);
-	free(s.workers);
-	if (s.done_fd >= 0)
-		finish_jobs(&s);
-	while (s.conns != NULL)
-		conn_close(&s, s.conns);
-	bury(&s);
+	while ((c = s.conns) != NULL)
+		conn_close(&s, c);
 	free(s.uids);
 	if (s.epfd >= 0)
 		close(s.epfd);
 	if (s.sig_fd >= 0)
 		close(s.sig_fd);
-	if (s.done_fd >= 0)
-		close(s.done_fd);
+	if (s.stop_fd >= 0)
+		close(s.stop_fd);
+	if (s.timer_fd >= 0)
+		close(s.timer_fd);
 	runtime_unref(s.rt);
+	pthread_mutex_destroy(&s.lock);
 	pthread_mutex_destroy(&s.rt_lock);
-	pthread_mutex_destroy(&s.q_lock);
-	pthread_cond_destroy(&s.q_cond);
 	return ret;
 }

@@ -1,7 +1,6 @@
 /*
- * The socket side of the daemon: one epoll thread owns every connection,
- * a small pool of worker threads runs dispatch() (which may block in the
- * keystore), so slow hardware never stalls accepting or reading.
+ * The socket side of the daemon: `workers` threads share one epoll set; the
+ * thread that receives a request reads it, signs and replies (see server.c).
  */
 #ifndef MTLS_AGENT_SERVER_H
 #define MTLS_AGENT_SERVER_H

@@ -22,7 +22,7 @@ const char *mtls_agent_strerror(int err)
 	case MTLS_AGENT_ERR_CERT: return "certificate rejected";
 	case MTLS_AGENT_ERR_CONFIG: return "configuration error";
 	case MTLS_AGENT_ERR_IO: return "system error";
-	case MTLS_AGENT_ERR_CONNECT: return "agent not reachable";
+	case MTLS_AGENT_ERR_CONNECT: return "agent not running or not reachable";
 	case MTLS_AGENT_ERR_PROTOCOL: return "unexpected reply from the agent";
 	case MTLS_AGENT_ERR_EXISTS: return "already exists";
 	case MTLS_AGENT_ERR_BUSY: return "too many connections or requests";

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1026,9 +1027,20 @@ static int cmd_keyref(struct ctx *c, int argc, char **argv)
 		errmsg(c, "cannot encode the key reference");
 		goto out;
 	}
-	/* A key reference holds no secret: world-readable like a certificate. */
+	/* A key reference holds no secret: world-readable like a certificate. Files are
+	 * replaced atomically (a running application may be reading the old one);
+	 * anything else, such as /dev/stdout, is written to directly. */
 	if (out != NULL && strcmp(out, "-") != 0) {
-		if (write_file_atomic(out, pem, pem_len, 0644) != 0) {
+		struct stat st;
+		FILE *f;
+
+		if (lstat(out, &st) == 0 && !S_ISREG(st.st_mode)) {
+			if ((f = fopen(out, "w")) == NULL ||
+			    fwrite(pem, 1, pem_len, f) != pem_len || fclose(f) != 0) {
+				errmsg(c, "cannot write %s: %s", out, strerror(errno));
+				goto out;
+			}
+		} else if (write_file_atomic(out, pem, pem_len, 0644) != 0) {
 			errmsg(c, "cannot write %s: %s", out, strerror(errno));
 			goto out;
 		}

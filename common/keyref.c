@@ -119,10 +119,14 @@ int keyref_decode(const uint8_t *data, size_t len, char **identity, uint8_t **sp
 	*spki_len = 0;
 	if (len == 0 || len > 1024 * 1024)
 		return MTLS_AGENT_ERR_BAD_MESSAGE;
+	/* Called inside OpenSSL's decoder chains: leave the caller's error queue alone. */
+	ERR_set_mark();
 	if (keyref_is_pem(data, len)) {
 		/* PEM_read_bio returns the next block whatever its label: skip to ours. */
-		if ((bio = BIO_new_mem_buf(data, (int)len)) == NULL)
-			return MTLS_AGENT_ERR_NOMEM;
+		if ((bio = BIO_new_mem_buf(data, (int)len)) == NULL) {
+			ret = MTLS_AGENT_ERR_NOMEM;
+			goto out;
+		}
 		for (;;) {
 			OPENSSL_free(name);
 			OPENSSL_free(header);
@@ -165,7 +169,7 @@ int keyref_decode(const uint8_t *data, size_t len, char **identity, uint8_t **sp
 	memcpy(*spki, ASN1_STRING_get0_data(kr->public_key), *spki_len);
 	ret = 0;
 out:
-	ERR_clear_error();
+	ERR_pop_to_mark();
 	MTLS_KEYREF_free(kr);
 	OPENSSL_free(name);
 	OPENSSL_free(header);

@@ -41,7 +41,13 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 	char *tmp = NULL, *dcopy = NULL;
 	int fd = -1, dfd = -1, ret = -1, saved;
 	unsigned attempt;
+	struct stat st;
 
+	/* Renaming over a device or a directory would replace it: only regular files. */
+	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		errno = EINVAL;
+		return -1;
+	}
 	if ((dcopy = strdup(path)) == NULL)
 		goto out;
 	for (attempt = 0; attempt < 16; attempt++) {

@@ -13,7 +13,8 @@ void wipe(void *p, size_t n);
  * Writes data to path atomically: a new temp file in the same directory
  * (O_CREAT|O_EXCL, given mode), write, fsync, rename over path, fsync the
  * directory. On failure the old file is untouched and errno says why.
- * Returns 0 or -1.
+ * An existing path that is not a regular file (a device, a directory, a
+ * symlink) is refused with EINVAL rather than replaced. Returns 0 or -1.
  */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 

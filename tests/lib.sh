@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # variables set here are read by the tests
 #
 # tests/lib.sh: sourced by every integration test (tests/integration/*.sh).
 #
@@ -33,7 +33,7 @@ unset MTLS_AGENT_SOCK
 
 AGENT_PID=
 # stdout and stderr of the last assert_ok / assert_fails, for the tests to inspect.
-export LAST_OUT='' LAST_ERR=''
+LAST_OUT='' LAST_ERR=''
 SOCK=
 CONF=
 STATE_DIR=
@@ -96,7 +96,10 @@ _cleanup() {
 	fi
 	exit "$rc"
 }
+# Background processes a test starts (other than the agent) that the clean-up
+# must stop: `some_cmd & bg_track $!`.
 BG_PIDS=()
+bg_track() { BG_PIDS+=("$@"); }
 trap _cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
@@ -122,9 +125,15 @@ need_cmd openssl softhsm2-util timeout od head cmp seq
 need_binaries
 [ -r "$SOFTHSM_MODULE" ] || skip "SoftHSM2 module not found: $SOFTHSM_MODULE"
 
-# LeakSanitizer must not blame the agent for what the PKCS#11 module keeps.
+# Sanitizer builds: full stacks for allocations, so that leak suppressions match
+# allocations OpenSSL makes for SoftHSM; and LeakSanitizer must not blame the
+# agent for what the PKCS#11 module keeps (unless the caller set its own).
+case ":${ASAN_OPTIONS:-}:" in
+*:fast_unwind_on_malloc=*) ;;
+*) export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0" ;;
+esac
 if [ -z "${LSAN_OPTIONS:-}" ]; then
-	printf 'leak:libsofthsm2.so\nleak:libp11-kit.so\n' >"$WORK/lsan.supp"
+	printf 'leak:libsofthsm2.so\nleak:libp11-kit.so\nleak:pkcs11-spy.so\n' >"$WORK/lsan.supp"
 	export LSAN_OPTIONS="suppressions=$WORK/lsan.supp:print_suppressions=0"
 fi
 
@@ -149,7 +158,7 @@ assert_not_contains() { # HAYSTACK NEEDLE [WHAT]
 }
 
 assert_match() { # HAYSTACK ERE [WHAT]   (case-insensitive extended regex)
-	printf '%s\n' "$1" | grep -qiE -- "$2" || fail "${3:-output} does not match /$2/: $1"
+	grep -qiE -- "$2" <<<"$1" || fail "${3:-output} does not match /$2/: $1"
 }
 
 # Runs CMD...; it must succeed. stdout in $LAST_OUT, stderr in $LAST_ERR.

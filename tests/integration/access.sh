@@ -102,7 +102,8 @@ cmp -s <(cert_pubkey "$WORK/cert.nobody" /dev/stdout) "$WORK/fornobody.pub.pem" 
 # The agent logged its refusals, naming the caller.
 REFUSED=$(log_count 'denied|refus|not allowed')
 [ "$REFUSED" -gt "$REFUSED_BEFORE" ] || fail "agent log does not mention any refusal"
-grep -iE 'denied|refus|not allowed' "$AGENT_LOG" | grep -qE '65534|nobody' ||
+grep -iE 'denied|refus|not allowed' "$AGENT_LOG" >"$WORK/refusals.log" || true
+grep -qE '65534|nobody' "$WORK/refusals.log" ||
 	fail "agent log's refusals do not name the caller (uid 65534 / nobody)"
 
 # --- a user no list names (daemon:daemon) sees nothing and may do nothing --------------------

@@ -92,7 +92,7 @@ agent_identity dev2 "sign-policy = any"
 cp "$CONF" "$WORK/good2.conf"
 assert_ok timeout 10 "$MTLS_AGENT" -n -c "$CONF"
 kill -HUP "$PID"
-list_has() { ctl list 2>/dev/null | grep -q -- "$1"; }
+list_has() { ctl list >"$WORK/list.now" 2>/dev/null && grep -q -- "$1" "$WORK/list.now"; }
 wait_until 10 list_has dev2 || fail "dev2 not listed within 10 s of SIGHUP"
 kill -0 "$PID" 2>/dev/null || fail "agent (pid $PID) is gone after SIGHUP"
 make_cv13 "$WORK/cv" 32

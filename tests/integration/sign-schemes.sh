@@ -58,8 +58,8 @@ while IFS=: read -r tag type schemes others; do
 			fail "keygen $id --type $type failed (exit $rc): $(cat "$WORK/keygen.err")"
 		fi
 		ctl csr "$id" --subject "/CN=$id/O=mtls-agent tests" >"$WORK/$id.csr" || fail "csr $id failed"
-		openssl req -in "$WORK/$id.csr" -inform "$(grep -q 'BEGIN CERTIFICATE REQUEST' "$WORK/$id.csr" && echo PEM || echo DER)" \
-			-verify -noout 2>/dev/null || fail "CSR of $id does not verify"
+		_csr_to_pem "$WORK/$id.csr" "$WORK/$id.csr.pem" || fail "csr $id printed no CSR"
+		openssl req -in "$WORK/$id.csr.pem" -verify -noout 2>/dev/null || fail "CSR of $id does not verify"
 		testca_issue "$WORK/$id.csr" "$WORK/$id.chain.pem"
 		assert_ok ctl import-cert "$id" "$WORK/$id.chain.pem"
 		assert_ok ctl list

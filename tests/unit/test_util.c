@@ -71,6 +71,14 @@ static void test_read_file_bounds(void **state)
 	assert_int_equal(read_file(path, 5000, &data, &len), -1);
 }
 
+static const char *path_link(const char *target)
+{
+	static char link[300];
+
+	snprintf(link, sizeof(link), "%s.link", target);
+	return link;
+}
+
 static void test_write_file_atomic(void **state)
 {
 	char path[256];
@@ -86,6 +94,13 @@ static void test_write_file_atomic(void **state)
 	free(data);
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0640);
+	/* Never replaces what is not a regular file (a past bug replaced /dev/null). */
+	assert_int_equal(write_file_atomic(dir, "x", 1, 0600), -1);
+	assert_int_equal(symlink("target", path_link(path)), 0);
+	assert_int_equal(write_file_atomic(path_link(path), "x", 1, 0600), -1);
+	assert_int_equal(read_file(path, 100, &data, &len), 0);
+	assert_memory_equal(data, "new contents", 12);
+	free(data);
 	/* A directory that does not exist: error, nothing created. */
 	assert_int_equal(write_file_atomic("/nonexistent-dir/x", "a", 1, 0600), -1);
 }

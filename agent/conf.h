@@ -22,6 +22,7 @@ struct cfg_keystore {
 	char *pin_file;    /* may be NULL */
 	unsigned sessions; /* pkcs11 session pool size, default 4, 1..64 */
 	char *tcti;        /* tpm2: default "device:/dev/tpmrm0" */
+	char *srk;         /* tpm2: "handle:0x81xxxxxx", NULL: SRK from the TCG template */
 	int line;          /* line of the section header */
 };
 

@@ -43,7 +43,7 @@ enum agent_key {
 	A_NKEYS
 };
 
-enum keystore_key { K_TYPE, K_MODULE, K_TOKEN, K_PIN_FILE, K_SESSIONS, K_TCTI, K_NKEYS };
+enum keystore_key { K_TYPE, K_MODULE, K_TOKEN, K_PIN_FILE, K_SESSIONS, K_TCTI, K_SRK, K_NKEYS };
 
 enum identity_key {
 	I_KEYSTORE,
@@ -63,7 +63,7 @@ static const char *const agent_keys[A_NKEYS] = {
 };
 
 static const char *const keystore_keys[K_NKEYS] = {
-	"type", "module", "token", "pin-file", "sessions", "tcti",
+	"type", "module", "token", "pin-file", "sessions", "tcti", "srk",
 };
 
 static const char *const identity_keys[I_NKEYS] = {
@@ -184,6 +184,7 @@ void config_free(struct config *cfg)
 		free(ks->token);
 		free(ks->pin_file);
 		free(ks->tcti);
+		free(ks->srk);
 	}
 	free(cfg->keystores);
 	for (i = 0; i < cfg->n_identities; i++) {
@@ -255,6 +256,34 @@ static int set_uint(struct parser *p, const char *key, unsigned *dst, const char
 	}
 	*dst = (unsigned)v;
 	return 0;
+}
+
+/*
+ * srk = handle:0x81xxxxxx: a persistent storage key to create keys under,
+ * for TPMs whose owner hierarchy has a password (the agent then cannot
+ * re-create the SRK from the template). Exactly 8 hex digits after 0x.
+ */
+static int set_srk(struct parser *p, char **dst, const char *value)
+{
+	const char *h = value + strlen("handle:0x");
+	unsigned long v;
+	char *end;
+	size_t i;
+
+	if (strncmp(value, "handle:0x", strlen("handle:0x")) != 0 || strlen(h) != 8)
+		goto bad;
+	for (i = 0; i < 8; i++)
+		if (!isxdigit((unsigned char)h[i]))
+			goto bad;
+	errno = 0;
+	v = strtoul(h, &end, 16);
+	if (errno != 0 || *end != '\0' || (v >> 24) != 0x81)
+		goto bad;
+	return set_string(p, dst, value);
+bad:
+	fail(p, p->lineno, "bad srk \"%s\": want handle:0x81000000..0x81ffffff (a persistent "
+	     "key handle)", value);
+	return -1;
 }
 
 static int set_mode(struct parser *p, const char *key, mode_t *dst, const char *value)
@@ -444,6 +473,8 @@ static int keystore_value(struct parser *p, int k, const char *value)
 		return set_uint(p, keystore_keys[k], &ks->sessions, value, 1, 64);
 	case K_TCTI:
 		return set_string(p, &ks->tcti, value);
+	case K_SRK:
+		return set_srk(p, &ks->srk, value);
 	}
 	return -1;
 }
@@ -798,6 +829,7 @@ static int finish_keystore(struct parser *p, size_t i)
 	struct cfg_keystore *ks = &p->cfg->keystores[i];
 	const struct key_lines *kl = &p->ks[i];
 	static const int pkcs11_only[] = {K_MODULE, K_TOKEN, K_SESSIONS};
+	static const int tpm2_only[] = {K_TCTI, K_SRK};
 	struct stat st;
 	size_t j;
 
@@ -816,10 +848,12 @@ static int finish_keystore(struct parser *p, size_t i)
 		}
 		return ks->tcti == NULL ? set_string(p, &ks->tcti, DEFAULT_TCTI) : 0;
 	}
-	if (kl->line[K_TCTI] != 0) {
-		fail(p, kl->line[K_TCTI], "keystore \"%s\": \"tcti\" is only for type tpm2",
-		     ks->name);
-		return -1;
+	for (j = 0; j < sizeof(tpm2_only) / sizeof(tpm2_only[0]); j++) {
+		if (kl->line[tpm2_only[j]] != 0) {
+			fail(p, kl->line[tpm2_only[j]], "keystore \"%s\": \"%s\" is only for type tpm2",
+			     ks->name, keystore_keys[tpm2_only[j]]);
+			return -1;
+		}
 	}
 	if (ks->token == NULL) {
 		fail(p, ks->line, "keystore \"%s\": missing \"token\"", ks->name);

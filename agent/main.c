@@ -4,13 +4,21 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 #include "agent/conf.h"
 #include "agent/server.h"
@@ -96,6 +104,86 @@ static int daemonize(void)
 	return fds[1];
 }
 
+/*
+ * Socket activation (systemd's LISTEN_FDS protocol, sd_listen_fds(3)): the
+ * listening socket the service manager passed us, or -1 if it passed none
+ * (or there is no libsystemd), or -2 with err set if what it passed is not
+ * one listening Unix stream socket.
+ */
+static int activated_socket(char *err, size_t errlen)
+{
+#ifdef HAVE_LIBSYSTEMD
+	int n, fd = SD_LISTEN_FDS_START;
+
+	/* 1: unset LISTEN_* so that nothing we start inherits them. */
+	if ((n = sd_listen_fds(1)) == 0)
+		return -1;
+	if (n < 0) {
+		snprintf(err, errlen, "socket activation: cannot use the descriptors in LISTEN_FDS: "
+			 "%s", strerror(-n));
+		return -2;
+	}
+	if (n != 1) {
+		snprintf(err, errlen, "socket activation: %d descriptors passed, expected one "
+			 "(ListenStream= in mtls-agent.socket)", n);
+		return -2;
+	}
+	if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
+		snprintf(err, errlen, "socket activation: descriptor %d is not a listening Unix "
+			 "stream socket", fd);
+		return -2;
+	}
+	return fd;
+#else
+	(void)err;
+	(void)errlen;
+	return -1;
+#endif
+}
+
+/*
+ * The path a passed socket is bound to (malloc'ed; "@name" for an abstract
+ * one). Warns where it differs from what the configuration says, since
+ * clients find the agent through the configuration's path.
+ */
+static char *activated_socket_path(int fd, const struct config *cfg)
+{
+	struct sockaddr_un sun;
+	socklen_t len = sizeof(sun);
+	size_t n;
+	struct stat st;
+	char *path;
+
+	memset(&sun, 0, sizeof(sun));
+	if (getsockname(fd, (struct sockaddr *)&sun, &len) != 0 ||
+	    len <= offsetof(struct sockaddr_un, sun_path))
+		return strdup("(unnamed socket)");
+	n = len - offsetof(struct sockaddr_un, sun_path);
+	if (sun.sun_path[0] == '\0') {
+		sun.sun_path[0] = '@';
+		path = strndup(sun.sun_path, n);
+	} else {
+		path = strndup(sun.sun_path, strnlen(sun.sun_path, n));
+	}
+	if (path == NULL)
+		return NULL;
+	if (strcmp(path, cfg->socket) != 0) {
+		log_warn("the socket passed by systemd is %s but the configuration says socket = %s;"
+			 " clients using the configured path will not find the agent", path,
+			 cfg->socket);
+	} else if (stat(path, &st) == 0) {
+		/* Its owner and mode are systemd's (SocketMode=, SocketGroup=), not ours. */
+		if ((st.st_mode & 07777) != cfg->socket_mode)
+			log_warn("%s has mode %04o (SocketMode= in mtls-agent.socket), not socket-mode "
+				 "%04o", path, (unsigned)(st.st_mode & 07777),
+				 (unsigned)cfg->socket_mode);
+		if (cfg->has_socket_group && st.st_gid != cfg->socket_group)
+			log_warn("%s has group %ld (SocketGroup= in mtls-agent.socket), not "
+				 "socket-group %ld", path, (long)st.st_gid, (long)cfg->socket_group);
+	}
+	return path;
+}
+
 static void report_ready(int fd, char status)
 {
 	if (fd >= 0) {
@@ -114,6 +202,7 @@ int main(int argc, char **argv)
 	};
 	const char *config_path = MTLS_AGENT_DEFAULT_CONFIG;
 	int foreground = 0, check_only = 0, verbosity = LOG_LVL_INFO, ch, listen_fd, ready_fd = -1;
+	int activated;
 	struct runtime *rt = NULL;
 	struct config *cfg = NULL;
 	char err[1024], *socket_path;
@@ -167,6 +256,19 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_init("mtls-agent", !foreground, verbosity);
+	/* Before daemonize(): LISTEN_PID names this process. */
+	if ((listen_fd = activated_socket(err, sizeof(err))) == -2) {
+		log_error("%s", err);
+		config_free(cfg);
+		return 1;
+	}
+	activated = listen_fd >= 0;
+	/* The loop accepts until EAGAIN; systemd passes blocking sockets. */
+	if (activated && fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK) != 0) {
+		log_error("socket activation: fcntl: %s", strerror(errno));
+		config_free(cfg);
+		return 1;
+	}
 	/* Fork before any PKCS#11 module is initialised: modules do not survive fork. */
 	if (!foreground && (ready_fd = daemonize()) < 0) {
 		fprintf(stderr, "mtls-agent: cannot daemonize: %s\n", strerror(errno));
@@ -178,20 +280,26 @@ int main(int argc, char **argv)
 		report_ready(ready_fd, 1);
 		return 1;
 	}
-	if ((listen_fd = server_listen(rt->cfg, err, sizeof(err))) < 0) {
+	if (activated) {
+		socket_path = activated_socket_path(listen_fd, rt->cfg);
+		log_info("using the socket passed by systemd (%s)", socket_path ? socket_path : "?");
+	} else if ((listen_fd = server_listen(rt->cfg, err, sizeof(err))) < 0) {
 		log_error("%s", err);
 		runtime_unref(rt);
 		report_ready(ready_fd, 1);
 		return 1;
+	} else {
+		/* The runtime (and its copy of the path) may be replaced by a reload. */
+		socket_path = strdup(rt->cfg->socket);
 	}
-	/* The runtime (and its copy of the path) may be replaced by a reload. */
-	if ((socket_path = strdup(rt->cfg->socket)) == NULL) {
+	if (socket_path == NULL) {
 		log_error("out of memory");
 		report_ready(ready_fd, 1);
 		return 1;
 	}
 	report_ready(ready_fd, 0);
-	ch = server_run(listen_fd, socket_path, 1, config_path, rt);
+	/* A passed socket is systemd's: it stays for the next activation. */
+	ch = server_run(listen_fd, socket_path, !activated, config_path, rt);
 	free(socket_path);
 	return ch == 0 ? 0 : 1;
 }

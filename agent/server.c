@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
 #include "agent/dispatch.h"
 #include "agent/server.h"
 #include "common/log.h"
@@ -30,6 +35,61 @@
 #define PARTIAL_FRAME_TIMEOUT_MS 10000
 /* After EMFILE/ENFILE, stop accepting for this long instead of spinning. */
 #define ACCEPT_PAUSE_MS 1000
+/* Period of the housekeeping timer (shorter if the watchdog needs it). */
+#define TICK_MS 1000
+
+/*
+ * The service manager: sd_notify(3) messages (READY, RELOADING, STOPPING,
+ * STATUS, WATCHDOG) and the watchdog interval. Without libsystemd, or when
+ * not started by systemd (no NOTIFY_SOCKET), these do nothing.
+ */
+#ifdef HAVE_LIBSYSTEMD
+static void notify_send(const char *msg)
+{
+	sd_notify(0, msg);
+}
+
+/* Half the interval systemd expects pings at (WATCHDOG_USEC), in ms; 0 if none. */
+static uint64_t watchdog_half_ms(void)
+{
+	uint64_t usec = 0;
+
+	if (sd_watchdog_enabled(0, &usec) <= 0 || usec == 0)
+		return 0;
+	return usec / 2000 > 0 ? usec / 2000 : 1;
+}
+#else
+static void notify_send(const char *msg)
+{
+	(void)msg;
+}
+
+static uint64_t watchdog_half_ms(void)
+{
+	return 0;
+}
+#endif
+
+/*
+ * One notification: "KEY=VALUE" lines. STATUS= text goes last and is made
+ * one printable line, since it may quote configuration or error text.
+ */
+static void notify(const char *fields, const char *status_fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void notify(const char *fields, const char *status_fmt, ...)
+{
+	char status[512], clean[512], msg[768];
+	va_list ap;
+
+	if (getenv("NOTIFY_SOCKET") == NULL)
+		return;
+	va_start(ap, status_fmt);
+	vsnprintf(status, sizeof(status), status_fmt, ap);
+	va_end(ap);
+	snprintf(msg, sizeof(msg), "%s\nSTATUS=%s", fields,
+		 log_sanitize(status, clean, sizeof(clean)));
+	notify_send(msg);
+}
 
 /*
  * Threading: every thread waits in epoll_wait on one epoll set whose
@@ -60,7 +120,13 @@ struct uid_count {
 struct server {
 	int epfd, listen_fd, sig_fd, stop_fd, timer_fd;
 	const char *config_path;
+	const char *socket_path;
 	atomic_int stopping;
+	uint64_t tick_ms;          /* period of timer_fd */
+	uint64_t watchdog_half_ms; /* 0: no watchdog */
+	uint64_t watchdog_last;    /* monotonic ms of the last ping; under lock */
+
+	pthread_mutex_t reload_lock; /* one reload at a time, so notifications pair up */
 
 	pthread_mutex_t lock; /* connections, counts, accept pause */
 	struct conn *conns;
@@ -85,6 +151,18 @@ static struct runtime *server_runtime(struct server *s)
 	return rt;
 }
 
+static void notify_reloading(void)
+{
+	char fields[64];
+	struct timespec ts;
+
+	/* MONOTONIC_USEC: what Type=notify-reload (systemd 253+) matches READY=1 against. */
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	snprintf(fields, sizeof(fields), "RELOADING=1\nMONOTONIC_USEC=%llu",
+		 (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+	notify(fields, "Reloading the configuration");
+}
+
 /* Builds a runtime from the config file and swaps it in; the old one stays on failure. */
 static int server_reload(void *arg, char *err, size_t errlen)
 {
@@ -93,18 +171,18 @@ static int server_reload(void *arg, char *err, size_t errlen)
 	struct config *cfg = NULL;
 	int r;
 
+	pthread_mutex_lock(&s->reload_lock);
+	notify_reloading();
 	if (config_load(s->config_path, &cfg, err, errlen) != 0) {
-		log_error("reload refused, old configuration kept: %s", err);
-		return MTLS_AGENT_ERR_CONFIG;
+		r = MTLS_AGENT_ERR_CONFIG;
+		goto refused;
 	}
 	old = server_runtime(s);
 	if (strcmp(cfg->socket, old->cfg->socket) != 0 || cfg->socket_mode != old->cfg->socket_mode)
 		log_warn("reload: socket settings changed; they take effect at the next restart");
 	runtime_unref(old);
-	if ((r = runtime_create(cfg, time(NULL), &rt, err, errlen)) != 0) {
-		log_error("reload refused, old configuration kept: %s", err);
-		return r;
-	}
+	if ((r = runtime_create(cfg, time(NULL), &rt, err, errlen)) != 0)
+		goto refused;
 	pthread_mutex_lock(&s->rt_lock);
 	old = s->rt;
 	rt->started = old->started;
@@ -112,7 +190,15 @@ static int server_reload(void *arg, char *err, size_t errlen)
 	pthread_mutex_unlock(&s->rt_lock);
 	runtime_unref(old);
 	log_info("configuration reloaded from %s: %zu identities", s->config_path, rt->n_ids);
+	notify("READY=1", "Serving %zu identities on %s", rt->n_ids, s->socket_path);
+	pthread_mutex_unlock(&s->reload_lock);
 	return 0;
+refused:
+	log_error("reload refused, old configuration kept: %s", err);
+	/* Still serving, with the old configuration: systemd must leave "reloading". */
+	notify("READY=1", "Reload failed, old configuration kept: %s", err);
+	pthread_mutex_unlock(&s->reload_lock);
+	return r;
 }
 
 /* Arms fd for one more event. */
@@ -392,17 +478,27 @@ static int accept_clients(struct server *s)
 	}
 }
 
-/* Once a second: end stalled partial requests; resume a paused listener. */
+/*
+ * Every tick: end stalled partial requests; resume a paused listener; ping
+ * the watchdog. The ping comes from a serving thread, so it stops when
+ * every thread is stuck (in the keystore, say) and systemd restarts us.
+ */
 static void sweep(struct server *s)
 {
 	uint64_t now = monotonic_ms();
-	int resume = 0;
+	int resume = 0, ping = 0;
 	struct conn *c;
 
 	pthread_mutex_lock(&s->lock);
 	if (s->accept_paused && now >= s->accept_resume) {
 		s->accept_paused = 0;
 		resume = 1;
+	}
+	/* Ticks come tick_ms apart: ping when the next one would be late. */
+	if (s->watchdog_half_ms != 0 &&
+	    now - s->watchdog_last + s->tick_ms / 2 >= s->watchdog_half_ms) {
+		s->watchdog_last = now;
+		ping = 1;
 	}
 	for (c = s->conns; c != NULL; c = c->next) {
 		if (!c->owned && c->partial_since != 0 &&
@@ -415,6 +511,8 @@ static void sweep(struct server *s)
 		}
 	}
 	pthread_mutex_unlock(&s->lock);
+	if (ping)
+		notify_send("WATCHDOG=1");
 	if (resume)
 		arm(s, s->listen_fd, EPOLLIN, &s->listen_fd);
 }
@@ -431,6 +529,7 @@ static void handle_signals(struct server *s)
 			server_reload(s, err, sizeof(err));
 		} else {
 			log_info("signal %u: shutting down", si.ssi_signo);
+			notify("STOPPING=1", "Shutting down (signal %u)", si.ssi_signo);
 			atomic_store(&s->stopping, 1);
 			/* Level-triggered and never drained: wakes every thread. */
 			if (write(s->stop_fd, &one, sizeof(one)) < 0)
@@ -587,9 +686,10 @@ static int add_fd(struct server *s, int fd, uint32_t events, void *ptr)
 int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	       const char *config_path, struct runtime *rt)
 {
-	struct itimerspec tick = {{1, 0}, {1, 0}};
+	struct itimerspec tick;
 	pthread_t *threads = NULL;
-	unsigned n_threads = 0, i;
+	unsigned n_threads = 0, i, workers;
+	size_t n_ids;
 	struct server s;
 	struct conn *c;
 	sigset_t mask;
@@ -598,11 +698,25 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	memset(&s, 0, sizeof(s));
 	s.listen_fd = listen_fd;
 	s.config_path = config_path;
+	s.socket_path = socket_path;
 	s.rt = rt;
 	s.epfd = s.sig_fd = s.stop_fd = s.timer_fd = -1;
 	atomic_init(&s.stopping, 0);
 	pthread_mutex_init(&s.lock, NULL);
 	pthread_mutex_init(&s.rt_lock, NULL);
+	pthread_mutex_init(&s.reload_lock, NULL);
+	/* A watchdog shorter than two ticks needs faster ticks. */
+	s.tick_ms = TICK_MS;
+	if ((s.watchdog_half_ms = watchdog_half_ms()) != 0) {
+		if (s.watchdog_half_ms < s.tick_ms)
+			s.tick_ms = s.watchdog_half_ms;
+		s.watchdog_last = monotonic_ms();
+		log_info("systemd watchdog: pinging every %llu ms",
+			 (unsigned long long)s.watchdog_half_ms);
+	}
+	tick.it_interval.tv_sec = (time_t)(s.tick_ms / 1000);
+	tick.it_interval.tv_nsec = (long)(s.tick_ms % 1000) * 1000000L;
+	tick.it_value = tick.it_interval;
 
 	/* Signals arrive through a descriptor; the threads inherit the blocked mask. */
 	sigemptyset(&mask);
@@ -623,17 +737,23 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 		log_error("cannot set up the event loop: %s", strerror(errno));
 		goto out;
 	}
+	/* Once other threads run, a reload may free rt: read what we need now. */
+	workers = rt->cfg->workers;
+	n_ids = rt->n_ids;
 	/* This thread is one of the `workers` serving threads. */
-	if ((threads = calloc(rt->cfg->workers, sizeof(*threads))) == NULL)
+	if ((threads = calloc(workers, sizeof(*threads))) == NULL)
 		goto out;
-	for (i = 1; i < rt->cfg->workers; i++) {
+	for (i = 1; i < workers; i++) {
 		if (pthread_create(&threads[n_threads], NULL, server_thread, &s) != 0) {
 			log_error("cannot start serving threads");
 			goto out;
 		}
 		n_threads++;
 	}
-	log_info("listening on %s (%u threads)", socket_path, rt->cfg->workers);
+	log_info("listening on %s (%u threads)", socket_path, workers);
+	notify("READY=1", "Serving %zu identities on %s", n_ids, socket_path);
+	if (s.watchdog_half_ms != 0)
+		notify_send("WATCHDOG=1");
 	server_thread(&s);
 	ret = 0;
 out:
@@ -663,5 +783,6 @@ out:
 	runtime_unref(s.rt);
 	pthread_mutex_destroy(&s.lock);
 	pthread_mutex_destroy(&s.rt_lock);
+	pthread_mutex_destroy(&s.reload_lock);
 	return ret;
 }

@@ -1,19 +1,25 @@
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/pem.h>
@@ -30,6 +36,9 @@
 
 #ifndef MTLS_AGENT_DEFAULT_SOCKET
 #define MTLS_AGENT_DEFAULT_SOCKET "/run/mtls-agent/agent.sock"
+#endif
+#ifndef MTLS_AGENT_DEFAULT_CONFIG
+#define MTLS_AGENT_DEFAULT_CONFIG "/etc/mtls-agent/agent.conf"
 #endif
 
 #define EXIT_OK 0
@@ -1137,6 +1146,13 @@ static int cmd_reload(struct ctx *c, int argc, char **argv)
 
 /* ---- check ------------------------------------------------------------------------------ */
 
+/*
+ * `check` is the operator's doctor. Everything it looks at is a subject: the agent's
+ * configuration file (when it can read it), the socket, the agent itself, each keystore and
+ * each identity. Each subject gets "SUBJECT: ok" or one line per problem, "what is wrong —
+ * how to fix it". Problems make the exit status 1; warnings (expiry soon, ...) do not.
+ */
+
 struct findings {
 	char **problems;
 	size_t n_problems;
@@ -1185,7 +1201,875 @@ static void findings_free(struct findings *fd)
 	memset(fd, 0, sizeof(*fd));
 }
 
-/* Validity of a certificate against now; is_leaf chooses the advice. */
+/* --- the agent's configuration, as far as the doctor needs it --- */
+
+/*
+ * A small, tolerant reader of the agent's configuration file: sections and
+ * "key = value" lines, comments cut as the agent cuts them, only the keys the doctor
+ * uses, everything else skipped. Not the agent's parser (agent/config.c): that one stops
+ * at the first error and would bring libinih into the CLI, while the doctor wants every
+ * finding it can make, also from a file the agent refuses. `mtls-agent -n` is the
+ * agent's own verdict on the file.
+ */
+struct dconf_keystore {
+	char *name;
+	char *type;
+	char *pin_file;
+};
+
+struct dconf_identity {
+	char *name;
+	char *keystore;
+	char *allow_users;
+	char *allow_groups;
+};
+
+struct dconf {
+	char *path;
+	char *socket;	   /* NULL: the default */
+	char *admin_users; /* NULL: root */
+	char *admin_groups;
+	struct dconf_keystore *ks;
+	size_t n_ks;
+	struct dconf_identity *ids;
+	size_t n_ids;
+};
+
+static void dconf_free(struct dconf *dc)
+{
+	size_t i;
+
+	if (dc == NULL)
+		return;
+	for (i = 0; i < dc->n_ks; i++) {
+		free(dc->ks[i].name);
+		free(dc->ks[i].type);
+		free(dc->ks[i].pin_file);
+	}
+	for (i = 0; i < dc->n_ids; i++) {
+		free(dc->ids[i].name);
+		free(dc->ids[i].keystore);
+		free(dc->ids[i].allow_users);
+		free(dc->ids[i].allow_groups);
+	}
+	free(dc->ks);
+	free(dc->ids);
+	free(dc->path);
+	free(dc->socket);
+	free(dc->admin_users);
+	free(dc->admin_groups);
+	free(dc);
+}
+
+static char *trim(char *s)
+{
+	size_t len;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	len = strlen(s);
+	while (len > 0 && isspace((unsigned char)s[len - 1]))
+		s[--len] = '\0';
+	return s;
+}
+
+/* The last of repeated keys wins here; the agent refuses repeats anyway. */
+static int dconf_set(char **slot, const char *value)
+{
+	char *v = strdup(value);
+
+	if (v == NULL)
+		return -1;
+	free(*slot);
+	*slot = v;
+	return 0;
+}
+
+/* NAME of a header `[KW "NAME"]` (caller frees), or NULL. */
+static char *section_name(const char *s, const char *kw)
+{
+	size_t kl = strlen(kw), len = strlen(s);
+
+	if (len < kl + 6 || s[0] != '[' || strncmp(s + 1, kw, kl) != 0 || s[kl + 1] != ' ' ||
+	    s[kl + 2] != '"' || s[len - 2] != '"' || s[len - 1] != ']')
+		return NULL;
+	return strndup(s + kl + 3, len - kl - 5);
+}
+
+/* Returns 0, or -1 with errno. */
+static int dconf_read(const char *path, struct dconf **out)
+{
+	enum { S_NONE, S_AGENT, S_KS, S_ID } sec = S_NONE;
+	struct dconf_keystore *nks;
+	struct dconf_identity *nid;
+	struct dconf *dc = NULL;
+	char *line = NULL, *s, *c, *eq, *key, *val, *name;
+	size_t cap = 0, lineno = 0;
+	int ret = -1, r, saved;
+	FILE *f;
+
+	*out = NULL;
+	if ((f = fopen(path, "re")) == NULL)
+		return -1;
+	if ((dc = calloc(1, sizeof(*dc))) == NULL || (dc->path = strdup(path)) == NULL)
+		goto out;
+	errno = 0;
+	while (getline(&line, &cap, f) >= 0) {
+		s = line;
+		if (++lineno == 1 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
+			s += 3;
+		for (c = s; *c != '\0'; c++) {
+			if ((*c == ';' || *c == '#') && (c == s || isspace((unsigned char)c[-1]))) {
+				*c = '\0';
+				break;
+			}
+		}
+		s = trim(s);
+		if (*s == '[') {
+			sec = S_NONE;
+			if (strcmp(s, "[agent]") == 0) {
+				sec = S_AGENT;
+			} else if ((name = section_name(s, "keystore")) != NULL) {
+				if ((nks = realloc(dc->ks, (dc->n_ks + 1) * sizeof(*nks))) ==
+				    NULL) {
+					free(name);
+					goto out;
+				}
+				dc->ks = nks;
+				memset(&dc->ks[dc->n_ks], 0, sizeof(*nks));
+				dc->ks[dc->n_ks++].name = name;
+				sec = S_KS;
+			} else if ((name = section_name(s, "identity")) != NULL) {
+				if ((nid = realloc(dc->ids, (dc->n_ids + 1) * sizeof(*nid))) ==
+				    NULL) {
+					free(name);
+					goto out;
+				}
+				dc->ids = nid;
+				memset(&dc->ids[dc->n_ids], 0, sizeof(*nid));
+				dc->ids[dc->n_ids++].name = name;
+				sec = S_ID;
+			}
+			continue;
+		}
+		if ((eq = strchr(s, '=')) == NULL)
+			continue;
+		*eq = '\0';
+		key = trim(s);
+		val = trim(eq + 1);
+		r = 0;
+		if (sec == S_AGENT && strcmp(key, "socket") == 0)
+			r = dconf_set(&dc->socket, val);
+		else if (sec == S_AGENT && strcmp(key, "admin-users") == 0)
+			r = dconf_set(&dc->admin_users, val);
+		else if (sec == S_AGENT && strcmp(key, "admin-groups") == 0)
+			r = dconf_set(&dc->admin_groups, val);
+		else if (sec == S_KS && strcmp(key, "type") == 0)
+			r = dconf_set(&dc->ks[dc->n_ks - 1].type, val);
+		else if (sec == S_KS && strcmp(key, "pin-file") == 0)
+			r = dconf_set(&dc->ks[dc->n_ks - 1].pin_file, val);
+		else if (sec == S_ID && strcmp(key, "keystore") == 0)
+			r = dconf_set(&dc->ids[dc->n_ids - 1].keystore, val);
+		else if (sec == S_ID && strcmp(key, "allow-users") == 0)
+			r = dconf_set(&dc->ids[dc->n_ids - 1].allow_users, val);
+		else if (sec == S_ID && strcmp(key, "allow-groups") == 0)
+			r = dconf_set(&dc->ids[dc->n_ids - 1].allow_groups, val);
+		if (r != 0)
+			goto out;
+	}
+	if (ferror(f)) {
+		errno = EIO;
+		goto out;
+	}
+	*out = dc;
+	dc = NULL;
+	ret = 0;
+out:
+	saved = errno;
+	free(line);
+	fclose(f);
+	dconf_free(dc);
+	errno = saved;
+	return ret;
+}
+
+/* --- the doctor's state --- */
+
+struct subject {
+	const char *kind; /* "config", "socket", "agent", "keystore" */
+	char *name;
+	struct findings fd;
+};
+
+struct doctor {
+	struct ctx *c;
+	const char *only;    /* check NAME: that identity (and its keystore) only */
+	const char *ca_file; /* --ca */
+	X509_STORE *anchors; /* --ca, loaded */
+	X509_STORE *system;  /* OpenSSL's default trust store, loaded on first use */
+	int system_tried;
+	struct dconf *conf; /* NULL: no configuration read */
+	const char *sock;   /* the socket checked */
+	int reachable;
+	int agent_uid_known;
+	uid_t agent_uid; /* uid of whoever listens on the socket */
+	struct mtls_agent_status *st;
+	struct subject *subj;
+	size_t n_subj;
+	struct findings sink; /* where findings go when memory ran out */
+};
+
+/* The findings of a subject, created on first use; never NULL. */
+static struct findings *subject(struct doctor *d, const char *kind, const char *name)
+{
+	struct subject *ns;
+	size_t i;
+
+	for (i = 0; i < d->n_subj; i++)
+		if (strcmp(d->subj[i].kind, kind) == 0 && strcmp(d->subj[i].name, name) == 0)
+			return &d->subj[i].fd;
+	if ((ns = realloc(d->subj, (d->n_subj + 1) * sizeof(*ns))) == NULL)
+		goto nomem;
+	d->subj = ns;
+	memset(&ns[d->n_subj], 0, sizeof(*ns));
+	ns[d->n_subj].kind = kind;
+	if ((ns[d->n_subj].name = strdup(name)) == NULL)
+		goto nomem;
+	return &ns[d->n_subj++].fd;
+nomem:
+	d->sink.nomem = 1;
+	return &d->sink;
+}
+
+static const char *user_name(uid_t uid, char *buf, size_t len)
+{
+	struct passwd *pw = getpwuid(uid);
+
+	if (pw != NULL)
+		snprintf(buf, len, "%s", pw->pw_name);
+	else
+		snprintf(buf, len, "%lu", (unsigned long)uid);
+	return buf;
+}
+
+static const char *group_name(gid_t gid, char *buf, size_t len)
+{
+	struct group *gr = getgrgid(gid);
+
+	if (gr != NULL)
+		snprintf(buf, len, "%s", gr->gr_name);
+	else
+		snprintf(buf, len, "%lu", (unsigned long)gid);
+	return buf;
+}
+
+/* Name of uid's primary group. */
+static const char *primary_group(uid_t uid, char *buf, size_t len)
+{
+	struct passwd *pw = getpwuid(uid);
+
+	if (pw == NULL) {
+		snprintf(buf, len, "GROUP");
+		return buf;
+	}
+	return group_name(pw->pw_gid, buf, len);
+}
+
+/* Whether uid's primary or supplementary groups include gid. */
+static int user_in_group(uid_t uid, gid_t gid)
+{
+	struct passwd *pw = getpwuid(uid);
+	gid_t *groups = NULL, *ng;
+	int n = 16, i, found = 0;
+
+	if (pw == NULL)
+		return 0;
+	if (pw->pw_gid == gid)
+		return 1;
+	for (;;) {
+		if ((ng = realloc(groups, (size_t)n * sizeof(*groups))) == NULL)
+			break;
+		groups = ng;
+		if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) >= 0) {
+			for (i = 0; i < n && !found; i++)
+				found = groups[i] == gid;
+			break;
+		}
+		if (n > 65536)
+			break;
+	}
+	free(groups);
+	return found;
+}
+
+/* Whether uid has permission bit (2: write, 1: search) on a file with st's owner, group, mode. */
+static int user_may(uid_t uid, const struct stat *st, mode_t mode, unsigned bit)
+{
+	if (uid == 0)
+		return 1;
+	if (uid == st->st_uid)
+		return ((mode >> 6) & bit) != 0;
+	if (user_in_group(uid, st->st_gid))
+		return ((mode >> 3) & bit) != 0;
+	return (mode & bit) != 0;
+}
+
+/* The same for the members of group gid (as members of that group, not otherwise). */
+static int group_may(gid_t gid, const struct stat *st, mode_t mode, unsigned bit)
+{
+	if (gid == st->st_gid)
+		return ((mode >> 3) & bit) != 0;
+	return (mode & bit) != 0;
+}
+
+/* The uid of whoever listens on path (SO_PEERCRED: the agent, or systemd with socket
+ * activation). Returns 0 or -1. */
+static int listener_uid(const char *path, uid_t *uid)
+{
+	struct sockaddr_un sun;
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+	int fd, ok = 0;
+
+	if (strlen(path) >= sizeof(sun.sun_path))
+		return -1;
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0 &&
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0 && len == sizeof(cr)) {
+		*uid = cr.uid;
+		ok = 1;
+	}
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+/*
+ * Owners the agent accepts for its configuration and PIN files: root or its own uid. The
+ * listener's uid is the agent's unless systemd holds the socket; the packaged service user
+ * "mtls-agent" is accepted too.
+ */
+static int agent_may_own(const struct doctor *d, uid_t uid)
+{
+	struct passwd *pw;
+
+	if (uid == 0 || (d->agent_uid_known && uid == d->agent_uid))
+		return 1;
+	return (pw = getpwnam("mtls-agent")) != NULL && pw->pw_uid == uid;
+}
+
+static void check_config_file(struct doctor *d)
+{
+	struct findings *fd = subject(d, "config", d->conf->path);
+	const char *path = d->conf->path;
+	char who[64];
+	struct stat st;
+
+	if (stat(path, &st) != 0)
+		return;
+	if (!S_ISREG(st.st_mode)) {
+		add_finding(fd, 0,
+			    "not a regular file — the agent refuses it; give it a regular file");
+		return;
+	}
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+		add_finding(
+		    fd, 0,
+		    "writable by group or others (mode %04o): the agent refuses it, as whoever "
+		    "can write it chooses the PKCS#11 module and who may sign — chmod go-w %s",
+		    (unsigned)(st.st_mode & 07777), path);
+	if (!agent_may_own(d, st.st_uid))
+		add_finding(
+		    fd, 0,
+		    "owned by %s: the agent accepts only root or its own user — chown root %s",
+		    user_name(st.st_uid, who, sizeof(who)), path);
+}
+
+/* --- who must be able to open the socket --- */
+
+struct principal {
+	int is_group;
+	unsigned long id;
+	const char *why; /* identity name, or NULL for administrators */
+};
+
+struct principals {
+	struct principal *p;
+	size_t n;
+	int nomem;
+};
+
+static void principal_add(struct principals *ps, int is_group, unsigned long id, const char *why)
+{
+	struct principal *np;
+	size_t i;
+
+	for (i = 0; i < ps->n; i++)
+		if (ps->p[i].is_group == is_group && ps->p[i].id == id)
+			return;
+	if ((np = realloc(ps->p, (ps->n + 1) * sizeof(*np))) == NULL) {
+		ps->nomem = 1;
+		return;
+	}
+	ps->p = np;
+	np[ps->n].is_group = is_group;
+	np[ps->n].id = id;
+	np[ps->n].why = why;
+	ps->n++;
+}
+
+/* Adds the users or groups of a list ("root mosquitto", "0,iot"); unknown names are
+ * configuration problems. */
+static void principals_from_list(struct doctor *d, struct principals *ps, const char *list,
+				 int is_group, const char *why, const char *key)
+{
+	char *copy, *tok, *save = NULL, *end;
+	struct passwd *pw;
+	struct group *gr;
+	unsigned long id;
+
+	if (list == NULL)
+		return;
+	if ((copy = strdup(list)) == NULL) {
+		ps->nomem = 1;
+		return;
+	}
+	for (tok = strtok_r(copy, " \t,", &save); tok != NULL;
+	     tok = strtok_r(NULL, " \t,", &save)) {
+		errno = 0;
+		id = strtoul(tok, &end, 10);
+		if (isdigit((unsigned char)tok[0]) && *end == '\0' && errno == 0) {
+			principal_add(ps, is_group, id, why);
+		} else if (!is_group && (pw = getpwnam(tok)) != NULL) {
+			principal_add(ps, 0, pw->pw_uid, why);
+		} else if (is_group && (gr = getgrnam(tok)) != NULL) {
+			principal_add(ps, 1, gr->gr_gid, why);
+		} else {
+			add_finding(
+			    subject(d, "config", d->conf->path), 0,
+			    "unknown %s \"%s\" in %s of %s%s%s — the agent refuses this "
+			    "configuration; fix the name ('mtls-agent -n -c %s' checks the file)",
+			    is_group ? "group" : "user", tok, key,
+			    why != NULL ? "identity \"" : "[agent]", why != NULL ? why : "",
+			    why != NULL ? "\"" : "", d->conf->path);
+		}
+	}
+	free(copy);
+}
+
+static void principal_desc(const struct principal *p, char *buf, size_t len)
+{
+	char n[64];
+
+	if (p->is_group)
+		snprintf(buf, len, "group %s", group_name((gid_t)p->id, n, sizeof(n)));
+	else
+		snprintf(buf, len, "%s", user_name((uid_t)p->id, n, sizeof(n)));
+}
+
+static int principal_may_connect(const struct principal *p, const struct stat *ss, mode_t smode,
+				 const struct stat *ds)
+{
+	if (p->is_group)
+		return group_may((gid_t)p->id, ds, ds->st_mode, 1) &&
+		       group_may((gid_t)p->id, ss, smode, 2);
+	return user_may((uid_t)p->id, ds, ds->st_mode, 1) && user_may((uid_t)p->id, ss, smode, 2);
+}
+
+/*
+ * With the configuration: every user and group an identity (or administration) allows must
+ * be able to open the socket, and a socket every local user may open is too wide when they
+ * all could do without it.
+ */
+static void check_socket_access(struct doctor *d, struct findings *fd, const char *dir,
+				const struct stat *ss, const struct stat *ds)
+{
+	struct principals ps = {NULL, 0, 0};
+	char desc[96], owner[64], group[64], pgroup[64], who[256];
+	size_t i, len;
+	int all_narrow = 1;
+
+	if (d->conf == NULL) {
+		if ((ss->st_mode & S_IWOTH) != 0)
+			add_finding(
+			    fd, 1,
+			    "mode %04o lets every local user connect: the identities' "
+			    "allow-lists are the only wall — unless every user needs the "
+			    "agent, set socket-mode = 0660 and a socket-group holding the users "
+			    "that do",
+			    (unsigned)(ss->st_mode & 07777));
+		return;
+	}
+	if (d->conf->admin_users == NULL)
+		principal_add(&ps, 0, 0, NULL);
+	principals_from_list(d, &ps, d->conf->admin_users, 0, NULL, "admin-users");
+	principals_from_list(d, &ps, d->conf->admin_groups, 1, NULL, "admin-groups");
+	for (i = 0; i < d->conf->n_ids; i++) {
+		const struct dconf_identity *id = &d->conf->ids[i];
+
+		if (d->only != NULL && strcmp(d->only, id->name) != 0)
+			continue;
+		principals_from_list(d, &ps, id->allow_users, 0, id->name, "allow-users");
+		principals_from_list(d, &ps, id->allow_groups, 1, id->name, "allow-groups");
+	}
+	if (ps.nomem) {
+		d->sink.nomem = 1;
+		goto out;
+	}
+	user_name(ss->st_uid, owner, sizeof(owner));
+	group_name(ss->st_gid, group, sizeof(group));
+	for (i = 0; i < ps.n; i++) {
+		const struct principal *p = &ps.p[i];
+		char why[96];
+
+		if (!p->is_group && p->id == 0)
+			continue;
+		if (p->why != NULL)
+			snprintf(why, sizeof(why), "identity \"%s\"", p->why);
+		else
+			snprintf(why, sizeof(why), "the administrator commands");
+		principal_desc(p, desc, sizeof(desc));
+		if (principal_may_connect(p, ss, ss->st_mode, ds))
+			continue;
+		if (p->is_group && !group_may((gid_t)p->id, ds, ds->st_mode, 1))
+			add_finding(fd, 0,
+				    "%s may use %s but its members cannot enter the socket's "
+				    "directory %s (mode %04o) — chmod 0755 %s",
+				    desc, why, dir, (unsigned)(ds->st_mode & 07777), dir);
+		else if (p->is_group)
+			add_finding(fd, 0,
+				    "%s may use %s but its members cannot open the socket (mode "
+				    "%04o, group %s) — set socket-group = %s in [agent] "
+				    "(SocketGroup= with socket activation)",
+				    desc, why, (unsigned)(ss->st_mode & 07777), group, desc + 6);
+		else if (!user_may((uid_t)p->id, ds, ds->st_mode, 1))
+			add_finding(fd, 0,
+				    "user %s may use %s but cannot enter the socket's directory %s "
+				    "(mode %04o) — chmod 0755 %s",
+				    desc, why, dir, (unsigned)(ds->st_mode & 07777), dir);
+		else if (ss->st_gid != 0)
+			add_finding(
+			    fd, 0,
+			    "user %s may use %s but cannot open the socket (mode %04o, owner "
+			    "%s, group %s) — add %s to group %s (usermod -aG %s %s), or set "
+			    "socket-group to a group %s is in",
+			    desc, why, (unsigned)(ss->st_mode & 07777), owner, group, desc, group,
+			    group, desc, desc);
+		else
+			add_finding(
+			    fd, 0,
+			    "user %s may use %s but cannot open the socket (mode %04o, owner "
+			    "%s, group %s) — set socket-group in [agent] to a group %s is in, "
+			    "such as %s (SocketGroup= with socket activation), and socket-mode "
+			    "= 0660",
+			    desc, why, (unsigned)(ss->st_mode & 07777), owner, group, desc,
+			    primary_group((uid_t)p->id, pgroup, sizeof(pgroup)));
+	}
+	if ((ss->st_mode & S_IWOTH) == 0)
+		goto out;
+	/* Open to everyone: needed only if someone allowed gets in by the "others" bits. */
+	who[0] = '\0';
+	for (i = 0; i < ps.n; i++) {
+		if (!principal_may_connect(&ps.p[i], ss, ss->st_mode & ~(mode_t)07, ds))
+			all_narrow = 0;
+		principal_desc(&ps.p[i], desc, sizeof(desc));
+		len = strlen(who);
+		if (i < 6)
+			snprintf(who + len, sizeof(who) - len, "%s%s", i > 0 ? ", " : "", desc);
+		else if (i == 6)
+			snprintf(who + len, sizeof(who) - len, ", ...");
+	}
+	if (all_narrow)
+		add_finding(
+		    fd, 0,
+		    "mode %04o lets every local user connect, though only %s may use the "
+		    "agent — set socket-mode = 0660 in [agent] (SocketMode=0660 with socket "
+		    "activation)",
+		    (unsigned)(ss->st_mode & 07777), who[0] != '\0' ? who : "root");
+	else
+		add_finding(fd, 1,
+			    "mode %04o lets every local user connect: the identities' allow-lists "
+			    "are the only wall — put the allowed users in one group and set "
+			    "socket-group to it with socket-mode = 0660",
+			    (unsigned)(ss->st_mode & 07777));
+out:
+	free(ps.p);
+}
+
+static void check_socket(struct doctor *d)
+{
+	struct findings *fd = subject(d, "socket", d->sock);
+	char *dir = strdup(d->sock), *slash, who[64];
+	struct stat ss, ds;
+	int have_dir = 0;
+
+	if (dir == NULL) {
+		d->sink.nomem = 1;
+		return;
+	}
+	if ((slash = strrchr(dir, '/')) == NULL)
+		snprintf(dir, strlen(dir) + 1, ".");
+	else if (slash == dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	if (stat(dir, &ds) == 0 && S_ISDIR(ds.st_mode)) {
+		have_dir = 1;
+		/* Whoever can write the directory can put their own socket in the agent's place. */
+		if ((ds.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+			add_finding(
+			    fd, 0,
+			    "its directory %s is writable by %s (mode %04o): they can replace "
+			    "the socket with their own and receive what applications send — "
+			    "use a directory only root can write (chmod 0755 %s, or the "
+			    "default socket = /run/mtls-agent/agent.sock)",
+			    dir, (ds.st_mode & S_IWOTH) != 0 ? "every local user" : "its group",
+			    (unsigned)(ds.st_mode & 07777), dir);
+		else if (!agent_may_own(d, ds.st_uid))
+			add_finding(fd, 0,
+				    "its directory %s is owned by %s, who can replace the socket — "
+				    "chown root %s",
+				    dir, user_name(ds.st_uid, who, sizeof(who)), dir);
+	}
+	if (lstat(d->sock, &ss) != 0) {
+		/* Missing: the reachability finding says it. */
+		goto out;
+	}
+	if (!S_ISSOCK(ss.st_mode)) {
+		add_finding(fd, 0,
+			    "%s is not a socket — remove it and restart the agent, which creates "
+			    "its socket",
+			    d->sock);
+		goto out;
+	}
+	if (!agent_may_own(d, ss.st_uid))
+		add_finding(fd, 0,
+			    "owned by %s, neither root nor the agent's user: another program's "
+			    "socket? — stop that program, remove %s and restart the agent",
+			    user_name(ss.st_uid, who, sizeof(who)), d->sock);
+	if (have_dir)
+		check_socket_access(d, fd, dir, &ss, &ds);
+out:
+	free(dir);
+}
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+/* Where systemd puts the service's credentials (LoadCredential=). */
+#define CREDENTIALS_DIR "/run/credentials/"
+
+/*
+ * One PIN file: what the agent's read_secret_file() refuses (others may access it, not a
+ * regular file, a symbolic link, not owned by root or the agent), plus empty files.
+ */
+static void check_secret_file(struct doctor *d, struct findings *fd, const char *p)
+{
+	char who[64];
+	struct stat st;
+
+	if (lstat(p, &st) != 0) {
+		if (errno == EACCES)
+			add_finding(fd, 1, "cannot check PIN file %s: %s — run check as root", p,
+				    strerror(errno));
+		else
+			add_finding(fd, 0,
+				    "PIN file %s: %s — write the token's user PIN into it "
+				    "(install -m 600 -o root /dev/stdin %s), then '" PROG
+				    " reload'",
+				    p, strerror(errno), p);
+		return;
+	}
+	if (S_ISLNK(st.st_mode)) {
+		add_finding(
+		    fd, 0,
+		    "PIN file %s is a symbolic link, which the agent does not follow — name "
+		    "the file itself in pin-file",
+		    p);
+		return;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		add_finding(fd, 0,
+			    "PIN file %s is not a regular file — write the PIN into a regular file "
+			    "and name it in pin-file",
+			    p);
+		return;
+	}
+	if ((st.st_mode & 077) != 0)
+		add_finding(fd, 0,
+			    "PIN file %s is accessible by group or others (mode %04o): the agent "
+			    "refuses it — chmod 600 %s, then restart the agent or '" PROG
+			    " reload'",
+			    p, (unsigned)(st.st_mode & 07777), p);
+	if (!agent_may_own(d, st.st_uid))
+		add_finding(fd, 0,
+			    "PIN file %s is owned by %s: the agent accepts only root or its own "
+			    "user — chown root %s",
+			    p, user_name(st.st_uid, who, sizeof(who)), p);
+	if (st.st_size == 0)
+		add_finding(fd, 0, "PIN file %s is empty — write the token's user PIN into it", p);
+}
+
+/*
+ * With the configuration: the PIN files, which the agent refuses when others can read
+ * them (and then does not start, or keeps the old configuration on reload). A PIN handed
+ * over by systemd (pin-file under /run/credentials/) exists only while the service runs;
+ * its conventional source, <sysconfdir>/mtls-agent/<name>, is checked instead.
+ */
+static void check_pin_files(struct doctor *d)
+{
+	const char *only_ks = NULL, *base;
+	char src[PATH_MAX];
+	struct stat st;
+	size_t i;
+
+	if (d->only != NULL) {
+		for (i = 0; i < d->conf->n_ids; i++)
+			if (strcmp(d->conf->ids[i].name, d->only) == 0)
+				only_ks = d->conf->ids[i].keystore != NULL
+					      ? d->conf->ids[i].keystore
+					      : "";
+		if (only_ks == NULL)
+			return;
+	}
+	for (i = 0; i < d->conf->n_ks; i++) {
+		const struct dconf_keystore *ks = &d->conf->ks[i];
+		struct findings *fd;
+		const char *p = ks->pin_file;
+
+		if (only_ks != NULL && strcmp(only_ks, ks->name) != 0)
+			continue;
+		fd = subject(d, "keystore", ks->name);
+		if (p == NULL)
+			continue;
+		if (strncmp(p, CREDENTIALS_DIR, strlen(CREDENTIALS_DIR)) != 0) {
+			check_secret_file(d, fd, p);
+			continue;
+		}
+		if (lstat(p, &st) == 0 || errno != ENOENT)
+			check_secret_file(d, fd, p);
+		base = strrchr(p, '/') + 1;
+		if (snprintf(src, sizeof(src), "%s/mtls-agent/%s", SYSCONFDIR, base) <
+			(int)sizeof(src) &&
+		    lstat(src, &st) == 0)
+			check_secret_file(d, fd, src);
+	}
+}
+
+/* --- keystore and identity states from STATUS --- */
+
+static const char *status_field(const struct mtls_agent_status_record *rec, const char *key)
+{
+	size_t i;
+
+	for (i = 0; rec != NULL && i < rec->n_fields; i++)
+		if (strcmp(rec->fields[i].key, key) == 0)
+			return rec->fields[i].value;
+	return NULL;
+}
+
+static const struct mtls_agent_status_record *status_record(const struct mtls_agent_status *st,
+							    const char *kind, const char *name)
+{
+	size_t i;
+
+	for (i = 0; st != NULL && name != NULL && i < st->n_records; i++)
+		if (strcmp(st->records[i].kind, kind) == 0 &&
+		    strcmp(st->records[i].name, name) == 0)
+			return &st->records[i];
+	return NULL;
+}
+
+/* An identity state that is about the identity itself, not about its keystore. */
+static int identity_own_state(const char *s)
+{
+	return strcmp(s, "ok") == 0 || strcmp(s, "no certificate installed") == 0 ||
+	       strstr(s, "matches none of the identity") != NULL || strncmp(s, "no key ", 7) == 0 ||
+	       strncmp(s, "cannot read ", 12) == 0 || s[0] == '/';
+}
+
+/*
+ * A keystore that is not "ok": PIN problems, TPM lockout, or unreachable (token absent,
+ * wrong label, device or resource manager gone). prefix names the keystore when the
+ * finding belongs to an identity.
+ */
+static void add_keystore_state(struct findings *fd, const char *prefix, const char *state,
+			       const char *type, const char *ks, int admin)
+{
+	const char *who = admin ? "" : "for an administrator: ";
+
+	if (strcasestr(state, "lockout") != NULL || strcasestr(state, "dictionary attack") != NULL)
+		add_finding(
+		    fd, 0,
+		    "%sTPM lockout (%s) — %sfind what used a wrong authorization, then wait "
+		    "for the lockout to expire or clear it with 'tpm2_dictionarylockout "
+		    "--clear-lockout' (needs the lockout authorization), then '" PROG " reload'",
+		    prefix, state, who);
+	else if (strstr(state, "PIN locked") != NULL || strstr(state, "one try left") != NULL)
+		add_finding(
+		    fd, 0,
+		    "%sPIN locked (%s) — %sreset the user PIN with the SO PIN ('pkcs11-tool "
+		    "--login --login-type so --init-pin'), write it to the pin-file, then '" PROG
+		    " reload'",
+		    prefix, state, who);
+	else if (strstr(state, "wrong PIN") != NULL)
+		add_finding(fd, 0,
+			    "%swrong PIN (%s) — %swrite the token's user PIN to the pin-file (the "
+			    "agent tries again once the file changes), then '" PROG " reload'",
+			    prefix, state, who);
+	else if (strstr(state, "PIN") != NULL || strstr(state, "C_Login") != NULL ||
+		 strstr(state, "accessible by group or others") != NULL ||
+		 strstr(state, "must be owned by") != NULL ||
+		 strstr(state, "usable secret") != NULL)
+		add_finding(
+		    fd, 0,
+		    "%sPIN problem (%s) — %sfix the pin-file (owned by root, mode 0600, holding "
+		    "the user PIN), then '" PROG " reload'",
+		    prefix, state, who);
+	else if ((type != NULL && strcmp(type, "tpm2") == 0) || strstr(state, "TPM") != NULL)
+		add_finding(fd, 0,
+			    "%sunreachable (%s) — %scheck that the TPM device in tcti = (default "
+			    "/dev/tpmrm0) exists and the agent may open it, then '" PROG " reload'",
+			    prefix, state, who);
+	else
+		add_finding(fd, 0,
+			    "%sunreachable (%s) — %splug in the token, or fix token = in [keystore "
+			    "\"%s\"] ('pkcs11-tool --module MODULE --list-token-slots' lists the "
+			    "tokens), then '" PROG " reload'",
+			    prefix, state, who, ks);
+}
+
+static void check_keystore_records(struct doctor *d)
+{
+	const struct mtls_agent_status_record *idrec;
+	const char *only_ks = NULL, *state;
+	size_t i;
+
+	if (d->only != NULL) {
+		if ((idrec = status_record(d->st, "identity", d->only)) == NULL ||
+		    (only_ks = status_field(idrec, "keystore")) == NULL)
+			return;
+	}
+	for (i = 0; i < d->st->n_records; i++) {
+		const struct mtls_agent_status_record *rec = &d->st->records[i];
+		struct findings *fd;
+
+		if (strcmp(rec->kind, "keystore") != 0 ||
+		    (only_ks != NULL && strcmp(only_ks, rec->name) != 0))
+			continue;
+		fd = subject(d, "keystore", rec->name);
+		state = status_field(rec, "state");
+		if (state != NULL && strcmp(state, "ok") != 0)
+			add_keystore_state(fd, "", state, status_field(rec, "type"), rec->name, 1);
+	}
+}
+
+/* --- identities --- */
+
+/* Validity of a certificate against now; pos 0 is the leaf (chooses the advice). */
 static void check_validity(struct findings *fd, X509 *x, size_t pos)
 {
 	const ASN1_TIME *nb = X509_get0_notBefore(x), *na = X509_get0_notAfter(x);
@@ -1255,19 +2139,92 @@ static void check_chain(struct findings *fd, X509 **certs, size_t n)
 	}
 }
 
+/* Whether the chain (leaf first) verifies up to an anchor in store; *err gets the reason. */
+static int chain_verifies(X509_STORE *store, X509 **certs, size_t n, int *err, int *depth)
+{
+	STACK_OF(X509) *untrusted = sk_X509_new_null();
+	X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+	size_t i;
+	int ok = -1;
+
+	*err = X509_V_ERR_UNSPECIFIED;
+	*depth = 0;
+	if (untrusted == NULL || ctx == NULL)
+		goto out;
+	for (i = 1; i < n; i++)
+		if (certs[i] != NULL && !sk_X509_push(untrusted, certs[i]))
+			goto out;
+	if (!X509_STORE_CTX_init(ctx, store, certs[0], untrusted))
+		goto out;
+	/* Validity and usages have their own findings. */
+	X509_STORE_CTX_set_flags(ctx, X509_V_FLAG_NO_CHECK_TIME);
+	ok = X509_verify_cert(ctx) == 1;
+	if (!ok) {
+		*err = X509_STORE_CTX_get_error(ctx);
+		*depth = X509_STORE_CTX_get_error_depth(ctx);
+	}
+out:
+	X509_STORE_CTX_free(ctx);
+	sk_X509_free(untrusted);
+	return ok;
+}
+
+/*
+ * Up to a trust anchor: the --ca file when given; else a leaf-only chain that does not
+ * verify against OpenSSL's default store is suspect (a leaf-and-intermediates chain
+ * without the root is the normal case and cannot be judged without the anchor).
+ */
+static void check_trust(struct doctor *d, struct findings *fd, X509 **certs, size_t n)
+{
+	int err, depth, r;
+
+	if (d->anchors != NULL) {
+		if ((r = chain_verifies(d->anchors, certs, n, &err, &depth)) < 0)
+			fd->nomem = 1;
+		else if (r == 0)
+			add_finding(
+			    fd, 0,
+			    "chain does not lead to a trust anchor in %s (%s, at certificate "
+			    "#%d) — append the missing intermediate certificate(s) after the "
+			    "leaf and import the chain again: '" PROG " import-cert NAME FILE'",
+			    d->ca_file, X509_verify_cert_error_string(err), depth);
+		return;
+	}
+	if (n != 1 || X509_check_issued(certs[0], certs[0]) == X509_V_OK)
+		return;
+	if (!d->system_tried) {
+		d->system_tried = 1;
+		if ((d->system = X509_STORE_new()) != NULL &&
+		    X509_STORE_set_default_paths(d->system) != 1) {
+			X509_STORE_free(d->system);
+			d->system = NULL;
+		}
+		ERR_clear_error();
+	}
+	if (d->system != NULL && chain_verifies(d->system, certs, n, &err, &depth) == 1)
+		return;
+	add_finding(fd, 1,
+		    "the chain is only the leaf certificate: unless a root CA the servers trust "
+		    "issued it directly, append the intermediate certificate(s) and import the "
+		    "chain again — '" PROG " check --ca ROOT.pem' tells for sure");
+}
+
 static void check_leaf(struct findings *fd, const struct mtls_agent_identity *id, X509 *leaf)
 {
 	unsigned char *der = NULL;
 	uint32_t flags;
 	int len;
 
-	len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(leaf), &der);
-	if (len <= 0 || (size_t)len != id->spki_len || memcmp(der, id->spki, id->spki_len) != 0)
-		add_finding(fd, 0,
-			    "certificate is for a different key than the identity's — "
-			    "import the certificate issued for this key, or make a new CSR "
-			    "with '" PROG " csr NAME --subject DN'");
-	OPENSSL_free(der);
+	if (id->key_type != MTLS_AGENT_KEY_NONE) {
+		len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(leaf), &der);
+		if (len <= 0 || (size_t)len != id->spki_len ||
+		    memcmp(der, id->spki, id->spki_len) != 0)
+			add_finding(fd, 0,
+				    "certificate is for a different key than the identity's — "
+				    "import the certificate issued for this key, or make a new CSR "
+				    "with '" PROG " csr NAME --subject DN'");
+		OPENSSL_free(der);
+	}
 	flags = X509_get_extension_flags(leaf);
 	if ((flags & EXFLAG_INVALID) != 0)
 		add_finding(fd, 0,
@@ -1286,38 +2243,88 @@ static void check_leaf(struct findings *fd, const struct mtls_agent_identity *id
 	check_validity(fd, leaf, 0);
 }
 
-static void check_identity(struct findings *fd, const struct mtls_agent_identity *id)
+static void check_identity(struct doctor *d, struct findings *fd,
+			   const struct mtls_agent_identity *id)
 {
+	const struct mtls_agent_status_record *rec, *ksrec;
+	const char *state = NULL, *ks = NULL, *ks_state;
+	char prefix[128];
 	X509 **certs = NULL;
 	EVP_PKEY *pk = NULL;
 	size_t i;
 
-	if (id->key_type == MTLS_AGENT_KEY_NONE) {
-		add_finding(fd, 0,
-			    "no key — create one with '" PROG " keygen NAME --type "
-			    "ec-p256'");
+	if ((rec = status_record(d->st, "identity", id->name)) != NULL) {
+		state = status_field(rec, "state");
+		ks = status_field(rec, "keystore");
+	}
+	/* A keystore that does not work: say that, not what it hides (key "missing"). */
+	if (state != NULL && !identity_own_state(state)) {
+		ksrec = status_record(d->st, "keystore", ks);
+		ks_state = status_field(ksrec, "state");
+		if (ks_state != NULL && strcmp(ks_state, "ok") != 0) {
+			add_finding(fd, 0,
+				    "not usable while keystore %s is not (see its line) — fix the "
+				    "keystore first",
+				    ks);
+		} else {
+			snprintf(prefix, sizeof(prefix), "keystore %s: ", ks != NULL ? ks : "?");
+			add_keystore_state(fd, prefix, state, status_field(ksrec, "type"),
+					   ks != NULL ? ks : "?",
+					   d->st != NULL && d->st->caller_is_admin);
+		}
 		return;
 	}
-	if ((pk = spki_decode(id->spki, id->spki_len)) == NULL) {
+	if (id->key_type == MTLS_AGENT_KEY_NONE) {
+		if (id->chain_len == 0 || state == NULL ||
+		    strstr(state, "matches none of the identity") == NULL) {
+			add_finding(fd, 0,
+				    "no key%s%s%s — create one with '" PROG " keygen NAME --type "
+				    "ec-p256'",
+				    state != NULL && strncmp(state, "no key ", 7) == 0 ? " (" : "",
+				    state != NULL && strncmp(state, "no key ", 7) == 0 ? state : "",
+				    state != NULL && strncmp(state, "no key ", 7) == 0 ? ")" : "");
+			return;
+		}
 		add_finding(fd, 0,
-			    "the agent reports a public key that does not parse — check "
-			    "the keystore ('" PROG " status')");
-	} else if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA && EVP_PKEY_get_bits(pk) < 2048) {
-		add_finding(fd, 0,
-			    "RSA key of %d bits is too weak — make a new key with '" PROG
-			    " keygen NAME --type rsa-2048' (or ec-p256) and get a "
-			    "certificate for it",
-			    EVP_PKEY_get_bits(pk));
+			    "certificate and key do not match: %s — import the certificate issued "
+			    "for this identity's key ('" PROG
+			    " import-cert NAME FILE'), or get a new "
+			    "one ('" PROG " csr NAME --subject DN')",
+			    state);
+	} else {
+		int weak = 0;
+
+		if ((pk = spki_decode(id->spki, id->spki_len)) == NULL) {
+			add_finding(fd, 0,
+				    "the agent reports a public key that does not parse — check "
+				    "the keystore ('" PROG " status')");
+		} else if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA &&
+			   EVP_PKEY_get_bits(pk) < 2048) {
+			add_finding(fd, 0,
+				    "RSA key of %d bits is too weak — make a new key with '" PROG
+				    " keygen NAME --type rsa-2048' (or ec-p256) and get a "
+				    "certificate for it",
+				    EVP_PKEY_get_bits(pk));
+			weak = 1; /* which is also why the agent signs with no scheme */
+		}
+		EVP_PKEY_free(pk);
+		if (id->n_schemes == 0 && !weak)
+			add_finding(fd, 0,
+				    "the agent offers no signature scheme for this key — check the "
+				    "key type and the keystore ('" PROG " status')");
 	}
-	EVP_PKEY_free(pk);
-	if (id->n_schemes == 0)
-		add_finding(fd, 0,
-			    "the agent offers no signature scheme for this key — check the "
-			    "key type and the keystore ('" PROG " status')");
 	if (id->chain_len == 0) {
-		add_finding(fd, 0,
-			    "no certificate — make a CSR with '" PROG " csr NAME --subject "
-			    "DN', have the CA sign it, then '" PROG " import-cert NAME FILE'");
+		if (state != NULL && strcmp(state, "ok") != 0 &&
+		    strcmp(state, "no certificate installed") != 0)
+			add_finding(fd, 0,
+				    "certificate not usable: %s — import a valid one with '" PROG
+				    " import-cert NAME FILE'",
+				    state);
+		else
+			add_finding(fd, 0,
+				    "no certificate — make a CSR with '" PROG " csr NAME --subject "
+				    "DN', have the CA sign it, then '" PROG
+				    " import-cert NAME FILE'");
 		return;
 	}
 	if ((certs = calloc(id->chain_len, sizeof(*certs))) == NULL) {
@@ -1336,13 +2343,17 @@ static void check_identity(struct findings *fd, const struct mtls_agent_identity
 				    "chain again",
 				    i);
 	}
-	if (certs[0] != NULL)
+	if (certs[0] != NULL) {
 		check_leaf(fd, id, certs[0]);
-	check_chain(fd, certs, id->chain_len);
+		check_chain(fd, certs, id->chain_len);
+		check_trust(d, fd, certs, id->chain_len);
+	}
 	for (i = 0; i < id->chain_len; i++)
 		X509_free(certs[i]);
 	free(certs);
 }
+
+/* --- output --- */
 
 /* Replaces the NAME placeholder in advice with the identity's name, for copy and paste. */
 static void put_advice(const char *s, const char *name)
@@ -1380,24 +2391,26 @@ static char *advice_string(const char *s, const char *name)
 	return out;
 }
 
-static void check_report(const struct mtls_agent_identity *id, const struct findings *fd)
+/* "LABEL: [warning: ]finding" lines, then "LABEL: ok" when no problem. name, when not
+ * NULL, replaces the NAME placeholder. */
+static void report_text(const char *label, const char *name, const struct findings *fd, int ok_line)
 {
 	size_t i;
 
 	for (i = 0; i < fd->n_warnings; i++) {
-		put_text(id->name);
+		put_text(label);
 		fputs(": warning: ", stdout);
-		put_advice(fd->warnings[i], id->name);
+		put_advice(fd->warnings[i], name != NULL ? name : "NAME");
 		putchar('\n');
 	}
 	for (i = 0; i < fd->n_problems; i++) {
-		put_text(id->name);
+		put_text(label);
 		fputs(": ", stdout);
-		put_advice(fd->problems[i], id->name);
+		put_advice(fd->problems[i], name != NULL ? name : "NAME");
 		putchar('\n');
 	}
-	if (fd->n_problems == 0) {
-		put_text(id->name);
+	if (fd->n_problems == 0 && ok_line) {
+		put_text(label);
 		fputs(": ok\n", stdout);
 	}
 }
@@ -1409,7 +2422,7 @@ static int check_json_list(char **list, size_t n, const char *name)
 
 	putchar('[');
 	for (i = 0; i < n; i++) {
-		if ((s = advice_string(list[i], name)) == NULL)
+		if ((s = advice_string(list[i], name != NULL ? name : "NAME")) == NULL)
 			return -1;
 		if (i > 0)
 			putchar(',');
@@ -1420,24 +2433,47 @@ static int check_json_list(char **list, size_t n, const char *name)
 	return 0;
 }
 
+static int report_json(const struct findings *fd, const char *name)
+{
+	printf(",\"ok\":%s,\"problems\":", fd->n_problems == 0 ? "true" : "false");
+	if (check_json_list(fd->problems, fd->n_problems, name) != 0 ||
+	    fputs(",\"warnings\":", stdout) < 0 ||
+	    check_json_list(fd->warnings, fd->n_warnings, name) != 0)
+		return -1;
+	putchar('}');
+	return 0;
+}
+
 static int cmd_check(struct ctx *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
 	    {"json", no_argument, NULL, 'j'},
+	    {"config", required_argument, NULL, 'c'},
+	    {"ca", required_argument, NULL, 'A'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	struct mtls_agent_identity *ids = NULL, *one = NULL;
 	struct findings fd;
-	const char *name = NULL;
-	size_t n = 0, i;
+	struct doctor d;
+	const char *conf_path = NULL, *env, *conf_sock;
+	char label[PATH_MAX + 16];
+	size_t n = 0, i, problems = 0;
 	int ch, r, bad = 0, ret = EXIT_FAIL;
 
 	memset(&fd, 0, sizeof(fd));
-	while ((ch = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+	memset(&d, 0, sizeof(d));
+	d.c = c;
+	while ((ch = getopt_long(argc, argv, ":hc:", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'j':
 			c->json = 1;
+			break;
+		case 'c':
+			conf_path = optarg;
+			break;
+		case 'A':
+			d.ca_file = optarg;
 			break;
 		case 'h':
 			return command_help(find_command(c->cmd));
@@ -1446,60 +2482,197 @@ static int cmd_check(struct ctx *c, int argc, char **argv)
 		}
 	}
 	if (optind < argc)
-		name = argv[optind++];
+		d.only = argv[optind++];
 	if (optind != argc)
 		return usage_error(c, "unexpected argument '%s'", argv[optind]);
-	if ((r = connect_agent(c)) != 0)
-		return r;
-	if (name != NULL) {
-		if ((r = mtls_agent_get_identity(c->agent, name, &one)) != 0)
-			return agent_error(c, r);
-		ids = one;
-		n = 1;
-	} else if ((r = mtls_agent_list(c->agent, &ids, &n)) != 0) {
-		return agent_error(c, r);
+	if (d.ca_file != NULL) {
+		if ((d.anchors = X509_STORE_new()) == NULL ||
+		    X509_STORE_load_file(d.anchors, d.ca_file) != 1) {
+			X509_STORE_free(d.anchors);
+			errmsg(c, "cannot load trust anchors from %s", d.ca_file);
+			return EXIT_FAIL;
+		}
 	}
-	if (n == 0) {
-		errmsg(c, "no identities for this user (none configured, or none allows uid %ld)",
-		       (long)getuid());
+
+	/* The configuration: -c, else the default one if it is about the socket checked. */
+	if (conf_path != NULL && dconf_read(conf_path, &d.conf) != 0) {
+		int e = errno;
+		struct findings *cf = subject(&d, "config", conf_path);
+
+		add_finding(cf, 0, "cannot read it: %s — %s", strerror(e),
+			    e == EACCES ? "run check as root"
+					: "give the agent's configuration with -c");
+	}
+	env = getenv("MTLS_AGENT_SOCK");
+	if (c->socket != NULL)
+		d.sock = c->socket;
+	else if (env != NULL && env[0] != '\0')
+		d.sock = env;
+	else if (d.conf != NULL && d.conf->socket != NULL)
+		d.sock = d.conf->socket;
+	else
+		d.sock = MTLS_AGENT_DEFAULT_SOCKET;
+	if (conf_path == NULL && dconf_read(MTLS_AGENT_DEFAULT_CONFIG, &d.conf) == 0) {
+		conf_sock = d.conf->socket != NULL ? d.conf->socket : MTLS_AGENT_DEFAULT_SOCKET;
+		if (strcmp(conf_sock, d.sock) != 0) {
+			dconf_free(d.conf);
+			d.conf = NULL;
+		}
+	}
+	if (d.conf != NULL) {
+		conf_sock = d.conf->socket != NULL ? d.conf->socket : MTLS_AGENT_DEFAULT_SOCKET;
+		if (strcmp(conf_sock, d.sock) != 0)
+			add_finding(subject(&d, "config", d.conf->path), 1,
+				    "its socket is %s, not the one checked (%s) — is this the "
+				    "agent's configuration?",
+				    conf_sock, d.sock);
+	}
+
+	if (d.conf != NULL)
+		(void)subject(&d, "config", d.conf->path);
+	(void)subject(&d, "socket", d.sock);
+
+	/* The agent: reachable? Who listens? */
+	if ((r = mtls_agent_connect(d.sock, &c->agent)) == 0) {
+		d.reachable = 1;
+	} else {
+		const char *detail = mtls_agent_last_error();
+
+		if (strstr(detail, "Permission denied") != NULL)
+			add_finding(subject(&d, "socket", d.sock), 0,
+				    "%s — uid %ld may not open the socket: ask an administrator to "
+				    "allow this user (socket-group), or run check as root",
+				    detail, (long)getuid());
+		else
+			add_finding(
+			    subject(&d, "socket", d.sock), 0,
+			    "%s — start the agent ('systemctl start mtls-agent', or "
+			    "'mtls-agent -n' then 'mtls-agent' to see why it does not start), "
+			    "or name its socket with -s",
+			    detail);
+	}
+	if (listener_uid(d.sock, &d.agent_uid) == 0)
+		d.agent_uid_known = 1;
+	if (d.reachable && d.only != NULL &&
+	    (r = mtls_agent_get_identity(c->agent, d.only, &one)) != 0) {
+		agent_error(c, r);
 		goto out;
 	}
+	if (d.conf != NULL)
+		check_config_file(&d);
+	check_socket(&d);
+	if (d.conf != NULL)
+		check_pin_files(&d);
+	if (d.reachable) {
+		if ((r = mtls_agent_status(c->agent, &d.st)) != 0)
+			add_finding(subject(&d, "agent", ""), 0,
+				    "status request failed: %s — see the agent's log "
+				    "(journalctl -u mtls-agent)",
+				    mtls_agent_last_error());
+		else
+			check_keystore_records(&d);
+		if (one != NULL) {
+			ids = one;
+			n = 1;
+		} else if ((r = mtls_agent_list(c->agent, &ids, &n)) != 0) {
+			add_finding(subject(&d, "agent", ""), 0,
+				    "list request failed: %s — see the agent's log",
+				    mtls_agent_last_error());
+		} else if (n == 0) {
+			add_finding(
+			    subject(&d, "agent", ""), 0,
+			    "no identities for uid %ld (none configured, or none allows this "
+			    "user) — add the user to allow-users or allow-groups of an identity, "
+			    "then '" PROG " reload'",
+			    (long)getuid());
+		}
+	}
+	if (d.sink.nomem) {
+		errmsg(c, "out of memory");
+		goto out;
+	}
+
+	/* Report: the agent's surroundings, then each identity. */
+	if (c->json) {
+		fputs("{\"socket\":", stdout);
+		json_str(d.sock);
+		fputs(",\"config\":", stdout);
+		json_str_or_null(d.conf != NULL ? d.conf->path : conf_path);
+		printf(",\"agent_reachable\":%s,\"checks\":[", d.reachable ? "true" : "false");
+	}
+	for (i = 0; i < d.n_subj; i++) {
+		const struct subject *s = &d.subj[i];
+
+		if (s->fd.nomem) {
+			errmsg(c, "out of memory");
+			goto out;
+		}
+		problems += s->fd.n_problems;
+		if (c->json) {
+			fputs(i > 0 ? ",{\"kind\":" : "{\"kind\":", stdout);
+			json_str(s->kind);
+			fputs(",\"name\":", stdout);
+			json_str_or_null(s->name[0] != '\0' ? s->name : NULL);
+			if (report_json(&s->fd, NULL) != 0) {
+				errmsg(c, "out of memory");
+				goto out;
+			}
+			continue;
+		}
+		if (s->name[0] != '\0')
+			snprintf(label, sizeof(label), "%s %s", s->kind, s->name);
+		else
+			snprintf(label, sizeof(label), "%s", s->kind);
+		report_text(label, NULL, &s->fd, strcmp(s->kind, "agent") != 0);
+	}
 	if (c->json)
-		fputs("{\"identities\":[", stdout);
+		fputs("],\"identities\":[", stdout);
 	for (i = 0; i < n; i++) {
-		check_identity(&fd, &ids[i]);
+		check_identity(&d, &fd, &ids[i]);
 		if (fd.nomem) {
 			errmsg(c, "out of memory");
 			goto out;
 		}
 		bad += fd.n_problems > 0;
+		problems += fd.n_problems;
 		if (c->json) {
 			fputs(i > 0 ? ",{\"name\":" : "{\"name\":", stdout);
 			json_str(ids[i].name);
-			printf(",\"ok\":%s,\"problems\":", fd.n_problems == 0 ? "true" : "false");
-			if (check_json_list(fd.problems, fd.n_problems, ids[i].name) != 0 ||
-			    fputs(",\"warnings\":", stdout) < 0 ||
-			    check_json_list(fd.warnings, fd.n_warnings, ids[i].name) != 0) {
+			if (report_json(&fd, ids[i].name) != 0) {
 				errmsg(c, "out of memory");
 				goto out;
 			}
-			putchar('}');
 		} else {
-			check_report(&ids[i], &fd);
+			report_text(ids[i].name, ids[i].name, &fd, 1);
 		}
 		findings_free(&fd);
 	}
 	if (c->json)
-		puts("]}");
+		printf("],\"ok\":%s}\n", problems == 0 ? "true" : "false");
 	ret = EXIT_OK;
-	if (bad > 0) {
+	if (problems > 0) {
 		/* The report is on stdout; this is the one-line verdict of a failure. */
-		errmsg(c, "%d of %zu %s not usable", bad, n,
-		       n == 1 ? "identity is" : "identities are");
+		if (bad > 0)
+			errmsg(c, "%zu problem%s need%s attention (%d of %zu %s not usable)",
+			       problems, problems == 1 ? "" : "s", problems == 1 ? "s" : "", bad, n,
+			       n == 1 ? "identity is" : "identities are");
+		else
+			errmsg(c, "%zu problem%s need%s attention", problems,
+			       problems == 1 ? "" : "s", problems == 1 ? "s" : "");
 		ret = EXIT_FAIL;
 	}
 out:
 	findings_free(&fd);
+	findings_free(&d.sink);
+	for (i = 0; i < d.n_subj; i++) {
+		findings_free(&d.subj[i].fd);
+		free(d.subj[i].name);
+	}
+	free(d.subj);
+	dconf_free(d.conf);
+	mtls_agent_status_free(d.st);
+	X509_STORE_free(d.anchors);
+	X509_STORE_free(d.system);
 	if (one != NULL)
 		mtls_agent_identity_free(one);
 	else
@@ -1538,13 +2711,28 @@ static const struct command commands[] = {
      "                   RSA or Ed25519 signature); '-' for standard output, which is\n"
      "                   refused by default when it is a terminal\n"
      "  -d, --digest     the input is a precomputed hash (needs sign-policy = any)\n"},
-    {"check", cmd_check, "[NAME] [--json]", "find what stops identities from working",
-     "Checks that each identity (or NAME) can authenticate: key present, certificate\n"
-     "present and matching the key, clientAuth and digitalSignature usages, validity\n"
-     "(warns under 7 days), chain order and signatures, key strength. Prints \"NAME: ok\"\n"
-     "or one line per problem with how to fix it. Exit status 1 when any problem.\n\n"
-     "  --json      print {\"identities\":[{\"name\":..,\"ok\":..,\"problems\":[..],\n"
-     "              \"warnings\":[..]}]}\n"},
+    {"check", cmd_check, "[NAME] [-c CONFIG] [--ca FILE] [--json]",
+     "what needs attention, and how to fix it",
+     "The operator's doctor. Prints \"SUBJECT: ok\" or one line per problem, \"what is\n"
+     "wrong — how to fix it\", for:\n"
+     "  socket      the agent answers; the socket's owner and mode, its directory not\n"
+     "              writable by others\n"
+     "  keystore    reachable, PIN accepted, no TPM lockout (states shown to admins)\n"
+     "  identities  each one you may use (or NAME): key present, RSA >= 2048 bits,\n"
+     "              certificate present and matching the key, clientAuth and\n"
+     "              digitalSignature, valid now (warns under 7 days), chain in order\n"
+     "              with verifying signatures (up to --ca when given)\n"
+     "  config      with the agent's configuration: its permissions, the PIN files'\n"
+     "              permissions, whether every allowed user and group can open the\n"
+     "              socket, and whether the socket is open wider than they need\n"
+     "Exit status 1 when any problem needs attention (warnings do not count).\n\n"
+     "  -c, --config FILE  the agent's configuration; by default " MTLS_AGENT_DEFAULT_CONFIG "\n"
+     "                     when it is readable and names the socket checked\n"
+     "      --ca FILE      trust anchors (PEM) the chains must verify up to\n"
+     "      --json         print {\"socket\":..,\"config\":..,\"agent_reachable\":..,\n"
+     "                     \"checks\":[{\"kind\":..,\"name\":..,\"ok\":..,\"problems\":[..],\n"
+     "                     \"warnings\":[..]}],\"identities\":[{\"name\":..,\"ok\":..,\n"
+     "                     \"problems\":[..],\"warnings\":[..]}],\"ok\":..}\n"},
     {"keygen", cmd_keygen, "NAME --type TYPE", "admin: new key in the keystore",
      "Administrators: creates a new key for identity NAME inside its keystore and prints\n"
      "its public key as PEM. If NAME already has a certified key, the new key stays\n"

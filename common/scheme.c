@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <pthread.h>
 #include <string.h>
 
 #include <openssl/evp.h>
@@ -86,14 +87,41 @@ int scheme_fits_key(const struct scheme *s, int key_type, unsigned key_bits)
 	return 1;
 }
 
+/*
+ * Digest implementations fetched once: an implicit fetch per signature costs
+ * measurable time on the agent's hot path.
+ */
+static EVP_MD *fetched_md[3];
+static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
+
+static void fetch_digests(void)
+{
+	fetched_md[0] = EVP_MD_fetch(NULL, "SHA256", NULL);
+	fetched_md[1] = EVP_MD_fetch(NULL, "SHA384", NULL);
+	fetched_md[2] = EVP_MD_fetch(NULL, "SHA512", NULL);
+}
+
 int scheme_hash(const struct scheme *s, const uint8_t *msg, size_t len, uint8_t *out)
 {
 	unsigned int outlen = 0;
 	const EVP_MD *md;
 
-	if (s->hash_nid == NID_undef || (md = EVP_get_digestbynid(s->hash_nid)) == NULL)
+	pthread_once(&fetch_once, fetch_digests);
+	switch (s->hash_nid) {
+	case NID_sha256:
+		md = fetched_md[0];
+		break;
+	case NID_sha384:
+		md = fetched_md[1];
+		break;
+	case NID_sha512:
+		md = fetched_md[2];
+		break;
+	default:
 		return -1;
-	if (EVP_Digest(msg, len, out, &outlen, md, NULL) != 1 || outlen != s->hash_len)
+	}
+	if (md == NULL || EVP_Digest(msg, len, out, &outlen, md, NULL) != 1 ||
+	    outlen != s->hash_len)
 		return -1;
 	return 0;
 }

@@ -15,6 +15,9 @@
 
 static const struct ks_backend *const backends[] = {
 	&ks_pkcs11_backend,
+#ifdef HAVE_TPM2
+	&ks_tpm2_backend,
+#endif
 };
 
 int ks_keygen_type_from_name(const char *name)

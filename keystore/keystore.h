@@ -1,12 +1,12 @@
 /*
- * Keystore: where private keys live (a PKCS#11 token, later a TPM). The
+ * Keystore: where private keys live (a PKCS#11 token or a TPM 2.0). The
  * agent talks to every backend through this interface.
  *
  * All functions return 0 or a negative MTLS_AGENT_ERR_* code; when a
  * function takes (err, errlen) it writes one human-readable line there on
  * failure (never a secret). Every function is safe to call from several
  * threads at once; ks_sign calls on one keystore run in parallel up to the
- * keystore's session count.
+ * keystore's session count (PKCS#11) or one at a time in arrival order (TPM).
  */
 #ifndef MTLS_KEYSTORE_H
 #define MTLS_KEYSTORE_H
@@ -35,8 +35,19 @@ struct ks_key {
 	uint8_t id[KS_MAX_ID];  /* backend's stable identifier (PKCS#11: CKA_ID) */
 	size_t id_len;
 	char *label;            /* PKCS#11: CKA_LABEL; may be NULL */
+	unsigned flags;         /* KS_KEY_NO_*: what the backend found this key cannot do */
 	void *backend;          /* backend-private data */
 };
+
+/*
+ * ks_key.flags, set by a backend (possibly after the key was first handed
+ * out: read them with ks_key_fits_scheme()). A TPM that pads RSA-PSS with a
+ * salt other than the hash length cannot make TLS 1.3 signatures; a TPM
+ * without SHA-384/512 cannot make RSA signatures with that hash.
+ */
+#define KS_KEY_NO_PSS 0x1u
+#define KS_KEY_NO_SHA384 0x2u
+#define KS_KEY_NO_SHA512 0x4u
 
 /* What [keystore "NAME"] says; strings are borrowed for the duration of ks_open. */
 struct ks_params {
@@ -46,7 +57,8 @@ struct ks_params {
 	const char *token;      /* PKCS#11 URI (RFC 7512) or a bare token label */
 	const char *pin_file;   /* may be NULL when the token needs no login */
 	unsigned sessions;      /* size of the session pool (>= 1) */
-	const char *tcti;       /* tpm2 */
+	const char *tcti;       /* tpm2: TCTI configuration string ("device:/dev/tpmrm0") */
+	const char *srk;        /* tpm2: "handle:0x81000001" (persistent SRK), NULL: TCG template */
 };
 
 /* Key types for ks_keygen. */
@@ -77,7 +89,8 @@ int ks_same_params(const struct keystore *ks, const struct ks_params *params);
 
 /*
  * All private keys matching key_ref (PKCS#11: a URI naming object= and/or
- * id=), each a generation of one identity's key. *keys is a new array the
+ * id=; tpm2: a TSS2 PRIVATE KEY file, one key per PEM block, or
+ * handle:0x81xxxxxx), each a generation of one identity's key. *keys is a new array the
  * caller frees with free(); the keys stay owned by the keystore and stay
  * valid until ks_close. Asking again returns the same ks_key pointers for
  * the same keys. Zero keys is success with *n = 0.
@@ -90,7 +103,10 @@ int ks_find_keys(struct keystore *ks, const char *key_ref, struct ks_key ***keys
  * CKA_LABEL from object=, a fresh random CKA_ID unless the URI fixes id=).
  * Private key: token, private, sensitive, non-extractable, sign only (no
  * decrypt, unwrap, derive, sign-recover). Fails with MTLS_AGENT_ERR_EXISTS if
- * key_ref fixes an id that is already used.
+ * key_ref fixes an id that is already used. tpm2: a child of the SRK,
+ * fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, noDA, sign only,
+ * empty auth; its blob is appended to the key file (written atomically), or
+ * it is made persistent at the handle (MTLS_AGENT_ERR_EXISTS if taken).
  */
 int ks_keygen(struct keystore *ks, const char *key_ref, int gen_type, struct ks_key **out,
 	      char *err, size_t errlen);
@@ -127,6 +143,8 @@ struct ks_backend {
 		    const uint8_t *in, size_t inlen, uint8_t **sig, size_t *siglen, char *err,
 		    size_t errlen);
 	void (*state)(struct keystore *ks, char *buf, size_t len);
+	/* Optional (NULL: nothing to do); see ks_activate(). */
+	int (*activate)(struct keystore *ks, struct ks_key *key, char *err, size_t errlen);
 };
 
 /* Every backend's keystore struct starts with this header. */
@@ -136,6 +154,9 @@ struct keystore {
 };
 
 extern const struct ks_backend ks_pkcs11_backend;
+#ifdef HAVE_TPM2
+extern const struct ks_backend ks_tpm2_backend;
+#endif
 
 /*
  * Helpers for backends. ks_key_set_public() fills type, bits, curve_nid,
@@ -145,5 +166,42 @@ extern const struct ks_backend ks_pkcs11_backend;
 int ks_key_set_public(struct ks_key *key, EVP_PKEY *pub);
 void ks_key_free_public(struct ks_key *key);
 int ks_ecdsa_raw_to_der(const uint8_t *raw, size_t rawlen, uint8_t **der, size_t *derlen);
+
+/*
+ * Whether key can sign with scheme: scheme_fits_key() plus what the backend
+ * found out about the key (KS_KEY_NO_*). Use this, not scheme_fits_key(), to
+ * decide which schemes to offer and to accept.
+ */
+static inline int ks_key_fits_scheme(const struct ks_key *key, const struct scheme *s)
+{
+	unsigned flags = __atomic_load_n(&key->flags, __ATOMIC_RELAXED);
+
+	if (!scheme_fits_key(s, key->type, key->bits))
+		return 0;
+	/* Only RSA schemes have a padding; ECDSA hashes are cut to the curve by the backend. */
+	if (s->pad == SIG_PAD_PSS && (flags & KS_KEY_NO_PSS))
+		return 0;
+	if (s->pad != SIG_PAD_NONE && s->hash_len == 48 && (flags & KS_KEY_NO_SHA384))
+		return 0;
+	if (s->pad != SIG_PAD_NONE && s->hash_len == 64 && (flags & KS_KEY_NO_SHA512))
+		return 0;
+	return 1;
+}
+
+/*
+ * Tells the keystore that key now has the identity's installed certificate
+ * (call it before writing the certificate file). Backends whose key
+ * reference holds several generations make key the one other programs see:
+ * the tpm2 backend moves key's block to the front of its TSS2 PRIVATE KEY
+ * file (what tpm2-openssl loads), keeps the previous current key after it
+ * and drops older uncertified generations. Idempotent. Returns 0 or a
+ * negative MTLS_AGENT_ERR_* code with a line in err.
+ */
+static inline int ks_activate(struct keystore *ks, struct ks_key *key, char *err, size_t errlen)
+{
+	if (ks->backend->activate == NULL || key->ks != ks)
+		return 0;
+	return ks->backend->activate(ks, key, err, errlen);
+}
 
 #endif

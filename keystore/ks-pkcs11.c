@@ -1496,38 +1496,25 @@ static const uint8_t di_sha512[] = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x
 static CK_RV sign_once(CK_FUNCTION_LIST *m, const struct lease *l, CK_MECHANISM *mech,
 		       const uint8_t *data, size_t dlen, uint8_t **raw, size_t *rawlen)
 {
-	CK_ULONG len = 0;
-	uint8_t *p = NULL;
+	/*
+	 * One C_Sign into a buffer large enough for any key we use (no size
+	 * query: on a remote or hardware token that would be a round trip more).
+	 */
+	uint8_t buf[P11_MAX_SIG];
+	CK_ULONG len = sizeof(buf);
 	CK_RV rv;
 
 	*raw = NULL;
 	*rawlen = 0;
 	if ((rv = m->C_SignInit(l->s, mech, l->hkey)) != CKR_OK)
 		return rv;
-	/* The size query leaves the operation active; the second call ends it. */
-	if ((rv = m->C_Sign(l->s, (CK_BYTE_PTR)data, (CK_ULONG)dlen, NULL, &len)) != CKR_OK)
+	if ((rv = m->C_Sign(l->s, (CK_BYTE_PTR)data, (CK_ULONG)dlen, buf, &len)) != CKR_OK)
 		return rv;
-	if (len == 0 || len > P11_MAX_SIG) {
-		/* Finish the operation so the session can be reused. */
-		uint8_t scratch[P11_MAX_SIG];
-		CK_ULONG slen = sizeof(scratch);
-
-		rv = m->C_Sign(l->s, (CK_BYTE_PTR)data, (CK_ULONG)dlen, scratch, &slen);
-		wipe(scratch, sizeof(scratch));
-		return rv == CKR_OK ? CKR_GENERAL_ERROR : rv;
-	}
-	if ((p = malloc(len)) == NULL) {
-		uint8_t scratch[P11_MAX_SIG];
-		CK_ULONG slen = sizeof(scratch);
-
-		m->C_Sign(l->s, (CK_BYTE_PTR)data, (CK_ULONG)dlen, scratch, &slen);
+	if (len == 0 || len > sizeof(buf))
+		return CKR_GENERAL_ERROR;
+	if ((*raw = malloc(len)) == NULL)
 		return CKR_HOST_MEMORY;
-	}
-	if ((rv = m->C_Sign(l->s, (CK_BYTE_PTR)data, (CK_ULONG)dlen, p, &len)) != CKR_OK) {
-		free(p);
-		return rv;
-	}
-	*raw = p;
+	memcpy(*raw, buf, len);
 	*rawlen = len;
 	return CKR_OK;
 }

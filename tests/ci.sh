@@ -139,6 +139,26 @@ if [ "${SKIP_DISTCHECK:-0}" != 1 ]; then
 	fi
 fi
 
+# The Debian packages, built from a copy of the tree (dpkg-buildpackage writes
+# its results into the parent directory), then lintian: no errors allowed.
+if [ "${SKIP_DEB:-0}" != 1 ] && command -v dpkg-buildpackage >/dev/null; then
+	stage "dpkg-buildpackage -b -us -uc + lintian"
+	debdir=$(mktemp -d /tmp/mtls-deb.XXXXXX)
+	mkdir -p "$debdir/src"
+	tar --exclude='./build*' --exclude=./.git --exclude=./autom4te.cache -cf - . |
+		tar -xf - -C "$debdir/src"
+	(cd "$debdir/src" && dpkg-buildpackage -b -us -uc) >"$debdir/build.log" 2>&1
+	rc=$?
+	[ "$rc" -eq 0 ] || tail -n 80 "$debdir/build.log"
+	record "dpkg-buildpackage" "$rc"
+	if [ "$rc" -eq 0 ]; then
+		ls -l "$debdir"/*.deb
+		lintian --fail-on error "$debdir"/*.changes
+		record "lintian (no errors)" $?
+	fi
+	rm -rf "$debdir"
+fi
+
 stage "result"
 printf '%s\n' "${RESULTS[@]}"
 if [ "${#FAILED[@]}" -ne 0 ]; then

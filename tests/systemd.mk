@@ -1,0 +1,18 @@
+# tests/systemd.mk: included by the top-level Makefile.am (after tests/Makefile.inc).
+#
+# The systemd side of the agent, without systemd as PID 1:
+#   systemd-units.sh       `systemd-analyze verify` of the built units (no warnings),
+#                          `systemd-analyze security` exposure <= 2.0, sysusers.d and
+#                          tmpfiles.d entries applied to a scratch root
+#   systemd-activation.sh  socket activation (LISTEN_FDS as systemd passes it, and
+#                          systemd-socket-activate): serves and signs, leaves the socket
+#   systemd-notify.sh      sd_notify READY/RELOADING/STOPPING/STATUS/WATCHDOG seen on a
+#                          NOTIFY_SOCKET the test listens on
+# systemd-lib.sh is sourced by them (the stand-ins for systemd, in python3).
+SYSTEMD_TESTS = \
+	tests/integration/systemd-units.sh \
+	tests/integration/systemd-activation.sh \
+	tests/integration/systemd-notify.sh
+
+TESTS += $(SYSTEMD_TESTS)
+EXTRA_DIST += tests/integration/systemd-lib.sh $(SYSTEMD_TESTS)

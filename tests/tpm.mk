@@ -1,0 +1,23 @@
+# tests/tpm.mk: included by the top-level Makefile.am (after tests/Makefile.inc
+# and tests/tls.mk, whose TEST_EXTENSIONS, SH_LOG_COMPILER and
+# AM_TESTS_ENVIRONMENT these tests use).
+#
+# The TPM 2.0 keystore on a private swtpm per test (state in the test's work
+# dir, TCP ports on 127.0.0.1 that were free; stopped with TPM2_Shutdown via
+# swtpm_ioctl), so `make -j check` is safe. Each script sources tests/lib.sh
+# and tests/tpm-lib.sh (tpm-tls.sh also tests/tls-lib.sh) and skips (exit 77)
+# loudly when swtpm, tpm2-tools, tpm2-openssl or the TLS peers are missing, or
+# when the build has no TPM support (--disable-tpm2). tpm-udev.sh checks
+# udev/61-mtls-agent.rules with udevadm against fake devices (root, a private
+# mount namespace; skipped without udevadm).
+TPM_TESTS = \
+	tests/integration/tpm-sign-schemes.sh \
+	tests/integration/tpm-tls.sh \
+	tests/integration/tpm-interop.sh \
+	tests/integration/tpm-restart.sh \
+	tests/integration/tpm-noda.sh \
+	tests/integration/tpm-persistent.sh \
+	tests/integration/tpm-udev.sh
+
+TESTS += $(TPM_TESTS)
+EXTRA_DIST += tests/tpm-lib.sh $(TPM_TESTS)

@@ -122,11 +122,11 @@ static int put_schemes(struct buf *b, const struct ks_key *key)
 	int r;
 
 	for (i = 0; key != NULL && (s = scheme_at(i)) != NULL; i++)
-		n += scheme_fits_key(s, key->type, key->bits) ? 1 : 0;
+		n += ks_key_fits_scheme(key, s) ? 1 : 0;
 	if ((r = buf_put_u32(b, n)) != 0)
 		return r;
 	for (i = 0; key != NULL && (s = scheme_at(i)) != NULL; i++)
-		if (scheme_fits_key(s, key->type, key->bits) && (r = buf_put_u16(b, s->code)) != 0)
+		if (ks_key_fits_scheme(key, s) && (r = buf_put_u16(b, s->code)) != 0)
 			return r;
 	return 0;
 }
@@ -287,7 +287,7 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 	if (key == NULL)
 		return res->code;
 
-	if (!scheme_fits_key(scheme, key->type, key->bits))
+	if (!ks_key_fits_scheme(key, scheme))
 		return fail(res, MTLS_AGENT_ERR_SCHEME, "scheme %s does not fit the %u-bit key of "
 			    "identity \"%s\"", scheme->name, key->bits, id->cfg->name);
 	if (policy_check(id->cfg->sign_policy, data, data_len, flags & MTLS_AGENT_SIGN_DIGEST,

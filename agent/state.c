@@ -321,6 +321,9 @@ int identity_import_cert(struct identity_rt *id, const uint8_t *data, size_t len
 		r = MTLS_AGENT_ERR_CERT;
 		goto out;
 	}
+	/* Backends whose key file holds several generations put this one first. */
+	if ((r = ks_activate(id->ks, match, err, errlen)) != 0)
+		goto out;
 	/* Store the chain as PEM, the format operators and applications expect. */
 	if ((pem = BIO_new(BIO_s_mem())) == NULL) {
 		r = MTLS_AGENT_ERR_NOMEM;

@@ -38,6 +38,7 @@ static void params_from_cfg(const struct cfg_keystore *c, struct ks_params *p)
 	p->pin_file = c->pin_file;
 	p->sessions = c->sessions;
 	p->tcti = c->tcti;
+	p->srk = c->srk;
 }
 
 static int keystore_acquire(const struct cfg_keystore *c, struct keystore **out, char *err,

@@ -967,6 +967,12 @@ static int ours(struct tpm_ks *ks, TPM2_HANDLE h)
  * Behind a resource manager we see only our own. Flushed when we need their
  * slots, once per connection. Returns how many. Ticket held.
  */
+/*
+ * TPM2_TRANSIENT_FIRST from tss2_tpm2_types.h shifts the int 0x80 into the
+ * sign bit (undefined behaviour, caught by UBSan): spell the value out.
+ */
+#define TRANSIENT_FIRST ((TPM2_HC)0x80000000u)
+
 static unsigned flush_stale(struct tpm_ks *ks)
 {
 	TPMS_CAPABILITY_DATA *cap = NULL;
@@ -976,7 +982,7 @@ static unsigned flush_stale(struct tpm_ks *ks)
 	unsigned n = 0;
 
 	if (Esys_GetCapability(ks->ectx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES,
-			       TPM2_TRANSIENT_FIRST, TPM2_MAX_CAP_HANDLES, &more,
+			       TRANSIENT_FIRST, TPM2_MAX_CAP_HANDLES, &more,
 			       &cap) != TSS2_RC_SUCCESS)
 		return 0;
 	for (i = 0; i < cap->data.handles.count && i < TPM2_MAX_CAP_HANDLES; i++) {

@@ -118,8 +118,14 @@ if [ "${SKIP_ASAN:-0}" != 1 ]; then
 	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1:fast_unwind_on_malloc=0}
 	UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 	export ASAN_OPTIONS UBSAN_OPTIONS
+	# The provider and engine are loaded into curl, openssl, mosquitto: programs
+	# without the sanitizer runtime, which cannot load instrumented modules. The
+	# ASan run therefore gives them the default build's modules: every TLS test
+	# still drives the instrumented agent with real clients.
+	export MTLS_PROVIDER_MODULE="$TOP/build/engine/.libs/mtlsagent.so"
+	export MTLS_ENGINE_MODULE="$TOP/build/engine/.libs/mtlsagent-engine.so"
 	build_and_check build-asan "asan+ubsan build ($ASAN_CC)" --enable-asan CC="$ASAN_CC"
-	unset ASAN_OPTIONS UBSAN_OPTIONS
+	unset ASAN_OPTIONS UBSAN_OPTIONS MTLS_PROVIDER_MODULE MTLS_ENGINE_MODULE
 fi
 
 if [ "${SKIP_DISTCHECK:-0}" != 1 ]; then

@@ -103,6 +103,20 @@ static int usage_error(const struct ctx *c, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
+/* The one operand of most subcommands: an identity NAME and nothing after it. */
+static const char *identity_arg(const struct ctx *c, int argc, char **argv)
+{
+	if (optind == argc) {
+		usage_error(c, "missing identity NAME");
+		return NULL;
+	}
+	if (optind + 1 != argc) {
+		usage_error(c, "unexpected argument '%s'", argv[optind + 1]);
+		return NULL;
+	}
+	return argv[optind++];
+}
+
 /* Reports a library failure: the code's meaning, then the detail (the agent's own words). */
 static int agent_error(const struct ctx *c, int r)
 {
@@ -710,11 +724,8 @@ static int cmd_cert(struct ctx *c, int argc, char **argv)
 			return bad_option(c, ch, argv);
 		}
 	}
-	if (optind == argc)
-		return usage_error(c, "missing identity NAME");
-	name = argv[optind++];
-	if (optind != argc)
-		return usage_error(c, "unexpected argument '%s'", argv[optind]);
+	if ((name = identity_arg(c, argc, argv)) == NULL)
+		return EXIT_USAGE;
 	if ((r = connect_agent(c)) != 0)
 		return r;
 	if ((r = mtls_agent_get_chain(c->agent, name, &chain, &n)) != 0)
@@ -810,11 +821,8 @@ static int cmd_sign(struct ctx *c, int argc, char **argv)
 			return bad_option(c, ch, argv);
 		}
 	}
-	if (optind == argc)
-		return usage_error(c, "missing identity NAME");
-	name = argv[optind++];
-	if (optind != argc)
-		return usage_error(c, "unexpected argument '%s'", argv[optind]);
+	if ((name = identity_arg(c, argc, argv)) == NULL)
+		return EXIT_USAGE;
 	if (scheme_arg == NULL)
 		return usage_error(c, "missing --scheme");
 	if ((scheme = parse_scheme(scheme_arg)) == 0)
@@ -895,11 +903,8 @@ static int cmd_keygen(struct ctx *c, int argc, char **argv)
 			return bad_option(c, ch, argv);
 		}
 	}
-	if (optind == argc)
-		return usage_error(c, "missing identity NAME");
-	name = argv[optind++];
-	if (optind != argc)
-		return usage_error(c, "unexpected argument '%s'", argv[optind]);
+	if ((name = identity_arg(c, argc, argv)) == NULL)
+		return EXIT_USAGE;
 	if (type == NULL)
 		return usage_error(c, "missing --type");
 	for (i = 0; i < sizeof(key_types) / sizeof(key_types[0]); i++)
@@ -964,15 +969,8 @@ static int cmd_csr(struct ctx *c, int argc, char **argv)
 		}
 	}
 	ret = EXIT_USAGE;
-	if (optind == argc) {
-		usage_error(c, "missing identity NAME");
+	if ((name = identity_arg(c, argc, argv)) == NULL)
 		goto out;
-	}
-	name = argv[optind++];
-	if (optind != argc) {
-		usage_error(c, "unexpected argument '%s'", argv[optind]);
-		goto out;
-	}
 	if (subject == NULL || subject[0] == '\0') {
 		usage_error(c, "missing --subject, e.g. --subject /CN=dev1/O=Example");
 		goto out;
@@ -1019,11 +1017,8 @@ static int cmd_keyref(struct ctx *c, int argc, char **argv)
 			return bad_option(c, ch, argv);
 		}
 	}
-	if (optind == argc)
-		return usage_error(c, "missing identity NAME");
-	name = argv[optind++];
-	if (optind != argc)
-		return usage_error(c, "unexpected argument '%s'", argv[optind]);
+	if ((name = identity_arg(c, argc, argv)) == NULL)
+		return EXIT_USAGE;
 	if ((r = connect_agent(c)) != 0)
 		return r;
 	if ((r = mtls_agent_get_identity(c->agent, name, &id)) != 0)

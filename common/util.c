@@ -191,6 +191,13 @@ int read_secret_file(const char *path, char **secret, char *err, size_t errlen)
 	return 0;
 }
 
+int str_eq(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
 void hex_encode(const uint8_t *p, size_t n, char *out)
 {
 	static const char digits[] = "0123456789abcdef";

@@ -32,6 +32,9 @@ int read_file(const char *path, size_t max, uint8_t **data, size_t *len);
  */
 int read_secret_file(const char *path, char **secret, char *err, size_t errlen);
 
+/* Equal strings, where NULL equals only NULL. */
+int str_eq(const char *a, const char *b);
+
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void hex_encode(const uint8_t *p, size_t n, char *out);
 

@@ -1368,19 +1368,11 @@ out:
 	return ret;
 }
 
-static int str_eq(const char *a, const char *b)
-{
-	if (a == NULL || b == NULL)
-		return a == b;
-	return strcmp(a, b) == 0;
-}
-
 static int p11_same_params(const struct keystore *base, const struct ks_params *params)
 {
 	const struct p11_ks *ks = (const struct p11_ks *)base;
 
-	return str_eq(params->type, ks_pkcs11_backend.type) &&
-	       str_eq(ks->module_path, params->module) && str_eq(ks->token, params->token) &&
+	return str_eq(ks->module_path, params->module) && str_eq(ks->token, params->token) &&
 	       str_eq(ks->pin_file, params->pin_file) && ks->n_sessions == params->sessions;
 }
 

@@ -1516,19 +1516,11 @@ out:
 	return ret;
 }
 
-static int str_eq(const char *a, const char *b)
-{
-	if (a == NULL || b == NULL)
-		return a == b;
-	return strcmp(a, b) == 0;
-}
-
 static int tpm_same_params(const struct keystore *base, const struct ks_params *params)
 {
 	const struct tpm_ks *ks = (const struct tpm_ks *)base;
 
-	return str_eq(params->type, ks_tpm2_backend.type) &&
-	       str_eq(ks->tcti, params->tcti != NULL ? params->tcti : DEFAULT_TCTI) &&
+	return str_eq(ks->tcti, params->tcti != NULL ? params->tcti : DEFAULT_TCTI) &&
 	       str_eq(ks->srk, params->srk);
 }
 

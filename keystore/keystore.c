@@ -190,3 +190,17 @@ out:
 	ECDSA_SIG_free(s);
 	return ret;
 }
+
+int ks_delete(struct keystore *ks, struct ks_key *key, char *err, size_t errlen)
+{
+	if (key == NULL || key->ks != ks) {
+		snprintf(err, errlen, "key does not belong to keystore \"%s\"", ks_name(ks));
+		return MTLS_AGENT_ERR_INVALID_ARG;
+	}
+	if (ks->backend->delete_key == NULL) {
+		snprintf(err, errlen, "keystore \"%s\" (%s) cannot delete keys", ks_name(ks),
+			 ks_type(ks));
+		return MTLS_AGENT_ERR_UNSUPPORTED;
+	}
+	return ks->backend->delete_key(ks, key, err, errlen);
+}

@@ -1,0 +1,85 @@
+/*
+ * Enrollers: one interface in front of the protocols that obtain a
+ * certificate from a CA (CMP with OpenSSL's client, EST with libcurl).
+ *
+ * The renewal engine (agent/renew.c) hands an enroller the keys as
+ * EVP_PKEYs whose signing happens inside the keystore (agent/renew-prov.c),
+ * and a commit callback. The enroller runs one transaction and, when the CA
+ * issued a certificate, calls commit() with the chain before it reports
+ * success: commit() verifies and installs it (for CMP this is inside the
+ * certConf callback, so a rejected certificate is answered with a negative
+ * confirmation). An enroller never installs anything itself.
+ */
+#ifndef MTLS_AGENT_ENROLL_H
+#define MTLS_AGENT_ENROLL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+/* How a transaction ended; the scheduler's reaction depends on it. */
+enum enroll_outcome {
+	ENROLL_OK = 0,
+	ENROLL_TRANSIENT,      /* network error, timeout, HTTP 5xx, garbage: retry with backoff */
+	ENROLL_WAIT,           /* the CA asked to come back later: retry_after is set */
+	ENROLL_REJECTED,       /* the CA refused the request (PKIStatus rejection, HTTP 4xx) */
+	ENROLL_NOT_AUTHORIZED, /* our credential was not accepted (expired, unknown, 401/403) */
+	ENROLL_BAD_CERT,       /* the CA answered with a certificate commit() refused */
+	ENROLL_LOCAL,          /* a local problem: configuration, keystore, files, memory */
+};
+const char *enroll_outcome_name(int outcome);
+
+enum enroll_kind {
+	ENROLL_RENEW = 0,   /* CMP KUR / EST simplereenroll, authenticated by the current key */
+	ENROLL_BOOTSTRAP,   /* CMP IR / EST simpleenroll, authenticated by the bootstrap credential */
+};
+
+struct enroll_request {
+	int kind;                /* enum enroll_kind */
+	const char *url;         /* ca-url: CMP http(s)://host:port/path, EST https://host/.well-known/est[/label] */
+	const char *trust_file;  /* ca-trust: PEM trust anchors (CA responses, TLS server, chain) */
+	OSSL_LIB_CTX *libctx;    /* the library context the keys live in */
+	unsigned timeout_s;      /* bound for the whole transaction, polling included */
+
+	/* ENROLL_RENEW: the credential being renewed (key in the keystore, chain leaf first). */
+	EVP_PKEY *cur_key;
+	STACK_OF(X509) *cur_chain;
+
+	/* The key to certify (proof of possession, CSR). Equal to cur_key when not rotating. */
+	EVP_PKEY *new_key;
+	const X509_NAME *subject;        /* the subject to request */
+	const uint8_t *csr_der;          /* PKCS#10 request signed by new_key (EST, CMP P10CR) */
+	size_t csr_len;
+
+	/* ENROLL_BOOTSTRAP credentials: exactly one of the three is set. */
+	const char *secret_ref;          /* CMP: PBM reference value (sender KID) ... */
+	const uint8_t *secret;           /* ... and the shared secret */
+	size_t secret_len;
+	const char *basic_user;          /* EST: HTTP basic authentication */
+	const char *basic_pass;
+	EVP_PKEY *boot_key;              /* a manufacturer identity's key and chain */
+	STACK_OF(X509) *boot_chain;
+
+	/*
+	 * Called once with the issued chain (leaf first, then whatever other
+	 * certificates the CA sent). Returns 0 when the certificate was verified
+	 * and installed; otherwise writes one line to err and the enroller
+	 * reports ENROLL_BAD_CERT (or ENROLL_LOCAL when local is set).
+	 */
+	int (*commit)(void *arg, STACK_OF(X509) *chain, int *local, char *err, size_t errlen);
+	void *commit_arg;
+};
+
+struct enroll_result {
+	int outcome;      /* enum enroll_outcome */
+	long retry_after; /* seconds the CA asked us to wait (checkAfter, Retry-After), -1 if none */
+	char msg[512];    /* one line for the log and status: what happened */
+};
+
+/* Run one transaction. Return 0 on ENROLL_OK, -1 otherwise; res is always filled. */
+int enroll_cmp(const struct enroll_request *req, struct enroll_result *res);
+int enroll_est(const struct enroll_request *req, struct enroll_result *res);
+
+#endif

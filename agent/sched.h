@@ -1,0 +1,59 @@
+/*
+ * When to renew: pure functions of the certificate's validity, the
+ * configuration and the clock value passed in (no clock is read here, so
+ * unit tests inject time). All times are seconds since the epoch.
+ */
+#ifndef MTLS_AGENT_SCHED_H
+#define MTLS_AGENT_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct sched_policy {
+	/* renew-at: exactly one of the two is non-zero. */
+	unsigned renew_permille;  /* fraction of the lifetime elapsed, e.g. 660 for "66%" */
+	int64_t renew_before;     /* seconds before not-after, e.g. 604800 for "7d" */
+};
+
+/*
+ * Parses a renew-at value: "66%", "66.5%", or a duration "7d", "12h", "30m",
+ * "45s", "3600" (seconds). Returns 0, or -1 for anything else (0% and >= 100%
+ * are refused; so is a zero duration).
+ */
+int sched_parse_renew_at(const char *text, struct sched_policy *out);
+
+/*
+ * Per-device deterministic jitter in [0, 1): a hash of the seed (device id
+ * and certificate serial), so a restart does not re-roll it and a fleet
+ * issued at once spreads out.
+ */
+double sched_jitter_fraction(const void *seed, size_t seed_len);
+
+/*
+ * Time of the first renewal attempt of a certificate valid
+ * [not_before, not_after]: the renew-at threshold minus up to 5% of the
+ * lifetime (jitter_fraction scales it), never later than the safety
+ * deadline, never before not_before.
+ */
+int64_t sched_first_attempt(const struct sched_policy *p, int64_t not_before, int64_t not_after,
+			    double jitter_fraction);
+
+/*
+ * The latest moment a renewal should start: not_after minus a safety margin
+ * (10% of the lifetime, at least 1 s).
+ */
+int64_t sched_deadline(int64_t not_before, int64_t not_after);
+
+/*
+ * Time of the next attempt after `failures` consecutive failures (>= 1),
+ * at `now`: full-jitter exponential backoff, uniform in
+ * [min_delay, min(cap, base * 2^(failures-1))] where cap = min(1 h, 5% of the
+ * lifetime), base = clamp(lifetime / 1000, 1 s, 60 s), min_delay = 1 s;
+ * `random01` in [0, 1) is the caller's random draw. A server hint
+ * (hint_s >= 0: checkAfter, Retry-After) is honoured: the result is at least
+ * now + hint_s (a hint longer than 1 day is cut to 1 day).
+ */
+int64_t sched_retry(int64_t now, unsigned failures, int64_t not_before, int64_t not_after,
+		    long hint_s, double random01);
+
+#endif

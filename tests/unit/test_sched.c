@@ -1,0 +1,464 @@
+/*
+ * Renewal scheduling: renew-at parsing, jitter, first attempt, deadline,
+ * backoff. The clock is whatever each test passes in.
+ */
+#include "config.h"
+
+#include <limits.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cmocka.h>
+
+#include "agent/sched.h"
+
+#define DAY 86400
+#define ISSUED 1700000000 /* an arbitrary not_before, 2023-11-14 */
+#define LIFETIME_90D (90 * DAY)
+#define JUST_BELOW_ONE (1.0 - 0x1p-53)
+
+static struct sched_policy parse_ok(const char *text)
+{
+	struct sched_policy p = {.renew_permille = 12345, .renew_before = -42};
+
+	if (sched_parse_renew_at(text, &p) != 0)
+		fail_msg("\"%s\" was refused", text);
+	return p;
+}
+
+static void test_parse_percent(void **state)
+{
+	struct sched_policy p;
+
+	(void)state;
+	p = parse_ok("66%");
+	assert_int_equal(p.renew_permille, 660);
+	assert_int_equal(p.renew_before, 0);
+	p = parse_ok("66.5%");
+	assert_int_equal(p.renew_permille, 665);
+	assert_int_equal(p.renew_before, 0);
+	assert_int_equal(parse_ok("0.1%").renew_permille, 1);
+	assert_int_equal(parse_ok("99.9%").renew_permille, 999);
+	assert_int_equal(parse_ok("50.0%").renew_permille, 500);
+	assert_int_equal(parse_ok("080%").renew_permille, 800);
+}
+
+static void test_parse_duration(void **state)
+{
+	struct sched_policy p;
+
+	(void)state;
+	p = parse_ok("7d");
+	assert_int_equal(p.renew_before, 7 * DAY);
+	assert_int_equal(p.renew_permille, 0);
+	assert_int_equal(parse_ok("12h").renew_before, 12 * 3600);
+	assert_int_equal(parse_ok("30m").renew_before, 30 * 60);
+	assert_int_equal(parse_ok("45s").renew_before, 45);
+	assert_int_equal(parse_ok("3600").renew_before, 3600);
+	assert_int_equal(parse_ok("9223372036854775807").renew_before, INT64_MAX);
+	assert_int_equal(parse_ok("106751991167300d").renew_before, 106751991167300LL * DAY);
+}
+
+static void test_parse_bad(void **state)
+{
+	static const char *const bad[] = {
+		"0%", "0.0%", "100%", "100.0%", "150%", "-1%", "-1d", "", "7x", "66%%", "%",
+		"66.%", ".5%", "66.55%", "66,5%",
+		"99999999999999999999d", "9223372036854775808", "106751991167301d",
+		"9223372036854775807d", "0", "0s", "0d", "d", "7 d", " 7d", "7d ", "7D", "+7d",
+		"7dd", "7ds", "1e3", "0x10"};
+	struct sched_policy p = {.renew_permille = 660, .renew_before = 0};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		if (sched_parse_renew_at(bad[i], &p) != -1)
+			fail_msg("\"%s\" was accepted", bad[i]);
+		/* A refused value leaves the previous policy alone. */
+		assert_int_equal(p.renew_permille, 660);
+		assert_int_equal(p.renew_before, 0);
+	}
+	assert_int_equal(sched_parse_renew_at(NULL, &p), -1);
+	assert_int_equal(sched_parse_renew_at("66%", NULL), -1);
+}
+
+static void test_deadline(void **state)
+{
+	(void)state;
+	assert_int_equal(sched_deadline(ISSUED, ISSUED + LIFETIME_90D), ISSUED + 81 * DAY);
+	assert_int_equal(sched_deadline(ISSUED, ISSUED + 60), ISSUED + 54);
+	/* The margin is at least a second. */
+	assert_int_equal(sched_deadline(ISSUED, ISSUED + 5), ISSUED + 4);
+	assert_int_equal(sched_deadline(ISSUED, ISSUED + 1), ISSUED);
+	/* Empty or inverted validity: a 1 s lifetime. */
+	assert_int_equal(sched_deadline(ISSUED, ISSUED), ISSUED - 1);
+	assert_int_equal(sched_deadline(ISSUED, ISSUED - 100), ISSUED - 101);
+	/* Saturates rather than wrapping. */
+	assert_int_equal(sched_deadline(INT64_MIN, INT64_MIN), INT64_MIN);
+	assert_int_equal(sched_deadline(INT64_MIN, INT64_MAX), INT64_MAX - INT64_MAX / 10);
+}
+
+static void test_threshold(void **state)
+{
+	struct sched_policy percent = parse_ok("66%"), before = parse_ok("7d");
+	int64_t not_after = ISSUED + LIFETIME_90D;
+
+	(void)state;
+	/* Jitter 0 is the threshold itself: 66% of 90 days is 59.4 days. */
+	assert_int_equal(sched_first_attempt(&percent, ISSUED, not_after, 0.0), ISSUED + 5132160);
+	/*
+	 * "7d" before the expiry of a 30-day certificate is day 23. On a 90-day one, day 83
+	 * is past the safety deadline (10% = 9 days before expiry): the deadline rules.
+	 */
+	assert_int_equal(sched_first_attempt(&before, ISSUED, ISSUED + 30 * DAY, 0.0),
+			 ISSUED + 23 * DAY);
+	assert_int_equal(sched_first_attempt(&before, ISSUED, not_after, 0.0), ISSUED + 81 * DAY);
+	/* The full jitter moves it 5% of the lifetime (4.5 days) earlier, to the second. */
+	assert_in_range(sched_first_attempt(&percent, ISSUED, not_after, JUST_BELOW_ONE),
+			ISSUED + 5132160 - 388800, ISSUED + 5132160 - 388799);
+	assert_int_equal(sched_first_attempt(&percent, ISSUED, not_after, 0.5),
+			 ISSUED + 5132160 - 194400);
+	/* No policy, or an empty one: the default, 66%. */
+	assert_int_equal(SCHED_DEFAULT_RENEW_PERMILLE, 660);
+	assert_int_equal(sched_first_attempt(NULL, ISSUED, not_after, 0.0), ISSUED + 5132160);
+	assert_int_equal(sched_first_attempt(&(struct sched_policy){0}, ISSUED, not_after, 0.0),
+			 ISSUED + 5132160);
+}
+
+static void test_jitter_known_answer(void **state)
+{
+	/* SHA-256("") = e3b0c442 98fc1c14 ..., SHA-256("abc") = ba7816bf 8f01cfea ... */
+	double empty = (double)(0xe3b0c44298fc1c14ULL >> 11) / 0x1p53;
+	double abc = (double)(0xba7816bf8f01cfeaULL >> 11) / 0x1p53;
+
+	(void)state;
+	assert_true(sched_jitter_fraction("", 0) == empty);
+	assert_true(sched_jitter_fraction(NULL, 0) == empty);
+	assert_true(sched_jitter_fraction("abc", 3) == abc);
+}
+
+static void test_jitter_deterministic(void **state)
+{
+	const char seed[] = "device-000042\0serial:0a1b2c3d";
+	double first = sched_jitter_fraction(seed, sizeof(seed));
+
+	(void)state;
+	/* A restart computes the same value: the schedule is not re-rolled. */
+	assert_true(sched_jitter_fraction(seed, sizeof(seed)) == first);
+	assert_true(first >= 0.0 && first < 1.0);
+	/* Bytes after a NUL count: a new serial is a new draw. */
+	assert_true(sched_jitter_fraction(seed, sizeof(seed) - 2) != first);
+}
+
+static void test_jitter_spread(void **state)
+{
+	unsigned buckets[10] = {0};
+	char seed[32];
+
+	(void)state;
+	for (unsigned i = 0; i < 10000; i++) {
+		int len = snprintf(seed, sizeof(seed), "device-%06u", i);
+		double j = sched_jitter_fraction(seed, (size_t)len);
+
+		assert_true(j >= 0.0 && j < 1.0);
+		buckets[(int)(j * 10)]++;
+	}
+	for (int b = 0; b < 10; b++) {
+		if (buckets[b] < 800 || buckets[b] > 1200)
+			fail_msg("bucket %d holds %u of 10000 (expected 800..1200)", b, buckets[b]);
+	}
+}
+
+/* Every device's first attempt stays in the 5% window below the threshold. */
+static void check_window(const char *renew_at, int64_t lifetime)
+{
+	struct sched_policy p = parse_ok(renew_at);
+	int64_t not_after = ISSUED + lifetime;
+	int64_t threshold = sched_first_attempt(&p, ISSUED, not_after, 0.0);
+	int64_t deadline = sched_deadline(ISSUED, not_after);
+	char seed[32];
+
+	for (unsigned i = 0; i < 10000; i++) {
+		int len = snprintf(seed, sizeof(seed), "device-%06u", i);
+		int64_t at = sched_first_attempt(&p, ISSUED, not_after,
+						 sched_jitter_fraction(seed, (size_t)len));
+
+		assert_in_range(at, threshold - lifetime / 20, threshold);
+		assert_true(at <= deadline);
+		assert_true(at >= ISSUED);
+	}
+}
+
+static void test_first_attempt_window(void **state)
+{
+	(void)state;
+	check_window("66%", LIFETIME_90D);
+	check_window("99.9%", LIFETIME_90D);
+	check_window("0.1%", LIFETIME_90D);
+	check_window("7d", 30 * DAY);
+	check_window("7d", LIFETIME_90D);
+	check_window("66%", 365 * DAY);
+	check_window("66%", 3600);
+}
+
+static void test_renew_before_longer_than_lifetime(void **state)
+{
+	struct sched_policy p = parse_ok("7d");
+	int64_t not_after = ISSUED + 5 * DAY;
+	int64_t deadline = sched_deadline(ISSUED, not_after);
+
+	(void)state;
+	/*
+	 * "7d" on a 5-day certificate cannot be honoured; renewing at not_before would
+	 * renew every new certificate at once, forever. It falls back to the default 66%.
+	 */
+	assert_int_equal(sched_first_attempt(&p, ISSUED, not_after, 0.0),
+			 ISSUED + 5 * DAY * 66 / 100);
+	for (double j = 0.0; j < 1.0; j += 0.125) {
+		int64_t at = sched_first_attempt(&p, ISSUED, not_after, j);
+
+		assert_true(at > ISSUED);
+		assert_true(at <= deadline);
+	}
+	/* Exactly the lifetime: same fallback. One day less fits and is honoured. */
+	assert_int_equal(sched_first_attempt(&p, ISSUED, ISSUED + 7 * DAY, 0.0),
+			 ISSUED + 7 * DAY * 66 / 100);
+	assert_int_equal(sched_first_attempt(&p, ISSUED, ISSUED + 8 * DAY, 0.0), ISSUED + DAY);
+}
+
+static void test_threshold_past_deadline(void **state)
+{
+	struct sched_policy p = parse_ok("45s");
+	int64_t not_after = ISSUED + LIFETIME_90D;
+	int64_t deadline = sched_deadline(ISSUED, not_after);
+
+	(void)state;
+	/* 45 s before expiry is past the 10% margin: the deadline, still jittered below it. */
+	assert_int_equal(sched_first_attempt(&p, ISSUED, not_after, 0.0), deadline);
+	assert_int_equal(sched_first_attempt(&p, ISSUED, not_after, 0.5), deadline - 194400);
+	p = parse_ok("99.9%");
+	assert_int_equal(sched_first_attempt(&p, ISSUED, not_after, 0.0), deadline);
+}
+
+/* The documented upper bound of the backoff after `failures` failures, no hint. */
+static int64_t backoff_upper(int64_t lifetime, unsigned failures)
+{
+	int64_t cap = lifetime / 20 < 3600 ? lifetime / 20 : 3600;
+	int64_t base = lifetime / 1000;
+	int64_t upper;
+
+	cap = cap < 1 ? 1 : cap;
+	base = base < 1 ? 1 : base > 60 ? 60 : base;
+	upper = failures >= 40 ? cap : base * ((int64_t)1 << (failures - 1));
+	return upper < cap ? upper : cap;
+}
+
+static void check_backoff(int64_t lifetime)
+{
+	static const double draws[] = {0.0, 1e-9, 0.25, 0.5, 0.75, 0.999, JUST_BELOW_ONE};
+	const int64_t now = ISSUED + lifetime / 2;
+	int64_t cap = lifetime / 20 < 3600 ? lifetime / 20 : 3600;
+	int64_t previous_upper = 0;
+
+	cap = cap < 1 ? 1 : cap;
+	for (unsigned failures = 1; failures <= 20; failures++) {
+		int64_t upper = sched_retry(now, failures, ISSUED, ISSUED + lifetime, -1,
+					    JUST_BELOW_ONE);
+
+		/* The ends: random01 = 0 is the minimum delay, random01 -> 1 the bound. */
+		assert_int_equal(sched_retry(now, failures, ISSUED, ISSUED + lifetime, -1, 0.0),
+				 now + 1);
+		assert_int_equal(upper, now + backoff_upper(lifetime, failures));
+		assert_true(upper >= previous_upper);
+		previous_upper = upper;
+		for (size_t d = 0; d < sizeof(draws) / sizeof(draws[0]); d++) {
+			int64_t at = sched_retry(now, failures, ISSUED, ISSUED + lifetime, -1,
+						 draws[d]);
+
+			assert_in_range(at, now + 1, upper);
+			assert_true(at <= now + cap);
+		}
+	}
+	/* Far past the cap, and with a failure count no sane loop reaches. */
+	assert_int_equal(sched_retry(now, 1000, ISSUED, ISSUED + lifetime, -1, JUST_BELOW_ONE),
+			 now + cap);
+	assert_int_equal(sched_retry(now, UINT_MAX, ISSUED, ISSUED + lifetime, -1, JUST_BELOW_ONE),
+			 now + cap);
+}
+
+static void test_backoff_bounds(void **state)
+{
+	(void)state;
+	check_backoff(LIFETIME_90D);
+	check_backoff(365 * DAY);
+	check_backoff(DAY);
+	check_backoff(3600);
+	check_backoff(60);
+	check_backoff(10);
+	/* 90 days: 60 s, doubling, capped at one hour from the 7th failure. */
+	assert_int_equal(backoff_upper(LIFETIME_90D, 1), 60);
+	assert_int_equal(backoff_upper(LIFETIME_90D, 6), 1920);
+	assert_int_equal(backoff_upper(LIFETIME_90D, 7), 3600);
+}
+
+static void test_backoff_is_uniform(void **state)
+{
+	const int64_t now = ISSUED;
+	unsigned low = 0;
+
+	(void)state;
+	/* Full jitter: the draw spreads over the whole [1 s, 60 s] of a first failure. */
+	for (int i = 0; i < 1000; i++) {
+		int64_t at = sched_retry(now, 1, ISSUED, ISSUED + LIFETIME_90D, -1, i / 1000.0);
+
+		assert_in_range(at, now + 1, now + 60);
+		low += at <= now + 30;
+	}
+	assert_int_equal(low, 500);
+}
+
+static void test_backoff_odd_inputs(void **state)
+{
+	const int64_t now = ISSUED;
+	int64_t na = ISSUED + LIFETIME_90D;
+
+	(void)state;
+	/* failures = 0 counts as one failure. */
+	assert_int_equal(sched_retry(now, 0, ISSUED, na, -1, JUST_BELOW_ONE), now + 60);
+	/* Out-of-range draws are pulled into [0, 1). */
+	assert_int_equal(sched_retry(now, 1, ISSUED, na, -1, -3.0), now + 1);
+	assert_int_equal(sched_retry(now, 1, ISSUED, na, -1, NAN), now + 1);
+	assert_int_equal(sched_retry(now, 1, ISSUED, na, -1, 1.0), now + 60);
+	assert_int_equal(sched_retry(now, 1, ISSUED, na, -1, 7.5), now + 60);
+	/* An inverted validity: 1 s lifetime, the delay is 1 s. */
+	assert_int_equal(sched_retry(now, 5, ISSUED, ISSUED - 10, -1, JUST_BELOW_ONE), now + 1);
+	/* The clock at the end of time saturates. */
+	assert_int_equal(sched_retry(INT64_MAX, 5, ISSUED, na, -1, 0.5), INT64_MAX);
+	assert_int_equal(sched_retry(INT64_MAX - 10, 20, INT64_MIN, INT64_MAX, LONG_MAX, 0.5),
+			 INT64_MAX);
+}
+
+static void test_hints(void **state)
+{
+	const int64_t now = ISSUED + 1000;
+	int64_t short_na = ISSUED + 60, long_na = ISSUED + LIFETIME_90D;
+
+	(void)state;
+	/* A 30 s hint outweighs a smaller backoff... */
+	assert_int_equal(sched_retry(now, 1, ISSUED, short_na, 30, JUST_BELOW_ONE), now + 30);
+	assert_int_equal(sched_retry(now, 1, ISSUED, long_na, 30, 0.0), now + 30);
+	/* ...and a larger backoff is kept: the hint is a lower bound. */
+	assert_int_equal(sched_retry(now, 1, ISSUED, long_na, 30, JUST_BELOW_ONE), now + 60);
+	for (unsigned failures = 1; failures <= 20; failures++)
+		assert_true(sched_retry(now, failures, ISSUED, long_na, 30, 0.3) >= now + 30);
+	/* A hint longer than a day is cut to a day. */
+	assert_int_equal(sched_retry(now, 1, ISSUED, long_na, 10L * DAY, 0.0), now + DAY);
+	assert_int_equal(sched_retry(now, 1, ISSUED, long_na, LONG_MAX, 0.0), now + DAY);
+	assert_int_equal(sched_retry(now, 1, ISSUED, long_na, DAY, 0.0), now + DAY);
+	/* Negative means no hint; zero is a hint that changes nothing. */
+	assert_int_equal(sched_retry(now, 1, ISSUED, long_na, -1, 0.0), now + 1);
+	assert_int_equal(sched_retry(now, 1, ISSUED, long_na, LONG_MIN, 0.0), now + 1);
+	assert_int_equal(sched_retry(now, 1, ISSUED, long_na, 0, 0.0), now + 1);
+}
+
+/* The 60-second certificates of the integration tests. */
+static void test_sixty_second_certificate(void **state)
+{
+	struct sched_policy p = parse_ok("66%");
+	int64_t not_after = ISSUED + 60;
+	char seed[32];
+	int64_t earliest = INT64_MAX, latest = INT64_MIN;
+
+	(void)state;
+	for (unsigned i = 0; i < 1000; i++) {
+		int len = snprintf(seed, sizeof(seed), "device-%06u", i);
+		int64_t at = sched_first_attempt(&p, ISSUED, not_after,
+						 sched_jitter_fraction(seed, (size_t)len));
+
+		assert_in_range(at - ISSUED, 37, 40);
+		if (at < earliest)
+			earliest = at;
+		if (at > latest)
+			latest = at;
+	}
+	/* The 3 s jitter window is used, not collapsed to one second. */
+	assert_true(latest - earliest >= 2);
+	assert_int_equal(sched_deadline(ISSUED, not_after), ISSUED + 54);
+	for (unsigned failures = 1; failures <= 20; failures++) {
+		int64_t at = sched_retry(ISSUED + 40, failures, ISSUED, not_after, -1,
+					 JUST_BELOW_ONE);
+
+		assert_in_range(at, ISSUED + 41, ISSUED + 43);
+	}
+	assert_int_equal(sched_retry(ISSUED + 40, 1, ISSUED, not_after, -1, JUST_BELOW_ONE),
+			 ISSUED + 41);
+	assert_int_equal(sched_retry(ISSUED + 40, 3, ISSUED, not_after, -1, JUST_BELOW_ONE),
+			 ISSUED + 43);
+}
+
+static void test_extreme_validity(void **state)
+{
+	struct sched_policy percent = parse_ok("66%"), before = parse_ok("7d");
+	struct sched_policy huge = {.renew_before = INT64_MAX};
+	struct sched_policy negative = {.renew_before = -5};
+	struct sched_policy too_many = {.renew_permille = UINT_MAX};
+	static const int64_t bounds[][2] = {
+		{INT64_MIN, INT64_MAX}, {0, INT64_MAX}, {INT64_MIN, 0},
+		{INT64_MAX - 1, INT64_MAX}, {INT64_MIN, INT64_MIN + 1}, {ISSUED, ISSUED},
+		{ISSUED, ISSUED - 1}, {INT64_MAX, INT64_MIN}, {0, 253402300799} /* year 9999 */};
+	const struct sched_policy *policies[] = {&percent, &before, &huge, &negative, &too_many,
+						 NULL};
+
+	(void)state;
+	for (size_t b = 0; b < sizeof(bounds) / sizeof(bounds[0]); b++) {
+		int64_t nb = bounds[b][0], na = bounds[b][1];
+		int64_t deadline = sched_deadline(nb, na);
+
+		for (size_t i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
+			for (double j = 0.0; j < 1.0; j += 0.25) {
+				int64_t at = sched_first_attempt(policies[i], nb, na, j);
+
+				assert_true(at <= deadline);
+				/* Only an empty or inverted validity starts before not_before. */
+				assert_true(at >= nb || na <= nb);
+			}
+			assert_true(sched_first_attempt(policies[i], nb, na, NAN) <= deadline);
+		}
+		for (unsigned failures = 1; failures <= 1000; failures *= 10) {
+			int64_t at = sched_retry(0, failures, nb, na, -1, JUST_BELOW_ONE);
+
+			assert_in_range(at, 1, 3600);
+		}
+	}
+	/* An inverted validity: renew at once (the deadline is before not_before). */
+	assert_int_equal(sched_first_attempt(&percent, ISSUED, ISSUED - 100, 0.3), ISSUED - 101);
+	assert_int_equal(sched_retry(ISSUED, 1, ISSUED, ISSUED - 100, -1, 0.9), ISSUED + 1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_parse_percent),
+		cmocka_unit_test(test_parse_duration),
+		cmocka_unit_test(test_parse_bad),
+		cmocka_unit_test(test_deadline),
+		cmocka_unit_test(test_threshold),
+		cmocka_unit_test(test_jitter_known_answer),
+		cmocka_unit_test(test_jitter_deterministic),
+		cmocka_unit_test(test_jitter_spread),
+		cmocka_unit_test(test_first_attempt_window),
+		cmocka_unit_test(test_renew_before_longer_than_lifetime),
+		cmocka_unit_test(test_threshold_past_deadline),
+		cmocka_unit_test(test_backoff_bounds),
+		cmocka_unit_test(test_backoff_is_uniform),
+		cmocka_unit_test(test_backoff_odd_inputs),
+		cmocka_unit_test(test_hints),
+		cmocka_unit_test(test_sixty_second_certificate),
+		cmocka_unit_test(test_extreme_validity),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -26,6 +26,15 @@ struct cfg_keystore {
 	int line;          /* line of the section header */
 };
 
+enum renew_method { RENEW_NONE = 0, RENEW_CMP, RENEW_EST };
+
+enum bootstrap_kind {
+	BOOTSTRAP_NONE = 0,
+	BOOTSTRAP_SECRET,   /* CMP: shared secret (PBM) "secret:REFERENCE:/path/to/secret" */
+	BOOTSTRAP_BASIC,    /* EST: HTTP basic "basic:/path/to/file" holding USER:PASSWORD */
+	BOOTSTRAP_IDENTITY, /* a manufacturer identity of this agent: "identity:NAME" */
+};
+
 struct cfg_identity {
 	char *name;
 	char *keystore;    /* name of a [keystore] section (required, must exist) */
@@ -37,6 +46,24 @@ struct cfg_identity {
 	size_t n_allow_groups;
 	int sign_policy;   /* enum sign_policy, default POLICY_TLS_CLIENT */
 	int line;
+
+	/* Renewal (agent/renew.c). */
+	int renew;                /* enum renew_method, default RENEW_NONE */
+	char *ca_url;             /* required with renew */
+	char *ca_trust;           /* PEM trust anchors, required with renew */
+	unsigned renew_permille;  /* renew-at as a fraction (default 660), or ... */
+	long long renew_before;   /* ... seconds before not-after */
+	int rotate_key;           /* default 1 */
+	int bootstrap;            /* enum bootstrap_kind */
+	char *bootstrap_ref;      /* BOOTSTRAP_SECRET: reference value */
+	char *bootstrap_file;     /* BOOTSTRAP_SECRET/BASIC: the secret's file */
+	char *bootstrap_identity; /* BOOTSTRAP_IDENTITY */
+	char *post_renew;         /* shell command run after a renewal */
+	char **cert_out;          /* extra paths the chain is written to */
+	size_t n_cert_out;
+	char *subject;            /* "/CN=.../O=..." for enrollment without a certificate */
+	int key_type;             /* enum ks_keygen_type for new keys; 0: like the current key */
+	unsigned ca_timeout;      /* seconds for one transaction, default 60 */
 };
 
 struct config {
@@ -72,6 +99,7 @@ const struct cfg_keystore *config_keystore(const struct config *cfg, const char 
 const struct cfg_identity *config_identity(const struct config *cfg, const char *name);
 
 const char *sign_policy_name(int policy);
+const char *renew_method_name(int method);
 /* -1 if unknown. */
 int sign_policy_from_name(const char *name);
 

@@ -13,7 +13,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/x509.h>
+
 #include "agent/conf.h"
+#include "agent/sched.h"
+#include "keystore/keystore.h"
 
 #ifndef MTLS_AGENT_DEFAULT_SOCKET
 #define MTLS_AGENT_DEFAULT_SOCKET "/run/mtls-agent/agent.sock"
@@ -52,10 +57,21 @@ enum identity_key {
 	I_ALLOW_USERS,
 	I_ALLOW_GROUPS,
 	I_SIGN_POLICY,
+	I_RENEW,
+	I_CA_URL,
+	I_CA_TRUST,
+	I_RENEW_AT,
+	I_ROTATE_KEY,
+	I_BOOTSTRAP,
+	I_POST_RENEW,
+	I_CERT_OUT,
+	I_SUBJECT,
+	I_KEY_TYPE,
+	I_CA_TIMEOUT,
 	I_NKEYS
 };
 
-#define MAX_KEYS 16
+#define MAX_KEYS 24
 
 static const char *const agent_keys[A_NKEYS] = {
 	"socket",	"socket-mode", "socket-group", "state-dir",	     "admin-users",
@@ -67,7 +83,9 @@ static const char *const keystore_keys[K_NKEYS] = {
 };
 
 static const char *const identity_keys[I_NKEYS] = {
-	"keystore", "key", "cert", "allow-users", "allow-groups", "sign-policy",
+	"keystore", "key",	  "cert",	"allow-users", "allow-groups", "sign-policy",
+	"renew",    "ca-url",	  "ca-trust",	"renew-at",    "rotate-key",   "bootstrap",
+	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",
 };
 
 static const char *const policy_names[] = {
@@ -196,6 +214,16 @@ void config_free(struct config *cfg)
 		free(id->cert);
 		free(id->allow_users);
 		free(id->allow_groups);
+		free(id->ca_url);
+		free(id->ca_trust);
+		free(id->bootstrap_ref);
+		free(id->bootstrap_file);
+		free(id->bootstrap_identity);
+		free(id->post_renew);
+		for (size_t j = 0; j < id->n_cert_out; j++)
+			free(id->cert_out[j]);
+		free(id->cert_out);
+		free(id->subject);
 	}
 	free(cfg->identities);
 	free(cfg->path);
@@ -479,9 +507,101 @@ static int keystore_value(struct parser *p, int k, const char *value)
 	return -1;
 }
 
+const char *renew_method_name(int method)
+{
+	return method == RENEW_CMP ? "cmp" : method == RENEW_EST ? "est" : "none";
+}
+
+/* bootstrap = secret:REFERENCE:/path | basic:/path | identity:NAME */
+static int set_bootstrap(struct parser *p, struct cfg_identity *id, const char *value)
+{
+	const char *colon;
+
+	if (strncmp(value, "secret:", 7) == 0 && (colon = strchr(value + 7, ':')) != NULL &&
+	    colon > value + 7) {
+		id->bootstrap = BOOTSTRAP_SECRET;
+		if ((id->bootstrap_ref = strndup(value + 7, (size_t)(colon - value - 7))) == NULL) {
+			fail(p, 0, "out of memory");
+			return -1;
+		}
+		return set_path(p, "the bootstrap secret file", &id->bootstrap_file, colon + 1);
+	}
+	if (strncmp(value, "basic:", 6) == 0) {
+		id->bootstrap = BOOTSTRAP_BASIC;
+		return set_path(p, "the bootstrap credentials file", &id->bootstrap_file,
+				value + 6);
+	}
+	if (strncmp(value, "identity:", 9) == 0 && value[9] != '\0') {
+		id->bootstrap = BOOTSTRAP_IDENTITY;
+		return set_string(p, &id->bootstrap_identity, value + 9);
+	}
+	fail(p, p->lineno,
+	     "bad bootstrap \"%s\": want secret:REFERENCE:/path (CMP), basic:/path (EST) or "
+	     "identity:NAME",
+	     value);
+	return -1;
+}
+
+/* cert-out = /path [/path ...] */
+static int set_cert_out(struct parser *p, struct cfg_identity *id, const char *value)
+{
+	char *copy, *tok, *save = NULL;
+	char **list;
+
+	if ((copy = strdup(value)) == NULL) {
+		fail(p, 0, "out of memory");
+		return -1;
+	}
+	for (tok = strtok_r(copy, " \t", &save); tok != NULL; tok = strtok_r(NULL, " \t", &save)) {
+		if ((list = realloc(id->cert_out, (id->n_cert_out + 1) * sizeof(*list))) == NULL) {
+			free(copy);
+			fail(p, 0, "out of memory");
+			return -1;
+		}
+		id->cert_out = list;
+		if (set_path(p, "cert-out", &id->cert_out[id->n_cert_out], tok) != 0) {
+			free(copy);
+			return -1;
+		}
+		id->n_cert_out++;
+	}
+	free(copy);
+	return 0;
+}
+
+/* subject = /CN=gateway-1/O=Example: parsed now so a typo is a config error. */
+static int set_subject(struct parser *p, struct cfg_identity *id, const char *value)
+{
+	X509_NAME *name = X509_NAME_new();
+	char *copy = strdup(value), *rdn, *save = NULL, *eq;
+	int ok = name != NULL && copy != NULL && value[0] == '/';
+
+	for (rdn = ok ? strtok_r(copy + 1, "/", &save) : NULL; ok && rdn != NULL;
+	     rdn = strtok_r(NULL, "/", &save)) {
+		if ((eq = strchr(rdn, '=')) == NULL || eq == rdn || eq[1] == '\0') {
+			ok = 0;
+			break;
+		}
+		*eq = '\0';
+		ok = X509_NAME_add_entry_by_txt(name, rdn, MBSTRING_UTF8,
+						(const unsigned char *)eq + 1, -1, -1, 0) == 1;
+	}
+	ok = ok && X509_NAME_entry_count(name) > 0;
+	X509_NAME_free(name);
+	free(copy);
+	ERR_clear_error();
+	if (!ok) {
+		fail(p, p->lineno, "bad subject \"%s\": want /TYPE=value/..., e.g. /CN=gw-1/O=Fleet",
+		     value);
+		return -1;
+	}
+	return set_string(p, &id->subject, value);
+}
+
 static int identity_value(struct parser *p, int k, const char *value)
 {
 	struct cfg_identity *id = &p->cfg->identities[p->idx];
+	struct sched_policy sp;
 	int pol;
 
 	switch (k) {
@@ -503,6 +623,64 @@ static int identity_value(struct parser *p, int k, const char *value)
 		}
 		id->sign_policy = pol;
 		return 0;
+	case I_RENEW:
+		if (strcmp(value, "cmp") == 0)
+			id->renew = RENEW_CMP;
+		else if (strcmp(value, "est") == 0)
+			id->renew = RENEW_EST;
+		else if (strcmp(value, "none") == 0)
+			id->renew = RENEW_NONE;
+		else {
+			fail(p, p->lineno, "bad renew \"%s\": want cmp, est or none", value);
+			return -1;
+		}
+		return 0;
+	case I_CA_URL:
+		if (strncmp(value, "http://", 7) != 0 && strncmp(value, "https://", 8) != 0) {
+			fail(p, p->lineno, "bad ca-url \"%s\": want http(s)://HOST[:PORT]/PATH",
+			     value);
+			return -1;
+		}
+		return set_string(p, &id->ca_url, value);
+	case I_CA_TRUST:
+		return set_path(p, identity_keys[k], &id->ca_trust, value);
+	case I_RENEW_AT:
+		if (sched_parse_renew_at(value, &sp) != 0) {
+			fail(p, p->lineno,
+			     "bad renew-at \"%s\": want a share of the lifetime (\"66%%\") or a "
+			     "time before expiry (\"7d\", \"12h\", \"30m\", \"45s\")",
+			     value);
+			return -1;
+		}
+		id->renew_permille = sp.renew_permille;
+		id->renew_before = sp.renew_before;
+		return 0;
+	case I_ROTATE_KEY:
+		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
+			fail(p, p->lineno, "bad rotate-key \"%s\": want yes or no", value);
+			return -1;
+		}
+		id->rotate_key = strcmp(value, "yes") == 0;
+		return 0;
+	case I_BOOTSTRAP:
+		return set_bootstrap(p, id, value);
+	case I_POST_RENEW:
+		return set_string(p, &id->post_renew, value);
+	case I_CERT_OUT:
+		return set_cert_out(p, id, value);
+	case I_SUBJECT:
+		return set_subject(p, id, value);
+	case I_KEY_TYPE:
+		if ((id->key_type = ks_keygen_type_from_name(value)) == 0) {
+			fail(p, p->lineno,
+			     "bad key-type \"%s\": want ec-p256, ec-p384, rsa-2048, rsa-3072 or "
+			     "rsa-4096",
+			     value);
+			return -1;
+		}
+		return 0;
+	case I_CA_TIMEOUT:
+		return set_uint(p, identity_keys[k], &id->ca_timeout, value, 5, 3600);
 	}
 	return -1;
 }
@@ -630,6 +808,7 @@ static int add_identity(struct parser *p, const char *name, size_t len)
 	if ((id->name = strndup(name, len)) == NULL)
 		goto nomem;
 	id->sign_policy = POLICY_TLS_CLIENT;
+	id->rotate_key = 1;
 	id->line = p->lineno;
 	cfg->n_identities = n + 1;
 	p->idx = n;
@@ -871,6 +1050,62 @@ static int finish_keystore(struct parser *p, size_t i)
 	return check_module(p, ks->module, kl->line[K_MODULE] ? kl->line[K_MODULE] : ks->line);
 }
 
+static int finish_renewal(struct parser *p, size_t i)
+{
+	struct cfg_identity *id = &p->cfg->identities[i];
+	const struct key_lines *kl = &p->ids[i];
+	const struct cfg_identity *boot;
+	static const int renew_only[] = {I_CA_URL, I_CA_TRUST, I_RENEW_AT, I_ROTATE_KEY,
+					 I_BOOTSTRAP, I_POST_RENEW, I_CERT_OUT, I_SUBJECT,
+					 I_CA_TIMEOUT};
+	size_t j;
+
+	if (id->renew_permille == 0 && id->renew_before == 0)
+		id->renew_permille = 660;
+	if (id->ca_timeout == 0)
+		id->ca_timeout = 60;
+	if (id->renew == RENEW_NONE) {
+		for (j = 0; j < sizeof(renew_only) / sizeof(renew_only[0]); j++) {
+			if (kl->line[renew_only[j]] != 0) {
+				fail(p, kl->line[renew_only[j]],
+				     "identity \"%s\": \"%s\" needs renew = cmp or est", id->name,
+				     identity_keys[renew_only[j]]);
+				return -1;
+			}
+		}
+		return 0;
+	}
+	if (id->ca_url == NULL || id->ca_trust == NULL) {
+		fail(p, kl->line[I_RENEW], "identity \"%s\": renew = %s needs ca-url and ca-trust",
+		     id->name, renew_method_name(id->renew));
+		return -1;
+	}
+	if (id->renew == RENEW_EST && strncmp(id->ca_url, "https://", 8) != 0) {
+		fail(p, kl->line[I_CA_URL], "identity \"%s\": EST needs an https:// ca-url",
+		     id->name);
+		return -1;
+	}
+	if ((id->bootstrap == BOOTSTRAP_SECRET && id->renew != RENEW_CMP) ||
+	    (id->bootstrap == BOOTSTRAP_BASIC && id->renew != RENEW_EST)) {
+		fail(p, kl->line[I_BOOTSTRAP],
+		     "identity \"%s\": bootstrap %s is for %s, not %s", id->name,
+		     id->bootstrap == BOOTSTRAP_SECRET ? "secret:" : "basic:",
+		     id->bootstrap == BOOTSTRAP_SECRET ? "CMP" : "EST",
+		     renew_method_name(id->renew));
+		return -1;
+	}
+	if (id->bootstrap == BOOTSTRAP_IDENTITY) {
+		boot = config_identity(p->cfg, id->bootstrap_identity);
+		if (boot == NULL || boot == id) {
+			fail(p, kl->line[I_BOOTSTRAP],
+			     "identity \"%s\": bootstrap identity \"%s\" %s", id->name,
+			     id->bootstrap_identity, boot == id ? "is itself" : "is not configured");
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static int finish_identity(struct parser *p, size_t i)
 {
 	struct config *cfg = p->cfg;
@@ -891,6 +1126,8 @@ static int finish_identity(struct parser *p, size_t i)
 		     id->name, id->keystore);
 		return -1;
 	}
+	if (finish_renewal(p, i) != 0)
+		return -1;
 	if (id->cert == NULL) {
 		/* Only now: [agent] state-dir may come after this section. */
 		dlen = strlen(cfg->state_dir);

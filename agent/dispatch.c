@@ -8,6 +8,7 @@
 
 #include "agent/dispatch.h"
 #include "agent/policy.h"
+#include "agent/renew.h"
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/scheme.h"
@@ -17,6 +18,8 @@
 
 #define MAX_SANS 64
 #define MAX_SUBJECT 1024
+/* How long RENEW waits for the transaction (polling included) before answering. */
+#define RENEW_WAIT_S 300
 
 /* What a handler reports back: an error code with a message, or success. */
 struct result {
@@ -344,10 +347,14 @@ static void format_time(time_t t, char *out, size_t len)
 		snprintf(out, len, "-");
 }
 
+/* One STATUS identity record: a name and key/value fields (docs/PROTOCOL.md). */
 static int put_identity_status(struct buf *b, struct identity_rt *id)
 {
 	char state[600], keydesc[64], nb[32], na[32], ns[32], nr[32], err[256];
-	size_t gens;
+	char next[32], last[32], fails[32], renewed[32];
+	const char *fields[2 * 16];
+	struct renew_status rs;
+	size_t gens, n = 0, i;
 	int r;
 
 	pthread_mutex_lock(&id->lock);
@@ -371,14 +378,41 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 	snprintf(nb, sizeof(nb), "%zu", gens);
 	snprintf(ns, sizeof(ns), "%llu", (unsigned long long)atomic_load(&id->n_signed));
 	snprintf(nr, sizeof(nr), "%llu", (unsigned long long)atomic_load(&id->n_refused));
+#define FIELD(k, v) (fields[n++] = (k), fields[n++] = (v))
+	FIELD("keystore", ks_name(id->ks));
+	FIELD("state", state);
+	FIELD("key", keydesc);
+	FIELD("generations", nb);
+	FIELD("not-after", na);
+	FIELD("sign-policy", sign_policy_name(id->cfg->sign_policy));
+	FIELD("signatures", ns);
+	FIELD("refused", nr);
+	if (id->cfg->renew != RENEW_NONE) {
+		FIELD("renew", renew_method_name(id->cfg->renew));
+		if (renew_get_status(id->cfg->name, &rs) != 0) {
+			FIELD("next-renewal", "-");
+			FIELD("renewal-problem", "the renewal service is not running");
+		} else {
+			format_time(rs.next, next, sizeof(next));
+			format_time(rs.last_attempt, last, sizeof(last));
+			format_time(rs.last_renewed, renewed, sizeof(renewed));
+			snprintf(fails, sizeof(fails), "%u", rs.failures);
+			FIELD("next-renewal", next);
+			FIELD("last-attempt", last);
+			FIELD("last-result", rs.last_attempt == 0 ? "-" : rs.last_result);
+			FIELD("failures", fails);
+			FIELD("last-renewed", renewed);
+			if (rs.action[0] != '\0')
+				FIELD("action", rs.action);
+		}
+	}
+#undef FIELD
 	if ((r = buf_put_cstring(b, "identity")) != 0 ||
-	    (r = buf_put_cstring(b, id->cfg->name)) != 0 || (r = buf_put_u32(b, 8)) != 0 ||
-	    (r = put_field(b, "keystore", ks_name(id->ks))) != 0 ||
-	    (r = put_field(b, "state", state)) != 0 || (r = put_field(b, "key", keydesc)) != 0 ||
-	    (r = put_field(b, "generations", nb)) != 0 || (r = put_field(b, "not-after", na)) != 0 ||
-	    (r = put_field(b, "sign-policy", sign_policy_name(id->cfg->sign_policy))) != 0 ||
-	    (r = put_field(b, "signatures", ns)) != 0 || (r = put_field(b, "refused", nr)) != 0)
+	    (r = buf_put_cstring(b, id->cfg->name)) != 0 || (r = buf_put_u32(b, (uint32_t)(n / 2))) != 0)
 		return r;
+	for (i = 0; i < n; i += 2)
+		if ((r = put_field(b, fields[i], fields[i + 1])) != 0)
+			return r;
 	return 0;
 }
 
@@ -526,7 +560,36 @@ static int op_import_cert(const struct dispatch_env *env, const struct peer *pee
 	}
 	log_info("identity \"%s\": certificate imported by uid %ld", id->cfg->name,
 		 (long)peer->uid);
+	/* The renewal schedule follows the certificate. */
+	renew_kick();
 	if ((r = buf_put_u64(out, (uint64_t)not_after)) != 0)
+		return fail(res, r, "reply too large");
+	return 0;
+}
+
+static int op_renew(const struct dispatch_env *env, const struct peer *peer, struct reader *rd,
+		    struct buf *out, struct result *res)
+{
+	struct identity_rt *id;
+	time_t not_after;
+	char msg[512];
+	int r;
+
+	if ((r = require_admin(env, peer, "renew", res)) != 0 ||
+	    (r = get_identity(env, peer, rd, 1, &id, res)) != 0)
+		return r;
+	if ((r = rd_done(rd)) != 0)
+		return fail(res, r, "malformed RENEW request");
+	if (id->cfg->renew == RENEW_NONE)
+		return fail(res, MTLS_AGENT_ERR_CONFIG,
+			    "identity \"%s\" has renew = none: set renew = cmp or est", id->cfg->name);
+	log_info("identity \"%s\": renewal requested by uid %ld", id->cfg->name, (long)peer->uid);
+	if ((r = renew_now(id->cfg->name, RENEW_WAIT_S, msg, sizeof(msg))) != 0)
+		return fail(res, r, "identity \"%s\": %s", id->cfg->name, msg);
+	pthread_mutex_lock(&id->lock);
+	not_after = id->chain != NULL ? id->not_after : 0;
+	pthread_mutex_unlock(&id->lock);
+	if ((r = buf_put_u64(out, (uint64_t)not_after)) != 0 || (r = buf_put_cstring(out, msg)) != 0)
 		return fail(res, r, "reply too large");
 	return 0;
 }
@@ -598,6 +661,9 @@ int dispatch(const struct dispatch_env *env, struct conn_ctx *conn, const uint8_
 		break;
 	case MSG_RELOAD:
 		op_reload(env, &conn->peer, &rd, &res);
+		break;
+	case MSG_RENEW:
+		op_renew(env, &conn->peer, &rd, &payload, &res);
 		break;
 	default:
 		fail(&res, MTLS_AGENT_ERR_UNSUPPORTED, "unknown request type %u", type);

@@ -1,14 +1,387 @@
+/*
+ * CMP enrollment with OpenSSL's own client (OSSL_CMP_*): IR to bootstrap,
+ * KUR to renew. Message protection and proof of possession are signed by
+ * EVP_PKEYs whose private halves stay in the keystore. The transport is
+ * libcurl, one handle per transaction (a CMP server may tie a transaction to
+ * its connection), so https:// CA URLs work with the same trust anchors.
+ * The certConf callback is the commit point: the certificate is verified
+ * and installed there, and a refusal goes back to the CA as a negative
+ * confirmation.
+ */
 #include "config.h"
 
 #include <stdio.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <openssl/cmp.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include "agent/enroll.h"
+#include "common/log.h"
+
+#define CMP_MAX_RESPONSE (1024 * 1024)
+
+struct cmp_txn {
+	const struct enroll_request *req;
+	CURL *curl;
+	/* What the transport saw last, to classify a failed exchange. */
+	long http_status;
+	char transport_err[256];
+	/* What the certConf callback decided. */
+	int commit_called;
+	int commit_failed;
+	int commit_local;
+	char commit_err[400];
+};
+
+struct body {
+	unsigned char *data;
+	size_t len;
+	int too_large;
+};
+
+static size_t body_write(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+	struct body *b = arg;
+	size_t n = size * nmemb;
+	unsigned char *p;
+
+	if (n > CMP_MAX_RESPONSE - b->len) {
+		b->too_large = 1;
+		return 0; /* makes curl fail the transfer */
+	}
+	if ((p = OPENSSL_realloc(b->data, b->len + n)) == NULL)
+		return 0;
+	memcpy(p + b->len, ptr, n);
+	b->data = p;
+	b->len += n;
+	return n;
+}
+
+/* OSSL_CMP_transfer_cb_t: one HTTP POST of a DER PKIMessage. */
+static OSSL_CMP_MSG *cmp_transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *msg)
+{
+	struct cmp_txn *t = OSSL_CMP_CTX_get_transfer_cb_arg(ctx);
+	struct curl_slist *headers = NULL;
+	unsigned char *der = NULL;
+	struct body resp = {0};
+	OSSL_CMP_MSG *reply = NULL;
+	const unsigned char *p;
+	CURLcode rc;
+	int der_len;
+
+	t->http_status = 0;
+	t->transport_err[0] = '\0';
+	if ((der_len = i2d_OSSL_CMP_MSG(msg, &der)) <= 0) {
+		snprintf(t->transport_err, sizeof(t->transport_err), "cannot encode the request");
+		return NULL;
+	}
+	headers = curl_slist_append(headers, "Content-Type: application/pkixcmp");
+	headers = curl_slist_append(headers, "Expect:");
+	curl_easy_setopt(t->curl, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(t->curl, CURLOPT_POSTFIELDS, der);
+	curl_easy_setopt(t->curl, CURLOPT_POSTFIELDSIZE, (long)der_len);
+	curl_easy_setopt(t->curl, CURLOPT_WRITEFUNCTION, body_write);
+	curl_easy_setopt(t->curl, CURLOPT_WRITEDATA, &resp);
+	rc = curl_easy_perform(t->curl);
+	curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &t->http_status);
+	if (rc != CURLE_OK) {
+		snprintf(t->transport_err, sizeof(t->transport_err), "%s",
+			 resp.too_large ? "response over 1 MiB" : curl_easy_strerror(rc));
+	} else if (t->http_status != 200) {
+		snprintf(t->transport_err, sizeof(t->transport_err), "HTTP %ld", t->http_status);
+	} else {
+		p = resp.data;
+		if (resp.len > 0 && resp.len < (size_t)CMP_MAX_RESPONSE)
+			reply = d2i_OSSL_CMP_MSG(NULL, &p, (long)resp.len);
+		if (reply == NULL)
+			snprintf(t->transport_err, sizeof(t->transport_err),
+				 "the response (%zu bytes) is not a CMP message", resp.len);
+	}
+	curl_slist_free_all(headers);
+	OPENSSL_free(resp.data);
+	OPENSSL_free(der);
+	return reply;
+}
+
+/* Adds every certificate of src to dst (references, duplicates skipped by pointer). */
+static int add_certs(STACK_OF(X509) *dst, STACK_OF(X509) *src)
+{
+	int i;
+
+	for (i = 0; i < sk_X509_num(src); i++) {
+		X509 *c = sk_X509_value(src, i);
+
+		if (!X509_up_ref(c))
+			return 0;
+		if (!sk_X509_push(dst, c)) {
+			X509_free(c);
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/* certConf callback: verify and install, or answer the CA with a failInfo. */
+static int cmp_cert_conf(OSSL_CMP_CTX *ctx, X509 *cert, int fail_info, const char **text)
+{
+	struct cmp_txn *t = OSSL_CMP_CTX_get_transfer_cb_arg(ctx);
+	STACK_OF(X509) *chain, *extra, *capubs;
+	int local = 0;
+
+	t->commit_called = 1;
+	if (fail_info != 0 || cert == NULL) {
+		t->commit_failed = 1;
+		snprintf(t->commit_err, sizeof(t->commit_err),
+			 "the CMP client refused the certificate (failInfo 0x%x)", fail_info);
+		return fail_info != 0 ? fail_info : 1 << OSSL_CMP_PKIFAILUREINFO_badCertTemplate;
+	}
+	if ((chain = sk_X509_new_null()) == NULL || !X509_up_ref(cert)) {
+		sk_X509_free(chain);
+		goto no_memory;
+	}
+	if (!sk_X509_push(chain, cert)) {
+		X509_free(cert);
+		sk_X509_free(chain);
+		goto no_memory;
+	}
+	extra = OSSL_CMP_CTX_get1_extraCertsIn(ctx);
+	capubs = OSSL_CMP_CTX_get1_caPubs(ctx);
+	if (!add_certs(chain, extra) || !add_certs(chain, capubs)) {
+		sk_X509_pop_free(extra, X509_free);
+		sk_X509_pop_free(capubs, X509_free);
+		sk_X509_pop_free(chain, X509_free);
+		goto no_memory;
+	}
+	sk_X509_pop_free(extra, X509_free);
+	sk_X509_pop_free(capubs, X509_free);
+	if (t->req->commit(t->req->commit_arg, chain, &local, t->commit_err,
+			   sizeof(t->commit_err)) != 0) {
+		t->commit_failed = 1;
+		t->commit_local = local;
+		sk_X509_pop_free(chain, X509_free);
+		*text = "certificate rejected by the device";
+		/* Only a local failure to store it is a systemFailure; the rest is the CA's. */
+		return 1 << (local ? OSSL_CMP_PKIFAILUREINFO_systemFailure
+				   : OSSL_CMP_PKIFAILUREINFO_badCertTemplate);
+	}
+	sk_X509_pop_free(chain, X509_free);
+	return 0;
+no_memory:
+	t->commit_failed = 1;
+	t->commit_local = 1;
+	snprintf(t->commit_err, sizeof(t->commit_err), "out of memory");
+	return 1 << OSSL_CMP_PKIFAILUREINFO_systemFailure;
+}
+
+/* Reads the trust anchors; NULL with err set on failure. */
+static X509_STORE *load_trust(const char *file, char *err, size_t errlen)
+{
+	X509_STORE *store = X509_STORE_new();
+
+	if (store == NULL || file == NULL || X509_STORE_load_file(store, file) != 1) {
+		snprintf(err, errlen, "cannot load ca-trust %s", file != NULL ? file : "(unset)");
+		X509_STORE_free(store);
+		return NULL;
+	}
+	return store;
+}
+
+static int set_result(struct enroll_result *res, int outcome, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int set_result(struct enroll_result *res, int outcome, const char *fmt, ...)
+{
+	va_list ap;
+
+	res->outcome = outcome;
+	va_start(ap, fmt);
+	vsnprintf(res->msg, sizeof(res->msg), fmt, ap);
+	va_end(ap);
+	return outcome == ENROLL_OK ? 0 : -1;
+}
+
+/* Failure bits that mean "your credential is not accepted": bootstrap may help. */
+#define AUTH_FAILINFO                                                                              \
+	((1 << OSSL_CMP_PKIFAILUREINFO_notAuthorized) |                                            \
+	 (1 << OSSL_CMP_PKIFAILUREINFO_signerNotTrusted) |                                         \
+	 (1 << OSSL_CMP_PKIFAILUREINFO_certRevoked) | (1 << OSSL_CMP_PKIFAILUREINFO_badCertId))
+/* Failure bits that say "try again later". */
+#define BUSY_FAILINFO                                                                              \
+	((1 << OSSL_CMP_PKIFAILUREINFO_systemUnavail) |                                            \
+	 (1 << OSSL_CMP_PKIFAILUREINFO_timeNotAvailable) |                                         \
+	 (1 << OSSL_CMP_PKIFAILUREINFO_transactionIdInUse))
+
+static void last_openssl_error(char *buf, size_t len)
+{
+	unsigned long e = ERR_peek_last_error();
+	const char *data = NULL;
+	int flags = 0;
+
+	buf[0] = '\0';
+	if (e == 0)
+		return;
+	ERR_peek_last_error_data(&data, &flags);
+	snprintf(buf, len, "%s%s%s", ERR_reason_error_string(e) != NULL ? ERR_reason_error_string(e)
+									 : "error",
+		 (flags & ERR_TXT_STRING) && data != NULL && *data != '\0' ? ": " : "",
+		 (flags & ERR_TXT_STRING) && data != NULL ? data : "");
+}
+
+/* Turns a finished (failed) transaction into an outcome. */
+static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
+		     struct enroll_result *res)
+{
+	char status[256], ossl[256];
+	int st = OSSL_CMP_CTX_get_status(ctx);
+	int fi = OSSL_CMP_CTX_get_failInfoCode(ctx);
+
+	last_openssl_error(ossl, sizeof(ossl));
+	if (t->commit_failed) {
+		set_result(res, t->commit_local ? ENROLL_LOCAL : ENROLL_BAD_CERT, "CMP %s: %s", what,
+			   t->commit_err);
+		return;
+	}
+	if (t->transport_err[0] != '\0') {
+		set_result(res, ENROLL_TRANSIENT, "CMP %s: %s from %s", what, t->transport_err,
+			   t->req->url);
+		return;
+	}
+	if (st == OSSL_CMP_PKISTATUS_waiting) {
+		res->retry_after = 60;
+		set_result(res, ENROLL_WAIT, "CMP %s: the CA is still processing the request", what);
+		return;
+	}
+	if (st == OSSL_CMP_PKISTATUS_rejection) {
+		if (OSSL_CMP_CTX_snprint_PKIStatus(ctx, status, sizeof(status)) == NULL)
+			snprintf(status, sizeof(status), "rejection");
+		if (fi > 0 && (fi & AUTH_FAILINFO) != 0)
+			set_result(res, ENROLL_NOT_AUTHORIZED, "CMP %s rejected: %s", what, status);
+		else if (fi > 0 && (fi & BUSY_FAILINFO) != 0)
+			set_result(res, ENROLL_TRANSIENT, "CMP %s rejected: %s", what, status);
+		else
+			set_result(res, ENROLL_REJECTED, "CMP %s rejected: %s", what, status);
+		return;
+	}
+	/* No PKIStatus: the exchange itself failed (bad protection, timeout, error message). */
+	set_result(res, ENROLL_TRANSIENT, "CMP %s failed: %s", what,
+		   ossl[0] != '\0' ? ossl : "no answer");
+}
 
 int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 {
-	(void)req;
-	res->outcome = ENROLL_LOCAL;
+	const char *what = req->kind == ENROLL_BOOTSTRAP ? "IR" : "KUR";
+	struct cmp_txn t = {.req = req};
+	OSSL_CMP_CTX *ctx = NULL;
+	X509_STORE *trust = NULL;
+	STACK_OF(X509) *untrusted = NULL;
+	EVP_PKEY *prot_key;
+	X509 *newcert = NULL;
+	char err[300];
+	int i;
+
+	memset(res, 0, sizeof(*res));
 	res->retry_after = -1;
-	snprintf(res->msg, sizeof(res->msg), "cmp enrollment not built yet");
-	return -1;
+	if ((trust = load_trust(req->trust_file, err, sizeof(err))) == NULL)
+		return set_result(res, ENROLL_LOCAL, "CMP %s: %s", what, err);
+	if ((ctx = OSSL_CMP_CTX_new(req->libctx, NULL)) == NULL ||
+	    (t.curl = curl_easy_init()) == NULL) {
+		set_result(res, ENROLL_LOCAL, "CMP %s: out of memory", what);
+		goto out;
+	}
+	/* The transport: plain libcurl POSTs; TLS (https://) verified against ca-trust too. */
+	curl_easy_setopt(t.curl, CURLOPT_URL, req->url);
+	curl_easy_setopt(t.curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(t.curl, CURLOPT_CAINFO, req->trust_file);
+	curl_easy_setopt(t.curl, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	curl_easy_setopt(t.curl, CURLOPT_CONNECTTIMEOUT, 10L);
+	curl_easy_setopt(t.curl, CURLOPT_TIMEOUT, (long)(req->timeout_s > 0 ? req->timeout_s : 60));
+	curl_easy_setopt(t.curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(t.curl, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(t.curl, CURLOPT_USERAGENT, PACKAGE_NAME "/" PACKAGE_VERSION);
+	OSSL_CMP_CTX_set_transfer_cb(ctx, cmp_transfer);
+	OSSL_CMP_CTX_set_transfer_cb_arg(ctx, &t);
+	OSSL_CMP_CTX_set_certConf_cb(ctx, cmp_cert_conf);
+	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_MSG_TIMEOUT, 30);
+	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_TOTAL_TIMEOUT,
+				(int)(req->timeout_s > 0 ? req->timeout_s : 60));
+	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_IMPLICIT_CONFIRM, 0);
+	/* Responses must be signed by a CA certificate that chains to ca-trust. */
+	if (!OSSL_CMP_CTX_set0_trustedStore(ctx, trust)) {
+		set_result(res, ENROLL_LOCAL, "CMP %s: cannot set the trust store", what);
+		goto out;
+	}
+	trust = NULL;
+
+	if (req->kind == ENROLL_RENEW) {
+		X509 *leaf = sk_X509_value(req->cur_chain, 0);
+
+		if (leaf == NULL || req->cur_key == NULL) {
+			set_result(res, ENROLL_LOCAL, "CMP KUR: no current certificate to renew");
+			goto out;
+		}
+		prot_key = req->cur_key;
+		if (!OSSL_CMP_CTX_set1_oldCert(ctx, leaf) || !OSSL_CMP_CTX_set1_cert(ctx, leaf))
+			goto no_memory;
+		untrusted = sk_X509_new_null();
+		for (i = 1; untrusted != NULL && i < sk_X509_num(req->cur_chain); i++)
+			if (!sk_X509_push(untrusted, sk_X509_value(req->cur_chain, i)))
+				goto no_memory;
+		if (untrusted == NULL || !OSSL_CMP_CTX_set1_untrusted(ctx, untrusted))
+			goto no_memory;
+	} else if (req->boot_key != NULL) {
+		prot_key = req->boot_key;
+		if (!OSSL_CMP_CTX_set1_cert(ctx, sk_X509_value(req->boot_chain, 0)))
+			goto no_memory;
+		untrusted = sk_X509_new_null();
+		for (i = 1; untrusted != NULL && i < sk_X509_num(req->boot_chain); i++)
+			if (!sk_X509_push(untrusted, sk_X509_value(req->boot_chain, i)))
+				goto no_memory;
+		if (untrusted == NULL || !OSSL_CMP_CTX_set1_untrusted(ctx, untrusted))
+			goto no_memory;
+	} else if (req->secret != NULL && req->secret_ref != NULL) {
+		prot_key = NULL;
+		if (!OSSL_CMP_CTX_set1_referenceValue(ctx, (const unsigned char *)req->secret_ref,
+						      (int)strlen(req->secret_ref)) ||
+		    !OSSL_CMP_CTX_set1_secretValue(ctx, req->secret, (int)req->secret_len))
+			goto no_memory;
+	} else {
+		set_result(res, ENROLL_LOCAL, "CMP IR: no bootstrap credential configured");
+		goto out;
+	}
+	if (prot_key != NULL && !OSSL_CMP_CTX_set1_pkey(ctx, prot_key))
+		goto no_memory;
+	/* Proof of possession: signed by the new key, inside the keystore. */
+	if (!EVP_PKEY_up_ref(req->new_key))
+		goto no_memory;
+	if (!OSSL_CMP_CTX_set0_newPkey(ctx, 1, req->new_key)) {
+		EVP_PKEY_free(req->new_key);
+		goto no_memory;
+	}
+	if (req->subject != NULL && !OSSL_CMP_CTX_set1_subjectName(ctx, req->subject))
+		goto no_memory;
+
+	ERR_clear_error();
+	newcert = req->kind == ENROLL_RENEW ? OSSL_CMP_exec_KUR_ses(ctx) : OSSL_CMP_exec_IR_ses(ctx);
+	if (newcert != NULL && t.commit_called && !t.commit_failed) {
+		set_result(res, ENROLL_OK, "CMP %s: certificate issued and installed", what);
+	} else if (newcert != NULL) {
+		/* Issued but never reached certConf: must not happen; treat as not installed. */
+		set_result(res, ENROLL_LOCAL, "CMP %s: certificate not confirmed", what);
+	} else {
+		classify(ctx, &t, what, res);
+	}
+	goto out;
+no_memory:
+	set_result(res, ENROLL_LOCAL, "CMP %s: cannot set up the request", what);
+out:
+	ERR_clear_error();
+	sk_X509_free(untrusted);
+	X509_STORE_free(trust);
+	if (t.curl != NULL)
+		curl_easy_cleanup(t.curl);
+	OSSL_CMP_CTX_free(ctx);
+	return res->outcome == ENROLL_OK ? 0 : -1;
 }

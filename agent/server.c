@@ -25,6 +25,7 @@
 #endif
 
 #include "agent/dispatch.h"
+#include "agent/renew.h"
 #include "agent/server.h"
 #include "common/log.h"
 #include "common/proto.h"
@@ -151,6 +152,11 @@ static struct runtime *server_runtime(struct server *s)
 	return rt;
 }
 
+static struct runtime *renew_runtime(void *arg)
+{
+	return server_runtime(arg);
+}
+
 static void notify_reloading(void)
 {
 	char fields[64];
@@ -190,6 +196,7 @@ static int server_reload(void *arg, char *err, size_t errlen)
 	pthread_mutex_unlock(&s->rt_lock);
 	runtime_unref(old);
 	log_info("configuration reloaded from %s: %zu identities", s->config_path, rt->n_ids);
+	renew_kick();
 	notify("READY=1", "Serving %zu identities on %s", rt->n_ids, s->socket_path);
 	pthread_mutex_unlock(&s->reload_lock);
 	return 0;
@@ -750,6 +757,15 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 		}
 		n_threads++;
 	}
+	{
+		char err[256];
+
+		/* Renewal runs beside the serving threads and sees every reload. */
+		if (renew_start(renew_runtime, &s, err, sizeof(err)) != 0) {
+			log_error("%s", err);
+			goto out;
+		}
+	}
 	log_info("listening on %s (%u threads)", socket_path, workers);
 	notify("READY=1", "Serving %zu identities on %s", n_ids, socket_path);
 	if (s.watchdog_half_ms != 0)
@@ -766,6 +782,7 @@ out:
 	for (i = 0; i < n_threads; i++)
 		pthread_join(threads[i], NULL);
 	free(threads);
+	renew_stop();
 	if (unlink_socket)
 		unlink(socket_path);
 	close(listen_fd);

@@ -101,7 +101,7 @@ static void keystore_release(struct keystore *ks)
 	ks_close(to_close);
 }
 
-static char *state_file(const struct runtime *rt, const struct identity_rt *id, const char *ext)
+char *state_file(const struct runtime *rt, const struct identity_rt *id, const char *ext)
 {
 	char *path = NULL;
 
@@ -156,7 +156,7 @@ struct ks_key *identity_key_by_hash(struct identity_rt *id, const uint8_t *spki_
 	return NULL;
 }
 
-static struct ks_key *key_by_hex_id(struct identity_rt *id, const char *hex)
+struct ks_key *identity_key_by_hex(struct identity_rt *id, const char *hex)
 {
 	char buf[2 * KS_MAX_ID + 1];
 	size_t i;
@@ -221,7 +221,7 @@ int identity_refresh(struct identity_rt *id, int force, char *err, size_t errlen
 	} else if (n > 0) {
 		/* No certificate yet: the pending key if one was made, else the newest found. */
 		if (pending_hex != NULL)
-			id->current = key_by_hex_id(id, pending_hex);
+			id->current = identity_key_by_hex(id, pending_hex);
 		if (id->current == NULL)
 			id->current = keys[n - 1];
 	}
@@ -229,7 +229,7 @@ int identity_refresh(struct identity_rt *id, int force, char *err, size_t errlen
 		snprintf(id->problem, sizeof(id->problem), "no key %s in keystore \"%s\"",
 			 id->cfg->key, ks_name(id->ks));
 	if (pending_hex != NULL) {
-		id->pending = key_by_hex_id(id, pending_hex);
+		id->pending = identity_key_by_hex(id, pending_hex);
 		if (id->pending == id->current)
 			id->pending = NULL;
 	}
@@ -290,16 +290,101 @@ out:
 	return r;
 }
 
+/* Writes chain as PEM to path (atomically, fsync'ed file and directory). */
+int chain_write_pem(const char *path, STACK_OF(X509) *chain, mode_t mode, char *err, size_t errlen)
+{
+	BIO *pem = BIO_new(BIO_s_mem());
+	char *pem_data = NULL;
+	long pem_len;
+	size_t i;
+	int r = 0;
+
+	if (pem == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return MTLS_AGENT_ERR_NOMEM;
+	}
+	for (i = 0; i < (size_t)sk_X509_num(chain); i++) {
+		if (PEM_write_bio_X509(pem, sk_X509_value(chain, (int)i)) != 1) {
+			snprintf(err, errlen, "cannot encode the certificate chain");
+			r = MTLS_AGENT_ERR_INTERNAL;
+			goto out;
+		}
+	}
+	pem_len = BIO_get_mem_data(pem, &pem_data);
+	if (write_file_atomic(path, pem_data, (size_t)pem_len, mode) != 0) {
+		snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+		r = MTLS_AGENT_ERR_IO;
+	}
+out:
+	BIO_free(pem);
+	return r;
+}
+
+/*
+ * Makes chain (already checked) the identity's certificate: the keystore is
+ * told first (tpm2 reorders its key file), then the certificate file is
+ * replaced atomically, then memory. A crash between the steps leaves a
+ * certificate file that matches one of the keys, so a restart serves it.
+ * Takes ownership of chain on success. Lock held.
+ */
+static int install_chain_locked(struct identity_rt *id, STACK_OF(X509) *chain, struct ks_key *match,
+				char *err, size_t errlen)
+{
+	char *path = NULL;
+	int r;
+
+	if ((r = ks_activate(id->ks, match, err, errlen)) != 0)
+		return r;
+	if ((r = chain_write_pem(id->cfg->cert, chain, 0644, err, errlen)) != 0)
+		return r;
+	sk_X509_pop_free(id->chain, X509_free);
+	id->chain = chain;
+	id->not_after = certcheck_not_after(sk_X509_value(id->chain, 0));
+	if (match == id->pending && (path = state_file(id->rt, id, "pending")) != NULL)
+		unlink(path);
+	free(path);
+	return identity_refresh(id, 1, err, errlen);
+}
+
+struct ks_key *identity_key_by_cert(struct identity_rt *id, X509 *cert)
+{
+	uint8_t *spki = NULL;
+	size_t len = 0;
+	struct ks_key *key;
+
+	if (certcheck_spki(cert, &spki, &len) != 0)
+		return NULL;
+	key = key_by_spki(id, spki, len);
+	OPENSSL_free(spki);
+	return key;
+}
+
+int identity_install_chain(struct identity_rt *id, STACK_OF(X509) *chain, char *err, size_t errlen)
+{
+	struct ks_key *match;
+	int r;
+
+	pthread_mutex_lock(&id->lock);
+	if ((r = identity_refresh(id, 1, err, errlen)) != 0)
+		goto out;
+	if ((match = identity_key_by_cert(id, sk_X509_value(chain, 0))) == NULL) {
+		snprintf(err, errlen, "the certificate's public key is not a key of identity \"%s\"",
+			 id->cfg->name);
+		r = MTLS_AGENT_ERR_CERT;
+		goto out;
+	}
+	r = install_chain_locked(id, chain, match, err, errlen);
+out:
+	pthread_mutex_unlock(&id->lock);
+	ERR_clear_error();
+	return r;
+}
+
 int identity_import_cert(struct identity_rt *id, const uint8_t *data, size_t len, time_t now,
 			 time_t *not_after, char *err, size_t errlen)
 {
 	STACK_OF(X509) *chain = NULL;
-	uint8_t *leaf_spki = NULL;
-	size_t leaf_len = 0, i;
 	struct ks_key *match;
-	BIO *pem = NULL;
-	char *path = NULL, *pem_data = NULL;
-	long pem_len;
 	int r;
 
 	*not_after = 0;
@@ -310,11 +395,7 @@ int identity_import_cert(struct identity_rt *id, const uint8_t *data, size_t len
 		goto out;
 	if ((r = identity_refresh(id, 1, err, errlen)) != 0)
 		goto out;
-	if ((r = certcheck_spki(sk_X509_value(chain, 0), &leaf_spki, &leaf_len)) != 0) {
-		snprintf(err, errlen, "cannot read the certificate's public key");
-		goto out;
-	}
-	if ((match = key_by_spki(id, leaf_spki, leaf_len)) == NULL) {
+	if ((match = identity_key_by_cert(id, sk_X509_value(chain, 0))) == NULL) {
 		snprintf(err, errlen,
 			 "the certificate's public key is not a key of identity \"%s\" (run "
 			 "keygen and csr first)",
@@ -322,41 +403,14 @@ int identity_import_cert(struct identity_rt *id, const uint8_t *data, size_t len
 		r = MTLS_AGENT_ERR_CERT;
 		goto out;
 	}
-	/* Backends whose key file holds several generations put this one first. */
-	if ((r = ks_activate(id->ks, match, err, errlen)) != 0)
+	if ((r = install_chain_locked(id, chain, match, err, errlen)) != 0)
 		goto out;
-	/* Store the chain as PEM, the format operators and applications expect. */
-	if ((pem = BIO_new(BIO_s_mem())) == NULL) {
-		r = MTLS_AGENT_ERR_NOMEM;
-		goto out;
-	}
-	for (i = 0; i < (size_t)sk_X509_num(chain); i++) {
-		if (PEM_write_bio_X509(pem, sk_X509_value(chain, (int)i)) != 1) {
-			r = MTLS_AGENT_ERR_INTERNAL;
-			goto out;
-		}
-	}
-	pem_len = BIO_get_mem_data(pem, &pem_data);
-	if (write_file_atomic(id->cfg->cert, pem_data, (size_t)pem_len, 0644) != 0) {
-		snprintf(err, errlen, "cannot write %s: %s", id->cfg->cert, strerror(errno));
-		r = MTLS_AGENT_ERR_IO;
-		goto out;
-	}
-	sk_X509_pop_free(id->chain, X509_free);
-	id->chain = chain;
 	chain = NULL;
-	id->not_after = certcheck_not_after(sk_X509_value(id->chain, 0));
 	*not_after = id->not_after;
-	if (match == id->pending && (path = state_file(id->rt, id, "pending")) != NULL)
-		unlink(path);
-	r = identity_refresh(id, 1, err, errlen);
 out:
 	pthread_mutex_unlock(&id->lock);
 	ERR_clear_error();
-	BIO_free(pem);
-	OPENSSL_free(leaf_spki);
 	sk_X509_pop_free(chain, X509_free);
-	free(path);
 	return r;
 }
 

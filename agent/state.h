@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include <openssl/x509.h>
@@ -76,6 +77,22 @@ int identity_keygen(struct identity_rt *id, int gen_type,
 		    struct ks_key **out, char *err, size_t errlen);
 int identity_import_cert(struct identity_rt *id, const uint8_t *data,
 			 size_t len, time_t now, time_t *not_after, char *err, size_t errlen);
+/*
+ * Installs a verified chain (leaf first) whose leaf matches one of the
+ * identity's keys; takes ownership of chain on success. Takes id->lock.
+ */
+int identity_install_chain(struct identity_rt *id, STACK_OF(X509) *chain, char *err,
+			   size_t errlen);
+/* The generation whose backend id is hex (lowercase), or NULL. Lock held. */
+struct ks_key *identity_key_by_hex(struct identity_rt *id, const char *hex);
+/* The generation whose public key is cert's, or NULL. Lock held. */
+struct ks_key *identity_key_by_cert(struct identity_rt *id, X509 *cert);
+/* "<state-dir>/<identity>.<ext>" (caller frees), NULL without memory. */
+char *state_file(const struct runtime *rt, const struct identity_rt *id, const char *ext);
+/* Writes chain as PEM to path atomically (temp, fsync, rename, fsync dir). */
+int chain_write_pem(const char *path, STACK_OF(X509) *chain, mode_t mode, char *err,
+		    size_t errlen);
+
 /* The key a CSR is signed with: pending if any, else current. Lock held. */
 struct ks_key *identity_newest_key(struct identity_rt *id);
 

@@ -982,6 +982,41 @@ out:
 	return r;
 }
 
+int mtls_agent_renew(mtls_agent *a, const char *name, uint64_t *not_after, char **message)
+{
+	struct buf req, rep;
+	struct reader rd;
+	const uint8_t *text;
+	size_t text_len;
+	uint64_t na;
+	int r;
+
+	last_error[0] = '\0';
+	if (not_after != NULL)
+		*not_after = 0;
+	if (message != NULL)
+		*message = NULL;
+	if (a == NULL || name == NULL)
+		return invalid_arg(__func__);
+	r = name_request(&req, MSG_RENEW, name);
+	buf_init(&rep, REPLY_MAX);
+	if ((r = frame_end(&req, r)) != 0 || (r = call(a, &req, &rep, &rd, 1)) != 0)
+		goto out;
+	if ((r = rd_u64(&rd, &na)) != 0 || (r = rd_string(&rd, &text, &text_len)) != 0 ||
+	    (r = rd_done(&rd)) != 0) {
+		r = bad_reply(r, "RENEW");
+		goto out;
+	}
+	if (not_after != NULL)
+		*not_after = na;
+	if (message != NULL && (*message = strndup((const char *)text, text_len)) == NULL)
+		r = MTLS_AGENT_ERR_NOMEM;
+out:
+	buf_free(&req);
+	buf_free(&rep);
+	return r;
+}
+
 int mtls_agent_reload(mtls_agent *a)
 {
 	struct buf req, rep;

@@ -1113,6 +1113,37 @@ out:
 	return ret;
 }
 
+static int cmd_renew(struct ctx *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *name;
+	uint64_t not_after = 0;
+	char when[40], *msg = NULL;
+	int ch, r;
+
+	while ((ch = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'h':
+			return command_help(find_command(c->cmd));
+		default:
+			return bad_option(c, ch, argv);
+		}
+	}
+	if ((name = identity_arg(c, argc, argv)) == NULL)
+		return EXIT_USAGE;
+	if ((r = connect_agent(c)) != 0)
+		return r;
+	if ((r = mtls_agent_renew(c->agent, name, &not_after, &msg)) != 0)
+		return agent_error(c, r);
+	fmt_epoch(not_after, when, sizeof(when));
+	printf("renewed: %s; not after %s\n", msg != NULL ? msg : "ok", when);
+	free(msg);
+	return EXIT_OK;
+}
+
 static int cmd_reload(struct ctx *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -2744,6 +2775,10 @@ static const struct command commands[] = {
      "Administrators: installs the certificate chain in FILE (PEM, leaf first, or one\n"
      "DER certificate; '-' for standard input) for identity NAME. The agent checks it\n"
      "matches one of NAME's keys and is usable for TLS client authentication.\n"},
+    {"renew", cmd_renew, "NAME", "admin: renew a certificate now",
+     "Administrators: renews identity NAME's certificate now (renew = cmp or est in its\n"
+     "configuration), with a new key in the keystore unless rotate-key = no, and waits\n"
+     "for the outcome. The old certificate stays in use unless the new one is installed.\n"},
     {"reload", cmd_reload, "", "admin: re-read the configuration",
      "Administrators: makes the agent re-read its configuration (like SIGHUP). A\n"
      "configuration that does not load is refused and the old one stays.\n"},

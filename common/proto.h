@@ -35,6 +35,7 @@ enum proto_msg {
 	MSG_CSR = 17,
 	MSG_IMPORT_CERT = 18,
 	MSG_RELOAD = 19,
+	MSG_RENEW = 20,
 	/* replies */
 	MSG_REPLY_OK = 128,
 	MSG_REPLY_ERROR = 129,

@@ -150,8 +150,16 @@ int mtlsa_key_from_agent(struct mtlsa_prov *prov, const char *name, int raise,
 	*key = NULL;
 	if (ident != NULL)
 		*ident = NULL;
-	if ((r = mtlsa_agent(prov, &agent)) != 0 ||
-	    (r = mtls_agent_get_identity(agent, name, &id)) != 0) {
+	if (prov->transport != NULL) {
+		char err[256] = "";
+
+		if ((r = prov->transport->get_identity(name, &id, err, sizeof(err))) != 0) {
+			if (raise)
+				MTLSA_RAISE(prov, -r, "%s", err);
+			return r;
+		}
+	} else if ((r = mtlsa_agent(prov, &agent)) != 0 ||
+		   (r = mtls_agent_get_identity(agent, name, &id)) != 0) {
 		if (raise)
 			MTLSA_RAISE_AGENT(prov, r);
 		else

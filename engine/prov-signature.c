@@ -514,9 +514,17 @@ static int agent_sign(struct sigctx *ctx, unsigned flags, const uint8_t *data, s
 		return 0;
 	}
 	scheme = sig_scheme(ctx);
-	if ((r = mtlsa_agent(ctx->prov, &agent)) != 0 ||
-	    (r = mtls_agent_sign(agent, key->name, scheme, flags, key->spki_hash, data, len, &out,
-				 &out_len)) != 0) {
+	if (ctx->prov->transport != NULL) {
+		char err[256] = "";
+
+		if ((r = ctx->prov->transport->sign(key->name, key->spki_hash, scheme, flags, data,
+						    len, &out, &out_len, err, sizeof(err))) != 0) {
+			MTLSA_RAISE(ctx->prov, -r, "%s", err);
+			return 0;
+		}
+	} else if ((r = mtlsa_agent(ctx->prov, &agent)) != 0 ||
+		   (r = mtls_agent_sign(agent, key->name, scheme, flags, key->spki_hash, data, len,
+					&out, &out_len)) != 0) {
 		MTLSA_RAISE_AGENT(ctx->prov, r);
 		return 0;
 	}

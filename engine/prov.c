@@ -183,8 +183,12 @@ static const OSSL_ALGORITHM decoder_algs[] = {
 /* Nothing else: digests, ciphers, RNGs or key exchange would be used by libssl itself. */
 static const OSSL_ALGORITHM *prov_query_operation(void *provctx, int operation_id, int *no_cache)
 {
-	(void)provctx;
+	const struct mtlsa_prov *prov = provctx;
+
 	*no_cache = 0;
+	/* In the agent itself there are no key reference files to decode. */
+	if (prov->transport != NULL && operation_id == OSSL_OP_DECODER)
+		return NULL;
 	switch (operation_id) {
 	case OSSL_OP_KEYMGMT:
 		return keymgmt_algs;
@@ -269,6 +273,22 @@ static char *config_socket(const OSSL_CORE_HANDLE *handle)
 	    value[0] == '\0')
 		return NULL;
 	return strdup(value);
+}
+
+static const struct mtlsa_transport *internal_transport;
+
+void mtlsa_set_internal_transport(const struct mtlsa_transport *transport)
+{
+	internal_transport = transport;
+}
+
+int mtlsa_internal_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
+				 const OSSL_DISPATCH **out, void **provctx)
+{
+	if (internal_transport == NULL || !OSSL_provider_init(handle, in, out, provctx))
+		return 0;
+	((struct mtlsa_prov *)*provctx)->transport = internal_transport;
+	return 1;
 }
 
 __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,

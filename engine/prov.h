@@ -22,8 +22,32 @@
 #define MTLSA_PROV_NAME "mtlsagent"
 #define MTLSA_PROPS "provider=" MTLSA_PROV_NAME
 
+/*
+ * The agent's own use of this provider (certificate renewal): the same key
+ * management and signature code, with the keystore reached by direct calls
+ * instead of the socket. Both return 0 or a negative MTLS_AGENT_ERR_* code
+ * with one line in err. get_identity fills name and spki of a calloc'ed
+ * record (freed with mtls_agent_identity_free).
+ */
+struct mtlsa_transport {
+	int (*get_identity)(const char *name, struct mtls_agent_identity **id, char *err,
+			    size_t errlen);
+	int (*sign)(const char *name, const uint8_t *spki_hash, uint16_t scheme, unsigned flags,
+		    const uint8_t *data, size_t len, uint8_t **sig, size_t *siglen, char *err,
+		    size_t errlen);
+};
+
+/*
+ * Provider init function for an in-process instance using transport (set
+ * before OSSL_PROVIDER_add_builtin()). That instance offers no DECODER.
+ */
+void mtlsa_set_internal_transport(const struct mtlsa_transport *transport);
+int mtlsa_internal_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
+				 const OSSL_DISPATCH **out, void **provctx);
+
 /* Per-provider-instance state (the provctx OpenSSL hands back to every call). */
 struct mtlsa_prov {
+	const struct mtlsa_transport *transport; /* NULL: the agent socket */
 	const OSSL_CORE_HANDLE *handle;
 	/*
 	 * A library context of our own holding only OpenSSL's default provider:

@@ -172,6 +172,13 @@ int mtls_agent_csr(mtls_agent *agent, const char *name, const char *subject,
 int mtls_agent_import_cert(mtls_agent *agent, const char *name, const uint8_t *data, size_t len,
 			   uint64_t *not_after);
 int mtls_agent_reload(mtls_agent *agent);
+/*
+ * Renews the identity's certificate now (renew = cmp | est) and waits for the
+ * outcome. On success *not_after is the new certificate's; *message (if not
+ * NULL; the caller frees it) says what happened. On failure
+ * mtls_agent_last_error() does.
+ */
+int mtls_agent_renew(mtls_agent *agent, const char *name, uint64_t *not_after, char **message);
 
 #ifdef __cplusplus
 }

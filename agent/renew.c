@@ -1,0 +1,1189 @@
+/*
+ * The renewal engine: one thread that keeps every identity with
+ * renew = cmp | est supplied with a valid certificate.
+ *
+ * A renewal goes through steps recorded in a journal,
+ * <state-dir>/<identity>.renew, written atomically before each step:
+ *
+ *   keygen     a new key was made in the keystore (also recorded as the
+ *              identity's pending key, <identity>.pending)
+ *   requested  the request went to the CA
+ *   issued     the CA's certificate passed every check
+ *   installed  the certificate file now holds it (new handshakes use the new key)
+ *
+ * after which the journal is removed and the old key is queued for
+ * retirement in <identity>.retire ("KEYID NOT-AFTER" lines): it keeps
+ * signing for clients that loaded it until its certificate expires, then it
+ * is deleted from the keystore. The certificate file is the switch: the
+ * identity's current key is always the key that matches it, so a crash at
+ * any point leaves the agent serving a certificate and the key it belongs
+ * to. At start-up, reconciliation completes a renewal whose certificate was
+ * installed (queues the old key) or rolls back one that was not (the new key
+ * stays pending and is reused by the next attempt).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "agent/certcheck.h"
+#include "agent/enroll.h"
+#include "agent/renew-prov.h"
+#include "agent/renew.h"
+#include "agent/sched.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "mtls-agent/client.h"
+
+extern char **environ;
+
+#define MAX_SLEEP_S (24 * 3600)
+#define POST_RENEW_TIMEOUT_MS 60000
+
+enum step { STEP_NONE = 0, STEP_KEYGEN, STEP_REQUESTED, STEP_ISSUED, STEP_INSTALLED };
+static const char *const step_names[] = {"none", "keygen", "requested", "issued", "installed"};
+
+/* Per identity, by name, surviving reloads. */
+struct rstate {
+	char *name;
+	int reconciled;
+	int forced;             /* renew_now() asked for an attempt */
+	unsigned done_gen;      /* bumped after each attempt */
+	int last_rc;            /* of the last attempt: 0 or MTLS_AGENT_ERR_* */
+	unsigned failures;
+	time_t next_retry;      /* after a failure */
+	char failed_serial[80]; /* the certificate the failures were about */
+	struct renew_status st;
+};
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t wake; /* to the renewal thread */
+	pthread_cond_t done; /* to renew_now() callers */
+	pthread_t thread;
+	int running, stop, kicked;
+	renew_runtime_fn get_runtime;
+	void *arg;
+	struct rstate **states;
+	size_t n_states;
+	char device_id[128];
+} g = {
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.wake = PTHREAD_COND_INITIALIZER,
+	.done = PTHREAD_COND_INITIALIZER,
+};
+
+/* g.lock held. */
+static struct rstate *state_for(const char *name)
+{
+	struct rstate **ns, *s;
+	size_t i;
+
+	for (i = 0; i < g.n_states; i++)
+		if (strcmp(g.states[i]->name, name) == 0)
+			return g.states[i];
+	if ((s = calloc(1, sizeof(*s))) == NULL || (s->name = strdup(name)) == NULL ||
+	    (ns = realloc(g.states, (g.n_states + 1) * sizeof(*ns))) == NULL) {
+		if (s != NULL)
+			free(s->name);
+		free(s);
+		return NULL;
+	}
+	g.states = ns;
+	g.states[g.n_states++] = s;
+	return s;
+}
+
+static void format_utc(time_t t, char *out, size_t len)
+{
+	struct tm tm;
+
+	if (t <= 0 || gmtime_r(&t, &tm) == NULL || strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(out, len, "-");
+}
+
+/* ---- journal and retirement list ------------------------------------------------------ */
+
+struct journal {
+	int step;
+	int bootstrap;
+	char new_key[2 * KS_MAX_ID + 1];
+	char old_key[2 * KS_MAX_ID + 1]; /* "" when there was none */
+	long long old_not_after;
+};
+
+static int journal_write(struct identity_rt *id, const struct journal *j)
+{
+	char *path = state_file(id->rt, id, "renew"), text[512];
+	int n, r = -1;
+
+	if (path == NULL)
+		return -1;
+	n = snprintf(text, sizeof(text), "step=%s\nkind=%s\nnew=%s\nold=%s\nold-not-after=%lld\n",
+		     step_names[j->step], j->bootstrap ? "bootstrap" : "renew", j->new_key,
+		     j->old_key[0] != '\0' ? j->old_key : "-", j->old_not_after);
+	if (n > 0 && (size_t)n < sizeof(text) && write_file_atomic(path, text, (size_t)n, 0600) == 0)
+		r = 0;
+	else
+		log_error("identity \"%s\": cannot write the renewal journal %s: %s", id->cfg->name,
+			  path, strerror(errno));
+	free(path);
+	return r;
+}
+
+static void journal_remove(struct identity_rt *id)
+{
+	char *path = state_file(id->rt, id, "renew");
+
+	if (path != NULL && unlink(path) != 0 && errno != ENOENT)
+		log_warn("identity \"%s\": cannot remove %s: %s", id->cfg->name, path,
+			 strerror(errno));
+	free(path);
+}
+
+/* Returns 1 if a journal was read, 0 if there is none (or it is unreadable: logged). */
+static int journal_read(struct identity_rt *id, struct journal *j)
+{
+	char *path = state_file(id->rt, id, "renew"), *line, *save = NULL;
+	uint8_t *data = NULL;
+	size_t len = 0, k;
+
+	memset(j, 0, sizeof(*j));
+	if (path == NULL || read_file(path, 4096, &data, &len) != 0) {
+		free(path);
+		return 0;
+	}
+	for (line = strtok_r((char *)data, "\n", &save); line != NULL;
+	     line = strtok_r(NULL, "\n", &save)) {
+		if (strncmp(line, "step=", 5) == 0) {
+			for (k = 0; k < sizeof(step_names) / sizeof(step_names[0]); k++)
+				if (strcmp(line + 5, step_names[k]) == 0)
+					j->step = (int)k;
+		} else if (strncmp(line, "kind=", 5) == 0) {
+			j->bootstrap = strcmp(line + 5, "bootstrap") == 0;
+		} else if (strncmp(line, "new=", 4) == 0) {
+			snprintf(j->new_key, sizeof(j->new_key), "%s", line + 4);
+		} else if (strncmp(line, "old=", 4) == 0 && strcmp(line + 4, "-") != 0) {
+			snprintf(j->old_key, sizeof(j->old_key), "%s", line + 4);
+		} else if (strncmp(line, "old-not-after=", 14) == 0) {
+			j->old_not_after = strtoll(line + 14, NULL, 10);
+		}
+	}
+	free(data);
+	if (j->step == STEP_NONE || j->new_key[0] == '\0') {
+		log_warn("identity \"%s\": ignoring an unreadable renewal journal %s", id->cfg->name,
+			 path);
+		free(path);
+		return 0;
+	}
+	free(path);
+	return 1;
+}
+
+struct retire_entry {
+	char key[2 * KS_MAX_ID + 1];
+	long long not_after;
+};
+
+static size_t retire_read(struct identity_rt *id, struct retire_entry *out, size_t max)
+{
+	char *path = state_file(id->rt, id, "retire"), *line, *save = NULL;
+	uint8_t *data = NULL;
+	size_t len = 0, n = 0;
+
+	if (path == NULL || read_file(path, 64 * 1024, &data, &len) != 0) {
+		free(path);
+		return 0;
+	}
+	for (line = strtok_r((char *)data, "\n", &save); line != NULL && n < max;
+	     line = strtok_r(NULL, "\n", &save)) {
+		if (sscanf(line, "%128s %lld", out[n].key, &out[n].not_after) == 2)
+			n++;
+	}
+	free(data);
+	free(path);
+	return n;
+}
+
+static int retire_write(struct identity_rt *id, const struct retire_entry *e, size_t n)
+{
+	char *path = state_file(id->rt, id, "retire"), *text;
+	size_t i, off = 0, cap = n * (sizeof(e->key) + 24) + 1;
+	int r = -1;
+
+	if (path == NULL || (text = malloc(cap)) == NULL) {
+		free(path);
+		return -1;
+	}
+	text[0] = '\0';
+	for (i = 0; i < n; i++)
+		off += (size_t)snprintf(text + off, cap - off, "%s %lld\n", e[i].key, e[i].not_after);
+	if (n == 0)
+		r = unlink(path) == 0 || errno == ENOENT ? 0 : -1;
+	else
+		r = write_file_atomic(path, text, off, 0600);
+	if (r != 0)
+		log_error("identity \"%s\": cannot update %s: %s", id->cfg->name, path,
+			  strerror(errno));
+	free(text);
+	free(path);
+	return r;
+}
+
+#define MAX_RETIRE 64
+
+/* Queues a key for deletion once its certificate has expired. */
+static void retire_add(struct identity_rt *id, const char *key_hex, long long not_after)
+{
+	struct retire_entry e[MAX_RETIRE];
+	size_t n = retire_read(id, e, MAX_RETIRE - 1), i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(e[i].key, key_hex) == 0)
+			return;
+	snprintf(e[n].key, sizeof(e[n].key), "%s", key_hex);
+	e[n].not_after = not_after;
+	if (retire_write(id, e, n + 1) == 0)
+		log_info("identity \"%s\": old key %.16s... is kept until its certificate expires",
+			 id->cfg->name, key_hex);
+}
+
+/* Deletes queued keys whose certificates have expired; returns the next due time (0: none). */
+static time_t retire_due(struct identity_rt *id, time_t now)
+{
+	struct retire_entry e[MAX_RETIRE];
+	size_t n = retire_read(id, e, MAX_RETIRE), i, kept = 0;
+	time_t next = 0;
+	struct ks_key *key;
+	char err[256], when[32];
+	int changed = 0, r;
+
+	for (i = 0; i < n; i++) {
+		if (e[i].not_after > (long long)now) {
+			if (next == 0 || e[i].not_after < (long long)next)
+				next = (time_t)e[i].not_after;
+			e[kept++] = e[i];
+			continue;
+		}
+		pthread_mutex_lock(&id->lock);
+		identity_refresh(id, 1, err, sizeof(err));
+		key = identity_key_by_hex(id, e[i].key);
+		r = 0;
+		if (key != NULL && (key == id->current || key == id->pending)) {
+			/* Installed again meanwhile (an operator's import): not ours to delete. */
+			log_info("identity \"%s\": key %.16s... is in use again; not retired",
+				 id->cfg->name, e[i].key);
+		} else if (key != NULL) {
+			r = ks_delete(id->ks, key, err, sizeof(err));
+			if (r == 0)
+				identity_refresh(id, 1, err, sizeof(err));
+		}
+		pthread_mutex_unlock(&id->lock);
+		format_utc((time_t)e[i].not_after, when, sizeof(when));
+		if (r != 0) {
+			log_warn("identity \"%s\": cannot retire key %.16s... yet: %s", id->cfg->name,
+				 e[i].key, err);
+			e[kept++] = e[i];
+			if (next == 0 || now + 60 < next)
+				next = now + 60;
+			continue;
+		}
+		if (key != NULL)
+			log_info("identity \"%s\": retired key %.16s... (its certificate expired %s)",
+				 id->cfg->name, e[i].key, when);
+		changed = 1;
+	}
+	if (changed)
+		retire_write(id, e, kept);
+	return next;
+}
+
+/* ---- start-up reconciliation ---------------------------------------------------------- */
+
+static void reconcile(struct identity_rt *id)
+{
+	char err[256], cur_hex[2 * KS_MAX_ID + 1] = "";
+	struct journal j;
+
+	if (!journal_read(id, &j))
+		return;
+	pthread_mutex_lock(&id->lock);
+	if (identity_refresh(id, 1, err, sizeof(err)) != 0) {
+		pthread_mutex_unlock(&id->lock);
+		/* Keystore not reachable: keep the journal, try again on the next pass. */
+		log_warn("identity \"%s\": cannot reconcile the interrupted renewal yet: %s",
+			 id->cfg->name, err);
+		return;
+	}
+	if (id->current != NULL) {
+		hex_encode(id->current->id, id->current->id_len, cur_hex);
+		/* tpm2: the key file's first block must be the key the certificate names. */
+		if (ks_activate(id->ks, id->current, err, sizeof(err)) != 0)
+			log_warn("identity \"%s\": %s", id->cfg->name, err);
+	}
+	pthread_mutex_unlock(&id->lock);
+	if (strcmp(cur_hex, j.new_key) == 0) {
+		if (j.old_key[0] != '\0' && strcmp(j.old_key, j.new_key) != 0)
+			retire_add(id, j.old_key, j.old_not_after);
+		log_info("identity \"%s\": completed a renewal interrupted after step \"%s\": the "
+			 "new certificate is installed",
+			 id->cfg->name, step_names[j.step]);
+	} else {
+		log_info("identity \"%s\": rolled back a renewal interrupted at step \"%s\": the "
+			 "old certificate stays; the new key is kept for the next attempt",
+			 id->cfg->name, step_names[j.step]);
+	}
+	journal_remove(id);
+}
+
+/* ---- one renewal ---------------------------------------------------------------------- */
+
+struct txn {
+	struct identity_rt *id;
+	struct ks_key *new_key;
+	const X509_NAME *subject;
+	struct journal *journal;
+};
+
+static STACK_OF(X509) *chain_copy(STACK_OF(X509) *chain)
+{
+	return chain != NULL ? X509_chain_up_ref(chain) : NULL;
+}
+
+/*
+ * The enroller's commit: every check, then the switch. The chain installed
+ * is the verified path minus the trust anchor.
+ */
+static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err, size_t errlen)
+{
+	struct txn *t = arg;
+	struct identity_rt *id = t->id;
+	X509 *leaf = sk_X509_value(chain, 0);
+	STACK_OF(X509) *untrusted = NULL, *path = NULL;
+	X509_STORE_CTX *vctx = NULL;
+	X509_STORE *store = NULL;
+	uint8_t *spki = NULL;
+	size_t spki_len = 0;
+	char cerr[256];
+	int i, r = -1;
+
+	*local = 0;
+	if (leaf == NULL) {
+		snprintf(err, errlen, "the CA sent no certificate");
+		return -1;
+	}
+	if (certcheck_spki(leaf, &spki, &spki_len) != 0 || spki_len != t->new_key->spki_len ||
+	    memcmp(spki, t->new_key->spki, spki_len) != 0) {
+		snprintf(err, errlen, "the CA's certificate is for another public key than the one "
+				      "requested");
+		goto out;
+	}
+	if (certcheck_leaf(leaf, time(NULL), cerr, sizeof(cerr)) != 0) {
+		snprintf(err, errlen, "the CA's certificate is not usable: %s", cerr);
+		goto out;
+	}
+	if (t->subject != NULL && X509_NAME_cmp(X509_get_subject_name(leaf), t->subject) != 0) {
+		char got[256], want[256];
+
+		X509_NAME_oneline(X509_get_subject_name(leaf), got, sizeof(got));
+		X509_NAME_oneline(t->subject, want, sizeof(want));
+		snprintf(err, errlen, "the CA's certificate has subject %s, %s was requested", got,
+			 want);
+		goto out;
+	}
+	if ((store = X509_STORE_new()) == NULL ||
+	    X509_STORE_load_file(store, id->cfg->ca_trust) != 1) {
+		snprintf(err, errlen, "cannot load ca-trust %s", id->cfg->ca_trust);
+		*local = 1;
+		goto out;
+	}
+	if ((untrusted = sk_X509_new_null()) == NULL || (vctx = X509_STORE_CTX_new()) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		*local = 1;
+		goto out;
+	}
+	for (i = 1; i < sk_X509_num(chain); i++)
+		if (!sk_X509_push(untrusted, sk_X509_value(chain, i))) {
+			snprintf(err, errlen, "out of memory");
+			*local = 1;
+			goto out;
+		}
+	if (X509_STORE_CTX_init(vctx, store, leaf, untrusted) != 1 ||
+	    X509_STORE_CTX_set_purpose(vctx, X509_PURPOSE_SSL_CLIENT) != 1) {
+		snprintf(err, errlen, "cannot set up chain verification");
+		*local = 1;
+		goto out;
+	}
+	if (X509_verify_cert(vctx) != 1) {
+		snprintf(err, errlen, "the CA's certificate does not verify against ca-trust %s: %s",
+			 id->cfg->ca_trust,
+			 X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+		goto out;
+	}
+	path = X509_STORE_CTX_get1_chain(vctx);
+	/* The anchor stays out of the file: peers have it (or must not learn it from us). */
+	if (path != NULL && sk_X509_num(path) > 1)
+		X509_free(sk_X509_pop(path));
+	t->journal->step = STEP_ISSUED;
+	if (journal_write(id, t->journal) != 0) {
+		snprintf(err, errlen, "cannot write the renewal journal");
+		*local = 1;
+		goto out;
+	}
+	if (identity_install_chain(id, path, cerr, sizeof(cerr)) != 0) {
+		snprintf(err, errlen, "cannot install the new certificate: %s", cerr);
+		*local = 1;
+		goto out;
+	}
+	path = NULL; /* owned by the identity now */
+	t->journal->step = STEP_INSTALLED;
+	journal_write(id, t->journal);
+	r = 0;
+out:
+	OPENSSL_free(spki);
+	sk_X509_pop_free(path, X509_free);
+	sk_X509_free(untrusted);
+	X509_STORE_CTX_free(vctx);
+	X509_STORE_free(store);
+	ERR_clear_error();
+	return r;
+}
+
+/* A PKCS#10 request for new_key, with the subject and the SANs of the old certificate. */
+static int make_csr(EVP_PKEY *new_key, const X509_NAME *subject, X509 *old_leaf, uint8_t **der,
+		    size_t *der_len, char *err, size_t errlen)
+{
+	X509_REQ *req = X509_REQ_new_ex(renew_prov_libctx(), NULL);
+	STACK_OF(X509_EXTENSION) *exts = NULL;
+	X509_EXTENSION *san;
+	unsigned char *out = NULL;
+	int loc, len, ok;
+
+	ok = req != NULL && X509_REQ_set_version(req, X509_REQ_VERSION_1) &&
+	     X509_REQ_set_subject_name(req, subject) && X509_REQ_set_pubkey(req, new_key);
+	if (ok && old_leaf != NULL &&
+	    (loc = X509_get_ext_by_NID(old_leaf, NID_subject_alt_name, -1)) >= 0 &&
+	    (san = X509_get_ext(old_leaf, loc)) != NULL) {
+		ok = (exts = sk_X509_EXTENSION_new_null()) != NULL &&
+		     sk_X509_EXTENSION_push(exts, san) && X509_REQ_add_extensions(req, exts);
+	}
+	ok = ok && X509_REQ_sign(req, new_key, EVP_sha256()) > 0;
+	if (ok && (len = i2d_X509_REQ(req, &out)) > 0) {
+		*der = out;
+		*der_len = (size_t)len;
+	} else {
+		unsigned long e = ERR_peek_last_error();
+
+		snprintf(err, errlen, "cannot make the certificate request: %s",
+			 e != 0 && ERR_reason_error_string(e) != NULL ? ERR_reason_error_string(e)
+								      : "signing failed");
+		ok = 0;
+	}
+	sk_X509_EXTENSION_free(exts);
+	X509_REQ_free(req);
+	ERR_clear_error();
+	return ok ? 0 : -1;
+}
+
+static X509_NAME *subject_from_config(const char *text)
+{
+	X509_NAME *name = X509_NAME_new();
+	char *copy = strdup(text), *rdn, *save = NULL, *eq;
+
+	for (rdn = copy != NULL && name != NULL ? strtok_r(copy + 1, "/", &save) : NULL;
+	     rdn != NULL; rdn = strtok_r(NULL, "/", &save)) {
+		if ((eq = strchr(rdn, '=')) == NULL)
+			continue;
+		*eq = '\0';
+		X509_NAME_add_entry_by_txt(name, rdn, MBSTRING_UTF8, (unsigned char *)eq + 1, -1, -1,
+					   0);
+	}
+	free(copy);
+	return name;
+}
+
+/* The key type for a new key: configured, else like the current key, else P-256. */
+static int keygen_type(const struct cfg_identity *cfg, const struct ks_key *cur)
+{
+	if (cfg->key_type != 0)
+		return cfg->key_type;
+	if (cur != NULL && cur->type == MTLS_AGENT_KEY_RSA)
+		return cur->bits >= 4096 ? KS_GEN_RSA_4096
+		       : cur->bits >= 3072 ? KS_GEN_RSA_3072
+					   : KS_GEN_RSA_2048;
+	if (cur != NULL && cur->type == MTLS_AGENT_KEY_EC && cur->bits > 256)
+		return KS_GEN_EC_P384;
+	return KS_GEN_EC_P256;
+}
+
+/* Writes cert-out files and runs post-renew; failures are logged, never undo the renewal. */
+static void after_renewal(struct identity_rt *id)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	char err[256], env_id[300], env_cert[4200];
+	STACK_OF(X509) *chain;
+	posix_spawn_file_actions_t fa;
+	char *argv[4], *envp[4];
+	uint64_t deadline;
+	size_t i;
+	pid_t pid;
+	int status;
+
+	pthread_mutex_lock(&id->lock);
+	chain = chain_copy(id->chain);
+	pthread_mutex_unlock(&id->lock);
+	for (i = 0; chain != NULL && i < cfg->n_cert_out; i++)
+		if (chain_write_pem(cfg->cert_out[i], chain, 0644, err, sizeof(err)) != 0)
+			log_error("identity \"%s\": cert-out: %s", cfg->name, err);
+	sk_X509_pop_free(chain, X509_free);
+	if (cfg->post_renew == NULL)
+		return;
+	snprintf(env_id, sizeof(env_id), "MTLS_AGENT_IDENTITY=%s", cfg->name);
+	snprintf(env_cert, sizeof(env_cert), "MTLS_AGENT_CERT=%s", cfg->cert);
+	argv[0] = "/bin/sh";
+	argv[1] = "-c";
+	argv[2] = cfg->post_renew;
+	argv[3] = NULL;
+	envp[0] = env_id;
+	envp[1] = env_cert;
+	envp[2] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+	envp[3] = NULL;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	if (posix_spawn(&pid, "/bin/sh", &fa, NULL, argv, envp) != 0) {
+		log_error("identity \"%s\": cannot run post-renew: %s", cfg->name, strerror(errno));
+		posix_spawn_file_actions_destroy(&fa);
+		return;
+	}
+	posix_spawn_file_actions_destroy(&fa);
+	/* Bounded: a hanging hook must not stop renewals of other identities. */
+	deadline = monotonic_ms() + POST_RENEW_TIMEOUT_MS;
+	while (waitpid(pid, &status, WNOHANG) == 0) {
+		if (monotonic_ms() > deadline) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &status, 0);
+			log_error("identity \"%s\": post-renew killed after %d s", cfg->name,
+				  POST_RENEW_TIMEOUT_MS / 1000);
+			return;
+		}
+		usleep(50 * 1000);
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		log_info("identity \"%s\": post-renew ran", cfg->name);
+	else
+		log_warn("identity \"%s\": post-renew failed (%s %d)", cfg->name,
+			 WIFEXITED(status) ? "exit status" : "signal",
+			 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+}
+
+/* Credentials of a bootstrap enrollment; wiped by boot_free. */
+struct boot {
+	char *secret;  /* CMP shared secret or EST "user:password" */
+	char *user, *pass;
+	struct identity_rt *boot_id;
+	EVP_PKEY *key;
+	STACK_OF(X509) *chain;
+};
+
+static void boot_free(struct boot *b)
+{
+	if (b->secret != NULL) {
+		wipe(b->secret, strlen(b->secret));
+		free(b->secret);
+	}
+	EVP_PKEY_free(b->key);
+	sk_X509_pop_free(b->chain, X509_free);
+	memset(b, 0, sizeof(*b));
+}
+
+static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct boot *b,
+		     char *err, size_t errlen)
+{
+	char kerr[256];
+	struct ks_key *key;
+	char *colon;
+
+	memset(b, 0, sizeof(*b));
+	switch (cfg->bootstrap) {
+	case BOOTSTRAP_SECRET:
+	case BOOTSTRAP_BASIC:
+		if (read_secret_file(cfg->bootstrap_file, &b->secret, kerr, sizeof(kerr)) != 0) {
+			snprintf(err, errlen, "bootstrap: %s", kerr);
+			return -1;
+		}
+		if (cfg->bootstrap == BOOTSTRAP_BASIC) {
+			if ((colon = strchr(b->secret, ':')) == NULL) {
+				snprintf(err, errlen, "bootstrap: %s must hold USER:PASSWORD",
+					 cfg->bootstrap_file);
+				boot_free(b);
+				return -1;
+			}
+			*colon = '\0';
+			b->user = b->secret;
+			b->pass = colon + 1;
+		}
+		return 0;
+	case BOOTSTRAP_IDENTITY:
+		if ((b->boot_id = runtime_identity(rt, cfg->bootstrap_identity)) == NULL) {
+			snprintf(err, errlen, "bootstrap identity \"%s\" is not configured",
+				 cfg->bootstrap_identity);
+			return -1;
+		}
+		pthread_mutex_lock(&b->boot_id->lock);
+		identity_refresh(b->boot_id, 0, kerr, sizeof(kerr));
+		key = b->boot_id->current;
+		b->chain = chain_copy(b->boot_id->chain);
+		pthread_mutex_unlock(&b->boot_id->lock);
+		if (key == NULL || b->chain == NULL) {
+			snprintf(err, errlen, "bootstrap identity \"%s\" has no key and certificate",
+				 cfg->bootstrap_identity);
+			boot_free(b);
+			return -1;
+		}
+		if ((b->key = renew_prov_key(b->boot_id, key, err, errlen)) == NULL) {
+			boot_free(b);
+			return -1;
+		}
+		return 0;
+	}
+	snprintf(err, errlen, "no bootstrap configured");
+	return -1;
+}
+
+/* What the identity looks like now, for scheduling and for the transaction. */
+struct snapshot {
+	struct ks_key *cur;
+	struct ks_key *pending;
+	STACK_OF(X509) *chain;
+	time_t not_before, not_after;
+	char serial[80];
+};
+
+static void snapshot_take(struct identity_rt *id, struct snapshot *s)
+{
+	char err[256];
+	X509 *leaf;
+	ASN1_TIME *t;
+	BIGNUM *bn;
+	char *hex;
+	int day, sec;
+
+	memset(s, 0, sizeof(*s));
+	pthread_mutex_lock(&id->lock);
+	identity_refresh(id, 0, err, sizeof(err));
+	s->chain = chain_copy(id->chain);
+	leaf = sk_X509_value(s->chain, 0);
+	/* A certificate that matches none of the keys is no credential. */
+	s->cur = id->current;
+	s->pending = id->pending;
+	if (leaf != NULL && id->current != NULL && identity_key_by_cert(id, leaf) == id->current) {
+		s->not_after = id->not_after;
+		t = ASN1_TIME_new();
+		if (t != NULL && ASN1_TIME_set(t, 0) != NULL &&
+		    ASN1_TIME_diff(&day, &sec, t, X509_get0_notBefore(leaf)) == 1)
+			s->not_before = (time_t)day * 86400 + sec;
+		ASN1_TIME_free(t);
+		if ((bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), NULL)) != NULL &&
+		    (hex = BN_bn2hex(bn)) != NULL) {
+			snprintf(s->serial, sizeof(s->serial), "%s", hex);
+			OPENSSL_free(hex);
+		}
+		BN_free(bn);
+	} else {
+		sk_X509_pop_free(s->chain, X509_free);
+		s->chain = NULL;
+	}
+	pthread_mutex_unlock(&id->lock);
+}
+
+static void snapshot_free(struct snapshot *s)
+{
+	sk_X509_pop_free(s->chain, X509_free);
+	memset(s, 0, sizeof(*s));
+}
+
+/*
+ * One enrollment transaction. Returns the outcome (enum enroll_outcome) with
+ * a line in msg and a server hint in *hint (-1: none).
+ */
+static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap, long *hint,
+		      char *msg, size_t msglen)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	struct enroll_request req = {0};
+	struct enroll_result res = {0};
+	struct journal j = {0};
+	struct snapshot snap;
+	struct boot boot = {0};
+	struct ks_key *new_key = NULL;
+	EVP_PKEY *cur_pkey = NULL, *new_pkey = NULL;
+	X509_NAME *subject = NULL;
+	uint8_t *csr = NULL;
+	size_t csr_len = 0;
+	struct txn t;
+	char err[400];
+	time_t now = time(NULL);
+	int outcome = ENROLL_LOCAL;
+
+	*hint = -1;
+	snapshot_take(id, &snap);
+	if (!bootstrap && (snap.chain == NULL || snap.not_after <= now))
+		bootstrap = 1;
+	if (bootstrap && boot_load(rt, cfg, &boot, err, sizeof(err)) != 0) {
+		snprintf(msg, msglen, "%s", err);
+		outcome = ENROLL_NOT_AUTHORIZED;
+		goto out;
+	}
+	/* The key to certify: a pending one from an earlier attempt, or a new one. */
+	if (snap.pending != NULL && (cfg->rotate_key || snap.chain == NULL))
+		new_key = snap.pending;
+	else if (snap.chain == NULL && snap.cur != NULL)
+		new_key = snap.cur; /* a key that never had a certificate */
+	else if (!cfg->rotate_key && snap.cur != NULL)
+		new_key = snap.cur;
+	else if (identity_keygen(id, keygen_type(cfg, snap.cur), &new_key, err, sizeof(err)) != 0) {
+		snprintf(msg, msglen, "cannot make a new key: %s", err);
+		goto out;
+	}
+	if (new_key != snap.cur && new_key != snap.pending)
+		log_info("identity \"%s\": new key %u-bit %s made in keystore \"%s\"", cfg->name,
+			 new_key->bits, new_key->type == MTLS_AGENT_KEY_RSA ? "RSA" : "EC",
+			 ks_name(id->ks));
+	j.bootstrap = bootstrap;
+	j.step = STEP_KEYGEN;
+	hex_encode(new_key->id, new_key->id_len, j.new_key);
+	if (snap.chain != NULL && snap.cur != NULL) {
+		hex_encode(snap.cur->id, snap.cur->id_len, j.old_key);
+		j.old_not_after = (long long)snap.not_after;
+	}
+	if (journal_write(id, &j) != 0) {
+		snprintf(msg, msglen, "cannot write the renewal journal");
+		goto out;
+	}
+	if ((new_pkey = renew_prov_key(id, new_key, err, sizeof(err))) == NULL ||
+	    (!bootstrap && (cur_pkey = renew_prov_key(id, snap.cur, err, sizeof(err))) == NULL)) {
+		snprintf(msg, msglen, "%s", err);
+		goto out_journal;
+	}
+	if (cfg->subject != NULL && (bootstrap || snap.chain == NULL))
+		subject = subject_from_config(cfg->subject);
+	else if (snap.chain != NULL)
+		subject = X509_NAME_dup(X509_get_subject_name(sk_X509_value(snap.chain, 0)));
+	else if (cfg->subject != NULL)
+		subject = subject_from_config(cfg->subject);
+	if (subject == NULL) {
+		/* An expired certificate still names the subject. */
+		pthread_mutex_lock(&id->lock);
+		if (id->chain != NULL)
+			subject = X509_NAME_dup(X509_get_subject_name(sk_X509_value(id->chain, 0)));
+		pthread_mutex_unlock(&id->lock);
+	}
+	if (subject == NULL) {
+		snprintf(msg, msglen, "no subject to request: set subject = /CN=... for enrollment "
+				      "without a certificate");
+		goto out_journal;
+	}
+	if (make_csr(new_pkey, subject, sk_X509_value(snap.chain, 0), &csr, &csr_len, err,
+		     sizeof(err)) != 0) {
+		snprintf(msg, msglen, "%s", err);
+		goto out_journal;
+	}
+	t.id = id;
+	t.new_key = new_key;
+	t.subject = subject;
+	t.journal = &j;
+	req.kind = bootstrap ? ENROLL_BOOTSTRAP : ENROLL_RENEW;
+	req.url = cfg->ca_url;
+	req.trust_file = cfg->ca_trust;
+	req.libctx = renew_prov_libctx();
+	req.timeout_s = cfg->ca_timeout;
+	req.cur_key = cur_pkey;
+	req.cur_chain = bootstrap ? NULL : snap.chain;
+	req.new_key = new_pkey;
+	req.subject = subject;
+	req.csr_der = csr;
+	req.csr_len = csr_len;
+	if (bootstrap && cfg->bootstrap == BOOTSTRAP_SECRET) {
+		req.secret_ref = cfg->bootstrap_ref;
+		req.secret = (const uint8_t *)boot.secret;
+		req.secret_len = strlen(boot.secret);
+	} else if (bootstrap && cfg->bootstrap == BOOTSTRAP_BASIC) {
+		req.basic_user = boot.user;
+		req.basic_pass = boot.pass;
+	} else if (bootstrap) {
+		req.boot_key = boot.key;
+		req.boot_chain = boot.chain;
+	}
+	req.commit = commit_chain;
+	req.commit_arg = &t;
+	j.step = STEP_REQUESTED;
+	if (journal_write(id, &j) != 0) {
+		snprintf(msg, msglen, "cannot write the renewal journal");
+		goto out_journal;
+	}
+	if (cfg->renew == RENEW_CMP)
+		enroll_cmp(&req, &res);
+	else
+		enroll_est(&req, &res);
+	outcome = res.outcome;
+	*hint = res.retry_after;
+	snprintf(msg, msglen, "%s", res.msg);
+	if (outcome == ENROLL_OK && j.old_key[0] != '\0' && strcmp(j.old_key, j.new_key) != 0)
+		retire_add(id, j.old_key, j.old_not_after);
+out_journal:
+	/* Whatever happened, the certificate file now says which key is current. */
+	journal_remove(id);
+out:
+	ERR_clear_error();
+	OPENSSL_free(csr);
+	X509_NAME_free(subject);
+	EVP_PKEY_free(cur_pkey);
+	EVP_PKEY_free(new_pkey);
+	boot_free(&boot);
+	snapshot_free(&snap);
+	return outcome;
+}
+
+/* ---- scheduling ----------------------------------------------------------------------- */
+
+static double device_jitter(const char *name, const char *serial)
+{
+	char seed[512];
+	int n = snprintf(seed, sizeof(seed), "%s|%s|%s", g.device_id, name, serial);
+
+	return sched_jitter_fraction(seed, n > 0 ? (size_t)n : 0);
+}
+
+static double random01(void)
+{
+	uint64_t v = 0;
+
+	if (RAND_bytes((unsigned char *)&v, sizeof(v)) != 1)
+		return 0.5;
+	return (double)(v >> 11) / (double)(1ULL << 53);
+}
+
+/*
+ * When identity id should next be renewed (0: not until something changes),
+ * with st->st.action saying why not when an operator must act. g.lock held
+ * for st.
+ */
+static time_t compute_due(const struct cfg_identity *cfg, const struct snapshot *snap,
+			  struct rstate *st, time_t now)
+{
+	struct sched_policy pol = {cfg->renew_permille, cfg->renew_before};
+	char when[32];
+
+	st->st.action[0] = '\0';
+	if (st->failures > 0 && strcmp(st->failed_serial, snap->serial) != 0) {
+		/* Another certificate was installed meanwhile (an import): start afresh. */
+		st->failures = 0;
+		st->next_retry = 0;
+	}
+	if (st->forced)
+		return now;
+	if (snap->chain == NULL || snap->not_after <= now) {
+		if (cfg->bootstrap == BOOTSTRAP_NONE) {
+			format_utc(snap->not_after, when, sizeof(when));
+			if (snap->chain == NULL)
+				snprintf(st->st.action, sizeof(st->st.action),
+					 "no certificate: import one (mtls-agentctl import-cert) or "
+					 "configure bootstrap");
+			else
+				snprintf(st->st.action, sizeof(st->st.action),
+					 "certificate expired %s: renewal needs a valid one; import "
+					 "a new certificate (mtls-agentctl import-cert) or configure "
+					 "bootstrap",
+					 when);
+			return 0;
+		}
+		return st->failures > 0 ? st->next_retry : now;
+	}
+	if (st->failures > 0)
+		return st->next_retry;
+	return (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
+					   device_jitter(cfg->name, snap->serial));
+}
+
+static void record_attempt(struct rstate *st, const struct snapshot *before, int outcome,
+			   long hint, const char *msg, time_t now)
+{
+	st->st.last_attempt = now;
+	st->st.last_ok = outcome == ENROLL_OK;
+	snprintf(st->st.last_result, sizeof(st->st.last_result), "%s", msg);
+	if (outcome == ENROLL_OK) {
+		st->failures = 0;
+		st->next_retry = 0;
+		st->st.last_renewed = now;
+		st->last_rc = 0;
+		return;
+	}
+	st->failures++;
+	snprintf(st->failed_serial, sizeof(st->failed_serial), "%s", before->serial);
+	st->next_retry = (time_t)sched_retry(now, st->failures, before->not_before,
+					     before->not_after > before->not_before
+						     ? before->not_after
+						     : now + 3600,
+					     hint, random01());
+	st->last_rc = outcome == ENROLL_LOCAL ? MTLS_AGENT_ERR_INTERNAL : MTLS_AGENT_ERR_CERT;
+}
+
+/* Visits one identity: reconcile, retire, renew if due. Returns its next wake-up (0: none). */
+static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	struct snapshot snap;
+	struct rstate *st;
+	time_t due, retire_next, next;
+	char msg[512], when[32];
+	int outcome, forced;
+	long hint;
+
+	pthread_mutex_lock(&g.lock);
+	st = state_for(cfg->name);
+	if (st == NULL) {
+		pthread_mutex_unlock(&g.lock);
+		return now + 60;
+	}
+	st->st.enabled = 1;
+	if (!st->reconciled) {
+		st->reconciled = 1;
+		pthread_mutex_unlock(&g.lock);
+		reconcile(id);
+		pthread_mutex_lock(&g.lock);
+	}
+	pthread_mutex_unlock(&g.lock);
+	retire_next = retire_due(id, now);
+
+	snapshot_take(id, &snap);
+	pthread_mutex_lock(&g.lock);
+	due = compute_due(cfg, &snap, st, now);
+	forced = st->forced;
+	st->st.next = due;
+	pthread_mutex_unlock(&g.lock);
+	if (due != 0 && due <= now) {
+		int bootstrap = snap.chain == NULL || snap.not_after <= now;
+
+		format_utc(snap.not_after, when, sizeof(when));
+		log_info("identity \"%s\": %s (%s, certificate valid until %s)", cfg->name,
+			 bootstrap ? "enrolling" : "renewing", renew_method_name(cfg->renew), when);
+		outcome = renew_once(rt, id, bootstrap, &hint, msg, sizeof(msg));
+		if (outcome == ENROLL_NOT_AUTHORIZED && !bootstrap &&
+		    cfg->bootstrap != BOOTSTRAP_NONE) {
+			log_warn("identity \"%s\": %s; trying bootstrap enrollment", cfg->name, msg);
+			outcome = renew_once(rt, id, 1, &hint, msg, sizeof(msg));
+		}
+		now = time(NULL);
+		if (outcome == ENROLL_OK)
+			log_info("identity \"%s\": %s", cfg->name, msg);
+		else
+			log_error("identity \"%s\": renewal failed (%s): %s", cfg->name,
+				  enroll_outcome_name(outcome), msg);
+		if (outcome == ENROLL_OK)
+			after_renewal(id);
+		pthread_mutex_lock(&g.lock);
+		record_attempt(st, &snap, outcome, hint, msg, now);
+		if (outcome != ENROLL_OK)
+			st->st.failures = st->failures;
+		else
+			st->st.failures = 0;
+		if (forced) {
+			st->forced = 0;
+			st->done_gen++;
+			pthread_cond_broadcast(&g.done);
+		}
+		pthread_mutex_unlock(&g.lock);
+		snapshot_free(&snap);
+		snapshot_take(id, &snap);
+		pthread_mutex_lock(&g.lock);
+		due = compute_due(cfg, &snap, st, now);
+		st->st.next = due;
+		if (outcome != ENROLL_OK && due != 0)
+			log_info("identity \"%s\": next attempt in %lld s (failure %u)", cfg->name,
+				 (long long)(due - now), st->failures);
+		pthread_mutex_unlock(&g.lock);
+	}
+	snapshot_free(&snap);
+	next = due;
+	if (retire_next != 0 && (next == 0 || retire_next < next))
+		next = retire_next;
+	return next;
+}
+
+static void *renew_thread(void *arg)
+{
+	struct runtime *rt;
+	struct timespec ts;
+	time_t now, next, n;
+	size_t i;
+
+	(void)arg;
+	pthread_mutex_lock(&g.lock);
+	while (!g.stop) {
+		g.kicked = 0;
+		pthread_mutex_unlock(&g.lock);
+		rt = g.get_runtime(g.arg);
+		renew_prov_set_runtime(rt);
+		now = time(NULL);
+		next = now + MAX_SLEEP_S;
+		for (i = 0; i < rt->n_ids; i++) {
+			if (rt->ids[i].cfg->renew == RENEW_NONE)
+				continue;
+			n = visit(rt, &rt->ids[i], now);
+			if (n != 0 && n < next)
+				next = n;
+			now = time(NULL);
+		}
+		runtime_unref(rt);
+		pthread_mutex_lock(&g.lock);
+		if (g.stop || g.kicked)
+			continue;
+		/* Sleep until the earliest due time; kicks and renew_now() wake us sooner. */
+		if (next > time(NULL)) {
+			ts.tv_sec = next;
+			ts.tv_nsec = 0;
+			pthread_cond_timedwait(&g.wake, &g.lock, &ts);
+		}
+	}
+	pthread_mutex_unlock(&g.lock);
+	renew_prov_set_runtime(NULL);
+	return NULL;
+}
+
+static void read_device_id(void)
+{
+	uint8_t *data = NULL;
+	size_t len = 0;
+
+	/* The machine id is stable across reboots and unique per device; else the host name. */
+	if (read_file("/etc/machine-id", 256, &data, &len) == 0 && len > 0) {
+		while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == ' '))
+			len--;
+		snprintf(g.device_id, sizeof(g.device_id), "%.*s", (int)len, (char *)data);
+	} else if (gethostname(g.device_id, sizeof(g.device_id) - 1) != 0) {
+		snprintf(g.device_id, sizeof(g.device_id), "unknown");
+	}
+	free(data);
+}
+
+int renew_start(renew_runtime_fn get_runtime, void *arg, char *err, size_t errlen)
+{
+	int r;
+
+	if (renew_prov_init(err, errlen) != 0)
+		return -1;
+	read_device_id();
+	pthread_mutex_lock(&g.lock);
+	g.get_runtime = get_runtime;
+	g.arg = arg;
+	g.stop = 0;
+	if ((r = pthread_create(&g.thread, NULL, renew_thread, NULL)) != 0) {
+		pthread_mutex_unlock(&g.lock);
+		snprintf(err, errlen, "cannot start the renewal thread: %s", strerror(r));
+		return -1;
+	}
+	g.running = 1;
+	pthread_mutex_unlock(&g.lock);
+	return 0;
+}
+
+void renew_stop(void)
+{
+	size_t i;
+
+	pthread_mutex_lock(&g.lock);
+	if (!g.running) {
+		pthread_mutex_unlock(&g.lock);
+		return;
+	}
+	g.stop = 1;
+	pthread_cond_broadcast(&g.wake);
+	pthread_mutex_unlock(&g.lock);
+	pthread_join(g.thread, NULL);
+	pthread_mutex_lock(&g.lock);
+	g.running = 0;
+	for (i = 0; i < g.n_states; i++) {
+		free(g.states[i]->name);
+		free(g.states[i]);
+	}
+	free(g.states);
+	g.states = NULL;
+	g.n_states = 0;
+	pthread_cond_broadcast(&g.done);
+	pthread_mutex_unlock(&g.lock);
+	renew_prov_cleanup();
+}
+
+void renew_kick(void)
+{
+	pthread_mutex_lock(&g.lock);
+	g.kicked = 1;
+	pthread_cond_broadcast(&g.wake);
+	pthread_mutex_unlock(&g.lock);
+}
+
+int renew_get_status(const char *name, struct renew_status *out)
+{
+	struct rstate *st;
+	size_t i;
+
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&g.lock);
+	if (!g.running) {
+		pthread_mutex_unlock(&g.lock);
+		return -1;
+	}
+	for (i = 0, st = NULL; i < g.n_states; i++)
+		if (strcmp(g.states[i]->name, name) == 0)
+			st = g.states[i];
+	if (st != NULL)
+		*out = st->st;
+	pthread_mutex_unlock(&g.lock);
+	return 0;
+}
+
+int renew_now(const char *name, unsigned wait_s, char *msg, size_t msglen)
+{
+	struct timespec ts;
+	struct rstate *st;
+	unsigned gen;
+	int r;
+
+	pthread_mutex_lock(&g.lock);
+	if (!g.running || (st = state_for(name)) == NULL) {
+		pthread_mutex_unlock(&g.lock);
+		snprintf(msg, msglen, "the renewal service is not running");
+		return MTLS_AGENT_ERR_UNSUPPORTED;
+	}
+	st->forced = 1;
+	gen = st->done_gen;
+	g.kicked = 1;
+	pthread_cond_broadcast(&g.wake);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += wait_s;
+	r = 0;
+	while (st->done_gen == gen && g.running && r != ETIMEDOUT)
+		r = pthread_cond_timedwait(&g.done, &g.lock, &ts);
+	if (st->done_gen == gen) {
+		snprintf(msg, msglen, "renewal still in progress after %u s; see status", wait_s);
+		r = MTLS_AGENT_ERR_BUSY;
+	} else {
+		snprintf(msg, msglen, "%s", st->st.last_result);
+		r = st->last_rc;
+	}
+	pthread_mutex_unlock(&g.lock);
+	return r;
+}

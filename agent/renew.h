@@ -1,0 +1,47 @@
+/*
+ * Automated renewal: a thread that renews each identity's certificate
+ * (renew = cmp | est) when agent/sched.c says so, with a new key made in the
+ * keystore, a journal that makes every step crash-safe, and retirement of
+ * old keys once their certificates expire.
+ */
+#ifndef MTLS_AGENT_RENEW_H
+#define MTLS_AGENT_RENEW_H
+
+#include <stddef.h>
+#include <time.h>
+
+#include "agent/state.h"
+
+/* Returns a new reference to the runtime currently in force. */
+typedef struct runtime *(*renew_runtime_fn)(void *arg);
+
+/* Starts the renewal thread. Returns 0, or -1 with err set. */
+int renew_start(renew_runtime_fn get_runtime, void *arg, char *err, size_t errlen);
+/* Stops it (waits for a transaction in progress to end). */
+void renew_stop(void);
+/* The configuration changed: recompute every schedule now. */
+void renew_kick(void);
+
+/* What `status` shows for one identity. */
+struct renew_status {
+	int enabled;           /* renew != none */
+	time_t next;           /* next attempt (0: none planned) */
+	time_t last_attempt;   /* 0: never */
+	int last_ok;           /* last attempt succeeded */
+	char last_result[512]; /* one line */
+	unsigned failures;     /* consecutive */
+	time_t last_renewed;   /* last success */
+	char action[256];      /* what an operator must do, "" if nothing */
+};
+
+/* Fills st for identity name; returns -1 if the renewal thread is not running. */
+int renew_get_status(const char *name, struct renew_status *st);
+
+/*
+ * Renews identity name now and waits for the outcome (at most wait_s
+ * seconds). Returns 0 when a new certificate was installed, else a negative
+ * MTLS_AGENT_ERR_* code with one line in msg.
+ */
+int renew_now(const char *name, unsigned wait_s, char *msg, size_t msglen);
+
+#endif

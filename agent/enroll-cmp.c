@@ -189,6 +189,19 @@ static X509_STORE *load_trust(const char *file, char *err, size_t errlen)
 	return store;
 }
 
+/* OpenSSL's CMP client narrates each step; with -v that goes to the agent's debug log. */
+static int cmp_log(const char *func, const char *file, int line, OSSL_CMP_severity level,
+		   const char *msg)
+{
+	(void)file;
+	(void)line;
+	if (level <= OSSL_CMP_LOG_WARNING)
+		log_warn("CMP %s: %s", func != NULL ? func : "", msg);
+	else
+		log_debug("CMP %s: %s", func != NULL ? func : "", msg);
+	return 1;
+}
+
 static int set_result(struct enroll_result *res, int outcome, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
@@ -301,6 +314,7 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 	curl_easy_setopt(t.curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(t.curl, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(t.curl, CURLOPT_USERAGENT, PACKAGE_NAME "/" PACKAGE_VERSION);
+	OSSL_CMP_CTX_set_log_cb(ctx, cmp_log);
 	OSSL_CMP_CTX_set_transfer_cb(ctx, cmp_transfer);
 	OSSL_CMP_CTX_set_transfer_cb_arg(ctx, &t);
 	OSSL_CMP_CTX_set_certConf_cb(ctx, cmp_cert_conf);

@@ -167,7 +167,13 @@ int renew_prov_init(char *err, size_t errlen)
 	if ((libctx = OSSL_LIB_CTX_new()) == NULL ||
 	    !OSSL_PROVIDER_add_builtin(libctx, INTERNAL_PROV_NAME, mtlsa_internal_provider_init) ||
 	    (prov_default = OSSL_PROVIDER_load(libctx, "default")) == NULL ||
-	    (prov_internal = OSSL_PROVIDER_load(libctx, INTERNAL_PROV_NAME)) == NULL) {
+	    (prov_internal = OSSL_PROVIDER_load(libctx, INTERNAL_PROV_NAME)) == NULL ||
+	    /*
+	     * Everything not explicitly ours (verifying the CA's signatures, hashing,
+	     * TLS) prefers OpenSSL's default provider; keystore keys still sign with
+	     * ours, because libcrypto falls back to the key's own provider.
+	     */
+	    !EVP_set_default_properties(libctx, "?provider=default")) {
 		snprintf(err, errlen, "cannot set up the renewal key provider");
 		renew_prov_cleanup();
 		return -1;

@@ -1,0 +1,200 @@
+# shellcheck shell=bash disable=SC2034 # variables set here are read by the tests
+#
+# tests/renew-lib.sh: sourced after lib.sh and tls-lib.sh by the renewal tests.
+#
+# Starts the test CAs (tests/cmp-ca, tests/est-ca) on 127.0.0.1 with lib.sh's
+# test CA (the intermediate issues, the root is the trust anchor), writes
+# renewal settings for an identity, reads renewal status, and runs a curl
+# loop through the provider that must never fail across renewals.
+
+CMP_CA_BIN=${CMP_CA_BIN:-$top_builddir/tests/cmp-ca}
+EST_CA_BIN=${EST_CA_BIN:-$top_builddir/tests/est-ca}
+[ -x "$CMP_CA_BIN" ] || fail "test CMP CA not built: $CMP_CA_BIN"
+[ -x "$EST_CA_BIN" ] || fail "test EST CA not built: $EST_CA_BIN"
+
+CA_PID=
+CA_URL=
+CA_LOG=
+CA_FAULTS=$WORK/ca.faults
+CA_TRUST=
+
+# cmp_ca_start [--lifetime SECONDS] [ARGS...]: the CMP test CA (issuing with the
+# intermediate, the root in its chain). Sets CA_PID, CA_URL, CA_LOG, CA_TRUST.
+cmp_ca_start() {
+	local portfile=$WORK/cmp-ca.port
+	[ -f "$CA_DIR/inter.crt" ] || fail "cmp_ca_start: call testca_init first"
+	CA_LOG=$WORK/cmp-ca.log
+	rm -f "$portfile"
+	"$CMP_CA_BIN" --port-file "$portfile" --ca-cert "$CA_DIR/inter.crt" \
+		--ca-key "$CA_DIR/inter.key" --chain "$CA_DIR/root.crt" --fault-file "$CA_FAULTS" \
+		--log "$CA_LOG" "$@" </dev/null >>"$CA_LOG" 2>&1 &
+	CA_PID=$!
+	bg_track "$CA_PID"
+	wait_until 10 test -s "$portfile" || {
+		show_log "$CA_LOG"
+		fail "cmp-ca did not start"
+	}
+	CA_URL=http://127.0.0.1:$(cat "$portfile")/pkix/
+	CA_TRUST=$CA_DIR/root.crt
+	log "cmp-ca on $CA_URL (pid $CA_PID)"
+}
+
+# est_ca_start [--lifetime SECONDS] [ARGS...]: the EST test CA; its TLS server
+# certificate is tls-lib.sh's (call server_cert_setup first). CA_TRUST holds the
+# CA root and the server CA.
+est_ca_start() {
+	local portfile=$WORK/est-ca.port
+	[ -n "${SRV_CERT:-}" ] || fail "est_ca_start: call server_cert_setup first"
+	CA_LOG=$WORK/est-ca.log
+	rm -f "$portfile"
+	"$EST_CA_BIN" --port-file "$portfile" --tls-cert "$SRV_CERT" --tls-key "$SRV_KEY" \
+		--ca-cert "$CA_DIR/inter.crt" --ca-key "$CA_DIR/inter.key" --chain "$CA_DIR/root.crt" \
+		--fault-file "$CA_FAULTS" --log "$CA_LOG" "$@" </dev/null >>"$CA_LOG" 2>&1 &
+	CA_PID=$!
+	bg_track "$CA_PID"
+	wait_until 10 test -s "$portfile" || {
+		show_log "$CA_LOG"
+		fail "est-ca did not start"
+	}
+	CA_URL=https://127.0.0.1:$(cat "$portfile")/.well-known/est
+	CA_TRUST=$WORK/est-trust.pem
+	cat "$CA_DIR/root.crt" "$SRV_CA" >"$CA_TRUST"
+	log "est-ca on $CA_URL (pid $CA_PID)"
+}
+
+ca_stop() {
+	[ -n "$CA_PID" ] || return 0
+	_stop_pid "$CA_PID"
+	wait "$CA_PID" 2>/dev/null || true
+	CA_PID=
+}
+
+# ca_fault KIND COUNT [ARG]: the next COUNT requests get KIND (see tests/cmp-ca.c, tests/est-ca.c).
+ca_fault() {
+	printf '%s\n' "$*" >"$CA_FAULTS.tmp" && mv "$CA_FAULTS.tmp" "$CA_FAULTS"
+}
+
+ca_fault_clear() { rm -f "$CA_FAULTS"; }
+
+# renew_lines PROTO [LINE...]: the renewal settings of an identity (for agent_identity/tpm_identity).
+renew_lines() {
+	local proto=$1
+	shift
+	RENEW_LINES=("renew = $proto" "ca-url = $CA_URL" "ca-trust = $CA_TRUST" "$@")
+}
+
+# status_field NAME FIELD: one field of identity NAME from `mtls-agentctl --json status` ("" if absent).
+status_field() {
+	ctl --json status >"$WORK/status.json" 2>"$WORK/status.err" || {
+		cat "$WORK/status.err" >&2
+		fail "status failed"
+	}
+	python3 - "$WORK/status.json" "$1" "$2" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+for rec in doc["records"]:
+    if rec["kind"] == "identity" and rec["name"] == sys.argv[2]:
+        print(rec["fields"].get(sys.argv[3], ""))
+PY
+}
+
+# Serial of the certificate `mtls-agentctl cert NAME` prints ("" if none).
+current_serial() {
+	ctl cert "$1" >"$WORK/$1.serial.pem" 2>/dev/null || return 0
+	cert_serial "$WORK/$1.serial.pem"
+}
+
+# wait_new_serial NAME OLD SECONDS: waits until NAME's certificate serial is not OLD; prints it.
+wait_new_serial() {
+	local name=$1 old=$2 max=$3 s deadline=$((SECONDS + $3))
+	while :; do
+		s=$(current_serial "$name")
+		if [ -n "$s" ] && [ "$s" != "$old" ]; then
+			printf '%s\n' "$s"
+			return 0
+		fi
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			show_log "$AGENT_LOG" 30
+			show_log "$CA_LOG" 20
+			fail "identity $name: no new certificate within $max s (still serial '$old')"
+		fi
+		sleep 0.5
+	done
+}
+
+# app_credentials NAME DIR: what an application is handed at start: the chain and
+# a key reference of the same key generation (re-read if a renewal slipped in
+# between the two reads).
+app_credentials() {
+	local name=$1 dir=$2 i
+	for i in 1 2 3 4 5; do
+		ctl cert "$name" >"$dir/chain.pem" 2>/dev/null || { sleep 0.2; continue; }
+		ctl keyref "$name" -o "$dir/keyref.pem" >/dev/null 2>&1 || { sleep 0.2; continue; }
+		ctl cert "$name" >"$dir/chain2.pem" 2>/dev/null || { sleep 0.2; continue; }
+		cmp -s "$dir/chain.pem" "$dir/chain2.pem" && return 0
+	done
+	return 1
+}
+
+# curl_loop_start NAME: in the background, curl (through the provider) to the
+# latest s_server over and over, each time with freshly read credentials, and
+# every third time with the credentials read at the loop's start (an
+# application that never re-reads). Counts in $WORK/loop.ok / loop.fail; the
+# subjects/serials the server saw in loop.serials.
+curl_loop_start() {
+	local name=$1 d=$WORK/loop
+	mkdir -p "$d/first"
+	: >"$d.ok"
+	: >"$d.fail"
+	: >"$d.serials"
+	: >"$WORK/loop.stop"
+	rm -f "$WORK/loop.stop"
+	app_credentials "$name" "$d/first" || fail "curl_loop_start: cannot read $name's credentials"
+	(
+		n=0
+		while [ ! -e "$WORK/loop.stop" ]; do
+			n=$((n + 1))
+			dir=$d/first
+			if [ $((n % 3)) -ne 0 ]; then
+				dir=$d/fresh
+				mkdir -p "$dir"
+				app_credentials "$name" "$dir" || continue
+			fi
+			if curl -sS --max-time 20 --cacert "$SRV_CA" --cert "$dir/chain.pem" \
+				--key "$dir/keyref.pem" "https://127.0.0.1:$S_SERVER_PORT/" \
+				>"$d/page.$n" 2>"$d/err.$n" && grep -q 'Verify return code: 0 (ok)' "$d/page.$n"; then
+				echo "$n" >>"$d.ok"
+				cert_serial "$dir/chain.pem" >>"$d.serials"
+				rm -f "$d/page.$n" "$d/err.$n"
+			else
+				echo "$n $(basename "$dir") $(tr '\n' ' ' <"$d/err.$n")" >>"$d.fail"
+			fi
+			sleep 0.2
+		done
+	) &
+	LOOP_PID=$!
+	bg_track "$LOOP_PID"
+}
+
+# curl_loop_stop: ends the loop; fails if any handshake failed; prints "OK FAIL".
+curl_loop_stop() {
+	touch "$WORK/loop.stop"
+	wait "$LOOP_PID" 2>/dev/null || true
+	LOOP_OK=$(wc -l <"$WORK/loop.ok")
+	LOOP_FAIL=$(wc -l <"$WORK/loop.fail")
+	if [ "$LOOP_FAIL" -ne 0 ]; then
+		show_log "$WORK/loop.fail" 10
+		show_log "$AGENT_LOG" 30
+		fail "$LOOP_FAIL of $((LOOP_OK + LOOP_FAIL)) curl handshakes failed across the renewals"
+	fi
+	[ "$LOOP_OK" -gt 0 ] || fail "the curl loop made no handshake"
+	log "curl loop: $LOOP_OK handshakes, 0 failed, $(sort -u "$WORK/loop.serials" | wc -l) distinct certificates"
+}
+
+# Objects on the test token with label LABEL and class CLASS (privkey, pubkey), as CKA_ID hex list.
+token_key_ids() { # LABEL
+	pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$TOKEN_LABEL" --login --pin "$USER_PIN" \
+		--list-objects --type privkey 2>/dev/null |
+		awk -v want="$1" '/^Private Key Object/ {lab=""} /label:/ {sub(/.*label: */, ""); lab=$0}
+			/ID:/ {sub(/.*ID: */, ""); if (lab == want) print $0}'
+}

@@ -1,0 +1,5 @@
+# Renewal tests: tests/renew-lib.sh drives the test CAs (tests/cmp-ca, tests/est-ca).
+RENEW_TESTS = \
+	tests/integration/renew-cmp.sh
+TESTS += $(RENEW_TESTS)
+EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

@@ -125,6 +125,22 @@ struct journal {
 	long long old_not_after;
 };
 
+/*
+ * Crash-safety tests stop the agent with SIGKILL right after a given step
+ * was recorded (MTLS_AGENT_TEST_CRASH_AT=keygen|requested|issued|installed|
+ * queued). A real crash needs no permission; this only makes it land on the
+ * step under test.
+ */
+static void test_crash_point(const char *step)
+{
+	const char *at = getenv("MTLS_AGENT_TEST_CRASH_AT");
+
+	if (at != NULL && strcmp(at, step) == 0) {
+		log_warn("MTLS_AGENT_TEST_CRASH_AT=%s: stopping with SIGKILL", step);
+		raise(SIGKILL);
+	}
+}
+
 static int journal_write(struct identity_rt *id, const struct journal *j)
 {
 	char *path = state_file(id->rt, id, "renew"), text[512];
@@ -135,9 +151,10 @@ static int journal_write(struct identity_rt *id, const struct journal *j)
 	n = snprintf(text, sizeof(text), "step=%s\nkind=%s\nnew=%s\nold=%s\nold-not-after=%lld\n",
 		     step_names[j->step], j->bootstrap ? "bootstrap" : "renew", j->new_key,
 		     j->old_key[0] != '\0' ? j->old_key : "-", j->old_not_after);
-	if (n > 0 && (size_t)n < sizeof(text) && write_file_atomic(path, text, (size_t)n, 0600) == 0)
+	if (n > 0 && (size_t)n < sizeof(text) && write_file_atomic(path, text, (size_t)n, 0600) == 0) {
 		r = 0;
-	else
+		test_crash_point(step_names[j->step]);
+	} else
 		log_error("identity \"%s\": cannot write the renewal journal %s: %s", id->cfg->name,
 			  path, strerror(errno));
 	free(path);
@@ -841,8 +858,10 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	outcome = res.outcome;
 	*hint = res.retry_after;
 	snprintf(msg, msglen, "%s", res.msg);
-	if (outcome == ENROLL_OK && j.old_key[0] != '\0' && strcmp(j.old_key, j.new_key) != 0)
+	if (outcome == ENROLL_OK && j.old_key[0] != '\0' && strcmp(j.old_key, j.new_key) != 0) {
 		retire_add(id, j.old_key, j.old_not_after);
+		test_crash_point("queued");
+	}
 out_journal:
 	/* Whatever happened, the certificate file now says which key is current. */
 	journal_remove(id);

@@ -13,7 +13,7 @@
  * session at all, so no other thread of this keystore is inside the module.
  * Signing and finding run without the lock, on a session taken from the
  * pool; holding a session keeps the establishment (and so every handle
- * found in it) alive.
+ * found in it) alive. Deleting a key waits until no lease signs with it.
  */
 
 #include <pthread.h>
@@ -25,6 +25,7 @@
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/param_build.h>
@@ -44,14 +45,17 @@
 #define P11_MAX_OBJECTS 4096
 #define P11_MAX_ATTR 16384
 #define P11_MAX_SIG 2048
+#define P11_MAX_CERT (1024 * 1024) /* larger certificate objects are not ours to judge */
 #define P11_NEW_ID_LEN 16
 #define WRONG_PIN_SLOTS 16
 #define TOKEN_KEY_LEN 48 /* serialNumber + label of CK_TOKEN_INFO */
 
-/* Per-key backend data: where the private key is in the current establishment. */
+/* Per-key backend data (under ks->lock): where the private key is in this establishment. */
 struct p11_key {
 	CK_OBJECT_HANDLE handle; /* CK_INVALID_HANDLE when the key was not found again */
 	unsigned long gen;	 /* establishment the handle belongs to */
+	unsigned users;		 /* leases signing with this key right now */
+	int deleted;		 /* ks_delete retired it: never used or found again */
 };
 
 struct p11_ks {
@@ -92,6 +96,7 @@ struct lease {
 	CK_SLOT_ID slot;
 	unsigned long gen;
 	CK_OBJECT_HANDLE hkey;
+	struct p11_key *pk; /* the key signed with, counted in its users */
 };
 
 /* A key object read from the token. */
@@ -834,21 +839,30 @@ out:
 	return rv;
 }
 
+/* Whether pub encodes to key's SubjectPublicKeyInfo. */
+static int same_spki(EVP_PKEY *pub, const struct ks_key *key)
+{
+	unsigned char *der = NULL;
+	int len, same;
+
+	if (pub == NULL || (len = i2d_PUBKEY(pub, &der)) <= 0)
+		return 0;
+	same = (size_t)len == key->spki_len && memcmp(der, key->spki, key->spki_len) == 0;
+	OPENSSL_free(der);
+	return same;
+}
+
 /* Whether the object at h is still the key we knew (same id and same public key). */
 static CK_RV key_matches(CK_FUNCTION_LIST *m, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
 			 const struct ks_key *key, int *match)
 {
 	struct key_info ki;
-	unsigned char *der = NULL;
-	int len;
 	CK_RV rv;
 
 	*match = 0;
 	if ((rv = load_key(m, s, h, &ki)) != CKR_OK)
 		return rv;
-	if (ki.pub != NULL && (len = i2d_PUBKEY(ki.pub, &der)) > 0)
-		*match = (size_t)len == key->spki_len && memcmp(der, key->spki, key->spki_len) == 0;
-	OPENSSL_free(der);
+	*match = same_spki(ki.pub, key);
 	key_info_clear(&ki);
 	return CKR_OK;
 }
@@ -881,7 +895,8 @@ static CK_RV refind_keys_locked(struct p11_ks *ks, CK_SESSION_HANDLE s)
 			if (match)
 				pk->handle = hs[j];
 		}
-		if (!match)
+		/* A retired key is still looked for: its deletion may yet fail and be undone. */
+		if (!match && !pk->deleted)
 			log_warn("keystore %s: key '%s' is no longer on token %s", ks->base.name,
 				 log_sanitize(k->label != NULL ? k->label : "(no label)", lbuf,
 					      sizeof(lbuf)),
@@ -1030,6 +1045,7 @@ static int lease_get(struct p11_ks *ks, struct ks_key *key, struct lease *l, cha
 	char lbuf[64];
 	int ret = 0;
 
+	l->pk = NULL;
 	pthread_mutex_lock(&ks->lock);
 	for (;;) {
 		if (ks->resetting) {
@@ -1047,6 +1063,14 @@ static int lease_get(struct p11_ks *ks, struct ks_key *key, struct lease *l, cha
 	}
 	if (key != NULL) {
 		pk = key->backend;
+		if (pk->deleted) {
+			snprintf(err, errlen, "key '%s' was retired (deleted from token %s)",
+				 log_sanitize(key->label != NULL ? key->label : "(no label)", lbuf,
+					      sizeof(lbuf)),
+				 ks->token_desc);
+			ret = MTLS_AGENT_ERR_KEY_UNAVAILABLE;
+			goto out;
+		}
 		if (pk->gen != ks->gen || pk->handle == CK_INVALID_HANDLE) {
 			snprintf(err, errlen, "key '%s' is no longer on token %s",
 				 log_sanitize(key->label != NULL ? key->label : "(no label)", lbuf,
@@ -1056,6 +1080,8 @@ static int lease_get(struct p11_ks *ks, struct ks_key *key, struct lease *l, cha
 			goto out;
 		}
 		l->hkey = pk->handle;
+		l->pk = pk;
+		pk->users++;
 	}
 	l->s = ks->pool[--ks->n_free];
 	l->slot = ks->slot;
@@ -1070,6 +1096,8 @@ static void lease_put(struct p11_ks *ks, struct lease *l, CK_RV rv)
 {
 	pthread_mutex_lock(&ks->lock);
 	ks->pool[ks->n_free++] = l->s;
+	if (l->pk != NULL)
+		l->pk->users--; /* the broadcast below wakes a p11_delete_key waiting for it */
 	/* Only the first of several failing signers of one establishment resets it. */
 	if (ckr_needs_reset(rv) && l->gen == ks->gen && ks->up) {
 		if (ckr_needs_reinit(rv))
@@ -1165,6 +1193,16 @@ out:
 	pthread_mutex_unlock(&ks->lock);
 	key_free(k);
 	return ret;
+}
+
+static int key_deleted(struct p11_ks *ks, const struct ks_key *k)
+{
+	int deleted;
+
+	pthread_mutex_lock(&ks->lock);
+	deleted = ((const struct p11_key *)k->backend)->deleted;
+	pthread_mutex_unlock(&ks->lock);
+	return deleted;
 }
 
 /* --- key references ------------------------------------------------------ */
@@ -1441,7 +1479,8 @@ static int p11_find_keys(struct keystore *base, const char *key_ref, struct ks_k
 				break;
 			if (ki.pub == NULL) {
 				why = ki.why;
-			} else if ((ret = cache_key(ks, &l, hs[i], &ki, &k)) == 0) {
+			} else if ((ret = cache_key(ks, &l, hs[i], &ki, &k)) == 0 &&
+				   !key_deleted(ks, k)) {
 				ret = result_add(&res, &nres, &cap, k);
 			}
 			key_info_clear(&ki);
@@ -1786,6 +1825,176 @@ out:
 	return ret;
 }
 
+/* Whether certificate object h certifies key's public key. */
+static CK_RV cert_of_key(CK_FUNCTION_LIST *m, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+			 const struct ks_key *key, int *match)
+{
+	CK_ATTRIBUTE a = {CKA_VALUE, NULL, 0};
+	const unsigned char *p;
+	uint8_t *der = NULL;
+	X509 *cert = NULL;
+	CK_RV rv;
+
+	*match = 0;
+	/* Not get_attr(): its limit suits key attributes, not a certificate with many names. */
+	rv = m->C_GetAttributeValue(s, h, &a, 1);
+	if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE)
+		return CKR_OK;
+	if (rv != CKR_OK)
+		return rv;
+	if (a.ulValueLen == 0 || a.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+	    a.ulValueLen > P11_MAX_CERT)
+		return CKR_OK;
+	if ((der = malloc(a.ulValueLen)) == NULL)
+		return CKR_HOST_MEMORY;
+	a.pValue = der;
+	if ((rv = m->C_GetAttributeValue(s, h, &a, 1)) == CKR_OK) {
+		p = der;
+		if ((cert = d2i_X509(NULL, &p, (long)a.ulValueLen)) != NULL)
+			*match = same_spki(X509_get0_pubkey(cert), key);
+		X509_free(cert);
+		ERR_clear_error();
+	}
+	free(der);
+	return rv;
+}
+
+/*
+ * Whether object h of class cls belongs to key: the private key itself, its
+ * public key object or a certificate for it. Judged by the public key, not
+ * by the label: another key may share the CKA_ID, and a certificate written
+ * by another tool may carry any label.
+ */
+static CK_RV object_of_key(CK_FUNCTION_LIST *m, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+			   CK_OBJECT_CLASS cls, const struct ks_key *key, int *match)
+{
+	EVP_PKEY *pub = NULL;
+	const char *why = NULL;
+	uint8_t *ktv = NULL;
+	size_t ktlen = 0;
+	CK_KEY_TYPE kt;
+	CK_RV rv;
+
+	*match = 0;
+	switch (cls) {
+	case CKO_PRIVATE_KEY:
+		return key_matches(m, s, h, key, match);
+	case CKO_CERTIFICATE:
+		return cert_of_key(m, s, h, key, match);
+	default:
+		if ((rv = get_attr(m, s, h, CKA_KEY_TYPE, &ktv, &ktlen)) != CKR_OK)
+			return rv;
+		if (ktv != NULL && ktlen == sizeof(kt)) {
+			memcpy(&kt, ktv, sizeof(kt));
+			if ((rv = pub_from_object(m, s, h, kt, &pub, &why)) == CKR_OK)
+				*match = same_spki(pub, key);
+		}
+		EVP_PKEY_free(pub);
+		free(ktv);
+		return rv;
+	}
+}
+
+/*
+ * Destroys the objects with key's CKA_ID that belong to key. The private key
+ * goes first: once it is gone, so is the key for ks_find_keys, whatever
+ * fails next; and it is matched while its public key object still exists.
+ * Counts what it destroyed in *n_priv (private keys) and *n_all.
+ */
+static CK_RV destroy_key_objects(struct p11_ks *ks, const struct lease *l, const struct ks_key *key,
+				 unsigned *n_priv, unsigned *n_all)
+{
+	static const CK_OBJECT_CLASS order[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE};
+	CK_SESSION_HANDLE rw = CK_INVALID_HANDLE;
+	CK_OBJECT_HANDLE *hs = NULL;
+	size_t nh = 0, c, i;
+	int match;
+	CK_RV rv;
+
+	/* Destroying token objects needs a read/write session; only for this call. */
+	rv = ks->mod->C_OpenSession(l->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw);
+	if (rv != CKR_OK)
+		return rv;
+	for (c = 0; rv == CKR_OK && c < sizeof(order) / sizeof(order[0]); c++) {
+		rv = find_objects(ks->mod, rw, order[c], NULL, NULL, 0, key->id, key->id_len, &hs,
+				  &nh);
+		for (i = 0; rv == CKR_OK && i < nh; i++) {
+			rv = object_of_key(ks->mod, rw, hs[i], order[c], key, &match);
+			if (rv == CKR_OK && match)
+				rv = ks->mod->C_DestroyObject(rw, hs[i]);
+			/* Destroyed in the meantime by another program: just as good. */
+			if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID) {
+				rv = CKR_OK;
+				continue;
+			}
+			if (rv == CKR_OK && match) {
+				(*n_all)++;
+				if (order[c] == CKO_PRIVATE_KEY)
+					(*n_priv)++;
+			}
+		}
+		free(hs);
+		hs = NULL;
+	}
+	ks->mod->C_CloseSession(rw);
+	return rv;
+}
+
+static int p11_delete_key(struct keystore *base, struct ks_key *key, char *err, size_t errlen)
+{
+	struct p11_ks *ks = to_p11(base);
+	struct p11_key *pk = key->backend;
+	struct lease l;
+	char lbuf[64], what[192];
+	unsigned n_priv = 0, n_all = 0;
+	int ret = 0, attempt, was_deleted;
+	CK_RV rv;
+
+	log_sanitize(key->label != NULL ? key->label : "(no label)", lbuf, sizeof(lbuf));
+	/* Token objects are created and destroyed one request at a time. */
+	pthread_mutex_lock(&ks->keygen_lock);
+	pthread_mutex_lock(&ks->lock);
+	was_deleted = pk->deleted;
+	/*
+	 * No signature starts with the key from now on. Those under way finish
+	 * first: a C_Sign whose key vanishes fails with a stale handle, and that
+	 * resets the sessions every other key is signing on.
+	 */
+	pk->deleted = 1;
+	while (pk->users > 0)
+		pthread_cond_wait(&ks->cond, &ks->lock);
+	pthread_mutex_unlock(&ks->lock);
+	for (attempt = 0;; attempt++) {
+		if ((ret = lease_get(ks, NULL, &l, err, errlen)) != 0)
+			goto out;
+		rv = destroy_key_objects(ks, &l, key, &n_priv, &n_all);
+		lease_put(ks, &l, rv);
+		if (rv == CKR_OK)
+			break;
+		if (attempt > 0 || !ckr_needs_reset(rv)) {
+			snprintf(what, sizeof(what), "deleting key '%s' from token %s", lbuf,
+				 ks->token_desc);
+			ret = ckr_fail(err, errlen, rv, what);
+			goto out;
+		}
+	}
+	if (n_all > 0)
+		log_info("keystore %s: deleted key '%s' from token %s (%u object(s))",
+			 ks->base.name, lbuf, ks->token_desc, n_all);
+	else
+		log_debug("keystore %s: key '%s' to delete was already gone from token %s",
+			  ks->base.name, lbuf, ks->token_desc);
+out:
+	pthread_mutex_lock(&ks->lock);
+	if (ret == 0)
+		pk->handle = CK_INVALID_HANDLE;
+	else if (n_priv == 0 && !was_deleted)
+		pk->deleted = 0; /* the private key is still there: the key stays in service */
+	pthread_mutex_unlock(&ks->lock);
+	pthread_mutex_unlock(&ks->keygen_lock);
+	return ret;
+}
+
 /* clang-format off */
 const struct ks_backend ks_pkcs11_backend = {
 	.type = "pkcs11",
@@ -1796,5 +2005,6 @@ const struct ks_backend ks_pkcs11_backend = {
 	.keygen = p11_keygen,
 	.sign = p11_sign,
 	.state = p11_state,
+	.delete_key = p11_delete_key,
 };
 /* clang-format on */

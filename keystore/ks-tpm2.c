@@ -87,6 +87,7 @@
 #define KS_RC_NO_ANSWER (KS_RC_LAYER | 5)    /* new connection did not answer in time */
 #define KS_RC_PRIMARY_AUTH (KS_RC_LAYER | 6) /* SRK creation was refused: not tried again */
 #define KS_RC_NOMEM (KS_RC_LAYER | 7)
+#define KS_RC_EVICT_AUTH (KS_RC_LAYER | 8) /* owner hierarchy has a password: cannot evict */
 
 /* --- TSS2 PRIVATE KEY (tpm2-tss-engine, tpm2-openssl) ------------------------------------ */
 
@@ -136,6 +137,7 @@ struct tpm_key {
 	uint64_t last_use; /* LRU clock */
 	int checked;	   /* loaded once and, if RSA, PSS salt checked */
 	int auth_failed;   /* the TPM refused our (empty) auth: never tried again */
+	int retired;	   /* ks_delete removed it: never used or found again */
 };
 
 struct tpm_parent {
@@ -297,6 +299,9 @@ static const char *rc_text(TSS2_RC rc)
 		       "again (configure srk = handle:... or reload after fixing it)";
 	case KS_RC_NOMEM:
 		return "out of memory";
+	case KS_RC_EVICT_AUTH:
+		return "the owner hierarchy has a password, which the agent does not hold; evict "
+		       "the key with tpm2_evictcontrol -C o -P ... -c HANDLE";
 	default:
 		return Tss2_RC_Decode(rc);
 	}
@@ -1406,12 +1411,18 @@ out:
 	return ret;
 }
 
-/* Adds k to the result unless it is already there. */
+/*
+ * Adds k to the result unless it is already there or was retired (a key file
+ * restored from a backup brings back its block, but the key stays out of
+ * service until the keystore is opened again).
+ */
 static int result_add(struct ks_key ***arr, size_t *n, struct ks_key *k)
 {
 	struct ks_key **na;
 	size_t i;
 
+	if (((const struct tpm_key *)k->backend)->retired)
+		return 0;
 	for (i = 0; i < *n; i++)
 		if ((*arr)[i] == k)
 			return 0;
@@ -1874,6 +1885,135 @@ out:
 	return ret;
 }
 
+/* For messages: "in FILE" or "at persistent handle 0x81xxxxxx". */
+static const char *key_where(const struct tpm_key *tk, char *buf, size_t len)
+{
+	char path[128];
+
+	if (tk->persistent != 0)
+		snprintf(buf, len, "at persistent handle 0x%08x", tk->persistent);
+	else
+		snprintf(buf, len, "in %s",
+			 log_sanitize(tk->path != NULL ? tk->path : "?", path, sizeof(path)));
+	return buf;
+}
+
+/*
+ * Evicts a persistent key, unless its handle is empty now or holds another
+ * key (which is not ours to evict). *evicted: whether it did. Ticket held,
+ * connected.
+ */
+static TSS2_RC evict_key(struct tpm_ks *ks, struct tpm_key *tk, int *evicted)
+{
+	TPM2B_PUBLIC pub;
+	ESYS_TR tr = ESYS_TR_NONE, out = ESYS_TR_NONE;
+	TSS2_RC rc;
+
+	*evicted = 0;
+	/* Our ESYS_TR for the handle goes: after the eviction it would name nothing. */
+	if (key_loaded(ks, tk))
+		Esys_TR_Close(ks->ectx, &tk->tr);
+	tk->tr = ESYS_TR_NONE;
+	rc = read_persistent(ks, tk->persistent, &tr, &pub);
+	if (tpm_base(rc) == TPM2_RC_HANDLE)
+		return TSS2_RC_SUCCESS;
+	if (rc != TSS2_RC_SUCCESS)
+		return rc;
+	if (!same_public(&pub, &tk->blob.pub)) {
+		Esys_TR_Close(ks->ectx, &tr);
+		return TSS2_RC_SUCCESS;
+	}
+	/* Checked only now: an empty handle needs no owner authorization. */
+	if (ks->owner_auth_set) {
+		Esys_TR_Close(ks->ectx, &tr);
+		return KS_RC_EVICT_AUTH;
+	}
+	for (;;) {
+		TPM_CALL(ks, rc, "TPM2_EvictControl",
+			 Esys_EvictControl(ks->ectx, ESYS_TR_RH_OWNER, tr, ESYS_TR_PASSWORD,
+					   ESYS_TR_NONE, ESYS_TR_NONE, tk->persistent, &out));
+		/* The TPM loads a persistent object into a free slot to work on it. */
+		if (rc_kind(rc) == RCK_OBJECT_MEMORY && evict_lru(ks, NULL, 0))
+			continue;
+		break;
+	}
+	/* Some ESYS versions drop the evicted object's ESYS_TR themselves: errors do not matter. */
+	Esys_TR_Close(ks->ectx, &tr);
+	if (rc == TSS2_RC_SUCCESS && out != ESYS_TR_NONE)
+		Esys_TR_Close(ks->ectx, &out);
+	*evicted = rc == TSS2_RC_SUCCESS;
+	return rc;
+}
+
+/*
+ * Drops key's block from its key file (rewritten atomically, the other
+ * blocks in their order) and unloads it. *dropped: whether the file held it.
+ * Ticket held.
+ */
+static int drop_from_file(struct tpm_ks *ks, struct tpm_key *tk, int *dropped, char *err,
+			  size_t errlen)
+{
+	struct tpm_blob *blobs = NULL;
+	size_t n = 0, i, kept = 0;
+	int ret;
+
+	*dropped = 0;
+	if ((ret = read_key_file(tk->path, &blobs, &n, err, errlen)) != 0)
+		return ret;
+	for (i = 0; i < n; i++)
+		if (!same_public(&blobs[i].pub, &tk->blob.pub))
+			blobs[kept++] = blobs[i];
+	/* A file left without keys stays (empty): keygen fills it again, as it would a new one. */
+	if (kept < n && (ret = write_key_file(tk->path, blobs, kept, err, errlen)) == 0)
+		*dropped = 1;
+	if (ret == 0 && key_loaded(ks, tk)) {
+		/* A failure means a lost connection: the object goes with it, or flush_stale. */
+		Esys_FlushContext(ks->ectx, tk->tr);
+		tk->tr = ESYS_TR_NONE;
+	}
+	if (blobs != NULL) {
+		wipe(blobs, n * sizeof(*blobs));
+		free(blobs);
+	}
+	return ret;
+}
+
+static int tpm_delete_key(struct keystore *base, struct ks_key *key, char *err, size_t errlen)
+{
+	struct tpm_ks *ks = to_tpm(base);
+	struct tpm_key *tk = key->backend;
+	char where[160];
+	TSS2_RC rc = TSS2_RC_SUCCESS;
+	int ret = 0, attempt, was, removed = 0;
+
+	key_where(tk, where, sizeof(where));
+	tpm_enter(ks);
+	if (tk->persistent == 0) {
+		if ((ret = drop_from_file(ks, tk, &removed, err, errlen)) != 0)
+			goto out;
+	} else {
+		for (attempt = 0;; attempt++) {
+			was = ks->ectx != NULL;
+			if ((rc = establish(ks)) == TSS2_RC_SUCCESS &&
+			    (rc = evict_key(ks, tk, &removed)) == TSS2_RC_SUCCESS)
+				break;
+			if (!retry_after(ks, rc, attempt, was)) {
+				ret = tpm_fail(ks, err, errlen, rc, "deleting key");
+				goto out;
+			}
+		}
+		state_ok(ks);
+	}
+	tk->retired = 1;
+	if (removed)
+		log_info("keystore %s: deleted key %s", ks->base.name, where);
+	else
+		log_debug("keystore %s: key to delete was already gone (%s)", ks->base.name, where);
+out:
+	tpm_leave(ks);
+	return ret;
+}
+
 static int tpm_sign(struct keystore *base, struct ks_key *key, const struct scheme *scheme,
 		    const uint8_t *in, size_t inlen, uint8_t **sig, size_t *siglen, char *err,
 		    size_t errlen)
@@ -1887,6 +2027,7 @@ static int tpm_sign(struct keystore *base, struct ks_key *key, const struct sche
 	uint8_t raw[2 * 66], *out = NULL;
 	size_t fl, dlen = inlen;
 	TSS2_RC rc = TSS2_RC_SUCCESS;
+	char where[160];
 	int ret, attempt, was, entered = 0;
 
 	*sig = NULL;
@@ -1930,6 +2071,12 @@ static int tpm_sign(struct keystore *base, struct ks_key *key, const struct sche
 
 	tpm_enter(ks);
 	entered = 1;
+	if (tk->retired) {
+		snprintf(err, errlen, "key %s was retired (deleted from the TPM keystore)",
+			 key_where(tk, where, sizeof(where)));
+		ret = MTLS_AGENT_ERR_KEY_UNAVAILABLE;
+		goto out;
+	}
 	for (attempt = 0;; attempt++) {
 		was = ks->ectx != NULL;
 		if ((rc = establish(ks)) == TSS2_RC_SUCCESS && (rc = first_use(ks, key)) == 0) {
@@ -2005,5 +2152,6 @@ const struct ks_backend ks_tpm2_backend = {
 	.sign = tpm_sign,
 	.state = tpm_state,
 	.activate = tpm_activate,
+	.delete_key = tpm_delete_key,
 };
 /* clang-format on */

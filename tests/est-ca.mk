@@ -4,3 +4,15 @@ check_PROGRAMS += tests/est-ca
 tests_est_ca_SOURCES = tests/est-ca.c
 tests_est_ca_CFLAGS = $(AM_CFLAGS) $(SSL_CFLAGS) $(CRYPTO_CFLAGS)
 tests_est_ca_LDADD = libcommon.la $(SSL_LIBS) $(CRYPTO_LIBS)
+
+# tests/est_client_check: one enroll_est() / est_get_cacerts() run with keys from files.
+check_PROGRAMS += tests/est_client_check
+tests_est_client_check_SOURCES = tests/est_client_check.c
+tests_est_client_check_CFLAGS = $(AM_CFLAGS) $(CRYPTO_CFLAGS)
+tests_est_client_check_LDADD = libagentcore.la $(CRYPTO_LIBS)
+
+TESTS += tests/integration/est-enroll.sh
+EXTRA_DIST += tests/integration/est-enroll.sh
+
+# The EST client's header, so that `make dist` ships it (the sources list is in Makefile.am).
+libagentcore_la_SOURCES += agent/enroll-est.h

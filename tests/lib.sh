@@ -322,7 +322,9 @@ subjectKeyIdentifier = hash
 
 [ v3_inter ]
 basicConstraints = critical, CA:TRUE, pathlen:0
-keyUsage = critical, keyCertSign, cRLSign
+# digitalSignature: the CMP test CA signs its responses with this certificate,
+# and OpenSSL's CMP client requires that usage of a protection certificate.
+keyUsage = critical, digitalSignature, keyCertSign, cRLSign
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
 

@@ -137,38 +137,42 @@ app_credentials() {
 }
 
 # curl_loop_start NAME: in the background, curl (through the provider) to the
-# latest s_server over and over, each time with freshly read credentials, and
-# every third time with the credentials read at the loop's start (an
-# application that never re-reads). Counts in $WORK/loop.ok / loop.fail; the
-# subjects/serials the server saw in loop.serials.
+# latest s_server over and over, each time a new process with the credentials
+# read just before (the chain and a key reference, which the provider resolves
+# to the identity's current key). If a renewal lands between reading the chain
+# and curl loading the key, the pair does not match (as with any two files
+# read one after the other); that attempt is retried once and counted in
+# loop.raced, never as a success. Counts in $WORK/loop.ok / loop.fail, the
+# serials the server saw in loop.serials.
 curl_loop_start() {
 	local name=$1 d=$WORK/loop
-	mkdir -p "$d/first"
+	mkdir -p "$d/fresh"
 	: >"$d.ok"
 	: >"$d.fail"
+	: >"$d.raced"
 	: >"$d.serials"
-	: >"$WORK/loop.stop"
 	rm -f "$WORK/loop.stop"
-	app_credentials "$name" "$d/first" || fail "curl_loop_start: cannot read $name's credentials"
 	(
 		n=0
 		while [ ! -e "$WORK/loop.stop" ]; do
 			n=$((n + 1))
-			dir=$d/first
-			if [ $((n % 3)) -ne 0 ]; then
-				dir=$d/fresh
-				mkdir -p "$dir"
-				app_credentials "$name" "$dir" || continue
-			fi
-			if curl -sS --max-time 20 --cacert "$SRV_CA" --cert "$dir/chain.pem" \
-				--key "$dir/keyref.pem" "https://127.0.0.1:$S_SERVER_PORT/" \
-				>"$d/page.$n" 2>"$d/err.$n" && grep -q 'Verify return code: 0 (ok)' "$d/page.$n"; then
-				echo "$n" >>"$d.ok"
-				cert_serial "$dir/chain.pem" >>"$d.serials"
-				rm -f "$d/page.$n" "$d/err.$n"
-			else
-				echo "$n $(basename "$dir") $(tr '\n' ' ' <"$d/err.$n")" >>"$d.fail"
-			fi
+			for try in 1 2; do
+				app_credentials "$name" "$d/fresh" || continue
+				used=$(cert_serial "$d/fresh/chain.pem")
+				if curl -sS --max-time 20 --cacert "$SRV_CA" --cert "$d/fresh/chain.pem" \
+					--key "$d/fresh/keyref.pem" "https://127.0.0.1:$S_SERVER_PORT/" \
+					>"$d/page" 2>"$d/err" && grep -q 'Verify return code: 0 (ok)' "$d/page"; then
+					echo "$n" >>"$d.ok"
+					echo "$used" >>"$d.serials"
+					break
+				fi
+				if [ "$try" = 1 ] && [ "$(current_serial "$name")" != "$used" ]; then
+					echo "$n $used $(tr '\n' ' ' <"$d/err")" >>"$d.raced"
+					continue
+				fi
+				echo "$n try $try $(tr '\n' ' ' <"$d/err")" >>"$d.fail"
+				break
+			done
 			sleep 0.2
 		done
 	) &
@@ -176,19 +180,49 @@ curl_loop_start() {
 	bg_track "$LOOP_PID"
 }
 
-# curl_loop_stop: ends the loop; fails if any handshake failed; prints "OK FAIL".
+# curl_loop_stop: ends the loop; fails if any handshake failed.
 curl_loop_stop() {
 	touch "$WORK/loop.stop"
 	wait "$LOOP_PID" 2>/dev/null || true
 	LOOP_OK=$(wc -l <"$WORK/loop.ok")
 	LOOP_FAIL=$(wc -l <"$WORK/loop.fail")
+	LOOP_RACED=$(wc -l <"$WORK/loop.raced")
 	if [ "$LOOP_FAIL" -ne 0 ]; then
 		show_log "$WORK/loop.fail" 10
 		show_log "$AGENT_LOG" 30
 		fail "$LOOP_FAIL of $((LOOP_OK + LOOP_FAIL)) curl handshakes failed across the renewals"
 	fi
 	[ "$LOOP_OK" -gt 0 ] || fail "the curl loop made no handshake"
-	log "curl loop: $LOOP_OK handshakes, 0 failed, $(sort -u "$WORK/loop.serials" | wc -l) distinct certificates"
+	log "curl loop: $LOOP_OK handshakes, 0 failed, $(sort -u "$WORK/loop.serials" | wc -l) distinct certificates ($LOOP_RACED retried: renewal between reading the chain and loading the key)"
+}
+
+# stime_start NAME SECONDS: one long-running client (openssl s_time -new: one
+# process, credentials loaded once, a new full handshake per connection) to the
+# latest s_server for SECONDS; it must keep working across a renewal with the
+# certificate and key generation it loaded at start.
+stime_start() {
+	local name=$1 secs=$2
+	mkdir -p "$WORK/stime"
+	app_credentials "$name" "$WORK/stime" || fail "stime_start: cannot read $name's credentials"
+	STIME_SERIAL=$(cert_serial "$WORK/stime/chain.pem")
+	timeout -k 5 $((secs + 60)) openssl s_time -connect "127.0.0.1:$S_SERVER_PORT" -new -time "$secs" \
+		-www / -CAfile "$SRV_CA" -cert "$WORK/stime/chain.pem" -key "$WORK/stime/keyref.pem" \
+		>"$WORK/stime/out" 2>&1 </dev/null &
+	STIME_PID=$!
+	bg_track "$STIME_PID"
+}
+
+# stime_wait: the long-running client must end with success; prints its connection count.
+stime_wait() {
+	local rc=0 n
+	wait "$STIME_PID" || rc=$?
+	if [ "$rc" -ne 0 ]; then
+		show_log "$WORK/stime/out" 20
+		fail "the long-running client (s_time) failed (exit $rc): a handshake with the credentials it loaded failed"
+	fi
+	n=$(sed -n 's/^\([0-9][0-9]*\) connections in [0-9]* real seconds.*/\1/p' "$WORK/stime/out" | head -n 1)
+	[ -n "$n" ] && [ "$n" -gt 0 ] || fail "s_time made no connection: $(cat "$WORK/stime/out")"
+	printf '%s\n' "$n"
 }
 
 # Objects on the test token with label LABEL and class CLASS (privkey, pubkey), as CKA_ID hex list.

@@ -45,6 +45,8 @@ log "bootstrapped: serial $s1, key $ids1"
 
 s_server_start
 curl_loop_start gw
+# One long-running client holding the first certificate and key until shortly before they expire.
+stime_start gw $(($(cert_not_after "$WORK/c1.pem") - $(date +%s) - 5))
 
 # 2. Two renewals by the schedule alone (66% of 60 s, minus up to 3 s of jitter).
 s2=$(wait_new_serial gw "$s1" 75)
@@ -65,6 +67,10 @@ cmp -s "$WORK/k2.pub" "$WORK/k3.pub" && fail "renewal 2 kept the old key"
 cmp -s "$WORK/k1.pub" "$WORK/k3.pub" && fail "renewal 2 went back to the first key"
 grep -q "kur issued serial=$s3" "$CA_LOG" || fail "the CA log shows no KUR for serial $s3"
 log "renewal 2: serial $s3"
+
+# The long-running client kept the first key until shortly before its certificate expired.
+stime_n=$(stime_wait)
+log "long-running client: $stime_n handshakes with the first certificate ($STIME_SERIAL), across renewal 1"
 
 # 3. The first key is retired once its certificate has expired (it did before renewal 2).
 first_id=$ids1

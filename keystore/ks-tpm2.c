@@ -965,6 +965,34 @@ static int ours(struct tpm_ks *ks, TPM2_HANDLE h)
 }
 
 /*
+ * Closes an ESYS_TR that Esys_TR_FromTPMPublic handed out, unless the
+ * keystore keeps it: tpm2-tss (3.2 here) hands out the ESYS_TR it already
+ * has for a TPM handle, so after a loaded persistent key's or a parent's
+ * handle was read again, closing blindly would leave that key or parent with
+ * a dead ESYS_TR (and the next command would cost a reconnection). Ticket
+ * held.
+ */
+static void close_read_tr(struct tpm_ks *ks, ESYS_TR *tr)
+{
+	struct tpm_key *tk;
+	size_t i;
+
+	if (*tr == ESYS_TR_NONE)
+		return;
+	for (i = 0; i < ks->n_keys; i++) {
+		tk = ks->keys[i]->backend;
+		if (tk->persistent != 0 && key_loaded(ks, tk) && tk->tr == *tr)
+			goto kept;
+	}
+	for (i = 0; i < ks->n_parents; i++)
+		if (ks->parents[i].tr == *tr)
+			goto kept;
+	Esys_TR_Close(ks->ectx, tr);
+kept:
+	*tr = ESYS_TR_NONE;
+}
+
+/*
  * Transient objects that are not ours, on a TPM with no resource manager
  * (swtpm, /dev/tpm0): left by a process that exited without flushing them
  * (a killed agent or tool), or loaded by another program that talks to the
@@ -1151,8 +1179,7 @@ static TSS2_RC read_persistent(struct tpm_ks *ks, TPM2_HANDLE h, ESYS_TR *tr, TP
 		 Esys_ReadPublic(ks->ectx, *tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &out,
 				 NULL, NULL));
 	if (rc != TSS2_RC_SUCCESS) {
-		Esys_TR_Close(ks->ectx, tr);
-		*tr = ESYS_TR_NONE;
+		close_read_tr(ks, tr);
 		return rc;
 	}
 	*pub = *out;
@@ -1178,7 +1205,7 @@ static TSS2_RC load_key(struct tpm_ks *ks, struct tpm_key *tk)
 			return rc;
 		/* Someone may have evicted the key and put another one at the handle. */
 		if (!same_public(&pub, &tk->blob.pub)) {
-			Esys_TR_Close(ks->ectx, &tr);
+			close_read_tr(ks, &tr);
 			return KS_RC_KEY_CHANGED;
 		}
 	} else {
@@ -1615,7 +1642,7 @@ static int tpm_find_keys(struct keystore *base, const char *key_ref, struct ks_k
 		}
 		if (rc == TSS2_RC_SUCCESS) {
 			/* Only the public area is kept; the key's ESYS_TR is made when it signs. */
-			Esys_TR_Close(ks->ectx, &tr);
+			close_read_tr(ks, &tr);
 			if ((ret = cache_key(ks, &pblob, h, NULL, &k, err, errlen)) != 0 ||
 			    (ret = result_add(&res, &nres, k)) != 0)
 				goto out;
@@ -1779,7 +1806,7 @@ static int tpm_keygen(struct keystore *base, const char *key_ref, int gen_type, 
 		if ((rc = establish(ks)) == TSS2_RC_SUCCESS && h != 0) {
 			rc = read_persistent(ks, h, &tr, &pub);
 			if (rc == TSS2_RC_SUCCESS) {
-				Esys_TR_Close(ks->ectx, &tr);
+				close_read_tr(ks, &tr);
 				snprintf(err, errlen,
 					 "persistent handle 0x%08x is in use; evict "
 					 "it first (tpm2_evictcontrol -c 0x%08x)",
@@ -1920,12 +1947,12 @@ static TSS2_RC evict_key(struct tpm_ks *ks, struct tpm_key *tk, int *evicted)
 	if (rc != TSS2_RC_SUCCESS)
 		return rc;
 	if (!same_public(&pub, &tk->blob.pub)) {
-		Esys_TR_Close(ks->ectx, &tr);
+		close_read_tr(ks, &tr);
 		return TSS2_RC_SUCCESS;
 	}
 	/* Checked only now: an empty handle needs no owner authorization. */
 	if (ks->owner_auth_set) {
-		Esys_TR_Close(ks->ectx, &tr);
+		close_read_tr(ks, &tr);
 		return KS_RC_EVICT_AUTH;
 	}
 	for (;;) {

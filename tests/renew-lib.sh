@@ -232,3 +232,103 @@ token_key_ids() { # LABEL
 		awk -v want="$1" '/^Private Key Object/ {lab=""} /label:/ {sub(/.*label: */, ""); lab=$0}
 			/ID:/ {sub(/.*ID: */, ""); if (lab == want) print $0}'
 }
+
+# keystore_keys NAME: one line per key generation the keystore holds for
+# identity NAME, as the keystore itself shows it: PKCS#11 CKA_IDs from
+# pkcs11-tool, or (tpm2, KEYSTORE_TYPE=tpm2) a SHA-256 of each block of the
+# identity's TSS2 PRIVATE KEY file.
+keystore_keys() {
+	if [ "${KEYSTORE_TYPE:-pkcs11}" = tpm2 ]; then
+		[ -f "$TPM_KEYS/$1.pem" ] || return 0
+		awk -v out="$WORK/tpmblk." '/-----BEGIN TSS2 PRIVATE KEY-----/ {n++} {print > (out n)}' \
+			"$TPM_KEYS/$1.pem"
+		for f in "$WORK"/tpmblk.*; do
+			[ -e "$f" ] || continue
+			sha256sum <"$f" | cut -c1-32
+			rm -f "$f"
+		done
+	else
+		token_key_ids "$1"
+	fi
+}
+
+# scheduled_renewal_scenario PROTO BOOT_REQ RENEW_REQ: with the agent started on
+# an identity "gw" that has no key yet, bootstrap enrollment, then two
+# renewals by the schedule alone with a new key each, a curl loop and a
+# long-running client across them, the first key retired after its
+# certificate expired, cert-out and post-renew. BOOT_REQ/RENEW_REQ: the
+# request names in the CA log (ir/kur, simpleenroll/simplereenroll).
+scheduled_renewal_scenario() {
+	local proto=$1 boot_req=$2 renew_req=$3 s1 s2 s3 ids1 ids_now elapsed stime_n deadline
+	# 1. Bootstrap from nothing.
+	s1=$(wait_new_serial gw "" 40)
+	ctl cert gw >"$WORK/c1.pem"
+	cert_pubkey "$WORK/c1.pem" "$WORK/k1.pub"
+	ids1=$(keystore_keys gw)
+	[ "$(printf '%s\n' "$ids1" | grep -c .)" -eq 1 ] ||
+		fail "after bootstrap: expected 1 key in the keystore, got: $ids1"
+	grep -q "$boot_req issued serial=$s1" "$CA_LOG" || fail "the CA log shows no $boot_req for serial $s1"
+	if [ "$proto" = cmp ]; then
+		grep -q "certConf accepted serial=$s1" "$CA_LOG" || fail "no certConf for serial $s1"
+	fi
+	cmp -s "$WORK/out/gw.pem" "$WORK/c1.pem" || fail "cert-out does not hold the installed chain"
+	log "bootstrapped ($boot_req): serial $s1, key $ids1"
+
+	s_server_start
+	curl_loop_start gw
+	# One long-running client holding the first certificate and key until shortly before they expire.
+	stime_start gw $(($(cert_not_after "$WORK/c1.pem") - $(date +%s) - 5))
+
+	# 2. Two renewals by the schedule alone (66% of 60 s, minus up to 3 s of jitter).
+	s2=$(wait_new_serial gw "$s1" 75)
+	ctl cert gw >"$WORK/c2.pem"
+	cert_pubkey "$WORK/c2.pem" "$WORK/k2.pub"
+	cmp -s "$WORK/k1.pub" "$WORK/k2.pub" && fail "renewal 1 kept the old key"
+	grep -q "$renew_req issued serial=$s2" "$CA_LOG" || fail "the CA log shows no $renew_req for serial $s2"
+	elapsed=$(($(date -d "$(openssl x509 -in "$WORK/c2.pem" -noout -startdate | cut -d= -f2)" +%s) -
+		$(date -d "$(openssl x509 -in "$WORK/c1.pem" -noout -startdate | cut -d= -f2)" +%s)))
+	[ "$elapsed" -ge 30 ] && [ "$elapsed" -le 45 ] ||
+		fail "renewal 1 came $elapsed s after issue; renew-at 66% of 60 s minus jitter is 37..40 s"
+	log "renewal 1 ($renew_req): serial $s2, $elapsed s after the first certificate"
+
+	s3=$(wait_new_serial gw "$s2" 75)
+	ctl cert gw >"$WORK/c3.pem"
+	cert_pubkey "$WORK/c3.pem" "$WORK/k3.pub"
+	cmp -s "$WORK/k2.pub" "$WORK/k3.pub" && fail "renewal 2 kept the old key"
+	cmp -s "$WORK/k1.pub" "$WORK/k3.pub" && fail "renewal 2 went back to the first key"
+	grep -q "$renew_req issued serial=$s3" "$CA_LOG" || fail "the CA log shows no $renew_req for serial $s3"
+	log "renewal 2 ($renew_req): serial $s3"
+
+	# The long-running client kept the first key until shortly before its certificate expired.
+	stime_n=$(stime_wait)
+	log "long-running client: $stime_n handshakes with the first certificate ($STIME_SERIAL), across renewal 1"
+
+	# 3. The first key is retired once its certificate has expired (it did before renewal 2).
+	deadline=$((SECONDS + 30))
+	while keystore_keys gw | grep -qx "$ids1"; do
+		[ "$SECONDS" -lt "$deadline" ] || fail "key $ids1 is still in the keystore after its certificate expired"
+		sleep 1
+	done
+	ids_now=$(keystore_keys gw)
+	[ "$(printf '%s\n' "$ids_now" | grep -c .)" -le 2 ] || fail "more than 2 keys left in the keystore: $ids_now"
+	assert_contains "$(cat "$AGENT_LOG")" "retired key" "agent log"
+	curl_loop_stop
+	[ "$(sort -u "$WORK/loop.serials" | wc -l)" -ge 2 ] ||
+		fail "the curl loop saw only one certificate across two renewals"
+
+	# 4. Status, outputs and hook.
+	assert_eq "$(status_field gw failures)" 0 "status failures"
+	assert_contains "$(status_field gw last-result)" "installed" "status last-result"
+	[ "$(status_field gw next-renewal)" != "-" ] || fail "status shows no next renewal"
+	cmp -s "$WORK/out/gw.pem" "$WORK/c3.pem" || fail "cert-out does not hold the latest chain"
+	[ "$(grep -c '^gw$' "$WORK/hook.log")" -ge 3 ] ||
+		fail "post-renew did not run after each enrollment: $(cat "$WORK/hook.log")"
+	log "OK: bootstrap + 2 scheduled renewals over $proto, $LOOP_OK curl and $stime_n long-running handshakes without a failure, old key retired"
+}
+
+# Renewal lines for identity "gw" in the scheduled scenario (bootstrap, outputs, hook).
+scenario_lines() { # PROTO BOOTSTRAP
+	mkdir -p "$WORK/out"
+	renew_lines "$1" "bootstrap = $2" "subject = /CN=gw/O=mtls-agent tests" "key-type = ec-p256" \
+		"cert-out = $WORK/out/gw.pem" "post-renew = echo \"\$MTLS_AGENT_IDENTITY\" >>$WORK/hook.log"
+}

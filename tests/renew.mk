@@ -1,5 +1,8 @@
 # Renewal tests: tests/renew-lib.sh drives the test CAs (tests/cmp-ca, tests/est-ca).
 RENEW_TESTS = \
-	tests/integration/renew-cmp.sh
+	tests/integration/renew-cmp.sh \
+	tests/integration/renew-est.sh \
+	tests/integration/renew-tpm.sh \
+	tests/integration/renew-crash.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

@@ -13,6 +13,3 @@ tests_est_client_check_LDADD = libagentcore.la $(CRYPTO_LIBS)
 
 TESTS += tests/integration/est-enroll.sh
 EXTRA_DIST += tests/integration/est-enroll.sh
-
-# The EST client's header, so that `make dist` ships it (the sources list is in Makefile.am).
-libagentcore_la_SOURCES += agent/enroll-est.h

@@ -314,6 +314,9 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 	curl_easy_setopt(t.curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(t.curl, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(t.curl, CURLOPT_USERAGENT, PACKAGE_NAME "/" PACKAGE_VERSION);
+	/* A stopping agent does not wait for a slow CA. */
+	curl_easy_setopt(t.curl, CURLOPT_XFERINFOFUNCTION, enroll_curl_progress);
+	curl_easy_setopt(t.curl, CURLOPT_NOPROGRESS, 0L);
 	OSSL_CMP_CTX_set_log_cb(ctx, cmp_log);
 	OSSL_CMP_CTX_set_transfer_cb(ctx, cmp_transfer);
 	OSSL_CMP_CTX_set_transfer_cb_arg(ctx, &t);

@@ -262,6 +262,9 @@ static void run_transfer(struct transfer *t)
 		rc |= curl_easy_setopt(curl, CURLOPT_SSL_CTX_DATA, &t->tls);
 		rc |= curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)t->timeout_s);
 		rc |= curl_easy_setopt(curl, CURLOPT_USERAGENT, "mtls-agent/" PACKAGE_VERSION);
+		/* A stopping agent does not wait for a slow CA. */
+		rc |= curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, enroll_curl_progress);
+		rc |= curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
 		rc |= curl_easy_setopt(curl, CURLOPT_MAXFILESIZE, (long)EST_BODY_MAX);
 		rc |= curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect_body);
 		rc |= curl_easy_setopt(curl, CURLOPT_WRITEDATA, t);

@@ -1,6 +1,26 @@
 #include "config.h"
 
+#include <stdatomic.h>
+
 #include "agent/enroll.h"
+
+static atomic_int stopping;
+
+void enroll_set_stopping(int value)
+{
+	atomic_store(&stopping, value);
+}
+
+int enroll_curl_progress(void *arg, long long dltotal, long long dlnow, long long ultotal,
+			 long long ulnow)
+{
+	(void)arg;
+	(void)dltotal;
+	(void)dlnow;
+	(void)ultotal;
+	(void)ulnow;
+	return atomic_load(&stopping);
+}
 
 const char *enroll_outcome_name(int outcome)
 {

@@ -78,6 +78,15 @@ struct enroll_result {
 	char msg[512];    /* one line for the log and status: what happened */
 };
 
+/*
+ * The agent is stopping: transfers in progress end at once (libcurl's
+ * progress callback checks it). Set by renew_stop().
+ */
+void enroll_set_stopping(int stopping);
+/* For CURLOPT_XFERINFOFUNCTION: non-zero aborts the transfer. */
+int enroll_curl_progress(void *arg, long long dltotal, long long dlnow, long long ultotal,
+			 long long ulnow);
+
 /* Run one transaction. Return 0 on ENROLL_OK, -1 otherwise; res is always filled. */
 int enroll_cmp(const struct enroll_request *req, struct enroll_result *res);
 int enroll_est(const struct enroll_request *req, struct enroll_result *res);

@@ -676,7 +676,8 @@ static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct 
 		}
 		return 0;
 	}
-	snprintf(err, errlen, "no bootstrap configured");
+	snprintf(err, errlen, "no valid certificate to renew with and no bootstrap configured: "
+			      "import a certificate (mtls-agentctl import-cert) or set bootstrap");
 	return -1;
 }
 
@@ -1131,7 +1132,9 @@ void renew_stop(void)
 	g.stop = 1;
 	pthread_cond_broadcast(&g.wake);
 	pthread_mutex_unlock(&g.lock);
+	enroll_set_stopping(1);
 	pthread_join(g.thread, NULL);
+	enroll_set_stopping(0);
 	pthread_mutex_lock(&g.lock);
 	g.running = 0;
 	for (i = 0; i < g.n_states; i++) {

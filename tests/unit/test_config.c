@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "agent/conf.h"
+#include "keystore/keystore.h"
 
 #ifndef MTLS_AGENT_DEFAULT_SOCKET
 #define MTLS_AGENT_DEFAULT_SOCKET "/run/mtls-agent/agent.sock"
@@ -390,6 +391,88 @@ static void test_module_root_owned_copy(void **state)
 
 /* ---- errors ---- */
 
+/* ---- renewal settings ---- */
+
+static void test_renewal(void **state)
+{
+	const struct cfg_identity *id;
+	struct config *cfg;
+
+	(void)state;
+	cfg = load_ok("[keystore \"k\"]\ntype = tpm2\n"
+		      "[identity \"a\"]\nkeystore = k\nkey = handle:0x81000010\n"
+		      "renew = cmp\nca-url = http://127.0.0.1:8080/pkix/\nca-trust = /etc/ca.pem\n"
+		      "bootstrap = secret:dev-17:/etc/boot.secret\nrenew-at = 7d\nrotate-key = no\n"
+		      "cert-out = /a/one.pem /b/two.pem\npost-renew = systemctl reload app\n"
+		      "subject = /CN=gw-1/O=Fleet\nkey-type = rsa-2048\nca-timeout = 30\n"
+		      "[identity \"b\"]\nkeystore = k\nkey = handle:0x81000011\n"
+		      "renew = est\nca-url = https://est.example/.well-known/est\n"
+		      "ca-trust = /etc/ca.pem\nbootstrap = identity:a\n"
+		      "[identity \"c\"]\nkeystore = k\nkey = handle:0x81000012\n");
+	id = config_identity(cfg, "a");
+	assert_non_null(id);
+	assert_int_equal(id->renew, RENEW_CMP);
+	assert_string_equal(id->ca_url, "http://127.0.0.1:8080/pkix/");
+	assert_string_equal(id->ca_trust, "/etc/ca.pem");
+	assert_int_equal(id->bootstrap, BOOTSTRAP_SECRET);
+	assert_string_equal(id->bootstrap_ref, "dev-17");
+	assert_string_equal(id->bootstrap_file, "/etc/boot.secret");
+	assert_int_equal(id->renew_permille, 0);
+	assert_int_equal(id->renew_before, 7 * 86400);
+	assert_int_equal(id->rotate_key, 0);
+	assert_int_equal(id->n_cert_out, 2);
+	assert_string_equal(id->cert_out[1], "/b/two.pem");
+	assert_string_equal(id->post_renew, "systemctl reload app");
+	assert_string_equal(id->subject, "/CN=gw-1/O=Fleet");
+	assert_int_equal(id->key_type, KS_GEN_RSA_2048);
+	assert_int_equal(id->ca_timeout, 30);
+	id = config_identity(cfg, "b");
+	assert_int_equal(id->renew, RENEW_EST);
+	assert_int_equal(id->bootstrap, BOOTSTRAP_IDENTITY);
+	assert_string_equal(id->bootstrap_identity, "a");
+	assert_int_equal(id->renew_permille, 660); /* default 66% */
+	assert_int_equal(id->rotate_key, 1);
+	assert_int_equal(id->ca_timeout, 60);
+	id = config_identity(cfg, "c");
+	assert_int_equal(id->renew, RENEW_NONE);
+	config_free(cfg);
+}
+
+#define RENEW_HEAD                                                                                 \
+	"[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nkeystore = k\nkey = handle:0x81000010\n"
+
+static void test_err_renewal(void **state)
+{
+	(void)state;
+	expect_error(RENEW_HEAD "renew = scep\n", 6, "bad renew \"scep\": want cmp, est or none");
+	expect_error(RENEW_HEAD "renew = cmp\nca-trust = /ca.pem\n", 6,
+		     "identity \"i\": renew = cmp needs ca-url and ca-trust");
+	expect_error(RENEW_HEAD "renew = est\nca-url = http://x/.well-known/est\nca-trust = /c\n", 7,
+		     "identity \"i\": EST needs an https:// ca-url");
+	expect_error(RENEW_HEAD "ca-url = http://x/\n", 6,
+		     "identity \"i\": \"ca-url\" needs renew = cmp or est");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = ftp://x/\n", 7,
+		     "bad ca-url \"ftp://x/\": want http(s)://HOST[:PORT]/PATH");
+	expect_error(RENEW_HEAD "renew = est\nca-url = https://x/.well-known/est\nca-trust = /c\n"
+				"bootstrap = secret:r:/s\n",
+		     9, "identity \"i\": bootstrap secret: is for CMP, not est");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"bootstrap = identity:nobody\n",
+		     9, "identity \"i\": bootstrap identity \"nobody\" is not configured");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\nbootstrap = pin:1\n", 9,
+		     "bad bootstrap \"pin:1\": want secret:REFERENCE:/path (CMP), basic:/path (EST) or "
+		     "identity:NAME");
+	expect_error(RENEW_HEAD "renew = cmp\nrenew-at = 100%\n", 7,
+		     "bad renew-at \"100%\": want a share of the lifetime (\"66%\") or a time before "
+		     "expiry (\"7d\", \"12h\", \"30m\", \"45s\")");
+	expect_error(RENEW_HEAD "renew = cmp\nsubject = CN=x\n", 7,
+		     "bad subject \"CN=x\": want /TYPE=value/..., e.g. /CN=gw-1/O=Fleet");
+	expect_error(RENEW_HEAD "renew = cmp\nrotate-key = maybe\n", 7,
+		     "bad rotate-key \"maybe\": want yes or no");
+	expect_error(RENEW_HEAD "renew = cmp\ncert-out = rel/path.pem\n", 7,
+		     "cert-out must be an absolute path, not \"rel/path.pem\"");
+}
+
 static void test_err_unknown_key(void **state)
 {
 	(void)state;
@@ -663,6 +746,8 @@ int main(void)
 		cmocka_unit_test(test_ids_resolve),
 		cmocka_unit_test(test_inline_comments),
 		cmocka_unit_test(test_sign_policy_names),
+		cmocka_unit_test(test_renewal),
+		cmocka_unit_test(test_err_renewal),
 		cmocka_unit_test(test_module_root_owned_copy),
 		cmocka_unit_test(test_err_unknown_key),
 		cmocka_unit_test(test_err_unknown_section),

@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
@@ -1105,6 +1106,12 @@ int renew_start(renew_runtime_fn get_runtime, void *arg, char *err, size_t errle
 
 	if (renew_prov_init(err, errlen) != 0)
 		return -1;
+	/* libcurl's global set-up is not thread-safe: done here, before any thread uses it. */
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		snprintf(err, errlen, "cannot initialise libcurl");
+		renew_prov_cleanup();
+		return -1;
+	}
 	read_device_id();
 	pthread_mutex_lock(&g.lock);
 	g.get_runtime = get_runtime;
@@ -1147,6 +1154,7 @@ void renew_stop(void)
 	pthread_cond_broadcast(&g.done);
 	pthread_mutex_unlock(&g.lock);
 	renew_prov_cleanup();
+	curl_global_cleanup();
 }
 
 void renew_kick(void)

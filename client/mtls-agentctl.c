@@ -2269,6 +2269,11 @@ static void check_leaf(struct findings *fd, const struct mtls_agent_identity *id
 	check_validity(fd, leaf, 0);
 }
 
+static const char *or_unknown(const char *s)
+{
+	return s != NULL ? s : "?";
+}
+
 static void check_identity(struct doctor *d, struct findings *fd,
 			   const struct mtls_agent_identity *id)
 {
@@ -2280,8 +2285,18 @@ static void check_identity(struct doctor *d, struct findings *fd,
 	size_t i;
 
 	if ((rec = status_record(d->st, "identity", id->name)) != NULL) {
+		const char *action = status_field(rec, "action");
+		const char *failures = status_field(rec, "failures");
+
 		state = status_field(rec, "state");
 		ks = status_field(rec, "keystore");
+		/* Automated renewal that needs an operator, or keeps failing. */
+		if (action != NULL)
+			add_finding(fd, 0, "renewal: %s", action);
+		else if (failures != NULL && strcmp(failures, "0") != 0)
+			add_finding(fd, 1, "renewal failing (%s attempts in a row): %s — next attempt %s",
+				    failures, or_unknown(status_field(rec, "last-result")),
+				    or_unknown(status_field(rec, "next-renewal")));
 	}
 	/* A keystore that does not work: say that, not what it hides (key "missing"). */
 	if (state != NULL && !identity_own_state(state)) {

@@ -3,6 +3,7 @@ RENEW_TESTS = \
 	tests/integration/renew-cmp.sh \
 	tests/integration/renew-est.sh \
 	tests/integration/renew-tpm.sh \
-	tests/integration/renew-openssl-cmp.sh
+	tests/integration/renew-openssl-cmp.sh \
+	tests/integration/renew-crash.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

@@ -316,7 +316,11 @@ scheduled_renewal_scenario() {
 	[ "$(sort -u "$WORK/loop.serials" | wc -l)" -ge 2 ] ||
 		fail "the curl loop saw only one certificate across two renewals"
 
-	# 4. Status, outputs and hook.
+	# 4. Status, outputs and hook. The renewal signatures (CSR, CMP protection and
+	# proof of possession, the EST handshake) took the internal path: the identity's
+	# sign-policy (tls-client) refused nothing, because nothing was asked of it.
+	assert_eq "$(status_field gw sign-policy)" tls-client "sign-policy"
+	assert_eq "$(status_field gw refused)" 0 "refused signatures"
 	assert_eq "$(status_field gw failures)" 0 "status failures"
 	assert_contains "$(status_field gw last-result)" "installed" "status last-result"
 	[ "$(status_field gw next-renewal)" != "-" ] || fail "status shows no next renewal"

@@ -191,7 +191,7 @@ key_invariant() { # WHAT
 	done
 	[ -n "$cur" ] || fail "$what: none of the token's keys that are not queued for retirement matches the certificate (keys: $(tr '\n' ' ' <<<"$ids"), queued: $(tr '\n' ' ' <<<"$queued"))"
 	if [ -n "$other" ] && [ "$other" != "$pend" ]; then
-		fail "$what: key $other is on the token but neither current, pending (${pend:--}) nor queued for retirement"
+		fail "$what: key $other is on the token but neither current, pending (${pend:--}) nor queued for retirement: nothing will use or delete it (a kill after the keystore made a key and before $PENDING recorded it, agent/state.c identity_keygen, leaves one)"
 	fi
 	[ "$nq" -eq "$RENEWALS" ] ||
 		fail "$what: $nq key(s) queued for retirement after $RENEWALS installed renewal(s)"

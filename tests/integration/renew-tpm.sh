@@ -24,6 +24,7 @@ cmp_ca_start --lifetime 60 --secret "boot:$WORK/boot.secret"
 tpm_agent_config
 scenario_lines cmp "secret:boot:$WORK/boot.secret"
 tpm_identity gw "${RENEW_LINES[@]}"
+# shellcheck disable=SC2034 # read by keystore_keys in renew-lib.sh
 KEYSTORE_TYPE=tpm2
 agent_start
 provider_env

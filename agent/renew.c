@@ -54,8 +54,16 @@ extern char **environ;
 #define MAX_SLEEP_S (24 * 3600)
 #define POST_RENEW_TIMEOUT_MS 60000
 
-enum step { STEP_NONE = 0, STEP_KEYGEN, STEP_REQUESTED, STEP_ISSUED, STEP_INSTALLED };
-static const char *const step_names[] = {"none", "keygen", "requested", "issued", "installed"};
+enum step {
+	STEP_NONE = 0,
+	STEP_PREPARING, /* about to make a key: known= lists the keys that exist */
+	STEP_KEYGEN,
+	STEP_REQUESTED,
+	STEP_ISSUED,
+	STEP_INSTALLED
+};
+static const char *const step_names[] = {"none",      "preparing", "keygen",
+					 "requested", "issued",    "installed"};
 
 /* Per identity, by name, surviving reloads. */
 struct rstate {
@@ -118,21 +126,18 @@ static void format_utc(time_t t, char *out, size_t len)
 
 /* ---- journal and retirement list ------------------------------------------------------ */
 
+#define JOURNAL_MAX 8192
+
 struct journal {
 	int step;
 	int bootstrap;
+	char known[JOURNAL_MAX / 2]; /* STEP_PREPARING: "ID ID ..." of the keys before keygen */
 	char new_key[2 * KS_MAX_ID + 1];
 	char old_key[2 * KS_MAX_ID + 1]; /* "" when there was none */
 	long long old_not_after;
 };
 
-/*
- * Crash-safety tests stop the agent with SIGKILL right after a given step
- * was recorded (MTLS_AGENT_TEST_CRASH_AT=keygen|requested|issued|installed|
- * queued). A real crash needs no permission; this only makes it land on the
- * step under test.
- */
-static void test_crash_point(const char *step)
+void test_crash_point(const char *step)
 {
 	const char *at = getenv("MTLS_AGENT_TEST_CRASH_AT");
 
@@ -144,14 +149,16 @@ static void test_crash_point(const char *step)
 
 static int journal_write(struct identity_rt *id, const struct journal *j)
 {
-	char *path = state_file(id->rt, id, "renew"), text[512];
+	char *path = state_file(id->rt, id, "renew"), text[JOURNAL_MAX];
 	int n, r = -1;
 
 	if (path == NULL)
 		return -1;
-	n = snprintf(text, sizeof(text), "step=%s\nkind=%s\nnew=%s\nold=%s\nold-not-after=%lld\n",
-		     step_names[j->step], j->bootstrap ? "bootstrap" : "renew", j->new_key,
-		     j->old_key[0] != '\0' ? j->old_key : "-", j->old_not_after);
+	n = snprintf(text, sizeof(text),
+		     "step=%s\nkind=%s\nnew=%s\nold=%s\nold-not-after=%lld\nknown=%s\n",
+		     step_names[j->step], j->bootstrap ? "bootstrap" : "renew",
+		     j->new_key[0] != '\0' ? j->new_key : "-",
+		     j->old_key[0] != '\0' ? j->old_key : "-", j->old_not_after, j->known);
 	if (n > 0 && (size_t)n < sizeof(text) && write_file_atomic(path, text, (size_t)n, 0600) == 0) {
 		r = 0;
 		test_crash_point(step_names[j->step]);
@@ -180,7 +187,7 @@ static int journal_read(struct identity_rt *id, struct journal *j)
 	size_t len = 0, k;
 
 	memset(j, 0, sizeof(*j));
-	if (path == NULL || read_file(path, 4096, &data, &len) != 0) {
+	if (path == NULL || read_file(path, JOURNAL_MAX, &data, &len) != 0) {
 		free(path);
 		return 0;
 	}
@@ -192,8 +199,10 @@ static int journal_read(struct identity_rt *id, struct journal *j)
 					j->step = (int)k;
 		} else if (strncmp(line, "kind=", 5) == 0) {
 			j->bootstrap = strcmp(line + 5, "bootstrap") == 0;
-		} else if (strncmp(line, "new=", 4) == 0) {
+		} else if (strncmp(line, "new=", 4) == 0 && strcmp(line + 4, "-") != 0) {
 			snprintf(j->new_key, sizeof(j->new_key), "%s", line + 4);
+		} else if (strncmp(line, "known=", 6) == 0) {
+			snprintf(j->known, sizeof(j->known), "%s", line + 6);
 		} else if (strncmp(line, "old=", 4) == 0 && strcmp(line + 4, "-") != 0) {
 			snprintf(j->old_key, sizeof(j->old_key), "%s", line + 4);
 		} else if (strncmp(line, "old-not-after=", 14) == 0) {
@@ -201,7 +210,7 @@ static int journal_read(struct identity_rt *id, struct journal *j)
 		}
 	}
 	free(data);
-	if (j->step == STEP_NONE || j->new_key[0] == '\0') {
+	if (j->step == STEP_NONE || (j->step != STEP_PREPARING && j->new_key[0] == '\0')) {
 		log_warn("identity \"%s\": ignoring an unreadable renewal journal %s", id->cfg->name,
 			 path);
 		free(path);
@@ -261,34 +270,55 @@ static int retire_write(struct identity_rt *id, const struct retire_entry *e, si
 	return r;
 }
 
-#define MAX_RETIRE 64
+/* Far more than a keystore holds; a longer list means something is wrong. */
+#define MAX_RETIRE 4096
 
 /* Queues a key for deletion once its certificate has expired. */
 static void retire_add(struct identity_rt *id, const char *key_hex, long long not_after)
 {
-	struct retire_entry e[MAX_RETIRE];
-	size_t n = retire_read(id, e, MAX_RETIRE - 1), i;
+	struct retire_entry *e = calloc(MAX_RETIRE, sizeof(*e));
+	size_t n, i;
 
-	for (i = 0; i < n; i++)
-		if (strcmp(e[i].key, key_hex) == 0)
-			return;
+	if (e == NULL) {
+		log_error("identity \"%s\": out of memory: old key %.16s... stays in the keystore",
+			  id->cfg->name, key_hex);
+		return;
+	}
+	n = retire_read(id, e, MAX_RETIRE);
+	for (i = 0; i < n && strcmp(e[i].key, key_hex) != 0; i++)
+		;
+	if (i < n) {
+		free(e);
+		return;
+	}
+	if (n == MAX_RETIRE) {
+		log_error("identity \"%s\": %d keys already wait for retirement; old key %.16s... "
+			  "is not queued and stays in the keystore",
+			  id->cfg->name, MAX_RETIRE, key_hex);
+		free(e);
+		return;
+	}
 	snprintf(e[n].key, sizeof(e[n].key), "%s", key_hex);
 	e[n].not_after = not_after;
 	if (retire_write(id, e, n + 1) == 0)
 		log_info("identity \"%s\": old key %.16s... is kept until its certificate expires",
 			 id->cfg->name, key_hex);
+	free(e);
 }
 
 /* Deletes queued keys whose certificates have expired; returns the next due time (0: none). */
 static time_t retire_due(struct identity_rt *id, time_t now)
 {
-	struct retire_entry e[MAX_RETIRE];
-	size_t n = retire_read(id, e, MAX_RETIRE), i, kept = 0;
+	struct retire_entry *e = calloc(MAX_RETIRE, sizeof(*e));
+	size_t n, i, kept = 0;
 	time_t next = 0;
 	struct ks_key *key;
 	char err[256], when[32];
 	int changed = 0, r;
 
+	if (e == NULL)
+		return now + 60;
+	n = retire_read(id, e, MAX_RETIRE);
 	for (i = 0; i < n; i++) {
 		if (e[i].not_after > (long long)now) {
 			if (next == 0 || e[i].not_after < (long long)next)
@@ -326,10 +356,58 @@ static time_t retire_due(struct identity_rt *id, time_t now)
 	}
 	if (changed)
 		retire_write(id, e, kept);
+	free(e);
 	return next;
 }
 
 /* ---- start-up reconciliation ---------------------------------------------------------- */
+
+/* Whether hex is one of the space-separated ids in list. */
+static int in_list(const char *list, const char *hex)
+{
+	size_t n = strlen(hex);
+	const char *p = list;
+
+	while ((p = strstr(p, hex)) != NULL) {
+		if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
+			return 1;
+		p += n;
+	}
+	return 0;
+}
+
+/*
+ * A crash between making a key and recording it as pending leaves a key that
+ * nothing names. The journal listed the keys that existed before: a key not
+ * among them is that one, and becomes the pending key the next attempt uses.
+ * Lock held.
+ */
+static void adopt_unrecorded_key(struct identity_rt *id, const struct journal *j)
+{
+	char hex[2 * KS_MAX_ID + 2], err[256], *path;
+	size_t i;
+
+	if (id->pending != NULL)
+		return;
+	for (i = 0; i < id->n_keys; i++) {
+		hex_encode(id->keys[i]->id, id->keys[i]->id_len, hex);
+		if (id->keys[i] == id->current || in_list(j->known, hex))
+			continue;
+		strcat(hex, "\n");
+		if ((path = state_file(id->rt, id, "pending")) == NULL ||
+		    write_file_atomic(path, hex, strlen(hex), 0600) != 0) {
+			log_error("identity \"%s\": cannot record key %.16s... as pending",
+				  id->cfg->name, hex);
+		} else {
+			log_info("identity \"%s\": key %.16s... made before the interruption is "
+				 "kept for the next attempt",
+				 id->cfg->name, hex);
+			identity_refresh(id, 1, err, sizeof(err));
+		}
+		free(path);
+		return;
+	}
+}
 
 static void reconcile(struct identity_rt *id)
 {
@@ -346,6 +424,8 @@ static void reconcile(struct identity_rt *id)
 			 id->cfg->name, err);
 		return;
 	}
+	if (j.step == STEP_PREPARING)
+		adopt_unrecorded_key(id, &j);
 	if (id->current != NULL) {
 		hex_encode(id->current->id, id->current->id_len, cur_hex);
 		/* tpm2: the key file's first block must be the key the certificate names. */
@@ -353,7 +433,7 @@ static void reconcile(struct identity_rt *id)
 			log_warn("identity \"%s\": %s", id->cfg->name, err);
 	}
 	pthread_mutex_unlock(&id->lock);
-	if (strcmp(cur_hex, j.new_key) == 0) {
+	if (j.new_key[0] != '\0' && strcmp(cur_hex, j.new_key) == 0) {
 		if (j.old_key[0] != '\0' && strcmp(j.old_key, j.new_key) != 0)
 			retire_add(id, j.old_key, j.old_not_after);
 		log_info("identity \"%s\": completed a renewal interrupted after step \"%s\": the "
@@ -734,6 +814,28 @@ static void snapshot_free(struct snapshot *s)
 	memset(s, 0, sizeof(*s));
 }
 
+/* "ID ID ..." of every key the identity holds, for the journal. */
+static int list_keys(struct identity_rt *id, char *out, size_t len)
+{
+	char hex[2 * KS_MAX_ID + 1];
+	size_t i, off = 0;
+	int n, r = 0;
+
+	out[0] = '\0';
+	pthread_mutex_lock(&id->lock);
+	for (i = 0; i < id->n_keys; i++) {
+		hex_encode(id->keys[i]->id, id->keys[i]->id_len, hex);
+		n = snprintf(out + off, len - off, "%s%s", off > 0 ? " " : "", hex);
+		if (n < 0 || (size_t)n >= len - off) {
+			r = -1;
+			break;
+		}
+		off += (size_t)n;
+	}
+	pthread_mutex_unlock(&id->lock);
+	return r;
+}
+
 /*
  * One enrollment transaction. Returns the outcome (enum enroll_outcome) with
  * a line in msg and a server hint in *hint (-1: none).
@@ -773,10 +875,20 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		new_key = snap.cur; /* a key that never had a certificate */
 	else if (!cfg->rotate_key && snap.cur != NULL)
 		new_key = snap.cur;
-	else if (identity_keygen(id, keygen_type(cfg, snap.cur), &new_key, err, sizeof(err)) != 0) {
-		snprintf(msg, msglen, "cannot make a new key: %s", err);
-		goto out;
+	else {
+		j.step = STEP_PREPARING;
+		j.bootstrap = bootstrap;
+		if (list_keys(id, j.known, sizeof(j.known)) != 0 || journal_write(id, &j) != 0) {
+			snprintf(msg, msglen, "cannot write the renewal journal");
+			goto out;
+		}
+		if (identity_keygen(id, keygen_type(cfg, snap.cur), &new_key, err, sizeof(err)) !=
+		    0) {
+			snprintf(msg, msglen, "cannot make a new key: %s", err);
+			goto out_journal;
+		}
 	}
+	j.known[0] = '\0';
 	if (new_key != snap.cur && new_key != snap.pending)
 		log_info("identity \"%s\": new key %u-bit %s made in keystore \"%s\"", cfg->name,
 			 new_key->bits, new_key->type == MTLS_AGENT_KEY_RSA ? "RSA" : "EC",

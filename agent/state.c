@@ -11,6 +11,7 @@
 #include <openssl/pem.h>
 
 #include "agent/certcheck.h"
+#include "agent/renew.h"
 #include "agent/state.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -264,6 +265,7 @@ int identity_keygen(struct identity_rt *id, int gen_type, struct ks_key **out, c
 	pthread_mutex_lock(&id->lock);
 	if ((r = ks_keygen(id->ks, id->cfg->key, gen_type, &key, err, errlen)) != 0)
 		goto out;
+	test_crash_point("unrecorded");
 	/*
 	 * Record the new key as pending before anything else: until a
 	 * certificate for it is imported, signatures keep using the current key.

@@ -281,7 +281,7 @@ handshake "initial"
 log "initial: serial $(current_serial "$ID"), key $CURRENT_ID"
 
 declare -A OUTCOME
-for step in keygen requested issued installed queued; do
+for step in preparing unrecorded keygen requested issued installed queued; do
 	what="crash at $step"
 	s0=$(current_serial "$ID")
 	ids0=$TOKEN_IDS
@@ -298,10 +298,12 @@ for step in keygen requested issued installed queued; do
 	jstep=$(journal_step)
 	expect_jstep=$step
 	[ "$step" != queued ] || expect_jstep=installed
+	# "unrecorded": killed after the key was made, before it was recorded as pending.
+	[ "$step" != unrecorded ] || expect_jstep=preparing
 	assert_eq "$jstep" "$expect_jstep" "$what: journal step left behind"
 	restart_and_reconcile "$what" "$jstep" "$s0"
 	case "$step" in
-	keygen | requested | issued) expect=rolled-back ;;
+	preparing | unrecorded | keygen | requested | issued) expect=rolled-back ;;
 	*) expect=completed ;;
 	esac
 	assert_eq "$RECONCILED" "$expect" "$what: reconciliation"
@@ -310,7 +312,10 @@ for step in keygen requested issued installed queued; do
 	check_credential "$what, after the restart"
 	handshake "$what, after the restart"
 	key_invariant "$what, after the restart"
-	if [ "$RECONCILED" = rolled-back ]; then
+	if [ "$step" = preparing ]; then
+		[ -z "$PENDING_ID" ] || fail "$what: a pending key appeared although none was made"
+		assert_eq "$TOKEN_IDS" "$ids0" "$what: keys on the token"
+	elif [ "$RECONCILED" = rolled-back ]; then
 		[ -n "$PENDING_ID" ] || fail "$what: no pending key kept for the next attempt"
 		[ "$(comm -13 <(printf '%s\n' "$ids0") <(printf '%s\n' "$TOKEN_IDS"))" = "$PENDING_ID" ] ||
 			fail "$what: the token gained other keys than the pending one"
@@ -367,7 +372,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	JSTEPS[${jstep:-none}]=$((${JSTEPS[${jstep:-none}]:-0} + 1))
 	restart_and_reconcile "$what" "$jstep" "$s0"
 	case "$jstep" in
-	keygen | requested) [ "$RECONCILED" = rolled-back ] || fail "$what: a journal at step $jstep must be rolled back, got $RECONCILED" ;;
+	preparing | keygen | requested) [ "$RECONCILED" = rolled-back ] || fail "$what: a journal at step $jstep must be rolled back, got $RECONCILED" ;;
 	installed) [ "$RECONCILED" = completed ] || fail "$what: a journal at step installed must be completed, got $RECONCILED" ;;
 	esac
 	if [ "$SERIAL_AFTER" = "$s0" ]; then
@@ -401,9 +406,9 @@ agent_stop
 printf 'renew-crash: %s random kills: %s before install, %s after; %s handshakes, 0 failures\n' \
 	"$ROUNDS" "$BEFORE" "$AFTER" "$HANDSHAKES"
 summary="renew-crash: details: kills 0..$MAX_MS ms after the request (clean renewals took up to $SLOWEST_MS ms), $DELAYED while the CA delayed; journal left at"
-for s in none keygen requested issued installed; do
+for s in none preparing keygen requested issued installed; do
 	summary="$summary $s=${JSTEPS[$s]:-0}"
 done
-summary="$summary; deterministic: keygen=${OUTCOME[keygen]} requested=${OUTCOME[requested]} issued=${OUTCOME[issued]} installed=${OUTCOME[installed]} queued=${OUTCOME[queued]}; $HANDSHAKES handshakes, $CHECKS signature checks, 0 failures; $(grep -c . <<<"$TOKEN_IDS") keys on the token ($RENEWALS renewals installed, old keys queued until expiry); $stale stale temporary files in the state dir"
+summary="$summary; deterministic: preparing=${OUTCOME[preparing]} unrecorded=${OUTCOME[unrecorded]} keygen=${OUTCOME[keygen]} requested=${OUTCOME[requested]} issued=${OUTCOME[issued]} installed=${OUTCOME[installed]} queued=${OUTCOME[queued]}; $HANDSHAKES handshakes, $CHECKS signature checks, 0 failures; $(grep -c . <<<"$TOKEN_IDS") keys on the token ($RENEWALS renewals installed, old keys queued until expiry); $stale stale temporary files in the state dir"
 printf '%s\n' "$summary"
 log "OK"

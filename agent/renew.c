@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -1156,8 +1157,38 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 	return next;
 }
 
+/*
+ * A crash between creating and renaming a temporary file (write_file_atomic:
+ * "<file>.tmp.<pid>.<n>") leaves it behind; this process's own are never in
+ * flight here (the renewal thread is the only writer at its first pass).
+ */
+static void remove_stale_temps(struct runtime *rt)
+{
+	char pattern[4200], own[32];
+	glob_t gl;
+	size_t i, k;
+
+	snprintf(own, sizeof(own), ".tmp.%ld.", (long)getpid());
+	for (k = 0; k <= rt->n_ids; k++) {
+		if (k == rt->n_ids)
+			snprintf(pattern, sizeof(pattern), "%s/*.tmp.*", rt->cfg->state_dir);
+		else
+			snprintf(pattern, sizeof(pattern), "%s.tmp.*", rt->ids[k].cfg->cert);
+		if (glob(pattern, GLOB_NOSORT, NULL, &gl) != 0)
+			continue;
+		for (i = 0; i < gl.gl_pathc; i++) {
+			if (strstr(gl.gl_pathv[i], own) != NULL)
+				continue;
+			if (unlink(gl.gl_pathv[i]) == 0)
+				log_info("removed %s, left by an interrupted write", gl.gl_pathv[i]);
+		}
+		globfree(&gl);
+	}
+}
+
 static void *renew_thread(void *arg)
 {
+	int first = 1;
 	struct runtime *rt;
 	struct timespec ts;
 	time_t now, next, n;
@@ -1170,6 +1201,10 @@ static void *renew_thread(void *arg)
 		pthread_mutex_unlock(&g.lock);
 		rt = g.get_runtime(g.arg);
 		renew_prov_set_runtime(rt);
+		if (first) {
+			remove_stale_temps(rt);
+			first = 0;
+		}
 		now = time(NULL);
 		next = now + MAX_SLEEP_S;
 		for (i = 0; i < rt->n_ids; i++) {

@@ -401,6 +401,7 @@ handshake "final renewal"
 key_invariant "final renewal"
 [ ! -e "$JOURNAL" ] || fail "a journal is left after the final renewal"
 stale=$(find "$STATE_DIR" -name '*.tmp.*' | wc -l)
+[ "$stale" -eq 0 ] || fail "$stale temporary files left in the state dir after the restarts: $(find "$STATE_DIR" -name '*.tmp.*')"
 agent_stop
 
 printf 'renew-crash: %s random kills: %s before install, %s after; %s handshakes, 0 failures\n' \

@@ -336,3 +336,329 @@ scenario_lines() { # PROTO BOOTSTRAP
 	renew_lines "$1" "bootstrap = $2" "subject = /CN=gw/O=mtls-agent tests" "key-type = ec-p256" \
 		"cert-out = $WORK/out/gw.pem" "post-renew = echo \"\$MTLS_AGENT_IDENTITY\" >>$WORK/hook.log"
 }
+
+# --- renewal faults (renew-faults-est.sh, renew-faults-cmp.sh, renew-expired.sh) -------------
+
+# agent_log_stamp_start: copies each line of $AGENT_LOG, as soon as it is written, to
+# $AGENT_STAMPED prefixed with the time it was read ("SECONDS.MICROSECONDS LINE"). The
+# agent log has no time stamps; these are never earlier than the line was written.
+agent_log_stamp_start() {
+	AGENT_STAMPED=$WORK/agent.stamped
+	: >"$AGENT_STAMPED"
+	tail -n +1 -F --pid=$$ "$AGENT_LOG" 2>/dev/null | while IFS= read -r line; do
+		printf '%s %s\n' "$EPOCHREALTIME" "$line"
+	done >>"$AGENT_STAMPED" &
+	bg_track $!
+}
+
+# status_save FILE: `mtls-agentctl --json status` into FILE (one snapshot for several fields).
+status_save() {
+	ctl --json status >"$1" 2>"$WORK/status.err" || {
+		cat "$WORK/status.err" >&2
+		fail "status failed"
+	}
+}
+
+# status_get FILE NAME FIELD: one field of identity NAME from a saved status ("" if absent).
+status_get() {
+	python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+for rec in doc["records"]:
+    if rec["kind"] == "identity" and rec["name"] == sys.argv[2]:
+        print(rec["fields"].get(sys.argv[3], ""))
+PY
+}
+
+# utc_epoch TIME: seconds since the epoch of a status time (2026-01-02T03:04:05Z).
+utc_epoch() {
+	date -u -d "$1" +%s 2>/dev/null || fail "not a time: '$1'"
+}
+
+# ca_log_since LINE: the CA log from line LINE on.
+ca_log_since() { tail -n +"$1" "$CA_LOG"; }
+
+# ca_log_has LINE STRING: the CA log from line LINE on has STRING (for wait_until).
+ca_log_has() { tail -n +"$1" "$CA_LOG" | grep -qF -- "$2"; }
+
+# stamped_has LINE ERE: $AGENT_STAMPED from line LINE on matches ERE (for wait_until).
+stamped_has() { tail -n +"$1" "$AGENT_STAMPED" | grep -qE -- "$2"; }
+
+# fail_later MESSAGE: a failure that does not stop the test (so that the checks after it
+# still run); fail_if_later, at the end, fails with all of them.
+fail_later() {
+	printf '%s\n' "$*" >>"$WORK/failures.later"
+	printf '\n%s: FAIL (reported at the end): %s\n' "$TEST_NAME" "$*" >&2
+}
+fail_if_later() {
+	[ -s "$WORK/failures.later" ] || return 0
+	fail "$(wc -l <"$WORK/failures.later") check(s) failed: $(tr '\n' ';' <"$WORK/failures.later")"
+}
+
+# matches TEXT PATTERN: TEXT contains PATTERN, or matches the ERE after a leading "~".
+matches() {
+	case "$2" in
+	"~"*) grep -qE -- "${2#\~}" <<<"$1" ;;
+	*) case "$1" in *"$2"*) return 0 ;; *) return 1 ;; esac ;;
+	esac
+}
+
+# renew_timeline NAME FROM_LINE: identity NAME's renewal events in $AGENT_STAMPED from line
+# FROM_LINE on, one a line: "attempt T", "failed T", "next T SECONDS FAILURES", "ok T".
+renew_timeline() {
+	tail -n +"$2" "$AGENT_STAMPED" | awk -v id="identity \"$1\": " '
+		index($0, id) == 0 { next }
+		{ t = $1; rest = substr($0, index($0, id) + length(id)) }
+		rest ~ /^(renewing|enrolling) \(/ { print "attempt", t; next }
+		rest ~ /^renewal failed \(/ { print "failed", t; next }
+		rest ~ /^next attempt in -?[0-9]+ s \(failure [0-9]+\)$/ {
+			split(rest, w, " ")
+			print "next", t, w[4], substr(w[7], 1, length(w[7]) - 1)
+			next
+		}
+		rest ~ /^(EST|CMP) .*installed$/ { print "ok", t }'
+}
+
+# check_backoff TIMELINE T_FAIL MIN_FAILS MAX_FAILS HINT: the events after a failed forced
+# attempt (which the agent recorded at T_FAIL, its own clock) must be: failures with the
+# retry delays the log announces within the backoff bounds of a 3600 s certificate
+# (base 3 s doubling per failure, cap 180 s; at least HINT when HINT >= 0, for the first
+# failure), each retry not before its announced second (strict: a stamp is never early)
+# and at most 6 s after it (the second's rounding and a loaded machine), ending with one
+# success. Prints a summary, then a line "early: ..." if a retry came sooner after its
+# failure than the delay announced (measured on the stamps, 0.2 s allowed for reading
+# the log; a delay counted from the start of the failure's second is up to 1 s short).
+check_backoff() {
+	python3 - "$@" <<'PY'
+import sys
+path, t_fail, lo_n, hi_n, hint = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+ev = [l.split() for l in open(path) if l.strip()]
+def die(msg):
+    print("timeline: " + msg + "\n" + "".join("  " + " ".join(e) + "\n" for e in ev))
+    sys.exit(1)
+kinds = [e[0] for e in ev]
+fails = [float(e[1]) for e in ev if e[0] == "failed"]
+nexts = [(float(e[1]), int(e[2]), int(e[3])) for e in ev if e[0] == "next"]
+atts = [float(e[1]) for e in ev if e[0] == "attempt"]
+oks = [float(e[1]) for e in ev if e[0] == "ok"]
+if not ev or kinds[0] != "attempt":
+    die("does not start with the forced attempt")
+if len(oks) != 1 or kinds[-1] != "ok":
+    die("does not end with exactly one success")
+if not lo_n <= len(fails) <= hi_n:
+    die("%d failed attempts, expected %s" % (len(fails), lo_n if lo_n == hi_n else "%d..%d" % (lo_n, hi_n)))
+if len(nexts) != len(fails) or len(atts) != len(fails) + 1:
+    die("each failure must announce its next attempt and be followed by it")
+want = []
+for f in fails:
+    want += ["attempt", "failed", "next"]
+if kinds != want + ["attempt", "ok"]:
+    die("events out of order")
+due = t_fail
+out = []
+early = []
+for k, (t_next, n, count) in enumerate(nexts, 1):
+    if count != k:
+        die("next attempt %d announced as failure %d" % (k, count))
+    upper = min(180, 3 * 2 ** (k - 1))
+    low = 1
+    if k == 1 and hint >= 0:
+        low = max(low, hint)
+        upper = max(upper, hint)
+    if not low <= n <= upper:
+        die("failure %d: next attempt in %d s, outside the backoff bounds [%d, %d] s" % (k, n, low, upper))
+    # failure k was recorded no earlier than the second attempt k started in
+    due += n
+    retry = atts[k]
+    if retry < due:
+        die("retry %d at %.3f, before its due second %d (failure recorded %d + %d s)" % (k, retry, due, t_fail, due - t_fail))
+    if retry > t_next + n + 1 + 5:
+        die("retry %d at %.3f, more than %d s + 6 s slack after it was announced at %.3f" % (k, retry, n, t_next))
+    gap = retry - fails[k - 1]
+    out.append("retry %d: announced %d s, came %.2f s after the failure" % (k, n, gap))
+    if gap < n - 0.2:
+        early.append("retry %d came %.2f s after failure %d, announced %d s" % (k, gap, k, n))
+print("; ".join(out))
+if early:
+    print("early: " + "; ".join(early))
+PY
+}
+
+# renew_failures_are NAME FROM_LINE OUTCOME WHAT: every failure of NAME in $AGENT_STAMPED
+# from line FROM_LINE on is logged as OUTCOME, and there is at least one.
+renew_failures_are() {
+	local lines
+	wait_until 10 stamped_has "$2" "identity \"$1\": renewal failed \\(" || true
+	lines=$(tail -n +"$2" "$AGENT_STAMPED" | grep -F "identity \"$1\": renewal failed (" || true)
+	[ -n "$lines" ] || fail "$4: no failure in the agent log"
+	printf '%s\n' "$lines" | grep -vqF "renewal failed ($3): " &&
+		fail "$4: failures must be logged as \"$3\": $lines"
+	return 0
+}
+
+# renew_fault_retry NAME KIND COUNT ARG OUTCOME FRAGMENT [HINT]: a transient fault. With
+# the CA answering the next COUNT requests with KIND (ARG: its argument, "" for none), a
+# forced renewal fails with FRAGMENT in its message, each failure logged as OUTCOME (the
+# agent's class: "transient error", "rejected by the CA", ...); nothing is replaced
+# meanwhile (the certificate file, the serial); status counts the failure; then the agent
+# retries on its own with backoff (check_backoff) until it succeeds. HINT: the server's
+# retry hint. FAULT_SIGN_CHECK=1: the old key must still sign meanwhile (for slow faults).
+# A fault that can make more attempts fail than it counts (delay: the CA is still
+# asleep) sets FAULT_MAX_FAILS.
+renew_fault_retry() {
+	local name=$1 kind=$2 count=$3 arg=$4 outcome=$5 frag=$6 hint=${7:--1}
+	local crt=$STATE_DIR/$1.crt s0 s1 mark camark t_fail fails result summary start err
+	s0=$(current_serial "$name")
+	[ -n "$s0" ] || fail "$kind: $name has no certificate to begin with"
+	cp "$crt" "$WORK/before.crt"
+	mark=$(($(wc -l <"$AGENT_STAMPED") + 1))
+	camark=$(($(wc -l <"$CA_LOG") + 1))
+	# shellcheck disable=SC2086 # ARG: nothing or one word
+	ca_fault "$kind" "$count" $arg
+	start=$EPOCHREALTIME
+	assert_fails ctl renew "$name"
+	# Within the second after the failure (the first retry can come that soon): the
+	# file, one status snapshot, the serial. The second retry is at least 1 s later.
+	cmp -s "$crt" "$WORK/before.crt" || fail "$kind: the certificate file changed although the renewal failed"
+	status_save "$WORK/snap.json"
+	s1=$(current_serial "$name")
+	[ "$s1" = "$s0" ] || fail "$kind: the serial changed from $s0 to $s1 right after a failed renewal"
+	assert_contains "$LAST_ERR" "$frag" "$kind: mtls-agentctl renew"
+	err=$LAST_ERR
+	fails=$(status_get "$WORK/snap.json" "$name" failures)
+	result=$(status_get "$WORK/snap.json" "$name" last-result)
+	[ -n "$fails" ] && [ "$fails" -ge 1 ] || fail "$kind: status failures is '$fails' after a failed renewal"
+	assert_contains "$result" "$frag" "$kind: status last-result"
+	t_fail=$(utc_epoch "$(status_get "$WORK/snap.json" "$name" last-attempt)")
+	[ "$t_fail" -ge "${start%.*}" ] || fail "$kind: status last-attempt $t_fail is before the renewal started (${start%.*})"
+	# The agent's second of the forced failure, unless the first retry (which can
+	# follow within milliseconds) already failed too: then the second it started in.
+	[ "$fails" -eq 1 ] || t_fail=${start%.*}
+	if [ "${FAULT_SIGN_CHECK:-0}" = 1 ]; then
+		# The old key still signs as the old certificate says (a retry is >= 5 s away).
+		sign_verify "$name" ecdsa_secp256r1_sha256 "$WORK/before.crt" "$WORK/before.pub"
+		[ "$(current_serial "$name")" = "$s0" ] || fail "$kind: renewed during the signature check"
+	fi
+	log "$kind: renew failed as expected: $err"
+
+	s1=$(wait_new_serial "$name" "$s0" 90)
+	wait_until 15 stamped_has "$mark" "identity \"$name\": (EST|CMP) .*installed\$" ||
+		fail "$kind: the success is not in the agent log"
+	renew_timeline "$name" "$mark" >"$WORK/timeline.$kind"
+	summary=$(check_backoff "$WORK/timeline.$kind" "$t_fail" "$count" "${FAULT_MAX_FAILS:-$count}" "$hint") || {
+		printf '%s\n' "$summary" >&2
+		show_log "$AGENT_LOG" 40
+		show_log "$CA_LOG" 30
+		fail "$kind: the retries do not follow the backoff"
+	}
+	case "$summary" in
+	*"early: "*)
+		fail_later "$kind: a retry came before the backoff delay had passed: ${summary##*early: }"
+		summary=${summary%%$'\n'early: *}
+		;;
+	esac
+	renew_failures_are "$name" "$mark" "$outcome" "$kind"
+	[ "$(ca_log_since "$camark" | grep -c "fault $kind ")" -eq "$count" ] || {
+		show_log "$CA_LOG" 30
+		fail "$kind: the CA did not serve the fault $count times"
+	}
+	status_save "$WORK/snap.json"
+	assert_eq "$(status_get "$WORK/snap.json" "$name" failures)" 0 "$kind: status failures after the successful retry"
+	assert_contains "$(status_get "$WORK/snap.json" "$name" last-result)" installed "$kind: status last-result"
+	cmp -s "$crt" "$WORK/before.crt" && fail "$kind: the certificate file is unchanged after the renewal"
+	ctl cert "$name" >"$WORK/before.crt"
+	cert_pubkey "$WORK/before.crt" "$WORK/before.pub"
+	log "$kind: $(grep -c '^failed' "$WORK/timeline.$kind") failed attempts, then serial $s1; $summary"
+}
+
+# renew_fault_badcert NAME KIND OUTCOME FRAGMENT: the CA answers with a certificate that
+# must be refused (or, for garbage, with no certificate at all): the forced renewal fails
+# with FRAGMENT (see matches; a missing reason is reported at the end: fail_later), logged
+# as OUTCOME; the old certificate stays, status shows the failure; over CMP ($PROTO) the
+# agent answers with a negative certConf. The fault serves two attempts (the forced one
+# and the first automatic retry, so the checks are done before a retry can succeed), then
+# is cleared and a forced renewal succeeds.
+renew_fault_badcert() {
+	local name=$1 kind=$2 outcome=$3 frag=$4 crt=$STATE_DIR/$1.crt s0 s1 mark camark bad fails
+	s0=$(current_serial "$name")
+	mark=$(($(wc -l <"$AGENT_STAMPED") + 1))
+	cp "$crt" "$WORK/before.crt"
+	camark=$(($(wc -l <"$CA_LOG") + 1))
+	ca_fault "$kind" 2
+	assert_fails ctl renew "$name"
+	cmp -s "$crt" "$WORK/before.crt" || fail "$kind: the certificate file changed although the certificate was refused"
+	status_save "$WORK/snap.json"
+	s1=$(current_serial "$name")
+	[ "$s1" = "$s0" ] || fail "$kind: the serial changed from $s0 to $s1 after a refused certificate"
+	matches "$LAST_ERR" "$frag" || fail_later "$kind: the message of mtls-agentctl renew does not give the reason ($frag): $LAST_ERR"
+	fails=$(status_get "$WORK/snap.json" "$name" failures)
+	[ -n "$fails" ] && [ "$fails" -ge 1 ] || fail "$kind: status failures is '$fails' after a refused certificate"
+	matches "$(status_get "$WORK/snap.json" "$name" last-result)" "$frag" ||
+		fail_later "$kind: status last-result does not give the reason ($frag): $(status_get "$WORK/snap.json" "$name" last-result)"
+	if [ "$kind" != garbage ]; then
+		bad=$(ca_log_since "$camark" | sed -n 's/.* issued serial=\([0-9A-F]*\) .*/\1/p' | head -n 1)
+		[ -n "$bad" ] || {
+			show_log "$CA_LOG" 20
+			fail "$kind: the CA log shows no certificate issued"
+		}
+		if [ "${PROTO:-}" = cmp ]; then
+			wait_until 10 ca_log_has "$camark" "certConf rejected serial=$bad" || {
+				show_log "$CA_LOG" 20
+				fail "$kind: no negative certConf for the refused certificate $bad"
+			}
+			ca_log_since "$camark" | grep -q "certConf accepted serial=$bad" &&
+				fail "$kind: the refused certificate $bad was confirmed to the CA"
+		fi
+	fi
+	log "$kind: refused as expected: $LAST_ERR"
+	renew_failures_are "$name" "$mark" "$outcome" "$kind"
+	ca_fault_clear
+	assert_ok ctl renew "$name"
+	s1=$(current_serial "$name")
+	[ -n "$s1" ] && [ "$s1" != "$s0" ] || fail "$kind: no new certificate after the fault was cleared"
+	[ -z "${bad:-}" ] || [ "$s1" != "$bad" ] || fail "$kind: the refused certificate $bad got installed"
+	if [ "${PROTO:-}" = cmp ]; then
+		grep -q "certConf accepted serial=$s1" "$CA_LOG" || fail "$kind: no certConf for the new certificate $s1"
+	fi
+	cmp -s "$crt" "$WORK/before.crt" && fail "$kind: the certificate file is unchanged after the renewal"
+	status_save "$WORK/snap.json"
+	assert_eq "$(status_get "$WORK/snap.json" "$name" failures)" 0 "$kind: status failures after the renewal"
+	ctl cert "$name" >"$WORK/before.crt"
+	cert_pubkey "$WORK/before.crt" "$WORK/before.pub"
+	log "$kind: then renewed: serial $s1"
+}
+
+# renew_faults_first_cert NAME: the identity's first certificate from lib.sh's CA
+# (identity_setup), then one from the test CA through a forced renewal authenticated by
+# it (both CAs issue with the same intermediate). Leaves the chain and public key in
+# $WORK/before.crt and $WORK/before.pub.
+renew_faults_first_cert() {
+	local name=$1 s0 s1 issuer na now
+	identity_setup "$name" ec-p256
+	issuer=$(openssl x509 -in "$WORK/$name.chain.pem" -noout -issuer -nameopt RFC2253)
+	assert_eq "$issuer" "$(openssl x509 -in "$CA_DIR/inter.crt" -noout -subject -nameopt RFC2253 | sed 's/^subject=/issuer=/')" \
+		"issuer of the first certificate vs the test CA's certificate"
+	s0=$(current_serial "$name")
+	assert_ok ctl renew "$name"
+	s1=$(current_serial "$name")
+	[ -n "$s1" ] && [ "$s1" != "$s0" ] || fail "the first forced renewal brought no new certificate"
+	grep -qE "(kur|simplereenroll) issued serial=$s1 " "$CA_LOG" || {
+		show_log "$CA_LOG" 20
+		fail "the test CA did not issue serial $s1 on renewal"
+	}
+	ctl cert "$name" >"$WORK/before.crt"
+	cert_pubkey "$WORK/before.crt" "$WORK/before.pub"
+	assert_eq "$(openssl x509 -in "$WORK/before.crt" -noout -issuer -nameopt RFC2253)" "$issuer" "issuer after renewal"
+	na=$(cert_not_after "$WORK/before.crt")
+	now=$(date +%s)
+	[ "$na" -ge $((now + 3500)) ] && [ "$na" -le $((now + 3700)) ] ||
+		fail "the test CA's certificate should last 3600 s, it ends in $((na - now)) s"
+	status_save "$WORK/snap.json"
+	assert_eq "$(status_get "$WORK/snap.json" "$name" failures)" 0 "status failures after the first renewal"
+	local next
+	next=$(utc_epoch "$(status_get "$WORK/snap.json" "$name" next-renewal)")
+	# 66% of 3600 s minus up to 5% jitter: 2196..2376 s after issue (a little before now).
+	[ "$next" -ge $((now + 2160)) ] && [ "$next" -le $((now + 2380)) ] ||
+		fail "next-renewal is $((next - now)) s away; 66% of 3600 s minus jitter is 2196..2376 s"
+	log "first certificate from the test CA: serial $s1, next renewal in $((next - now)) s"
+}

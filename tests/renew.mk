@@ -4,6 +4,8 @@ RENEW_TESTS = \
 	tests/integration/renew-est.sh \
 	tests/integration/renew-tpm.sh \
 	tests/integration/renew-openssl-cmp.sh \
+	tests/integration/renew-faults-est.sh \
+	tests/integration/renew-faults-cmp.sh \
 	tests/integration/renew-crash.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

@@ -22,6 +22,7 @@
 #include "common/log.h"
 
 #define CMP_MAX_RESPONSE (1024 * 1024)
+#define POLL_FACTOR 10
 
 struct cmp_txn {
 	const struct enroll_request *req;
@@ -133,9 +134,11 @@ static int cmp_cert_conf(OSSL_CMP_CTX *ctx, X509 *cert, int fail_info, const cha
 
 	t->commit_called = 1;
 	if (fail_info != 0 || cert == NULL) {
+		/* OpenSSL's own checks (e.g. the key) failed; it says why in *text. */
 		t->commit_failed = 1;
 		snprintf(t->commit_err, sizeof(t->commit_err),
-			 "the CMP client refused the certificate (failInfo 0x%x)", fail_info);
+			 "the CA's certificate was refused: %s (failInfo 0x%x)",
+			 *text != NULL ? *text : "no certificate", fail_info);
 		return fail_info != 0 ? fail_info : 1 << OSSL_CMP_PKIFAILUREINFO_badCertTemplate;
 	}
 	if ((chain = sk_X509_new_null()) == NULL || !X509_up_ref(cert)) {
@@ -286,6 +289,7 @@ static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 {
 	const char *what = req->kind == ENROLL_BOOTSTRAP ? "IR" : "KUR";
+	int msg_timeout = req->timeout_s > 0 && req->timeout_s <= 3600 ? (int)req->timeout_s : 60;
 	struct cmp_txn t = {.req = req};
 	OSSL_CMP_CTX *ctx = NULL;
 	X509_STORE *trust = NULL;
@@ -310,7 +314,7 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 	curl_easy_setopt(t.curl, CURLOPT_CAINFO, req->trust_file);
 	curl_easy_setopt(t.curl, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	curl_easy_setopt(t.curl, CURLOPT_CONNECTTIMEOUT, 10L);
-	curl_easy_setopt(t.curl, CURLOPT_TIMEOUT, (long)(req->timeout_s > 0 ? req->timeout_s : 60));
+	curl_easy_setopt(t.curl, CURLOPT_TIMEOUT, (long)msg_timeout);
 	curl_easy_setopt(t.curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(t.curl, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(t.curl, CURLOPT_USERAGENT, PACKAGE_NAME "/" PACKAGE_VERSION);
@@ -321,9 +325,14 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 	OSSL_CMP_CTX_set_transfer_cb(ctx, cmp_transfer);
 	OSSL_CMP_CTX_set_transfer_cb_arg(ctx, &t);
 	OSSL_CMP_CTX_set_certConf_cb(ctx, cmp_cert_conf);
-	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_MSG_TIMEOUT, 30);
-	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_TOTAL_TIMEOUT,
-				(int)(req->timeout_s > 0 ? req->timeout_s : 60));
+	/*
+	 * timeout_s bounds each exchange; a CA that asks us to poll (checkAfter)
+	 * may stretch the transaction to POLL_FACTOR times that. (OpenSSL keeps a
+	 * few seconds of the total for the last round trip, so a total equal to
+	 * one exchange would give up at the first poll.)
+	 */
+	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_MSG_TIMEOUT, msg_timeout);
+	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_TOTAL_TIMEOUT, msg_timeout * POLL_FACTOR);
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_IMPLICIT_CONFIRM, 0);
 	/* Responses must be signed by a CA certificate that chains to ca-trust. */
 	if (!OSSL_CMP_CTX_set0_trustedStore(ctx, trust)) {

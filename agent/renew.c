@@ -1001,6 +1001,14 @@ static double device_jitter(const char *name, const char *serial)
 	return sched_jitter_fraction(seed, n > 0 ? (size_t)n : 0);
 }
 
+static time_t time_ceil(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ts.tv_sec + (ts.tv_nsec > 0 ? 1 : 0);
+}
+
 static double random01(void)
 {
 	uint64_t v = 0;
@@ -1072,7 +1080,8 @@ static void record_attempt(struct rstate *st, const struct snapshot *before, int
 						     ? before->not_after
 						     : now + 3600,
 					     hint, random01());
-	st->last_rc = outcome == ENROLL_LOCAL ? MTLS_AGENT_ERR_INTERNAL : MTLS_AGENT_ERR_CERT;
+	/* What `mtls-agentctl renew` reports: a refused certificate, or a renewal that failed. */
+	st->last_rc = outcome == ENROLL_BAD_CERT ? MTLS_AGENT_ERR_CERT : MTLS_AGENT_ERR_RENEWAL;
 }
 
 /* Visits one identity: reconcile, retire, renew if due. Returns its next wake-up (0: none). */
@@ -1120,7 +1129,11 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 			log_warn("identity \"%s\": %s; trying bootstrap enrollment", cfg->name, msg);
 			outcome = renew_once(rt, id, 1, &hint, msg, sizeof(msg));
 		}
-		now = time(NULL);
+		/*
+		 * Whole seconds, rounded up: a retry "in N s" (or a CA's Retry-After)
+		 * must never start before N full seconds have passed.
+		 */
+		now = time_ceil();
 		if (outcome == ENROLL_OK)
 			log_info("identity \"%s\": %s", cfg->name, msg);
 		else

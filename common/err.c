@@ -28,6 +28,7 @@ const char *mtls_agent_strerror(int err)
 	case MTLS_AGENT_ERR_BUSY: return "too many connections or requests";
 	case MTLS_AGENT_ERR_INVALID_ARG: return "invalid argument";
 	case MTLS_AGENT_ERR_KEY_GONE: return "requested key generation no longer held";
+	case MTLS_AGENT_ERR_RENEWAL: return "renewal failed";
 	}
 	return "unknown error";
 }

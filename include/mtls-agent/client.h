@@ -46,8 +46,9 @@ enum mtls_agent_err {
 	MTLS_AGENT_ERR_BUSY = -20,           /* too many connections or requests */
 	MTLS_AGENT_ERR_INVALID_ARG = -21,    /* invalid argument */
 	MTLS_AGENT_ERR_KEY_GONE = -22,       /* the requested key generation is no longer held */
+	MTLS_AGENT_ERR_RENEWAL = -23,        /* renewal failed (CA unreachable, refused, ...) */
 };
-#define MTLS_AGENT_ERR_MIN (-22)
+#define MTLS_AGENT_ERR_MIN (-23)
 
 /* TLS SignatureScheme code points (RFC 8446 section 4.2.3). */
 enum mtls_agent_scheme {

@@ -85,6 +85,7 @@ static int store_load(void *vctx, OSSL_CALLBACK *object_cb, void *object_cbarg,
 		      OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
 {
 	struct storectx *ctx = vctx;
+	struct mtlsa_key *key = ctx->key; /* params[2] points at it until object_cb returns */
 	OSSL_PARAM params[4];
 	int type;
 
@@ -93,8 +94,6 @@ static int store_load(void *vctx, OSSL_CALLBACK *object_cb, void *object_cbarg,
 	if (store_eof(ctx))
 		return 0;
 	if (ctx->next++ == 0) {
-		struct mtlsa_key *key = ctx->key;
-
 		type = OSSL_OBJECT_PKEY;
 		params[0] = OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &type);
 		params[1] = OSSL_PARAM_construct_utf8_string(

@@ -287,7 +287,9 @@ scheduled_renewal_scenario() {
 	grep -q "$renew_req issued serial=$s2" "$CA_LOG" || fail "the CA log shows no $renew_req for serial $s2"
 	elapsed=$(($(date -d "$(openssl x509 -in "$WORK/c2.pem" -noout -startdate | cut -d= -f2)" +%s) -
 		$(date -d "$(openssl x509 -in "$WORK/c1.pem" -noout -startdate | cut -d= -f2)" +%s)))
-	[ "$elapsed" -ge 30 ] && [ "$elapsed" -le 45 ] ||
+	# Due 37..40 s after issue; the slack covers key generation and the CA round trip on a
+	# loaded machine (an ASan build takes 1..2 s for them).
+	[ "$elapsed" -ge 36 ] && [ "$elapsed" -le 50 ] ||
 		fail "renewal 1 came $elapsed s after issue; renew-at 66% of 60 s minus jitter is 37..40 s"
 	log "renewal 1 ($renew_req): serial $s2, $elapsed s after the first certificate"
 

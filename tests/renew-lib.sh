@@ -85,17 +85,8 @@ renew_lines() {
 
 # status_field NAME FIELD: one field of identity NAME from `mtls-agentctl --json status` ("" if absent).
 status_field() {
-	ctl --json status >"$WORK/status.json" 2>"$WORK/status.err" || {
-		cat "$WORK/status.err" >&2
-		fail "status failed"
-	}
-	python3 - "$WORK/status.json" "$1" "$2" <<'PY'
-import json, sys
-doc = json.load(open(sys.argv[1]))
-for rec in doc["records"]:
-    if rec["kind"] == "identity" and rec["name"] == sys.argv[2]:
-        print(rec["fields"].get(sys.argv[3], ""))
-PY
+	status_save "$WORK/status.json"
+	status_get "$WORK/status.json" "$1" "$2"
 }
 
 # Serial of the certificate `mtls-agentctl cert NAME` prints ("" if none).

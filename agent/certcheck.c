@@ -128,12 +128,36 @@ int certcheck_spki(X509 *cert, uint8_t **der, size_t *len)
 	return 0;
 }
 
-time_t certcheck_not_after(X509 *cert)
+static time_t asn1_epoch(const ASN1_TIME *t)
 {
 	struct tm tm;
 
 	memset(&tm, 0, sizeof(tm));
-	if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1)
+	if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
 		return 0;
 	return timegm(&tm);
+}
+
+time_t certcheck_not_before(X509 *cert)
+{
+	return asn1_epoch(X509_get0_notBefore(cert));
+}
+
+time_t certcheck_not_after(X509 *cert)
+{
+	return asn1_epoch(X509_get0_notAfter(cert));
+}
+
+STACK_OF(X509) *certcheck_chain_rest(STACK_OF(X509) *chain)
+{
+	STACK_OF(X509) *rest = sk_X509_new_null();
+	int i;
+
+	for (i = 1; rest != NULL && i < sk_X509_num(chain); i++) {
+		if (!sk_X509_push(rest, sk_X509_value(chain, i))) {
+			sk_X509_free(rest);
+			return NULL;
+		}
+	}
+	return rest;
 }

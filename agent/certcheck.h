@@ -29,7 +29,14 @@ int certcheck_chain_order(STACK_OF(X509) *chain, char *err, size_t errlen);
 /* DER SubjectPublicKeyInfo of a certificate (caller frees with OPENSSL_free). */
 int certcheck_spki(X509 *cert, uint8_t **der, size_t *len);
 
-/* notAfter as seconds since the epoch; 0 on error. */
+/* notBefore / notAfter as seconds since the epoch; 0 on error. */
+time_t certcheck_not_before(X509 *cert);
 time_t certcheck_not_after(X509 *cert);
+
+/*
+ * A new stack holding (not owning) chain's certificates after the leaf: the
+ * untrusted intermediates for a verification. NULL without memory.
+ */
+STACK_OF(X509) *certcheck_chain_rest(STACK_OF(X509) *chain);
 
 #endif

@@ -13,11 +13,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
 #include <openssl/x509.h>
 
 #include "agent/conf.h"
 #include "agent/sched.h"
+#include "keystore/csr.h"
 #include "keystore/keystore.h"
 
 #ifndef MTLS_AGENT_DEFAULT_SOCKET
@@ -569,32 +569,17 @@ static int set_cert_out(struct parser *p, struct cfg_identity *id, const char *v
 	return 0;
 }
 
-/* subject = /CN=gateway-1/O=Example: parsed now so a typo is a config error. */
+/* subject = /CN=gw-1/O=Fleet, as `mtls-agentctl csr` takes it; a typo is a config error. */
 static int set_subject(struct parser *p, struct cfg_identity *id, const char *value)
 {
-	X509_NAME *name = X509_NAME_new();
-	char *copy = strdup(value), *rdn, *save = NULL, *eq;
-	int ok = name != NULL && copy != NULL && value[0] == '/';
+	X509_NAME *name = NULL;
+	char why[256];
 
-	for (rdn = ok ? strtok_r(copy + 1, "/", &save) : NULL; ok && rdn != NULL;
-	     rdn = strtok_r(NULL, "/", &save)) {
-		if ((eq = strchr(rdn, '=')) == NULL || eq == rdn || eq[1] == '\0') {
-			ok = 0;
-			break;
-		}
-		*eq = '\0';
-		ok = X509_NAME_add_entry_by_txt(name, rdn, MBSTRING_UTF8,
-						(const unsigned char *)eq + 1, -1, -1, 0) == 1;
-	}
-	ok = ok && X509_NAME_entry_count(name) > 0;
-	X509_NAME_free(name);
-	free(copy);
-	ERR_clear_error();
-	if (!ok) {
-		fail(p, p->lineno, "bad subject \"%s\": want /TYPE=value/..., e.g. /CN=gw-1/O=Fleet",
-		     value);
+	if (csr_parse_subject(value, &name, why, sizeof(why)) != 0) {
+		fail(p, p->lineno, "bad subject \"%s\": %s", value, why);
 		return -1;
 	}
+	X509_NAME_free(name);
 	return set_string(p, &id->subject, value);
 }
 

@@ -339,14 +339,6 @@ static int put_field(struct buf *b, const char *key, const char *value)
 	return buf_put_cstring(b, value);
 }
 
-static void format_time(time_t t, char *out, size_t len)
-{
-	struct tm tm;
-
-	if (t == 0 || gmtime_r(&t, &tm) == NULL || strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-		snprintf(out, len, "-");
-}
-
 /* One STATUS identity record: a name and key/value fields (docs/PROTOCOL.md). */
 static int put_identity_status(struct buf *b, struct identity_rt *id)
 {
@@ -373,7 +365,7 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 								   : "Ed25519",
 			 id->current->bits);
 	gens = id->n_keys;
-	format_time(id->chain != NULL ? id->not_after : 0, na, sizeof(na));
+	format_utc(id->chain != NULL ? id->not_after : 0, na, sizeof(na));
 	pthread_mutex_unlock(&id->lock);
 	snprintf(nb, sizeof(nb), "%zu", gens);
 	snprintf(ns, sizeof(ns), "%llu", (unsigned long long)atomic_load(&id->n_signed));
@@ -393,9 +385,9 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 			FIELD("next-renewal", "-");
 			FIELD("renewal-problem", "the renewal service is not running");
 		} else {
-			format_time(rs.next, next, sizeof(next));
-			format_time(rs.last_attempt, last, sizeof(last));
-			format_time(rs.last_renewed, renewed, sizeof(renewed));
+			format_utc(rs.next, next, sizeof(next));
+			format_utc(rs.last_attempt, last, sizeof(last));
+			format_utc(rs.last_renewed, renewed, sizeof(renewed));
 			snprintf(fails, sizeof(fails), "%u", rs.failures);
 			FIELD("next-renewal", next);
 			FIELD("last-attempt", last);

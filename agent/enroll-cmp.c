@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
+#include "agent/certcheck.h"
 #include "agent/enroll.h"
 #include "common/log.h"
 
@@ -297,7 +298,6 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 	EVP_PKEY *prot_key;
 	X509 *newcert = NULL;
 	char err[300];
-	int i;
 
 	memset(res, 0, sizeof(*res));
 	res->retry_after = -1;
@@ -351,21 +351,15 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 		prot_key = req->cur_key;
 		if (!OSSL_CMP_CTX_set1_oldCert(ctx, leaf) || !OSSL_CMP_CTX_set1_cert(ctx, leaf))
 			goto no_memory;
-		untrusted = sk_X509_new_null();
-		for (i = 1; untrusted != NULL && i < sk_X509_num(req->cur_chain); i++)
-			if (!sk_X509_push(untrusted, sk_X509_value(req->cur_chain, i)))
-				goto no_memory;
-		if (untrusted == NULL || !OSSL_CMP_CTX_set1_untrusted(ctx, untrusted))
+		if ((untrusted = certcheck_chain_rest(req->cur_chain)) == NULL ||
+		    !OSSL_CMP_CTX_set1_untrusted(ctx, untrusted))
 			goto no_memory;
 	} else if (req->boot_key != NULL) {
 		prot_key = req->boot_key;
 		if (!OSSL_CMP_CTX_set1_cert(ctx, sk_X509_value(req->boot_chain, 0)))
 			goto no_memory;
-		untrusted = sk_X509_new_null();
-		for (i = 1; untrusted != NULL && i < sk_X509_num(req->boot_chain); i++)
-			if (!sk_X509_push(untrusted, sk_X509_value(req->boot_chain, i)))
-				goto no_memory;
-		if (untrusted == NULL || !OSSL_CMP_CTX_set1_untrusted(ctx, untrusted))
+		if ((untrusted = certcheck_chain_rest(req->boot_chain)) == NULL ||
+		    !OSSL_CMP_CTX_set1_untrusted(ctx, untrusted))
 			goto no_memory;
 	} else if (req->secret != NULL && req->secret_ref != NULL) {
 		prot_key = NULL;

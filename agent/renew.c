@@ -46,6 +46,7 @@
 #include "agent/renew-prov.h"
 #include "agent/renew.h"
 #include "agent/sched.h"
+#include "keystore/csr.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "mtls-agent/client.h"
@@ -115,14 +116,6 @@ static struct rstate *state_for(const char *name)
 	g.states = ns;
 	g.states[g.n_states++] = s;
 	return s;
-}
-
-static void format_utc(time_t t, char *out, size_t len)
-{
-	struct tm tm;
-
-	if (t <= 0 || gmtime_r(&t, &tm) == NULL || strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-		snprintf(out, len, "-");
 }
 
 /* ---- journal and retirement list ------------------------------------------------------ */
@@ -477,7 +470,7 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 	uint8_t *spki = NULL;
 	size_t spki_len = 0;
 	char cerr[256];
-	int i, r = -1;
+	int r = -1;
 
 	*local = 0;
 	if (leaf == NULL) {
@@ -509,17 +502,12 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 		*local = 1;
 		goto out;
 	}
-	if ((untrusted = sk_X509_new_null()) == NULL || (vctx = X509_STORE_CTX_new()) == NULL) {
+	if ((untrusted = certcheck_chain_rest(chain)) == NULL ||
+	    (vctx = X509_STORE_CTX_new()) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		*local = 1;
 		goto out;
 	}
-	for (i = 1; i < sk_X509_num(chain); i++)
-		if (!sk_X509_push(untrusted, sk_X509_value(chain, i))) {
-			snprintf(err, errlen, "out of memory");
-			*local = 1;
-			goto out;
-		}
 	if (X509_STORE_CTX_init(vctx, store, leaf, untrusted) != 1 ||
 	    X509_STORE_CTX_set_purpose(vctx, X509_PURPOSE_SSL_CLIENT) != 1) {
 		snprintf(err, errlen, "cannot set up chain verification");
@@ -559,59 +547,6 @@ out:
 	X509_STORE_free(store);
 	ERR_clear_error();
 	return r;
-}
-
-/* A PKCS#10 request for new_key, with the subject and the SANs of the old certificate. */
-static int make_csr(EVP_PKEY *new_key, const X509_NAME *subject, X509 *old_leaf, uint8_t **der,
-		    size_t *der_len, char *err, size_t errlen)
-{
-	X509_REQ *req = X509_REQ_new_ex(renew_prov_libctx(), NULL);
-	STACK_OF(X509_EXTENSION) *exts = NULL;
-	X509_EXTENSION *san;
-	unsigned char *out = NULL;
-	int loc, len, ok;
-
-	ok = req != NULL && X509_REQ_set_version(req, X509_REQ_VERSION_1) &&
-	     X509_REQ_set_subject_name(req, subject) && X509_REQ_set_pubkey(req, new_key);
-	if (ok && old_leaf != NULL &&
-	    (loc = X509_get_ext_by_NID(old_leaf, NID_subject_alt_name, -1)) >= 0 &&
-	    (san = X509_get_ext(old_leaf, loc)) != NULL) {
-		ok = (exts = sk_X509_EXTENSION_new_null()) != NULL &&
-		     sk_X509_EXTENSION_push(exts, san) && X509_REQ_add_extensions(req, exts);
-	}
-	ok = ok && X509_REQ_sign(req, new_key, EVP_sha256()) > 0;
-	if (ok && (len = i2d_X509_REQ(req, &out)) > 0) {
-		*der = out;
-		*der_len = (size_t)len;
-	} else {
-		unsigned long e = ERR_peek_last_error();
-
-		snprintf(err, errlen, "cannot make the certificate request: %s",
-			 e != 0 && ERR_reason_error_string(e) != NULL ? ERR_reason_error_string(e)
-								      : "signing failed");
-		ok = 0;
-	}
-	sk_X509_EXTENSION_free(exts);
-	X509_REQ_free(req);
-	ERR_clear_error();
-	return ok ? 0 : -1;
-}
-
-static X509_NAME *subject_from_config(const char *text)
-{
-	X509_NAME *name = X509_NAME_new();
-	char *copy = strdup(text), *rdn, *save = NULL, *eq;
-
-	for (rdn = copy != NULL && name != NULL ? strtok_r(copy + 1, "/", &save) : NULL;
-	     rdn != NULL; rdn = strtok_r(NULL, "/", &save)) {
-		if ((eq = strchr(rdn, '=')) == NULL)
-			continue;
-		*eq = '\0';
-		X509_NAME_add_entry_by_txt(name, rdn, MBSTRING_UTF8, (unsigned char *)eq + 1, -1, -1,
-					   0);
-	}
-	free(copy);
-	return name;
 }
 
 /* The key type for a new key: configured, else like the current key, else P-256. */
@@ -776,10 +711,8 @@ static void snapshot_take(struct identity_rt *id, struct snapshot *s)
 {
 	char err[256];
 	X509 *leaf;
-	ASN1_TIME *t;
 	BIGNUM *bn;
 	char *hex;
-	int day, sec;
 
 	memset(s, 0, sizeof(*s));
 	pthread_mutex_lock(&id->lock);
@@ -791,11 +724,7 @@ static void snapshot_take(struct identity_rt *id, struct snapshot *s)
 	s->pending = id->pending;
 	if (leaf != NULL && id->current != NULL && identity_key_by_cert(id, leaf) == id->current) {
 		s->not_after = id->not_after;
-		t = ASN1_TIME_new();
-		if (t != NULL && ASN1_TIME_set(t, 0) != NULL &&
-		    ASN1_TIME_diff(&day, &sec, t, X509_get0_notBefore(leaf)) == 1)
-			s->not_before = (time_t)day * 86400 + sec;
-		ASN1_TIME_free(t);
+		s->not_before = certcheck_not_before(leaf);
 		if ((bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), NULL)) != NULL &&
 		    (hex = BN_bn2hex(bn)) != NULL) {
 			snprintf(s->serial, sizeof(s->serial), "%s", hex);
@@ -853,6 +782,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	struct ks_key *new_key = NULL;
 	EVP_PKEY *cur_pkey = NULL, *new_pkey = NULL;
 	X509_NAME *subject = NULL;
+	GENERAL_NAMES *sans = NULL;
 	uint8_t *csr = NULL;
 	size_t csr_len = 0;
 	struct txn t;
@@ -910,14 +840,13 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		snprintf(msg, msglen, "%s", err);
 		goto out_journal;
 	}
-	if (cfg->subject != NULL && (bootstrap || snap.chain == NULL))
-		subject = subject_from_config(cfg->subject);
-	else if (snap.chain != NULL)
-		subject = X509_NAME_dup(X509_get_subject_name(sk_X509_value(snap.chain, 0)));
-	else if (cfg->subject != NULL)
-		subject = subject_from_config(cfg->subject);
-	if (subject == NULL) {
-		/* An expired certificate still names the subject. */
+	/* The configured subject for an enrollment; else the (possibly expired) certificate's. */
+	if (cfg->subject != NULL && (bootstrap || snap.chain == NULL)) {
+		if (csr_parse_subject(cfg->subject, &subject, err, sizeof(err)) != 0) {
+			snprintf(msg, msglen, "subject %s: %s", cfg->subject, err);
+			goto out_journal;
+		}
+	} else {
 		pthread_mutex_lock(&id->lock);
 		if (id->chain != NULL)
 			subject = X509_NAME_dup(X509_get_subject_name(sk_X509_value(id->chain, 0)));
@@ -928,9 +857,12 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 				      "without a certificate");
 		goto out_journal;
 	}
-	if (make_csr(new_pkey, subject, sk_X509_value(snap.chain, 0), &csr, &csr_len, err,
-		     sizeof(err)) != 0) {
-		snprintf(msg, msglen, "%s", err);
+	/* Signed inside the keystore, with the SANs of the certificate being renewed. */
+	if (snap.chain != NULL)
+		sans = X509_get_ext_d2i(sk_X509_value(snap.chain, 0), NID_subject_alt_name, NULL,
+					NULL);
+	if (csr_build_name(id->ks, new_key, subject, sans, &csr, &csr_len, err, sizeof(err)) != 0) {
+		snprintf(msg, msglen, "cannot make the certificate request: %s", err);
 		goto out_journal;
 	}
 	t.id = id;
@@ -982,7 +914,8 @@ out_journal:
 	journal_remove(id);
 out:
 	ERR_clear_error();
-	OPENSSL_free(csr);
+	free(csr);
+	GENERAL_NAMES_free(sans);
 	X509_NAME_free(subject);
 	EVP_PKEY_free(cur_pkey);
 	EVP_PKEY_free(new_pkey);

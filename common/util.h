@@ -3,6 +3,7 @@
 #define MTLS_COMMON_UTIL_H
 
 #include <stddef.h>
+#include <time.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -37,6 +38,9 @@ int str_eq(const char *a, const char *b);
 
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void hex_encode(const uint8_t *p, size_t n, char *out);
+
+/* t as 2026-01-02T03:04:05Z into out; "-" for 0 (no time) or an unprintable time. */
+void format_utc(time_t t, char *out, size_t len);
 
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t monotonic_ms(void);

@@ -272,34 +272,48 @@ out:
 	return ret;
 }
 
-static int add_extensions(X509_REQ *req, const char *const *sans, size_t n_sans, char *err,
-			  size_t errlen)
+/* subjectAltName from "DNS:x"-style strings; *out stays NULL without any. */
+static int parse_sans(const char *const *sans, size_t n_sans, GENERAL_NAMES **out, char *err,
+		      size_t errlen)
+{
+	GENERAL_NAMES *gens;
+	size_t i;
+	int ret;
+
+	*out = NULL;
+	if (n_sans == 0)
+		return 0;
+	if (n_sans > CSR_MAX_SANS) {
+		snprintf(err, errlen, "more than %d subject alternative names", CSR_MAX_SANS);
+		return MTLS_AGENT_ERR_INVALID_ARG;
+	}
+	if ((gens = GENERAL_NAMES_new()) == NULL)
+		return MTLS_AGENT_ERR_NOMEM;
+	for (i = 0; i < n_sans; i++) {
+		if (sans[i] == NULL) {
+			snprintf(err, errlen, "SAN %zu is missing", i);
+			GENERAL_NAMES_free(gens);
+			return MTLS_AGENT_ERR_INVALID_ARG;
+		}
+		if ((ret = add_san(gens, sans[i], err, errlen)) != 0) {
+			GENERAL_NAMES_free(gens);
+			return ret;
+		}
+	}
+	*out = gens;
+	return 0;
+}
+
+static int add_extensions(X509_REQ *req, const GENERAL_NAMES *gens, char *err, size_t errlen)
 {
 	STACK_OF(X509_EXTENSION) *exts = NULL;
-	GENERAL_NAMES *gens = NULL;
 	EXTENDED_KEY_USAGE *eku = NULL;
 	ASN1_BIT_STRING *ku = NULL;
-	size_t i;
 	int ret = MTLS_AGENT_ERR_INTERNAL;
 
-	if (n_sans > 0) {
-		if ((gens = GENERAL_NAMES_new()) == NULL) {
-			ret = MTLS_AGENT_ERR_NOMEM;
-			goto out;
-		}
-		for (i = 0; i < n_sans; i++) {
-			if (sans[i] == NULL) {
-				snprintf(err, errlen, "SAN %zu is missing", i);
-				ret = MTLS_AGENT_ERR_INVALID_ARG;
-				goto out;
-			}
-			if ((ret = add_san(gens, sans[i], err, errlen)) != 0)
-				goto out;
-		}
-		ret = MTLS_AGENT_ERR_INTERNAL;
-		if (X509V3_add1_i2d(&exts, NID_subject_alt_name, gens, 0, X509V3_ADD_APPEND) != 1)
-			goto fail;
-	}
+	if (gens != NULL && sk_GENERAL_NAME_num(gens) > 0 &&
+	    X509V3_add1_i2d(&exts, NID_subject_alt_name, (void *)gens, 0, X509V3_ADD_APPEND) != 1)
+		goto fail;
 	if ((eku = sk_ASN1_OBJECT_new_null()) == NULL ||
 	    sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(NID_client_auth)) <= 0 ||
 	    X509V3_add1_i2d(&exts, NID_ext_key_usage, eku, 0, X509V3_ADD_APPEND) != 1)
@@ -315,7 +329,6 @@ fail:
 	snprintf(err, errlen, "cannot add request extensions (%s)", ossl_reason());
 out:
 	sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
-	GENERAL_NAMES_free(gens);
 	sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free);
 	ASN1_BIT_STRING_free(ku);
 	return ret;
@@ -363,11 +376,55 @@ static int pick_algorithm(const struct ks_key *key, int *sig_nid, int *ptype,
 	return *sch != NULL ? 0 : -1;
 }
 
+int csr_parse_subject(const char *subject, X509_NAME **out, char *err, size_t errlen)
+{
+	X509_NAME *name;
+	int ret;
+
+	*out = NULL;
+	if (subject == NULL) {
+		snprintf(err, errlen, "subject is empty");
+		return MTLS_AGENT_ERR_INVALID_ARG;
+	}
+	if ((name = X509_NAME_new()) == NULL)
+		return MTLS_AGENT_ERR_NOMEM;
+	if ((ret = parse_subject(subject, name, err, errlen)) != 0) {
+		X509_NAME_free(name);
+		ERR_clear_error();
+		return ret;
+	}
+	*out = name;
+	return 0;
+}
+
 int csr_build(struct keystore *ks, struct ks_key *key, const char *subject, const char *const *sans,
 	      size_t n_sans, uint8_t **der, size_t *der_len, char *err, size_t errlen)
 {
-	X509_REQ *req = NULL;
 	X509_NAME *name = NULL;
+	GENERAL_NAMES *gens = NULL;
+	int ret;
+
+	*der = NULL;
+	*der_len = 0;
+	if (subject == NULL || (n_sans > 0 && sans == NULL)) {
+		snprintf(err, errlen, "request needs a subject");
+		return MTLS_AGENT_ERR_INVALID_ARG;
+	}
+	if ((ret = csr_parse_subject(subject, &name, err, errlen)) == 0 &&
+	    (ret = parse_sans(sans, n_sans, &gens, err, errlen)) == 0)
+		ret = csr_build_name(ks, key, name, gens, der, der_len, err, errlen);
+	X509_NAME_free(name);
+	GENERAL_NAMES_free(gens);
+	if (ret != 0)
+		ERR_clear_error();
+	return ret;
+}
+
+int csr_build_name(struct keystore *ks, struct ks_key *key, const X509_NAME *name,
+		   const GENERAL_NAMES *sans, uint8_t **der, size_t *der_len, char *err,
+		   size_t errlen)
+{
+	X509_REQ *req = NULL;
 	X509_ALGOR *alg = NULL;
 	ASN1_BIT_STRING *bs = NULL;
 	const struct scheme *sch = NULL;
@@ -379,32 +436,25 @@ int csr_build(struct keystore *ks, struct ks_key *key, const char *subject, cons
 
 	*der = NULL;
 	*der_len = 0;
-	if (key == NULL || key->pub == NULL || key->ks != ks || subject == NULL ||
-	    (n_sans > 0 && sans == NULL)) {
+	if (key == NULL || key->pub == NULL || key->ks != ks || name == NULL) {
 		snprintf(err, errlen, "request needs a key of this keystore and a subject");
-		return MTLS_AGENT_ERR_INVALID_ARG;
-	}
-	if (n_sans > CSR_MAX_SANS) {
-		snprintf(err, errlen, "more than %d subject alternative names", CSR_MAX_SANS);
 		return MTLS_AGENT_ERR_INVALID_ARG;
 	}
 	if (pick_algorithm(key, &sig_nid, &ptype, &sch) != 0) {
 		snprintf(err, errlen, "no request signature algorithm for this key type");
 		return MTLS_AGENT_ERR_UNSUPPORTED;
 	}
-	if ((name = X509_NAME_new()) == NULL || (req = X509_REQ_new()) == NULL) {
+	if ((req = X509_REQ_new()) == NULL) {
 		ret = MTLS_AGENT_ERR_NOMEM;
 		goto out;
 	}
-	if ((ret = parse_subject(subject, name, err, errlen)) != 0)
-		goto out;
 	ret = MTLS_AGENT_ERR_INTERNAL;
 	if (X509_REQ_set_version(req, 0) != 1 || X509_REQ_set_subject_name(req, name) != 1 ||
 	    X509_REQ_set_pubkey(req, key->pub) != 1) {
 		snprintf(err, errlen, "cannot build the request (%s)", ossl_reason());
 		goto out;
 	}
-	if ((ret = add_extensions(req, sans, n_sans, err, errlen)) != 0)
+	if ((ret = add_extensions(req, sans, err, errlen)) != 0)
 		goto out;
 
 	/* Signed here, not with X509_REQ_sign: the private key is in the keystore. */
@@ -466,7 +516,6 @@ out:
 	free(sig);
 	ASN1_BIT_STRING_free(bs);
 	X509_ALGOR_free(alg);
-	X509_NAME_free(name);
 	X509_REQ_free(req);
 	return ret;
 }

@@ -8,6 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
 #include "keystore/keystore.h"
 
 /*
@@ -30,5 +33,13 @@
  */
 int csr_build(struct keystore *ks, struct ks_key *key, const char *subject, const char *const *sans,
 	      size_t n_sans, uint8_t **der, size_t *der_len, char *err, size_t errlen);
+
+/* The same request from a parsed subject and subjectAltNames (sans may be NULL). */
+int csr_build_name(struct keystore *ks, struct ks_key *key, const X509_NAME *name,
+		   const GENERAL_NAMES *sans, uint8_t **der, size_t *der_len, char *err,
+		   size_t errlen);
+
+/* Parses a subject as csr_build() takes it; *out is the caller's. 0 or an error with err. */
+int csr_parse_subject(const char *subject, X509_NAME **out, char *err, size_t errlen);
 
 #endif

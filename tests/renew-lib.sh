@@ -15,26 +15,35 @@ EST_CA_BIN=${EST_CA_BIN:-$top_builddir/tests/est-ca}
 CA_PID=
 CA_URL=
 CA_LOG=
+CA_PORT=
 CA_FAULTS=$WORK/ca.faults
 CA_TRUST=
 
-# cmp_ca_start [--lifetime SECONDS] [ARGS...]: the CMP test CA (issuing with the
-# intermediate, the root in its chain). Sets CA_PID, CA_URL, CA_LOG, CA_TRUST.
-cmp_ca_start() {
-	local portfile=$WORK/cmp-ca.port
-	[ -f "$CA_DIR/inter.crt" ] || fail "cmp_ca_start: call testca_init first"
-	CA_LOG=$WORK/cmp-ca.log
+# _ca_spawn NAME BINARY ARGS...: starts a test CA writing its port to a file and
+# its log to $WORK/NAME.log; waits for the port. Sets CA_PID, CA_LOG, CA_PORT.
+_ca_spawn() {
+	local name=$1 bin=$2 portfile=$WORK/$1.port
+	shift 2
+	CA_LOG=$WORK/$name.log
 	rm -f "$portfile"
-	"$CMP_CA_BIN" --port-file "$portfile" --ca-cert "$CA_DIR/inter.crt" \
-		--ca-key "$CA_DIR/inter.key" --chain "$CA_DIR/root.crt" --fault-file "$CA_FAULTS" \
-		--log "$CA_LOG" "$@" </dev/null >>"$CA_LOG" 2>&1 &
+	"$bin" --port-file "$portfile" --fault-file "$CA_FAULTS" --log "$CA_LOG" "$@" \
+		</dev/null >>"$CA_LOG" 2>&1 &
 	CA_PID=$!
 	bg_track "$CA_PID"
 	wait_until 10 test -s "$portfile" || {
 		show_log "$CA_LOG"
-		fail "cmp-ca did not start"
+		fail "$name did not start"
 	}
-	CA_URL=http://127.0.0.1:$(cat "$portfile")/pkix/
+	CA_PORT=$(cat "$portfile")
+}
+
+# cmp_ca_start [--lifetime SECONDS] [ARGS...]: the CMP test CA (issuing with the
+# intermediate, the root in its chain). Sets CA_PID, CA_URL, CA_LOG, CA_TRUST.
+cmp_ca_start() {
+	[ -f "$CA_DIR/inter.crt" ] || fail "cmp_ca_start: call testca_init first"
+	_ca_spawn cmp-ca "$CMP_CA_BIN" --ca-cert "$CA_DIR/inter.crt" --ca-key "$CA_DIR/inter.key" \
+		--chain "$CA_DIR/root.crt" "$@"
+	CA_URL=http://127.0.0.1:$CA_PORT/pkix/
 	CA_TRUST=$CA_DIR/root.crt
 	log "cmp-ca on $CA_URL (pid $CA_PID)"
 }
@@ -43,20 +52,10 @@ cmp_ca_start() {
 # certificate is tls-lib.sh's (call server_cert_setup first). CA_TRUST holds the
 # CA root and the server CA.
 est_ca_start() {
-	local portfile=$WORK/est-ca.port
 	[ -n "${SRV_CERT:-}" ] || fail "est_ca_start: call server_cert_setup first"
-	CA_LOG=$WORK/est-ca.log
-	rm -f "$portfile"
-	"$EST_CA_BIN" --port-file "$portfile" --tls-cert "$SRV_CERT" --tls-key "$SRV_KEY" \
-		--ca-cert "$CA_DIR/inter.crt" --ca-key "$CA_DIR/inter.key" --chain "$CA_DIR/root.crt" \
-		--fault-file "$CA_FAULTS" --log "$CA_LOG" "$@" </dev/null >>"$CA_LOG" 2>&1 &
-	CA_PID=$!
-	bg_track "$CA_PID"
-	wait_until 10 test -s "$portfile" || {
-		show_log "$CA_LOG"
-		fail "est-ca did not start"
-	}
-	CA_URL=https://127.0.0.1:$(cat "$portfile")/.well-known/est
+	_ca_spawn est-ca "$EST_CA_BIN" --tls-cert "$SRV_CERT" --tls-key "$SRV_KEY" \
+		--ca-cert "$CA_DIR/inter.crt" --ca-key "$CA_DIR/inter.key" --chain "$CA_DIR/root.crt" "$@"
+	CA_URL=https://127.0.0.1:$CA_PORT/.well-known/est
 	CA_TRUST=$WORK/est-trust.pem
 	cat "$CA_DIR/root.crt" "$SRV_CA" >"$CA_TRUST"
 	log "est-ca on $CA_URL (pid $CA_PID)"

@@ -465,8 +465,12 @@ static void test_err_renewal(void **state)
 	expect_error(RENEW_HEAD "renew = cmp\nrenew-at = 100%\n", 7,
 		     "bad renew-at \"100%\": want a share of the lifetime (\"66%\") or a time before "
 		     "expiry (\"7d\", \"12h\", \"30m\", \"45s\")");
-	expect_error(RENEW_HEAD "renew = cmp\nsubject = CN=x\n", 7,
-		     "bad subject \"CN=x\": want /TYPE=value/..., e.g. /CN=gw-1/O=Fleet");
+	expect_error(RENEW_HEAD "renew = cmp\nsubject = /CN=x/XX=y\n", 7,
+		     "bad subject \"/CN=x/XX=y\": unknown subject attribute 'XX' (known: CN C ST L O "
+		     "OU DC UID emailAddress serialNumber street title SN GN initials pseudonym "
+		     "postalCode)");
+	expect_error(RENEW_HEAD "renew = cmp\nsubject = /CN\n", 7,
+		     "bad subject \"/CN\": subject part 'CN' has no '='");
 	expect_error(RENEW_HEAD "renew = cmp\nrotate-key = maybe\n", 7,
 		     "bad rotate-key \"maybe\": want yes or no");
 	expect_error(RENEW_HEAD "renew = cmp\ncert-out = rel/path.pem\n", 7,

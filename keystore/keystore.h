@@ -207,9 +207,10 @@ static inline int ks_key_fits_scheme(const struct ks_key *key, const struct sche
  * (call it before writing the certificate file). Backends whose key
  * reference holds several generations make key the one other programs see:
  * the tpm2 backend moves key's block to the front of its TSS2 PRIVATE KEY
- * file (what tpm2-openssl loads), keeps the previous current key after it
- * and drops older uncertified generations. Idempotent. Returns 0 or a
- * negative MTLS_AGENT_ERR_* code with a line in err.
+ * file (what tpm2-openssl loads) and keeps every other generation in its
+ * order: older keys go only through ks_delete, when their certificates have
+ * expired. Idempotent. Returns 0 or a negative MTLS_AGENT_ERR_* code with a
+ * line in err.
  */
 static inline int ks_activate(struct keystore *ks, struct ks_key *key, char *err, size_t errlen)
 {

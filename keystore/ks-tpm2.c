@@ -1794,8 +1794,9 @@ static int tpm_keygen(struct keystore *base, const char *key_ref, int gen_type, 
 			goto out;
 		if (n >= TPM_MAX_GENERATIONS) {
 			snprintf(err, errlen,
-				 "key file %s already holds %zu keys; install a "
-				 "certificate for one of them first",
+				 "key file %s already holds %zu keys (the current one, "
+				 "older ones kept until their certificates expire, keys "
+				 "waiting for a certificate); no new key until one is retired",
 				 key_ref, n);
 			ret = MTLS_AGENT_ERR_EXISTS;
 			goto out;
@@ -1855,17 +1856,20 @@ out:
 }
 
 /*
- * Moves key to the front of its file, keeps the former first key after it
- * (the previous generation, until its certificate expires) and the keys
- * generated after it (still waiting for a certificate), and drops the others:
- * older keys that never got a certificate.
+ * Moves key to the front of its file (the block tpm2-openssl and other tools
+ * load) and keeps every other block, in its order: the generation it
+ * replaces, older generations whose certificates have not expired yet (long
+ * running clients may still sign with them), and keys still waiting for a
+ * certificate. Deleting a generation is the caller's decision, through
+ * ks_delete once its certificate has expired: the keystore cannot tell which
+ * keys still have a valid certificate.
  */
 static int tpm_activate(struct keystore *base, struct ks_key *key, char *err, size_t errlen)
 {
 	struct tpm_ks *ks = to_tpm(base);
 	struct tpm_key *tk = key->backend;
-	struct tpm_blob *blobs = NULL, *order = NULL;
-	size_t n = 0, i, at = 0, m = 0;
+	struct tpm_blob *blobs = NULL, first;
+	size_t n = 0, i;
 	int ret;
 
 	if (tk->persistent != 0 || tk->path == NULL)
@@ -1881,30 +1885,21 @@ static int tpm_activate(struct keystore *base, struct ks_key *key, char *err, si
 		ret = MTLS_AGENT_ERR_KEY_GONE;
 		goto out;
 	}
-	at = i;
-	if (at == 0) {
+	if (i == 0) {
 		ret = 0;
 		goto out;
 	}
-	if ((order = calloc(n, sizeof(*order))) == NULL) {
-		ret = MTLS_AGENT_ERR_NOMEM;
+	first = blobs[i];
+	memmove(&blobs[1], &blobs[0], i * sizeof(*blobs));
+	blobs[0] = first;
+	wipe(&first, sizeof(first));
+	if ((ret = write_key_file(tk->path, blobs, n, err, errlen)) != 0)
 		goto out;
-	}
-	order[m++] = blobs[at];
-	order[m++] = blobs[0];
-	for (i = at + 1; i < n; i++)
-		order[m++] = blobs[i];
-	if ((ret = write_key_file(tk->path, order, m, err, errlen)) != 0)
-		goto out;
-	log_info("keystore %s: %s: the certified key is now the first of %zu (%zu older "
-		 "uncertified dropped)",
-		 ks->base.name, tk->path, m, n - m);
+	log_info("keystore %s: %s: the certified key is now the first of %zu (the others stay "
+		 "until they are retired)",
+		 ks->base.name, tk->path, n);
 out:
 	tpm_leave(ks);
-	if (order != NULL) {
-		wipe(order, n * sizeof(*order));
-		free(order);
-	}
 	if (blobs != NULL) {
 		wipe(blobs, n * sizeof(*blobs));
 		free(blobs);

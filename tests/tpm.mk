@@ -9,7 +9,9 @@
 # loudly when swtpm, tpm2-tools, tpm2-openssl or the TLS peers are missing, or
 # when the build has no TPM support (--disable-tpm2). tpm-udev.sh checks
 # udev/61-mtls-agent.rules with udevadm against fake devices (root, a private
-# mount namespace; skipped without udevadm).
+# mount namespace; skipped without udevadm). tpm-generations.sh renews over
+# CMP (tests/cmp-ca, tests/renew-lib.sh) and checks the key file keeps every
+# generation whose certificate is valid.
 TPM_TESTS = \
 	tests/integration/tpm-sign-schemes.sh \
 	tests/integration/tpm-tls.sh \
@@ -17,7 +19,8 @@ TPM_TESTS = \
 	tests/integration/tpm-restart.sh \
 	tests/integration/tpm-noda.sh \
 	tests/integration/tpm-persistent.sh \
-	tests/integration/tpm-udev.sh
+	tests/integration/tpm-udev.sh \
+	tests/integration/tpm-generations.sh
 
 TESTS += $(TPM_TESTS)
 EXTRA_DIST += tests/tpm-lib.sh $(TPM_TESTS)

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,6 +186,27 @@ static char *activated_socket_path(int fd, const struct config *cfg)
 	return path;
 }
 
+/*
+ * Blocks the signals the event loop reads through its signalfd (SIGHUP:
+ * reload; SIGTERM, SIGINT: clean stop; see server_run), in this thread
+ * before any other thread exists. Threads inherit their creator's mask, and
+ * libraries start threads of their own while keystores open (the tabrmd TCTI
+ * runs a GLib thread); a process-directed signal is delivered to any thread
+ * that does not block it, so one such thread would let SIGHUP kill the agent
+ * and SIGTERM skip the clean stop. A signal that arrives before the loop
+ * runs stays pending and is handled then.
+ */
+static int block_loop_signals(void)
+{
+	sigset_t mask;
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	return pthread_sigmask(SIG_BLOCK, &mask, NULL);
+}
+
 static void report_ready(int fd, char status)
 {
 	if (fd >= 0) {
@@ -272,6 +295,13 @@ int main(int argc, char **argv)
 	/* Fork before any PKCS#11 module is initialised: modules do not survive fork. */
 	if (!foreground && (ready_fd = daemonize()) < 0) {
 		fprintf(stderr, "mtls-agent: cannot daemonize: %s\n", strerror(errno));
+		config_free(cfg);
+		return 1;
+	}
+	/* After the fork (the parent stays killable), before any keystore or TCTI is opened. */
+	if ((errno = block_loop_signals()) != 0) {
+		log_error("cannot block signals: %s", strerror(errno));
+		report_ready(ready_fd, 1);
 		config_free(cfg);
 		return 1;
 	}

@@ -20,7 +20,8 @@ TPM_TESTS = \
 	tests/integration/tpm-noda.sh \
 	tests/integration/tpm-persistent.sh \
 	tests/integration/tpm-udev.sh \
-	tests/integration/tpm-generations.sh
+	tests/integration/tpm-generations.sh \
+	tests/integration/tpm-abrmd.sh
 
 TESTS += $(TPM_TESTS)
 EXTRA_DIST += tests/tpm-lib.sh $(TPM_TESTS)

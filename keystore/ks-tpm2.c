@@ -133,6 +133,12 @@ struct tpm_key {
 	struct tpm_blob blob;	/* file keys: what TPM2_Load needs; persistent: pub only */
 	char *path;		/* file the key was last found in */
 	ESYS_TR tr;		/* loaded object, valid in establishment gen */
+	/*
+	 * File keys: TPM2_ContextSave of the key once loaded. TPM2_ContextLoad
+	 * brings it back in one object slot where TPM2_Load needs two (the
+	 * parent too), across reconnections, until the TPM is reset. NULL: none.
+	 */
+	TPMS_CONTEXT *saved;
 	unsigned long gen;
 	uint64_t last_use; /* LRU clock */
 	int checked;	   /* loaded once and, if RSA, PSS salt checked */
@@ -333,6 +339,23 @@ static int tpm_fail(struct tpm_ks *ks, char *err, size_t errlen, TSS2_RC rc, con
 		snprintf(err, errlen, "%s: %s: TPM authorization failure (0x%x: %s); not retried",
 			 doing, what, (unsigned)rc, rc_text(rc));
 		return MTLS_AGENT_ERR_PIN;
+	case RCK_OBJECT_MEMORY:
+		/*
+		 * Nothing of ours was left to flush (evict_lru). Look for objects
+		 * that are not ours again on the next call (flush_stale).
+		 */
+		ks->stale_checked = 0;
+		set_state(ks,
+			  "TPM object memory full (%s, 0x%x) with objects the agent cannot flush%s",
+			  what, (unsigned)rc,
+			  strncmp(ks->tcti, "tabrmd", 6) == 0
+			      ? ": a tpm2-abrmd killed during a command leaves the objects it had "
+				"loaded in the TPM, out of reach of its successor's clients; "
+				"restart tpm2-abrmd with --flush-all"
+			      : " (another program keeps loading objects)");
+		snprintf(err, errlen, "%s: %s: TPM object memory full (0x%x) with objects that are "
+			 "not the agent's", doing, what, (unsigned)rc);
+		return MTLS_AGENT_ERR_KEYSTORE;
 	default:
 		if (rc == KS_RC_OWNER_AUTH || rc == KS_RC_PRIMARY_AUTH)
 			set_state(ks, "%s", rc_text(rc));
@@ -945,6 +968,15 @@ static int key_loaded(const struct tpm_ks *ks, const struct tpm_key *tk)
 	return tk->tr != ESYS_TR_NONE && tk->gen == ks->gen;
 }
 
+static void drop_saved(struct tpm_key *tk)
+{
+	if (tk->saved != NULL) {
+		wipe(tk->saved, sizeof(*tk->saved));
+		Esys_Free(tk->saved);
+		tk->saved = NULL;
+	}
+}
+
 /* Whether TPM handle h is one of the objects this keystore loaded. */
 static int ours(struct tpm_ks *ks, TPM2_HANDLE h)
 {
@@ -1187,6 +1219,41 @@ static TSS2_RC read_persistent(struct tpm_ks *ks, TPM2_HANDLE h, ESYS_TR *tr, TP
 	return TSS2_RC_SUCCESS;
 }
 
+/*
+ * Loads a file key from its saved context (one object slot, no parent).
+ * Behind a resource manager that can be the difference between signing and
+ * not: a tpm2-abrmd killed in the middle of a command leaves the objects it
+ * had loaded in the TPM, where no client of its successor can flush them.
+ * A context the TPM no longer accepts (it was reset since) is dropped:
+ * *tr stays ESYS_TR_NONE, tk->saved NULL, and the caller loads the blob.
+ * Ticket held.
+ */
+static TSS2_RC load_saved(struct tpm_ks *ks, struct tpm_key *tk, ESYS_TR *tr)
+{
+	TSS2_RC rc, layer;
+
+	for (;;) {
+		TPM_CALL(ks, rc, "TPM2_ContextLoad", Esys_ContextLoad(ks->ectx, tk->saved, tr));
+		if (rc_kind(rc) == RCK_OBJECT_MEMORY && evict_lru(ks, tk, 0))
+			continue;
+		break;
+	}
+	if (rc == TSS2_RC_SUCCESS)
+		return rc;
+	*tr = ESYS_TR_NONE;
+	layer = rc & TSS2_RC_LAYER_MASK;
+	/* No slot, busy, or the connection is gone: TPM2_Load would not do better. */
+	if (rc_kind(rc) == RCK_OBJECT_MEMORY || rc_kind(rc) == RCK_RETRY ||
+	    rc == TSS2_ESYS_RC_IO_ERROR || rc == TSS2_ESYS_RC_TRY_AGAIN ||
+	    (layer != TSS2_TPM_RC_LAYER && layer != TSS2_RESMGR_TPM_RC_LAYER &&
+	     layer != TSS2_ESAPI_RC_LAYER))
+		return rc;
+	log_debug("keystore %s: saved key context refused (%s); loading the key again",
+		  ks->base.name, rc_text(rc));
+	drop_saved(tk);
+	return rc;
+}
+
 /* Makes the key usable in this establishment (loads it, or finds its persistent object). */
 static TSS2_RC load_key(struct tpm_ks *ks, struct tpm_key *tk)
 {
@@ -1208,7 +1275,9 @@ static TSS2_RC load_key(struct tpm_ks *ks, struct tpm_key *tk)
 			close_read_tr(ks, &tr);
 			return KS_RC_KEY_CHANGED;
 		}
-	} else {
+	} else if (tk->saved == NULL || (rc = load_saved(ks, tk, &tr)) != TSS2_RC_SUCCESS) {
+		if (tk->saved != NULL)
+			return rc;
 		for (;;) {
 			if ((rc = get_parent(ks, tk->blob.parent, tk, &parent)) != TSS2_RC_SUCCESS)
 				return rc;
@@ -1221,6 +1290,10 @@ static TSS2_RC load_key(struct tpm_ks *ks, struct tpm_key *tk)
 		}
 		if (rc != TSS2_RC_SUCCESS)
 			return rc;
+		/* Best effort: without it the key is loaded from its blob next time. */
+		TPM_CALL(ks, rc, "TPM2_ContextSave", Esys_ContextSave(ks->ectx, tr, &tk->saved));
+		if (rc != TSS2_RC_SUCCESS)
+			tk->saved = NULL;
 	}
 	tk->tr = tr;
 	tk->gen = ks->gen;
@@ -1344,6 +1417,7 @@ static void key_free(struct ks_key *k)
 	if (k == NULL)
 		return;
 	if ((tk = k->backend) != NULL) {
+		drop_saved(tk);
 		wipe(&tk->blob, sizeof(tk->blob));
 		free(tk->path);
 		free(tk);
@@ -1993,6 +2067,8 @@ static int drop_from_file(struct tpm_ks *ks, struct tpm_key *tk, int *dropped, c
 		Esys_FlushContext(ks->ectx, tk->tr);
 		tk->tr = ESYS_TR_NONE;
 	}
+	if (ret == 0)
+		drop_saved(tk);
 	if (blobs != NULL) {
 		wipe(blobs, n * sizeof(*blobs));
 		free(blobs);

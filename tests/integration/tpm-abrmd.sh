@@ -5,10 +5,14 @@
 # - SIGHUP reloads (the agent keeps its pid and serves), and SIGTERM stops it
 #   cleanly (exit 0, socket removed): the tabrmd TCTI starts a GLib thread
 #   when the keystore opens, and that thread must not receive those signals;
-# - tpm2-abrmd killed (-9) and restarted, three times, under a stream of
-#   signatures: each time, signing works again within seconds, without the
-#   TPM being restarted (abrmd started without --flush-all, so whatever the
-#   dead broker left loaded in the TPM stays there).
+# - tpm2-abrmd killed (-9) and restarted (without --flush-all), three times,
+#   under 4 streams of signatures: each time, signing works again within
+#   seconds, without the TPM being restarted;
+# - tpm2-abrmd killed in the middle of a command, which leaves an object
+#   loaded in the TPM that no client of the next broker can flush: the agent
+#   keeps signing with 2 of swtpm's 3 object slots taken that way; with all 3
+#   taken it says so (error and status) and how to fix it, and recovers at
+#   once when tpm2-abrmd is restarted with --flush-all.
 set -eu
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -60,17 +64,17 @@ abrmd_owned() {
 		org.freedesktop.DBus.NameHasOwner "string:$ABRMD_NAME" 2>/dev/null | grep -q 'boolean true'
 }
 
-# abrmd_start: tpm2-abrmd on the private bus in front of this test's swtpm
-# (no --flush-all), waits until it owns its bus name.
+# abrmd_start [ARGS...]: tpm2-abrmd on the private bus in front of this test's
+# swtpm (without --flush-all unless ARGS say so); waits until it owns its bus name.
 abrmd_start() {
 	[ -z "$ABRMD_PID" ] || fail "abrmd_start: already running"
 	printf '=== abrmd_start %s\n' "$(date -u +%T)" >>"$ABRMD_LOG"
-	tpm2-abrmd --session --allow-root --tcti="$SWTPM_TCTI" --logger=stdout \
+	tpm2-abrmd --session --allow-root --tcti="$SWTPM_TCTI" --logger=stdout "$@" \
 		>>"$ABRMD_LOG" 2>&1 </dev/null &
 	ABRMD_PID=$!
 	bg_track "$ABRMD_PID"
 	wait_until 15 abrmd_owned || {
-		show_log "$ABRMD_LOG" 20 2>/dev/null || tail -n 20 "$ABRMD_LOG" >&2
+		tail -n 20 "$ABRMD_LOG" >&2
 		fail "tpm2-abrmd did not take its bus name within 15 s"
 	}
 }
@@ -84,8 +88,25 @@ abrmd_kill9() {
 	wait_until 10 abrmd_gone || fail "the bus still lists $ABRMD_NAME after tpm2-abrmd was killed"
 }
 
+# Transient objects in the TPM, read straight from swtpm (only while no broker holds
+# its connection).
+leaked() {
+	TPM2TOOLS_TCTI=$SWTPM_TCTI timeout -k 5 30 tpm2_getcap handles-transient >"$WORK/handles" ||
+		fail "tpm2_getcap on swtpm failed"
+	grep -c '^- 0x' "$WORK/handles" || true
+}
+
+# One signature that verifies.
+signs() {
+	ctl sign dev --scheme ecdsa_secp256r1_sha256 --in "$WORK/cv" --out "$WORK/signs.sig" &&
+		verify_sig "$WORK/dev.pub.pem" ecdsa_secp256r1_sha256 "$WORK/cv" "$WORK/signs.sig"
+}
+
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
 testca_init
 swtpm_start
+SWTPM_PID0=$SWTPM_PID
 bus_start
 SWTPM_TCTI=$TPM_TCTI
 abrmd_start
@@ -145,21 +166,72 @@ stream_ok_after() { [ "$(oks)" -ge "$1" ]; }
 wait_until 30 stream_ok_after 5 || fail "the signature stream did not get going"
 for k in 1 2 3; do
 	abrmd_kill9
-	TPM2TOOLS_TCTI=$SWTPM_TCTI timeout 20 tpm2_getcap handles-transient >&2 || true
+	n=$(leaked)
 	abrmd_start
 	t0=$EPOCHREALTIME
-	n=$(oks)
-	wait_until 20 stream_ok_after $((n + 3)) || {
-		show_log "$WORK/stream.err" 10
-		show_log "$ABRMD_LOG" 20
-		fail "kill $k: signing did not resume within 20 s of tpm2-abrmd's restart"
+	c=$(oks)
+	wait_until 20 stream_ok_after $((c + 3)) || {
+		tail -n 10 "$WORK/stream.err" >&2
+		tail -n 20 "$ABRMD_LOG" >&2
+		fail "kill $k: signing did not resume within 20 s of tpm2-abrmd's restart ($n object(s) left in the TPM)"
 	}
-	log "kill $k: signing resumed $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s after tpm2-abrmd was up again"
+	log "kill $k under load: $n object(s) left in the TPM; signing resumed $(since "$t0") s after tpm2-abrmd was up again"
 done
 touch "$WORK/stream.stop"
 wait "${STREAMS[@]}" || true
 log "streams: $(oks) signed, $(grep -c '^failed$' "$WORK/stream.out" || true) failed (while the broker was down)"
-assert_eq "$(swtpm_alive && echo yes)" yes "swtpm still running (never restarted)"
+
+# --- the broker killed during a command ---------------------------------------------------------------------
+# With swtpm stopped (SIGSTOP), a signature is started: tpm2-abrmd sends the TPM the
+# command that loads the key and waits. Killed then, it leaves that object loaded in
+# the TPM when swtpm continues, where no client of the next tpm2-abrmd can flush it.
+# swtpm has 3 object slots. The agent reloads its key from a saved context (one slot,
+# where loading it under its parent takes two), so it keeps signing with up to 2 such
+# objects in the TPM; with 3 it reports why and what to do, and a tpm2-abrmd
+# restarted with --flush-all brings signing back. swtpm is never restarted.
+abrmd_kill9
+abrmd_start --flush-all
+wait_until 10 signs || fail "no signature after tpm2-abrmd --flush-all"
+seen2=0
+n=0
+for k in 1 2 3 4 5 6; do
+	kill -STOP "$SWTPM_PID"
+	ctl sign dev --scheme ecdsa_secp256r1_sha256 --in "$WORK/cv" --out "$WORK/inflight.sig" \
+		>/dev/null 2>&1 &
+	inflight=$!
+	sleep 0.5
+	abrmd_kill9
+	kill -CONT "$SWTPM_PID"
+	wait "$inflight" || true
+	n=$(leaked)
+	abrmd_start
+	[ "$n" -lt 3 ] || break
+	t0=$EPOCHREALTIME
+	wait_until 10 signs || {
+		tail -n 20 "$AGENT_LOG" >&2
+		fail "kill $k during a command: $n object(s) left in the TPM; signing did not resume within 10 s"
+	}
+	[ "$n" -ne 2 ] || seen2=1
+	log "kill $k during a command: $n object(s) left in the TPM; signing resumed after $(since "$t0") s"
+done
+[ "$n" -ge 3 ] || fail "6 kills during a command left only $n object(s) in the TPM"
+[ "$seen2" = 1 ] || fail "no round with exactly 2 objects left in the TPM (the case the saved contexts are for)"
+assert_fails ctl sign dev --scheme ecdsa_secp256r1_sha256 --in "$WORK/cv" --out "$WORK/full.sig"
+assert_contains "$LAST_ERR" "TPM object memory full" "sign with every object slot taken"
+log "all $n slots taken: $LAST_ERR"
+assert_ok ctl status
+assert_contains "$LAST_OUT" "restart tpm2-abrmd with --flush-all" "keystore state with every object slot taken"
+abrmd_kill9
+abrmd_start --flush-all
+t0=$EPOCHREALTIME
+wait_until 10 signs || fail "no signature within 10 s of tpm2-abrmd --flush-all"
+log "tpm2-abrmd restarted with --flush-all: signing resumed after $(since "$t0") s"
+assert_ok ctl status
+assert_match "$(sed -n '/^keystore tpm/,/^$/p' <<<"$LAST_OUT")" 'state: ok' "keystore state after --flush-all"
+assert_eq "$SWTPM_PID" "$SWTPM_PID0" "swtpm pid (never restarted)"
+swtpm_alive || fail "swtpm is gone"
 agent_stop
+abrmd_kill9
+assert_eq "$(leaked)" 0 "objects left in the TPM after a clean agent stop"
 swtpm_stop
 log "PASS"

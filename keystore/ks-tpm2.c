@@ -1259,7 +1259,7 @@ static TSS2_RC load_key(struct tpm_ks *ks, struct tpm_key *tk)
 {
 	TPM2B_PUBLIC pub;
 	ESYS_TR parent, tr = ESYS_TR_NONE;
-	TSS2_RC rc;
+	TSS2_RC rc = TSS2_RC_SUCCESS;
 
 	if (key_loaded(ks, tk)) {
 		touch(ks, tk);

@@ -88,6 +88,7 @@
 #define KS_RC_PRIMARY_AUTH (KS_RC_LAYER | 6) /* SRK creation was refused: not tried again */
 #define KS_RC_NOMEM (KS_RC_LAYER | 7)
 #define KS_RC_EVICT_AUTH (KS_RC_LAYER | 8) /* owner hierarchy has a password: cannot evict */
+#define KS_RC_PARENT_AUTH (KS_RC_LAYER | 9) /* TPM2_Create under the parent was refused */
 
 /* --- TSS2 PRIVATE KEY (tpm2-tss-engine, tpm2-openssl) ------------------------------------ */
 
@@ -172,6 +173,7 @@ struct tpm_ks {
 	int has_sha512;
 	ESYS_TR primary; /* template SRK; ESYS_TR_NONE until needed */
 	int primary_auth_failed;
+	int parent_auth_failed; /* TPM2_Create under srk_handle was refused: not tried again */
 	int stale_checked; /* flush_stale() ran on this connection */
 	struct tpm_parent parents[TPM_MAX_PARENTS];
 	size_t n_parents;
@@ -292,8 +294,8 @@ static const char *rc_text(TSS2_RC rc)
 		return "the owner hierarchy has a password, so the SRK cannot be created from the "
 		       "template; configure srk = handle:0x81000001 (a persistent SRK)";
 	case KS_RC_KEY_AUTH:
-		return "the TPM refused this key's authorization earlier; not tried again "
-		       "(dictionary-attack protection)";
+		return "the TPM refused this key's (or its parent's) authorization earlier; not "
+		       "tried again (dictionary-attack protection)";
 	case KS_RC_KEY_CHANGED:
 		return "the persistent handle now holds a different key";
 	case KS_RC_BAD_REPLY:
@@ -303,6 +305,9 @@ static const char *rc_text(TSS2_RC rc)
 	case KS_RC_PRIMARY_AUTH:
 		return "the TPM refused the owner authorization for the SRK earlier; not tried "
 		       "again (configure srk = handle:... or reload after fixing it)";
+	case KS_RC_PARENT_AUTH:
+		return "the TPM refused the parent key's authorization earlier; not tried again "
+		       "(dictionary-attack protection): the agent uses parents without a password";
 	case KS_RC_NOMEM:
 		return "out of memory";
 	case KS_RC_EVICT_AUTH:
@@ -357,7 +362,7 @@ static int tpm_fail(struct tpm_ks *ks, char *err, size_t errlen, TSS2_RC rc, con
 			 "not the agent's", doing, what, (unsigned)rc);
 		return MTLS_AGENT_ERR_KEYSTORE;
 	default:
-		if (rc == KS_RC_OWNER_AUTH || rc == KS_RC_PRIMARY_AUTH)
+		if (rc == KS_RC_OWNER_AUTH || rc == KS_RC_PRIMARY_AUTH || rc == KS_RC_PARENT_AUTH)
 			set_state(ks, "%s", rc_text(rc));
 		if (rc == KS_RC_NOMEM)
 			return MTLS_AGENT_ERR_NOMEM;
@@ -1288,6 +1293,9 @@ static TSS2_RC load_key(struct tpm_ks *ks, struct tpm_key *tk)
 				continue;
 			break;
 		}
+		/* The parent's authorization: a password we do not hold is not tried again. */
+		if (rc_kind(rc) == RCK_AUTH)
+			tk->auth_failed = 1;
 		if (rc != TSS2_RC_SUCCESS)
 			return rc;
 		/* Best effort: without it the key is loaded from its blob next time. */
@@ -1801,6 +1809,8 @@ static TSS2_RC create_key(struct tpm_ks *ks, const TPM2B_PUBLIC *tmpl, TPM2_HAND
 
 	memset(blob, 0, sizeof(*blob));
 	blob->parent = ks->srk_handle;
+	if (ks->parent_auth_failed)
+		return KS_RC_PARENT_AUTH;
 	for (;;) {
 		if ((rc = get_parent(ks, ks->srk_handle, NULL, &parent)) != TSS2_RC_SUCCESS)
 			return rc;
@@ -1813,6 +1823,9 @@ static TSS2_RC create_key(struct tpm_ks *ks, const TPM2B_PUBLIC *tmpl, TPM2_HAND
 			continue;
 		break;
 	}
+	/* A parent with a password: each try would count towards the TPM's lockout. */
+	if (rc_kind(rc) == RCK_AUTH)
+		ks->parent_auth_failed = 1;
 	if (rc != TSS2_RC_SUCCESS)
 		return rc;
 	blob->pub = *pub;

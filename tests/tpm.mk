@@ -21,7 +21,8 @@ TPM_TESTS = \
 	tests/integration/tpm-persistent.sh \
 	tests/integration/tpm-udev.sh \
 	tests/integration/tpm-generations.sh \
-	tests/integration/tpm-abrmd.sh
+	tests/integration/tpm-abrmd.sh \
+	tests/integration/tpm-parent-auth.sh
 
 TESTS += $(TPM_TESTS)
 EXTRA_DIST += tests/tpm-lib.sh $(TPM_TESTS)

@@ -15,8 +15,11 @@
  * load here and ours there), or a persistent parent such as 0x81000001. The
  * SRK and the keys stay loaded while the context lives. When the TPM runs out
  * of object slots (3 on a TCTI straight to swtpm, 3 per /dev/tpmrm0
- * connection) the key used least recently is flushed; it is loaded again from
- * its blob when needed.
+ * connection) the key used least recently is flushed; it is loaded again when
+ * needed, from the context saved when it was first loaded (one slot, no
+ * parent; valid until the TPM is reset), else from its blob. Behind
+ * tpm2-abrmd that also matters after a broker was killed during a command:
+ * what it had loaded stays in the TPM, out of every client's reach.
  *
  * Key references: a TSS2 PRIVATE KEY PEM file or handle:0x81xxxxxx (a
  * persistent key). A key file holds the generations of one identity's key,

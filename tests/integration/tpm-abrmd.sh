@@ -102,6 +102,11 @@ signs() {
 		verify_sig "$WORK/dev.pub.pem" ecdsa_secp256r1_sha256 "$WORK/cv" "$WORK/signs.sig"
 }
 
+# Bytes waiting in swtpm's receive queue (its TCP server port), while it is stopped.
+swtpm_has_command() {
+	ss -Htn state established "sport = :$SWTPM_PORT" | awk '$1 > 0 { f = 1 } END { exit !f }'
+}
+
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
 testca_init
@@ -199,7 +204,8 @@ for k in 1 2 3 4 5 6; do
 	ctl sign dev --scheme ecdsa_secp256r1_sha256 --in "$WORK/cv" --out "$WORK/inflight.sig" \
 		>/dev/null 2>&1 &
 	inflight=$!
-	sleep 0.5
+	# The broker's command is in swtpm's receive queue.
+	wait_until 15 swtpm_has_command || fail "kill $k: no command reached the stopped swtpm within 15 s"
 	abrmd_kill9
 	kill -CONT "$SWTPM_PID"
 	wait "$inflight" || true

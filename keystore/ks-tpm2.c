@@ -44,14 +44,12 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include <openssl/asn1t.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/param_build.h>
-#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
@@ -63,15 +61,13 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "keystore/keystore.h"
+#include "keystore/tpm2-keyfile.h"
 #include "mtls-agent/client.h"
 
-#define TSS2_PEM_LABEL "TSS2 PRIVATE KEY"
-#define OID_LOADABLE_KEY "2.23.133.10.1.3"
 #define HANDLE_PREFIX "handle:"
 #define DEFAULT_TCTI "device:/dev/tpmrm0"
 
 #define TPM_MAX_KEY_FILE (256 * 1024)
-#define TPM_MAX_BLOCKS 16     /* blocks read from one key file */
 #define TPM_MAX_GENERATIONS 8 /* keygen refuses to grow a file beyond this */
 #define TPM_ID_LEN 20	      /* ks_key.id: SHA-256 of the TPM2B_PUBLIC, truncated */
 #define TPM_MAX_PARENTS 4     /* persistent parents kept as ESYS_TRs */
@@ -90,46 +86,8 @@
 #define KS_RC_NO_ANSWER (KS_RC_LAYER | 5)    /* new connection did not answer in time */
 #define KS_RC_PRIMARY_AUTH (KS_RC_LAYER | 6) /* SRK creation was refused: not tried again */
 #define KS_RC_NOMEM (KS_RC_LAYER | 7)
-#define KS_RC_EVICT_AUTH (KS_RC_LAYER | 8) /* owner hierarchy has a password: cannot evict */
+#define KS_RC_EVICT_AUTH (KS_RC_LAYER | 8)  /* owner hierarchy has a password: cannot evict */
 #define KS_RC_PARENT_AUTH (KS_RC_LAYER | 9) /* TPM2_Create under the parent was refused */
-
-/* --- TSS2 PRIVATE KEY (tpm2-tss-engine, tpm2-openssl) ------------------------------------ */
-
-/*
- * TPMKey ::= SEQUENCE {
- *	type		OBJECT IDENTIFIER,	-- 2.23.133.10.1.3: loadable key
- *	emptyAuth	[0] EXPLICIT BOOLEAN OPTIONAL,
- *	parent		INTEGER,		-- 0x40000001: SRK from the template
- *	pubkey		OCTET STRING,		-- TPM2B_PUBLIC
- *	privkey		OCTET STRING		-- TPM2B_PRIVATE
- * }
- * Files with the optional policy or secret fields of the full draft
- * (policy-bound or importable keys) fail to parse: they are not supported.
- */
-typedef struct {
-	ASN1_OBJECT *type;
-	ASN1_BOOLEAN empty_auth;
-	ASN1_INTEGER *parent;
-	ASN1_OCTET_STRING *pubkey;
-	ASN1_OCTET_STRING *privkey;
-} TSS2_KEY_FILE;
-
-/* clang-format off */
-ASN1_SEQUENCE(TSS2_KEY_FILE) = {
-	ASN1_SIMPLE(TSS2_KEY_FILE, type, ASN1_OBJECT),
-	ASN1_EXP_OPT(TSS2_KEY_FILE, empty_auth, ASN1_BOOLEAN, 0),
-	ASN1_SIMPLE(TSS2_KEY_FILE, parent, ASN1_INTEGER),
-	ASN1_SIMPLE(TSS2_KEY_FILE, pubkey, ASN1_OCTET_STRING),
-	ASN1_SIMPLE(TSS2_KEY_FILE, privkey, ASN1_OCTET_STRING),
-} static_ASN1_SEQUENCE_END(TSS2_KEY_FILE)
-
-/* One key as the TPM needs it. */
-struct tpm_blob {
-	TPM2_HANDLE parent; /* TPM2_RH_OWNER: the template SRK; else a persistent handle */
-	TPM2B_PUBLIC pub;
-	TPM2B_PRIVATE priv;
-};
-/* clang-format on */
 
 /* Backend data of a ks_key. */
 struct tpm_key {
@@ -177,7 +135,7 @@ struct tpm_ks {
 	ESYS_TR primary; /* template SRK; ESYS_TR_NONE until needed */
 	int primary_auth_failed;
 	int parent_auth_failed; /* TPM2_Create under srk_handle was refused: not tried again */
-	int stale_checked; /* flush_stale() ran on this connection */
+	int stale_checked;	/* flush_stale() ran on this connection */
 	struct tpm_parent parents[TPM_MAX_PARENTS];
 	size_t n_parents;
 	uint64_t clock;
@@ -361,8 +319,10 @@ static int tpm_fail(struct tpm_ks *ks, char *err, size_t errlen, TSS2_RC rc, con
 				"loaded in the TPM, out of reach of its successor's clients; "
 				"restart tpm2-abrmd with --flush-all"
 			      : " (another program keeps loading objects)");
-		snprintf(err, errlen, "%s: %s: TPM object memory full (0x%x) with objects that are "
-			 "not the agent's", doing, what, (unsigned)rc);
+		snprintf(err, errlen,
+			 "%s: %s: TPM object memory full (0x%x) with objects that are "
+			 "not the agent's",
+			 doing, what, (unsigned)rc);
 		return MTLS_AGENT_ERR_KEYSTORE;
 	default:
 		if (rc == KS_RC_OWNER_AUTH || rc == KS_RC_PRIMARY_AUTH || rc == KS_RC_PARENT_AUTH)
@@ -533,93 +493,7 @@ static int same_public(const TPM2B_PUBLIC *a, const TPM2B_PUBLIC *b)
 	return public_id(a, ia) == 0 && public_id(b, ib) == 0 && memcmp(ia, ib, sizeof(ia)) == 0;
 }
 
-/* One DER TPMKey into blob; NULL or a reason. */
-static const char *blob_from_der(const uint8_t *der, long len, struct tpm_blob *blob)
-{
-	const unsigned char *p = der;
-	TSS2_KEY_FILE *k;
-	const char *why = NULL;
-	uint64_t parent = 0;
-	size_t off;
-	char oid[64];
-
-	memset(blob, 0, sizeof(*blob));
-	k = (TSS2_KEY_FILE *)ASN1_item_d2i(NULL, &p, len, ASN1_ITEM_rptr(TSS2_KEY_FILE));
-	if (k == NULL || p != der + len) {
-		why = "not a TSS2 loadable key (or one with a policy or an import secret, which "
-		      "the agent does not support)";
-		goto out;
-	}
-	if (OBJ_obj2txt(oid, sizeof(oid), k->type, 1) <= 0 || strcmp(oid, OID_LOADABLE_KEY) != 0) {
-		why = "key type is not 2.23.133.10.1.3 (loadable key)";
-		goto out;
-	}
-	/*
-	 * The agent holds no key passwords. Trying an empty one on a key that has
-	 * a password would count towards the TPM's dictionary-attack lockout.
-	 */
-	if (k->empty_auth <= 0) {
-		why = "the key has a password (emptyAuth is not TRUE); the agent uses only keys "
-		      "without one";
-		goto out;
-	}
-	if (ASN1_INTEGER_get_uint64(&parent, k->parent) != 1 || parent > UINT32_MAX) {
-		why = "bad parent handle";
-		goto out;
-	}
-	/* tpm2-openssl reads parent 0 as the owner hierarchy too. */
-	blob->parent = parent == 0 ? TPM2_RH_OWNER : (TPM2_HANDLE)parent;
-	if (blob->parent != TPM2_RH_OWNER &&
-	    (blob->parent >> TPM2_HR_SHIFT) != TPM2_HT_PERSISTENT) {
-		why = "parent is neither the owner hierarchy (0x40000001) nor a persistent handle";
-		goto out;
-	}
-	off = 0;
-	if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(k->pubkey->data, (size_t)k->pubkey->length, &off,
-					   &blob->pub) != TSS2_RC_SUCCESS ||
-	    off != (size_t)k->pubkey->length) {
-		why = "bad TPM2B_PUBLIC";
-		goto out;
-	}
-	off = 0;
-	if (Tss2_MU_TPM2B_PRIVATE_Unmarshal(k->privkey->data, (size_t)k->privkey->length, &off,
-					    &blob->priv) != TSS2_RC_SUCCESS ||
-	    off != (size_t)k->privkey->length || blob->priv.size == 0) {
-		why = "bad TPM2B_PRIVATE";
-		goto out;
-	}
-out:
-	ASN1_item_free((ASN1_VALUE *)k, ASN1_ITEM_rptr(TSS2_KEY_FILE));
-	return why;
-}
-
-/* DER TPMKey of blob (OPENSSL_free it), length or -1. */
-static int blob_to_der(const struct tpm_blob *blob, unsigned char **der)
-{
-	uint8_t pub[sizeof(TPM2B_PUBLIC)], priv[sizeof(TPM2B_PRIVATE)];
-	size_t publen = 0, privlen = 0;
-	TSS2_KEY_FILE *k = NULL;
-	int len = -1;
-
-	*der = NULL;
-	if (Tss2_MU_TPM2B_PUBLIC_Marshal(&blob->pub, pub, sizeof(pub), &publen) != 0 ||
-	    Tss2_MU_TPM2B_PRIVATE_Marshal(&blob->priv, priv, sizeof(priv), &privlen) != 0)
-		goto out;
-	if ((k = (TSS2_KEY_FILE *)ASN1_item_new(ASN1_ITEM_rptr(TSS2_KEY_FILE))) == NULL)
-		goto out;
-	ASN1_OBJECT_free(k->type);
-	if ((k->type = OBJ_txt2obj(OID_LOADABLE_KEY, 1)) == NULL)
-		goto out;
-	k->empty_auth = 0xff; /* TRUE: tpm2-openssl asks for a password otherwise */
-	if (ASN1_INTEGER_set_uint64(k->parent, blob->parent) != 1 ||
-	    ASN1_OCTET_STRING_set(k->pubkey, pub, (int)publen) != 1 ||
-	    ASN1_OCTET_STRING_set(k->privkey, priv, (int)privlen) != 1)
-		goto out;
-	len = ASN1_item_i2d((ASN1_VALUE *)k, der, ASN1_ITEM_rptr(TSS2_KEY_FILE));
-out:
-	ASN1_item_free((ASN1_VALUE *)k, ASN1_ITEM_rptr(TSS2_KEY_FILE));
-	return len;
-}
+/* --- key files ------------------------------------------------------------------------ */
 
 /*
  * Reads every TSS2 PRIVATE KEY block of path into *blobs (caller frees).
@@ -629,15 +503,8 @@ out:
 static int read_key_file(const char *path, struct tpm_blob **blobs, size_t *n, char *err,
 			 size_t errlen)
 {
-	struct tpm_blob *arr = NULL;
 	uint8_t *data = NULL;
-	size_t len = 0, cnt = 0;
-	char *name = NULL, *header = NULL;
-	unsigned char *der = NULL;
-	const char *why;
-	long dlen = 0;
-	BIO *bio = NULL;
-	unsigned long e;
+	size_t len = 0;
 	int ret;
 
 	*blobs = NULL;
@@ -648,64 +515,8 @@ static int read_key_file(const char *path, struct tpm_blob **blobs, size_t *n, c
 		snprintf(err, errlen, "cannot read key file %s: %s", path, strerror(errno));
 		return MTLS_AGENT_ERR_IO;
 	}
-	if ((arr = calloc(TPM_MAX_BLOCKS, sizeof(*arr))) == NULL ||
-	    (bio = BIO_new_mem_buf(data, (int)len)) == NULL) {
-		ret = MTLS_AGENT_ERR_NOMEM;
-		goto out;
-	}
-	ERR_set_mark();
-	while (PEM_read_bio(bio, &name, &header, &der, &dlen) == 1) {
-		if (strcmp(name, TSS2_PEM_LABEL) != 0) {
-			snprintf(err, errlen,
-				 "key file %s: a '%.40s' PEM block where only '%s' "
-				 "blocks belong",
-				 path, name, TSS2_PEM_LABEL);
-			ret = MTLS_AGENT_ERR_KEYSTORE;
-			goto out_mark;
-		}
-		if (cnt == TPM_MAX_BLOCKS) {
-			snprintf(err, errlen, "key file %s: more than %d keys", path,
-				 TPM_MAX_BLOCKS);
-			ret = MTLS_AGENT_ERR_KEYSTORE;
-			goto out_mark;
-		}
-		if ((why = blob_from_der(der, dlen, &arr[cnt])) != NULL) {
-			snprintf(err, errlen, "key file %s, key %zu: %s", path, cnt + 1, why);
-			ret = MTLS_AGENT_ERR_KEYSTORE;
-			goto out_mark;
-		}
-		cnt++;
-		OPENSSL_free(name);
-		OPENSSL_free(header);
-		OPENSSL_free(der);
-		name = header = NULL;
-		der = NULL;
-	}
-	/* The loop ends at the end of the data (no start line) or at a broken block. */
-	e = ERR_peek_last_error();
-	if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) != PEM_R_NO_START_LINE) {
-		snprintf(err, errlen, "key file %s: malformed PEM after key %zu", path, cnt);
-		ret = MTLS_AGENT_ERR_KEYSTORE;
-		goto out_mark;
-	}
-	if (cnt == 0 && len > 0) {
-		snprintf(err, errlen, "key file %s holds no '%s' block", path, TSS2_PEM_LABEL);
-		ret = MTLS_AGENT_ERR_KEYSTORE;
-		goto out_mark;
-	}
-	*blobs = arr;
-	*n = cnt;
-	arr = NULL;
-	ret = 0;
-out_mark:
-	ERR_pop_to_mark();
-out:
-	OPENSSL_free(name);
-	OPENSSL_free(header);
-	OPENSSL_free(der);
-	BIO_free(bio);
+	ret = tpm2_keyfile_decode(data, len, path, blobs, n, err, errlen);
 	free(data);
-	free(arr);
 	return ret;
 }
 
@@ -713,38 +524,21 @@ out:
 static int write_key_file(const char *path, const struct tpm_blob *blobs, size_t n, char *err,
 			  size_t errlen)
 {
-	unsigned char *der = NULL;
 	struct stat st;
 	mode_t mode = 0600;
-	BIO *bio = NULL;
-	char *data;
-	long dlen;
-	size_t i;
-	int len, ret = MTLS_AGENT_ERR_INTERNAL;
+	char *pem = NULL;
+	size_t len = 0;
+	int ret;
 
 	if (stat(path, &st) == 0)
 		mode = st.st_mode & 0777;
-	if ((bio = BIO_new(BIO_s_mem())) == NULL)
-		return MTLS_AGENT_ERR_NOMEM;
-	for (i = 0; i < n; i++) {
-		if ((len = blob_to_der(&blobs[i], &der)) <= 0 ||
-		    PEM_write_bio(bio, TSS2_PEM_LABEL, "", der, len) <= 0) {
-			snprintf(err, errlen, "cannot encode key %zu for %s", i + 1, path);
-			goto out;
-		}
-		OPENSSL_free(der);
-		der = NULL;
-	}
-	dlen = BIO_get_mem_data(bio, &data);
-	if (write_file_atomic(path, data, (size_t)dlen, mode) != 0) {
+	if ((ret = tpm2_keyfile_encode(blobs, n, path, &pem, &len, err, errlen)) != 0)
+		return ret;
+	if (write_file_atomic(path, pem, len, mode) != 0) {
 		snprintf(err, errlen, "cannot write key file %s: %s", path, strerror(errno));
 		ret = MTLS_AGENT_ERR_IO;
-		goto out;
 	}
-	ret = 0;
-out:
-	OPENSSL_free(der);
-	BIO_free(bio);
+	free(pem);
 	return ret;
 }
 

@@ -26,3 +26,12 @@ TPM_TESTS = \
 
 TESTS += $(TPM_TESTS)
 EXTRA_DIST += tests/tpm-lib.sh $(TPM_TESTS)
+
+# The TSS2 PRIVATE KEY codec (keystore/tpm2-keyfile.c) without a TPM.
+if HAVE_TPM2
+check_PROGRAMS += tests/unit/test_tpm2_keyfile
+TESTS += tests/unit/test_tpm2_keyfile
+tests_unit_test_tpm2_keyfile_SOURCES = tests/unit/test_tpm2_keyfile.c
+tests_unit_test_tpm2_keyfile_CFLAGS = $(UNIT_CFLAGS) $(TSS2_CFLAGS)
+tests_unit_test_tpm2_keyfile_LDADD = $(UNIT_LDADD) $(TSS2_LIBS)
+endif

@@ -959,9 +959,17 @@ static EVP_PKEY *load_key(ENGINE *e, const char *key_id, int private)
 		if ((k = key_new(c, name, spki, spki_len)) != NULL)
 			pkey = make_ec(e, pub, k);
 		break;
+	case EVP_PKEY_ED25519:
+		/* OpenSSL's ENGINE API has no EdDSA key method: only a provider can sign. */
+		ENG_ERR(R_BAD_PUBLIC_KEY, "identity \"%s\": Ed25519 keys cannot be used through "
+			"an engine; load the key with the mtlsagent provider instead (OPENSSL_CONF "
+			"with the shipped openssl.cnf and the key reference file, or agent:%s)",
+			name, name);
+		break;
 	default:
-		ENG_ERR(R_BAD_PUBLIC_KEY, "identity \"%s\": %s keys are not supported by the "
-			"engine (use the provider)", name, OBJ_nid2sn(EVP_PKEY_get_base_id(pub)));
+		ENG_ERR(R_BAD_PUBLIC_KEY, "identity \"%s\": %s keys are not supported (EC, RSA "
+			"and, through the provider, Ed25519 are)", name,
+			OBJ_nid2sn(EVP_PKEY_get_base_id(pub)));
 		break;
 	}
 out:

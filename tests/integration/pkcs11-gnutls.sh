@@ -11,6 +11,8 @@
 #     the identities, the module found through its p11-kit user config) complete mTLS with EC P-256 and RSA-2048 identities under
 #     sign-policy = digest; the server verified the certificate and the agent
 #     signed;
+#   - gnutls-cli with an Ed25519 identity under the default policy (CKM_EDDSA
+#     carries the whole CertificateVerify content);
 #   - a tls-client identity refuses raw-digest signing (CKM_ECDSA) with an
 #     error that names the policy, while its digest-level twin signs a digest
 #     that verifies; an arbitrary message is refused under both;
@@ -43,11 +45,13 @@ agent_config "socket-mode = 0666"
 agent_identity p-ec "sign-policy = digest" "allow-users = root daemon"
 agent_identity p-rsa "sign-policy = digest" "allow-users = root daemon"
 agent_identity p-tls
+agent_identity p-ed
 agent_start
 identity_setup p-ec ec-p256
 identity_setup p-rsa rsa-2048
 identity_setup p-tls ec-p256
-for id in p-ec p-rsa p-tls; do
+identity_setup p-ed ed25519
+for id in p-ec p-rsa p-tls p-ed; do
 	identity_files "$id"
 done
 export MTLS_AGENT_SOCK=$SOCK
@@ -134,6 +138,27 @@ for id in p-ec p-rsa; do
 		fail "wget $id: handshake worked but the agent made no signature"
 	log "ok: wget --private-key '$uri': $(page_protocol "$P11_HOME/wget.page") $(page_peer_sig "$P11_HOME/wget.page")"
 done
+
+# Ed25519 under the default policy: CKM_EDDSA carries the whole TLS 1.3
+# CertificateVerify content, which tls-client admits.
+uri="pkcs11:token=mtls-agent;object=p-ed"
+before=$(id_counter p-ed signatures)
+rc=0
+printf 'GET / HTTP/1.0\r\n\r\n' |
+	tls_timeout gnutls-cli --provider "$MOD" --x509cafile "$SRV_CA" \
+		--x509certfile "$TLS_DIR/p-ed.chain.pem" --x509keyfile "$uri" \
+		-p "$S_SERVER_PORT" 127.0.0.1 >"$TLS_DIR/gnutls-cli.out" 2>"$TLS_DIR/gnutls-cli.err" || rc=$?
+grep -q '^Client certificate' "$TLS_DIR/gnutls-cli.out" || {
+	show_log "$TLS_DIR/gnutls-cli.err" 30
+	show_log "$S_SERVER_LOG" 20
+	fail "gnutls-cli with $uri: no verified client certificate on the server's page (exit $rc)"
+}
+assert_cn "$(page_identity "$TLS_DIR/gnutls-cli.out")" p-ed "gnutls-cli p-ed: the server saw"
+grep -qx 'Peer signature type: ed25519' "$TLS_DIR/gnutls-cli.out" ||
+	fail "gnutls-cli p-ed: the server's page shows no Ed25519 client signature"
+[ "$(id_counter p-ed signatures)" -gt "$before" ] ||
+	fail "gnutls-cli p-ed: handshake worked but the agent made no signature"
+log "ok: gnutls-cli --x509keyfile '$uri' (Ed25519, CKM_EDDSA, sign-policy tls-client): $(page_protocol "$TLS_DIR/gnutls-cli.out")"
 s_server_stop
 
 # --- sign-policy through PKCS#11 ------------------------------------------------------------

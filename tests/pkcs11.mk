@@ -3,7 +3,8 @@
 # -Verify 1 on 127.0.0.1. Skipped (77) while the module is not built.
 PKCS11_TESTS = \
 	tests/integration/pkcs11-gnutls.sh \
-	tests/integration/pkcs11-fork.sh
+	tests/integration/pkcs11-fork.sh \
+	tests/integration/pkcs11-git.sh
 
 TESTS += $(PKCS11_TESTS)
 EXTRA_DIST += $(PKCS11_TESTS)

@@ -91,27 +91,7 @@ static CK_RV mt_DecryptFinal(CK_SESSION_HANDLE session, unsigned char *last_part
 	return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
-static CK_RV mt_DigestInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism)
-{
-	return CKR_FUNCTION_NOT_SUPPORTED;
-}
-
-static CK_RV mt_Digest(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *digest, unsigned long *digest_len)
-{
-	return CKR_FUNCTION_NOT_SUPPORTED;
-}
-
-static CK_RV mt_DigestUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
-{
-	return CKR_FUNCTION_NOT_SUPPORTED;
-}
-
 static CK_RV mt_DigestKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key)
-{
-	return CKR_FUNCTION_NOT_SUPPORTED;
-}
-
-static CK_RV mt_DigestFinal(CK_SESSION_HANDLE session, unsigned char *digest, unsigned long *digest_len)
 {
 	return CKR_FUNCTION_NOT_SUPPORTED;
 }

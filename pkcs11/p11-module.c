@@ -21,8 +21,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <openssl/ecdsa.h>
 #include <openssl/bn.h>
+#include <openssl/ecdsa.h>
+#include <openssl/evp.h>
 
 #include "common/proto.h"
 #include "common/util.h"
@@ -78,6 +79,18 @@ static const struct mech mechs[] = {
 };
 #define N_MECHS (sizeof(mechs) / sizeof(mechs[0]))
 
+/*
+ * Plain SHA-2 digests, computed here in software (nothing secret is
+ * involved). They exist because Java's SunPKCS11 accepts RSA-PSS parameters
+ * only when the token lists the hash they name as a mechanism; without them
+ * Java cannot sign a TLS 1.3 CertificateVerify with an RSA key.
+ */
+static const struct {
+	CK_MECHANISM_TYPE type;
+	const char *name;
+} digest_mechs[] = {{CKM_SHA256, "SHA256"}, {CKM_SHA384, "SHA384"}, {CKM_SHA512, "SHA512"}};
+#define N_DIGEST_MECHS (sizeof(digest_mechs) / sizeof(digest_mechs[0]))
+
 static const struct mech *mech_by_type(CK_MECHANISM_TYPE type)
 {
 	size_t i;
@@ -85,6 +98,16 @@ static const struct mech *mech_by_type(CK_MECHANISM_TYPE type)
 	for (i = 0; i < N_MECHS; i++)
 		if (mechs[i].type == type)
 			return &mechs[i];
+	return NULL;
+}
+
+static const char *digest_by_type(CK_MECHANISM_TYPE type)
+{
+	size_t i;
+
+	for (i = 0; i < N_DIGEST_MECHS; i++)
+		if (digest_mechs[i].type == type)
+			return digest_mechs[i].name;
 	return NULL;
 }
 
@@ -146,6 +169,7 @@ struct session {
 	CK_OBJECT_HANDLE *found;
 	size_t n_found, found_pos;
 	struct sign_op sign;
+	EVP_MD_CTX *digest; /* C_DigestInit .. C_Digest/C_DigestFinal */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -202,6 +226,7 @@ static void session_free(struct session *s)
 	if (s == NULL)
 		return;
 	sign_op_clear(&s->sign);
+	EVP_MD_CTX_free(s->digest);
 	free(s->found);
 	free(s);
 }
@@ -467,13 +492,16 @@ static CK_RV mt_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK
 	if (slot != P11_SLOT_ID)
 		return CKR_SLOT_ID_INVALID;
 	if (list != NULL) {
-		if (*count < N_MECHS)
+		if (*count < N_MECHS + N_DIGEST_MECHS) {
 			rv = CKR_BUFFER_TOO_SMALL;
-		else
+		} else {
 			for (i = 0; i < N_MECHS; i++)
 				list[i] = mechs[i].type;
+			for (i = 0; i < N_DIGEST_MECHS; i++)
+				list[N_MECHS + i] = digest_mechs[i].type;
+		}
 	}
-	*count = N_MECHS;
+	*count = N_MECHS + N_DIGEST_MECHS;
 	return rv;
 }
 
@@ -488,9 +516,13 @@ static CK_RV mt_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MEC
 	pthread_mutex_unlock(&lock);
 	if (slot != P11_SLOT_ID)
 		return CKR_SLOT_ID_INVALID;
+	memset(info, 0, sizeof(*info));
+	if (digest_by_type(type) != NULL) {
+		info->flags = CKF_DIGEST;
+		return CKR_OK;
+	}
 	if ((m = mech_by_type(type)) == NULL)
 		return CKR_MECHANISM_INVALID;
-	memset(info, 0, sizeof(*info));
 	info->flags = CKF_SIGN;
 	switch (m->key_type) {
 	case MTLS_AGENT_KEY_EC:
@@ -1158,6 +1190,127 @@ static CK_RV mt_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig
 		rv = finish_sign(s, s->sign.msg != NULL ? s->sign.msg : (const uint8_t *)"",
 				 s->sign.msg_len, sig, sig_len);
 	}
+	pthread_mutex_unlock(&lock);
+	return rv;
+}
+
+/* --- digests (software, see digest_mechs) ----------------------------------------------- */
+
+static CK_RV mt_DigestInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m)
+{
+	struct session *s;
+	const char *name;
+	CK_RV rv = CKR_OK;
+
+	if (m == NULL)
+		return CKR_ARGUMENTS_BAD;
+	pthread_mutex_lock(&lock);
+	CHECK_INIT();
+	if ((s = session_get(h)) == NULL)
+		rv = CKR_SESSION_HANDLE_INVALID;
+	else if (s->digest != NULL)
+		rv = CKR_OPERATION_ACTIVE;
+	else if ((name = digest_by_type(m->mechanism)) == NULL)
+		rv = CKR_MECHANISM_INVALID;
+	else if ((s->digest = EVP_MD_CTX_new()) == NULL ||
+		 !EVP_DigestInit_ex2(s->digest, EVP_get_digestbyname(name), NULL)) {
+		EVP_MD_CTX_free(s->digest);
+		s->digest = NULL;
+		rv = CKR_HOST_MEMORY;
+	}
+	pthread_mutex_unlock(&lock);
+	return rv;
+}
+
+/* Output of the active digest; a size query or short buffer keeps it active. */
+static CK_RV digest_out(struct session *s, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
+{
+	size_t need = (size_t)EVP_MD_CTX_get_size(s->digest);
+	unsigned int n = 0;
+	CK_RV rv = CKR_OK;
+
+	if (out == NULL) {
+		*out_len = need;
+		return CKR_OK;
+	}
+	if (*out_len < need) {
+		*out_len = need;
+		return CKR_BUFFER_TOO_SMALL;
+	}
+	if (!EVP_DigestFinal_ex(s->digest, out, &n))
+		rv = CKR_FUNCTION_FAILED;
+	else
+		*out_len = n;
+	EVP_MD_CTX_free(s->digest);
+	s->digest = NULL;
+	return rv;
+}
+
+static CK_RV digest_end(struct session *s, CK_RV rv)
+{
+	EVP_MD_CTX_free(s->digest);
+	s->digest = NULL;
+	return rv;
+}
+
+static CK_RV mt_Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR out,
+		       CK_ULONG_PTR out_len)
+{
+	struct session *s;
+	CK_RV rv;
+
+	pthread_mutex_lock(&lock);
+	CHECK_INIT();
+	if ((s = session_get(h)) == NULL)
+		rv = CKR_SESSION_HANDLE_INVALID;
+	else if (s->digest == NULL)
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	else if (out_len == NULL || (data == NULL && len > 0))
+		rv = digest_end(s, CKR_ARGUMENTS_BAD);
+	else if (out == NULL || *out_len < (CK_ULONG)EVP_MD_CTX_get_size(s->digest))
+		rv = digest_out(s, out, out_len); /* nothing hashed yet: it stays active */
+	else if (len > 0 && !EVP_DigestUpdate(s->digest, data, len))
+		rv = digest_end(s, CKR_FUNCTION_FAILED);
+	else
+		rv = digest_out(s, out, out_len);
+	pthread_mutex_unlock(&lock);
+	return rv;
+}
+
+static CK_RV mt_DigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG len)
+{
+	struct session *s;
+	CK_RV rv = CKR_OK;
+
+	pthread_mutex_lock(&lock);
+	CHECK_INIT();
+	if ((s = session_get(h)) == NULL)
+		rv = CKR_SESSION_HANDLE_INVALID;
+	else if (s->digest == NULL)
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	else if (part == NULL && len > 0)
+		rv = digest_end(s, CKR_ARGUMENTS_BAD);
+	else if (len > 0 && !EVP_DigestUpdate(s->digest, part, len))
+		rv = digest_end(s, CKR_FUNCTION_FAILED);
+	pthread_mutex_unlock(&lock);
+	return rv;
+}
+
+static CK_RV mt_DigestFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
+{
+	struct session *s;
+	CK_RV rv;
+
+	pthread_mutex_lock(&lock);
+	CHECK_INIT();
+	if ((s = session_get(h)) == NULL)
+		rv = CKR_SESSION_HANDLE_INVALID;
+	else if (s->digest == NULL)
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	else if (out_len == NULL)
+		rv = digest_end(s, CKR_ARGUMENTS_BAD);
+	else
+		rv = digest_out(s, out, out_len);
 	pthread_mutex_unlock(&lock);
 	return rv;
 }

@@ -280,11 +280,18 @@ static struct p11_object *key_object(const struct mtls_agent_identity *id, EVP_P
 	return obj;
 }
 
-/* The leaf carries the key's CKA_ID; a chain certificate the hash of its own public key. */
+/*
+ * The leaf is labelled with the identity name and carries the key's CKA_ID;
+ * the rest of the chain is labelled NAME:caN (N from 1) with the hash of its
+ * own public key as CKA_ID. One certificate per label is what programs that
+ * pair keys and certificates expect (Java's SunPKCS11 KeyStore names an entry
+ * by its certificate's label; object=NAME;type=cert must find the leaf).
+ */
 static struct p11_object *cert_object(const struct mtls_agent_identity *id, size_t i, X509 *x,
 				      const uint8_t *key_id)
 {
 	const struct mtls_agent_cert *c = &id->chain[i];
+	char label[300];
 	unsigned char *spki = NULL, *serial = NULL;
 	uint8_t own_id[SHA256_DIGEST_LENGTH];
 	struct p11_object *obj = NULL;
@@ -293,7 +300,11 @@ static struct p11_object *cert_object(const struct mtls_agent_identity *id, size
 	if ((spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &spki)) <= 0)
 		goto out;
 	SHA256(spki, (size_t)spki_len, own_id);
-	obj = object_new(CKO_CERTIFICATE, id->name, i == 0 && key_id != NULL ? key_id : own_id,
+	if (i == 0)
+		snprintf(label, sizeof(label), "%s", id->name);
+	else
+		snprintf(label, sizeof(label), "%s:ca%zu", id->name, i);
+	obj = object_new(CKO_CERTIFICATE, label, i == 0 && key_id != NULL ? key_id : own_id,
 			 c->der, c->len);
 	if (obj == NULL)
 		goto out;

@@ -35,7 +35,7 @@ struct p11_object {
 	uint8_t key[32]; /* SHA-256 of class, label and value: what "the same object" means */
 	int present;
 	CK_OBJECT_CLASS cls;
-	char *name;			       /* identity */
+	char *name; /* CKA_LABEL: the identity (keys, leaf certificate) or NAME:caN */
 	uint8_t spki_hash[MTLS_AGENT_SPKI_HASH_LEN]; /* keys: the generation to sign with */
 	int key_type;			       /* MTLS_AGENT_KEY_* (keys) */
 	unsigned bits;			       /* RSA modulus / EC order bits */

@@ -4,7 +4,8 @@
 PKCS11_TESTS = \
 	tests/integration/pkcs11-gnutls.sh \
 	tests/integration/pkcs11-fork.sh \
-	tests/integration/pkcs11-git.sh
+	tests/integration/pkcs11-git.sh \
+	tests/integration/pkcs11-java.sh
 
 TESTS += $(PKCS11_TESTS)
 EXTRA_DIST += $(PKCS11_TESTS)

@@ -90,6 +90,11 @@ assert_not_contains "$(cat "$WORK/p11-priv.txt")" "decrypt" "private key usage"
 assert_contains "$(cat "$WORK/p11-priv.txt")" "sensitive" "private key access"
 assert_contains "$(cat "$WORK/p11-priv.txt")" "never extractable" "private key access"
 log "ok: p11tool/pkcs11-tool list 3 identities (private key, public key, certificate each)"
+# The software SHA-2 digests (Java's PSS parameters need the token to list them).
+printf 'digest me' >"$WORK/h.in"
+assert_ok pkcs11-tool --module "$MOD" --hash -m SHA256 -i "$WORK/h.in" -o "$WORK/h.out"
+assert_eq "$(od -An -tx1 "$WORK/h.out" | tr -d ' \n')" "$(openssl dgst -sha256 -hex "$WORK/h.in" | sed 's/.*= //')" \
+	"C_Digest SHA-256"
 
 # --- gnutls-cli and wget against s_server -Verify 1 -----------------------------------------
 # wget has no --provider option: p11-kit finds the module through the user's

@@ -9,7 +9,8 @@
 #   - gnutls-cli --x509keyfile 'pkcs11:token=mtls-agent;object=NAME' and
 #     wget --private-key with the same URI (as a non-root user allowed to use
 #     the identities, the module found through its p11-kit user config) complete mTLS with EC P-256 and RSA-2048 identities under
-#     sign-policy = digest; the server verified the certificate and the agent
+#     sign-policy = digest (TLS 1.3, and TLS 1.2 with PKCS#1 v1.5 for RSA:
+#     CKM_RSA_PKCS with a DigestInfo); the server verified the certificate and the agent
 #     signed;
 #   - gnutls-cli with an Ed25519 identity under the default policy (CKM_EDDSA
 #     carries the whole CertificateVerify content);
@@ -143,6 +144,31 @@ for id in p-ec p-rsa; do
 		fail "wget $id: handshake worked but the agent made no signature"
 	log "ok: wget --private-key '$uri': $(page_protocol "$P11_HOME/wget.page") $(page_peer_sig "$P11_HOME/wget.page")"
 done
+s_server_stop
+
+# TLS 1.2 with PKCS#1 v1.5 for RSA: CKM_RSA_PKCS with a SHA-256 DigestInfo.
+s_server_start -tls1_2 -client_sigalgs RSA+SHA256:ECDSA+SHA256
+for id in p-ec p-rsa; do
+	uri="pkcs11:token=mtls-agent;object=$id"
+	before=$(id_counter "$id" signatures)
+	rc=0
+	printf 'GET / HTTP/1.0\r\n\r\n' |
+		tls_timeout gnutls-cli --provider "$MOD" --x509cafile "$SRV_CA" \
+			--x509certfile "$TLS_DIR/$id.chain.pem" --x509keyfile "$uri" \
+			-p "$S_SERVER_PORT" 127.0.0.1 >"$TLS_DIR/gnutls-cli.out" 2>"$TLS_DIR/gnutls-cli.err" || rc=$?
+	grep -q '^Client certificate' "$TLS_DIR/gnutls-cli.out" || {
+		show_log "$TLS_DIR/gnutls-cli.err" 30
+		show_log "$S_SERVER_LOG" 20
+		fail "gnutls-cli (TLS 1.2) with $uri: no verified client certificate (exit $rc)"
+	}
+	assert_cn "$(page_identity "$TLS_DIR/gnutls-cli.out")" "$id" "gnutls-cli $id TLS 1.2: the server saw"
+	assert_eq "$(page_protocol "$TLS_DIR/gnutls-cli.out")" TLSv1.2 "gnutls-cli $id: protocol"
+	[ "$(id_counter "$id" signatures)" -gt "$before" ] ||
+		fail "gnutls-cli $id TLS 1.2: handshake worked but the agent made no signature"
+	log "ok: gnutls-cli --x509keyfile '$uri': TLSv1.2 $(page_peer_sig "$TLS_DIR/gnutls-cli.out")"
+done
+s_server_stop
+s_server_start
 
 # Ed25519 under the default policy: CKM_EDDSA carries the whole TLS 1.3
 # CertificateVerify content, which tls-client admits.

@@ -8,10 +8,11 @@
 #     CKA_ID = SHA-256 of the SubjectPublicKeyInfo;
 #   - gnutls-cli --x509keyfile 'pkcs11:token=mtls-agent;object=NAME' and
 #     wget --private-key with the same URI (as a non-root user allowed to use
-#     the identities, the module found through its p11-kit user config) complete mTLS with EC P-256 and RSA-2048 identities under
-#     sign-policy = digest (TLS 1.3, and TLS 1.2 with PKCS#1 v1.5 for RSA:
-#     CKM_RSA_PKCS with a DigestInfo); the server verified the certificate and the agent
-#     signed;
+#     the identities, the module found through its p11-kit user config)
+#     complete mTLS with EC P-256 and RSA-2048 identities under
+#     sign-policy = digest (TLS 1.3; gnutls-cli also TLS 1.2 with PKCS#1 v1.5,
+#     i.e. CKM_RSA_PKCS with a DigestInfo); the server verified the
+#     certificate and the agent signed;
 #   - gnutls-cli with an Ed25519 identity under the default policy (CKM_EDDSA
 #     carries the whole CertificateVerify content);
 #   - a tls-client identity refuses raw-digest signing (CKM_ECDSA) with an

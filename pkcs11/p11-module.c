@@ -25,6 +25,7 @@
 #include <openssl/ecdsa.h>
 #include <openssl/evp.h>
 
+#include "client/client-internal.h"
 #include "common/proto.h"
 #include "common/util.h"
 #include "pkcs11/p11.h"
@@ -323,7 +324,10 @@ static void registry_refresh(void)
 
 	for (i = 0; i < n_objs; i++)
 		objs[i]->present = 0;
-	if ((r = get_agent(&a)) != 0 || (r = mtls_agent_list(a, &ids, &n)) != 0) {
+	/* Only what this process may sign with, even for an administrator. */
+	if ((r = get_agent(&a)) == 0 && (r = mtlsc_list_usable(a, &ids, &n)) == MTLS_AGENT_ERR_BAD_MESSAGE)
+		r = mtls_agent_list(a, &ids, &n); /* an agent older than the LIST flag */
+	if (r != 0) {
 		p11_debug("listing identities: %s", mtls_agent_last_error());
 		return;
 	}

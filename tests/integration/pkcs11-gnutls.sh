@@ -48,11 +48,14 @@ agent_identity p-ec "sign-policy = digest" "allow-users = root daemon"
 agent_identity p-rsa "sign-policy = digest" "allow-users = root daemon"
 agent_identity p-tls
 agent_identity p-ed
+# An identity root administers but may not use: the token must not show it to root.
+agent_identity p-other "allow-users = daemon"
 agent_start
 identity_setup p-ec ec-p256
 identity_setup p-rsa rsa-2048
 identity_setup p-tls ec-p256
 identity_setup p-ed ed25519
+IDENTITY_SETUP_NO_CERT=1 identity_setup p-other ec-p256
 for id in p-ec p-rsa p-tls p-ed; do
 	identity_files "$id"
 done
@@ -77,6 +80,9 @@ p11_id() { # NAME
 want_id=$(p11_id p-ec)
 got_id=$(sed -n 's/.*URL: pkcs11:.*;id=\([^;]*\);object=p-ec;type=private.*/\1/p' "$WORK/p11tool.out" | head -n 1 | tr -d '%' | tr 'A-F' 'a-f')
 assert_eq "$got_id" "$want_id" "CKA_ID of p-ec's private key"
+# root is an administrator (LIST shows it every identity) but not allowed to use p-other.
+assert_contains "$(ctl list)" "p-other" "mtls-agentctl list as the administrator"
+assert_not_contains "$(cat "$WORK/p11tool.out")" "object=p-other" "p11tool --list-all as root"
 pkcs11-tool --module "$MOD" -O >"$WORK/p11-O.out" 2>&1 || {
 	cat "$WORK/p11-O.out" >&2
 	fail "pkcs11-tool -O failed"

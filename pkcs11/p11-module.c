@@ -55,28 +55,28 @@ struct mech {
 };
 
 static const struct mech mechs[] = {
-	{CKM_ECDSA_SHA256, "CKM_ECDSA_SHA256", MTLS_AGENT_KEY_EC, IN_MESSAGE,
-	 MTLS_AGENT_ECDSA_SECP256R1_SHA256, 0},
-	{CKM_ECDSA_SHA384, "CKM_ECDSA_SHA384", MTLS_AGENT_KEY_EC, IN_MESSAGE,
-	 MTLS_AGENT_ECDSA_SECP384R1_SHA384, 0},
-	{CKM_ECDSA_SHA512, "CKM_ECDSA_SHA512", MTLS_AGENT_KEY_EC, IN_MESSAGE,
-	 MTLS_AGENT_ECDSA_SECP521R1_SHA512, 0},
-	{CKM_ECDSA, "CKM_ECDSA", MTLS_AGENT_KEY_EC, IN_DIGEST, 0, 0},
-	{CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-	 MTLS_AGENT_RSA_PKCS1_SHA256, 0},
-	{CKM_SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-	 MTLS_AGENT_RSA_PKCS1_SHA384, 0},
-	{CKM_SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-	 MTLS_AGENT_RSA_PKCS1_SHA512, 0},
-	{CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-	 MTLS_AGENT_RSA_PSS_RSAE_SHA256, CKM_SHA256},
-	{CKM_SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-	 MTLS_AGENT_RSA_PSS_RSAE_SHA384, CKM_SHA384},
-	{CKM_SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-	 MTLS_AGENT_RSA_PSS_RSAE_SHA512, CKM_SHA512},
-	{CKM_RSA_PKCS, "CKM_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_DIGESTINFO, 0, 0},
-	{CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_DIGEST, 0, 0},
-	{CKM_EDDSA, "CKM_EDDSA", MTLS_AGENT_KEY_ED25519, IN_MESSAGE, MTLS_AGENT_ED25519, 0},
+    {CKM_ECDSA_SHA256, "CKM_ECDSA_SHA256", MTLS_AGENT_KEY_EC, IN_MESSAGE,
+     MTLS_AGENT_ECDSA_SECP256R1_SHA256, 0},
+    {CKM_ECDSA_SHA384, "CKM_ECDSA_SHA384", MTLS_AGENT_KEY_EC, IN_MESSAGE,
+     MTLS_AGENT_ECDSA_SECP384R1_SHA384, 0},
+    {CKM_ECDSA_SHA512, "CKM_ECDSA_SHA512", MTLS_AGENT_KEY_EC, IN_MESSAGE,
+     MTLS_AGENT_ECDSA_SECP521R1_SHA512, 0},
+    {CKM_ECDSA, "CKM_ECDSA", MTLS_AGENT_KEY_EC, IN_DIGEST, 0, 0},
+    {CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
+     MTLS_AGENT_RSA_PKCS1_SHA256, 0},
+    {CKM_SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
+     MTLS_AGENT_RSA_PKCS1_SHA384, 0},
+    {CKM_SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
+     MTLS_AGENT_RSA_PKCS1_SHA512, 0},
+    {CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
+     MTLS_AGENT_RSA_PSS_RSAE_SHA256, CKM_SHA256},
+    {CKM_SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
+     MTLS_AGENT_RSA_PSS_RSAE_SHA384, CKM_SHA384},
+    {CKM_SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
+     MTLS_AGENT_RSA_PSS_RSAE_SHA512, CKM_SHA512},
+    {CKM_RSA_PKCS, "CKM_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_DIGESTINFO, 0, 0},
+    {CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_DIGEST, 0, 0},
+    {CKM_EDDSA, "CKM_EDDSA", MTLS_AGENT_KEY_ED25519, IN_MESSAGE, MTLS_AGENT_ED25519, 0},
 };
 #define N_MECHS (sizeof(mechs) / sizeof(mechs[0]))
 
@@ -120,30 +120,30 @@ static const struct {
 	uint16_t pss, pkcs1, ecdsa;
 	uint8_t digestinfo[19]; /* DER DigestInfo up to the hash value */
 } hashes[] = {
-	{CKM_SHA256,
-	 CKG_MGF1_SHA256,
-	 32,
-	 MTLS_AGENT_RSA_PSS_RSAE_SHA256,
-	 MTLS_AGENT_RSA_PKCS1_SHA256,
-	 MTLS_AGENT_ECDSA_SECP256R1_SHA256,
-	 {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
-	  0x05, 0x00, 0x04, 0x20}},
-	{CKM_SHA384,
-	 CKG_MGF1_SHA384,
-	 48,
-	 MTLS_AGENT_RSA_PSS_RSAE_SHA384,
-	 MTLS_AGENT_RSA_PKCS1_SHA384,
-	 MTLS_AGENT_ECDSA_SECP384R1_SHA384,
-	 {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
-	  0x05, 0x00, 0x04, 0x30}},
-	{CKM_SHA512,
-	 CKG_MGF1_SHA512,
-	 64,
-	 MTLS_AGENT_RSA_PSS_RSAE_SHA512,
-	 MTLS_AGENT_RSA_PKCS1_SHA512,
-	 MTLS_AGENT_ECDSA_SECP521R1_SHA512,
-	 {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03,
-	  0x05, 0x00, 0x04, 0x40}},
+    {CKM_SHA256,
+     CKG_MGF1_SHA256,
+     32,
+     MTLS_AGENT_RSA_PSS_RSAE_SHA256,
+     MTLS_AGENT_RSA_PKCS1_SHA256,
+     MTLS_AGENT_ECDSA_SECP256R1_SHA256,
+     {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+      0x05, 0x00, 0x04, 0x20}},
+    {CKM_SHA384,
+     CKG_MGF1_SHA384,
+     48,
+     MTLS_AGENT_RSA_PSS_RSAE_SHA384,
+     MTLS_AGENT_RSA_PKCS1_SHA384,
+     MTLS_AGENT_ECDSA_SECP384R1_SHA384,
+     {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
+      0x05, 0x00, 0x04, 0x30}},
+    {CKM_SHA512,
+     CKG_MGF1_SHA512,
+     64,
+     MTLS_AGENT_RSA_PSS_RSAE_SHA512,
+     MTLS_AGENT_RSA_PKCS1_SHA512,
+     MTLS_AGENT_ECDSA_SECP521R1_SHA512,
+     {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03,
+      0x05, 0x00, 0x04, 0x40}},
 };
 #define N_HASHES (sizeof(hashes) / sizeof(hashes[0]))
 
@@ -157,9 +157,9 @@ struct sign_op {
 	int key_type;
 	unsigned bits;
 	size_t max_sig;
-	uint16_t scheme;   /* fixed by the mechanism or its PSS parameters; 0: from the input */
-	int multipart;	   /* C_SignUpdate was called */
-	uint8_t *msg;	   /* multi-part input so far */
+	uint16_t scheme; /* fixed by the mechanism or its PSS parameters; 0: from the input */
+	int multipart;	 /* C_SignUpdate was called */
+	uint8_t *msg;	 /* multi-part input so far */
 	size_t msg_len, msg_cap;
 };
 
@@ -325,7 +325,8 @@ static void registry_refresh(void)
 	for (i = 0; i < n_objs; i++)
 		objs[i]->present = 0;
 	/* Only what this process may sign with, even for an administrator. */
-	if ((r = get_agent(&a)) == 0 && (r = mtlsc_list_usable(a, &ids, &n)) == MTLS_AGENT_ERR_BAD_MESSAGE)
+	if ((r = get_agent(&a)) == 0 &&
+	    (r = mtlsc_list_usable(a, &ids, &n)) == MTLS_AGENT_ERR_BAD_MESSAGE)
 		r = mtls_agent_list(a, &ids, &n); /* an agent older than the LIST flag */
 	if (r != 0) {
 		p11_debug("listing identities: %s", mtls_agent_last_error());
@@ -448,7 +449,8 @@ static CK_RV mt_GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
 	if (slot != P11_SLOT_ID)
 		return CKR_SLOT_ID_INVALID;
 	memset(info, 0, sizeof(*info));
-	pad(info->slotDescription, sizeof(info->slotDescription), "mtls-agent (keys held by the agent)");
+	pad(info->slotDescription, sizeof(info->slotDescription),
+	    "mtls-agent (keys held by the agent)");
 	pad(info->manufacturerID, sizeof(info->manufacturerID), "mtls-agent");
 	info->flags = CKF_TOKEN_PRESENT;
 	return CKR_OK;
@@ -509,7 +511,8 @@ static CK_RV mt_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK
 	return rv;
 }
 
-static CK_RV mt_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
+static CK_RV mt_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
+				 CK_MECHANISM_INFO_PTR info)
 {
 	const struct mech *m;
 
@@ -695,8 +698,8 @@ static int is_sensitive(const struct p11_object *obj, CK_ATTRIBUTE_TYPE type)
 	return 0;
 }
 
-static CK_RV mt_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE oh,
-				  CK_ATTRIBUTE_PTR templ, CK_ULONG count)
+static CK_RV mt_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE oh, CK_ATTRIBUTE_PTR templ,
+				  CK_ULONG count)
 {
 	const struct p11_attr *a;
 	struct p11_object *obj;
@@ -761,9 +764,11 @@ static int matches(const struct p11_object *obj, const CK_ATTRIBUTE *templ, CK_U
 	CK_ULONG i;
 
 	for (i = 0; i < count; i++) {
-		if ((a = p11_object_attr(obj, templ[i].type)) == NULL || a->len != templ[i].ulValueLen)
+		if ((a = p11_object_attr(obj, templ[i].type)) == NULL ||
+		    a->len != templ[i].ulValueLen)
 			return 0;
-		if (a->len > 0 && (templ[i].pValue == NULL || memcmp(a->value, templ[i].pValue, a->len) != 0))
+		if (a->len > 0 &&
+		    (templ[i].pValue == NULL || memcmp(a->value, templ[i].pValue, a->len) != 0))
 			return 0;
 	}
 	return 1;
@@ -862,9 +867,10 @@ static CK_RV pss_scheme(const CK_MECHANISM *m, CK_MECHANISM_TYPE want_hash, uint
 			break;
 	if (i == N_HASHES || (want_hash != 0 && pp->hashAlg != want_hash) ||
 	    pp->mgf != hashes[i].mgf || pp->sLen != hashes[i].len) {
-		fprintf(stderr, "mtls-agent-pkcs11: RSA-PSS parameters not supported: the agent "
-				"signs SHA-256/384/512 with MGF1 of the same hash and salt length = "
-				"hash length\n");
+		fprintf(stderr,
+			"mtls-agent-pkcs11: RSA-PSS parameters not supported: the agent "
+			"signs SHA-256/384/512 with MGF1 of the same hash and salt length = "
+			"hash length\n");
 		return CKR_MECHANISM_PARAM_INVALID;
 	}
 	*scheme = hashes[i].pss;
@@ -994,9 +1000,11 @@ static CK_RV do_sign(struct sign_op *op, const uint8_t *data, size_t len, uint8_
 			for (i = 0; i < N_HASHES && hashes[i].len != len; i++)
 				;
 			if (i == N_HASHES) {
-				fprintf(stderr, "mtls-agent-pkcs11: CKM_ECDSA with \"%s\": the agent signs "
-						"SHA-256/384/512 digests (32, 48 or 64 bytes), not %zu bytes\n",
-					op->name, len);
+				fprintf(
+				    stderr,
+				    "mtls-agent-pkcs11: CKM_ECDSA with \"%s\": the agent signs "
+				    "SHA-256/384/512 digests (32, 48 or 64 bytes), not %zu bytes\n",
+				    op->name, len);
 				return CKR_DATA_LEN_RANGE;
 			}
 			scheme = hashes[i].ecdsa;
@@ -1014,8 +1022,9 @@ static CK_RV do_sign(struct sign_op *op, const uint8_t *data, size_t len, uint8_
 			    memcmp(data, hashes[i].digestinfo, sizeof(hashes[i].digestinfo)) == 0)
 				break;
 		if (i == N_HASHES) {
-			fprintf(stderr, "mtls-agent-pkcs11: CKM_RSA_PKCS with \"%s\": only a "
-					"SHA-256/384/512 DigestInfo is signed, never raw RSA\n",
+			fprintf(stderr,
+				"mtls-agent-pkcs11: CKM_RSA_PKCS with \"%s\": only a "
+				"SHA-256/384/512 DigestInfo is signed, never raw RSA\n",
 				op->name);
 			return CKR_DATA_INVALID;
 		}
@@ -1187,7 +1196,8 @@ static CK_RV mt_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig
 	} else if (sig_len == NULL) {
 		sign_op_clear(&s->sign);
 		rv = CKR_ARGUMENTS_BAD;
-	} else if (s->sign.mech->input != IN_MESSAGE || s->sign.key_type == MTLS_AGENT_KEY_ED25519) {
+	} else if (s->sign.mech->input != IN_MESSAGE ||
+		   s->sign.key_type == MTLS_AGENT_KEY_ED25519) {
 		sign_op_clear(&s->sign);
 		rv = CKR_FUNCTION_NOT_SUPPORTED;
 	} else {

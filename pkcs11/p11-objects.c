@@ -250,8 +250,8 @@ static struct p11_object *key_object(const struct mtls_agent_identity *id, EVP_P
 	struct p11_object *obj;
 	int ok;
 
-	obj = object_new(private ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY, id->name, spki_hash,
-			 id->spki, id->spki_len);
+	obj = object_new(private ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY, id->name, spki_hash, id->spki,
+			 id->spki_len);
 	if (obj == NULL)
 		return NULL;
 	memcpy(obj->spki_hash, spki_hash, MTLS_AGENT_SPKI_HASH_LEN);
@@ -270,7 +270,8 @@ static struct p11_object *key_object(const struct mtls_agent_identity *id, EVP_P
 		     add_bool(obj, CKA_ALWAYS_AUTHENTICATE, 0) == 0 &&
 		     add_bool(obj, CKA_WRAP_WITH_TRUSTED, 0) == 0;
 	else if (ok)
-		ok = add_bool(obj, CKA_VERIFY, 1) == 0 && add_bool(obj, CKA_VERIFY_RECOVER, 0) == 0 &&
+		ok = add_bool(obj, CKA_VERIFY, 1) == 0 &&
+		     add_bool(obj, CKA_VERIFY_RECOVER, 0) == 0 &&
 		     add_bool(obj, CKA_ENCRYPT, 0) == 0 && add_bool(obj, CKA_WRAP, 0) == 0 &&
 		     add_bool(obj, CKA_TRUSTED, 0) == 0;
 	if (!ok) {
@@ -304,8 +305,8 @@ static struct p11_object *cert_object(const struct mtls_agent_identity *id, size
 		snprintf(label, sizeof(label), "%s", id->name);
 	else
 		snprintf(label, sizeof(label), "%s:ca%zu", id->name, i);
-	obj = object_new(CKO_CERTIFICATE, label, i == 0 && key_id != NULL ? key_id : own_id,
-			 c->der, c->len);
+	obj = object_new(CKO_CERTIFICATE, label, i == 0 && key_id != NULL ? key_id : own_id, c->der,
+			 c->len);
 	if (obj == NULL)
 		goto out;
 	serial_len = i2d_ASN1_INTEGER(X509_get0_serialNumber(x), &serial);
@@ -314,8 +315,8 @@ static struct p11_object *cert_object(const struct mtls_agent_identity *id, size
 	     /* 1: token user (the leaf), 2: authority (the rest of the chain). */
 	     add_ulong(obj, CKA_CERTIFICATE_CATEGORY, i == 0 ? 1 : 2) == 0 &&
 	     add_ulong(obj, CKA_JAVA_MIDP_SECURITY_DOMAIN, 0) == 0 &&
-	     add_bytes(obj, CKA_START_DATE, "", 0) == 0 && add_bytes(obj, CKA_END_DATE, "", 0) == 0 &&
-	     add_bytes(obj, CKA_URL, "", 0) == 0 &&
+	     add_bytes(obj, CKA_START_DATE, "", 0) == 0 &&
+	     add_bytes(obj, CKA_END_DATE, "", 0) == 0 && add_bytes(obj, CKA_URL, "", 0) == 0 &&
 	     add_i2d_name(obj, CKA_SUBJECT, X509_get_subject_name(x)) == 0 &&
 	     add_i2d_name(obj, CKA_ISSUER, X509_get_issuer_name(x)) == 0 &&
 	     add_bytes(obj, CKA_SERIAL_NUMBER, serial, (size_t)serial_len) == 0 &&

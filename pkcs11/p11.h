@@ -37,8 +37,8 @@ struct p11_object {
 	CK_OBJECT_CLASS cls;
 	char *name; /* CKA_LABEL: the identity (keys, leaf certificate) or NAME:caN */
 	uint8_t spki_hash[MTLS_AGENT_SPKI_HASH_LEN]; /* keys: the generation to sign with */
-	int key_type;			       /* MTLS_AGENT_KEY_* (keys) */
-	unsigned bits;			       /* RSA modulus / EC order bits */
+	int key_type;				     /* MTLS_AGENT_KEY_* (keys) */
+	unsigned bits;				     /* RSA modulus / EC order bits */
 	struct p11_attr *attrs;
 	size_t n_attrs;
 };

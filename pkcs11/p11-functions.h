@@ -1,7 +1,9 @@
 /*
- * Functions the module does not offer: CKR_FUNCTION_NOT_SUPPORTED with the
- * signature the caller expects (written out from p11-kit's pkcs11.h, PKCS#11
- * 2.40), and the function list. Included once, by p11-module.c.
+ * Functions the module does not offer, each with the signature the caller
+ * expects (written out from p11-kit's pkcs11.h, PKCS#11 2.40): they answer
+ * CKR_FUNCTION_NOT_SUPPORTED (C_GetFunctionStatus and C_CancelFunction:
+ * CKR_FUNCTION_NOT_PARALLEL, as the standard has them). Then the function
+ * list. Included once, by p11-module.c.
  */
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-parameter"

@@ -197,6 +197,19 @@ grep -qx 'Peer signature type: ed25519' "$TLS_DIR/gnutls-cli.out" ||
 [ "$(id_counter p-ed signatures)" -gt "$before" ] ||
 	fail "gnutls-cli p-ed: handshake worked but the agent made no signature"
 log "ok: gnutls-cli --x509keyfile '$uri' (Ed25519, CKM_EDDSA, sign-policy tls-client): $(page_protocol "$TLS_DIR/gnutls-cli.out")"
+
+# GnuTLS hands over a hash: a tls-client EC identity refuses, and gnutls-cli's
+# stderr carries the module's line saying which policy would allow it.
+rc=0
+printf 'GET / HTTP/1.0\r\n\r\n' |
+	tls_timeout gnutls-cli --provider "$MOD" --x509cafile "$SRV_CA" \
+		--x509certfile "$TLS_DIR/p-tls.chain.pem" --x509keyfile "pkcs11:token=mtls-agent;object=p-tls" \
+		-p "$S_SERVER_PORT" 127.0.0.1 >"$TLS_DIR/gnutls-cli.out" 2>"$TLS_DIR/gnutls-cli.err" || rc=$?
+if grep -q '^Client certificate' "$TLS_DIR/gnutls-cli.out"; then
+	fail "gnutls-cli with the tls-client identity p-tls got a verified client certificate"
+fi
+assert_contains "$(cat "$TLS_DIR/gnutls-cli.err")" "need sign-policy = digest or any" "gnutls-cli with p-tls"
+log "ok: gnutls-cli with p-tls (tls-client) fails: $(grep -m1 'mtls-agent-pkcs11' "$TLS_DIR/gnutls-cli.err")"
 s_server_stop
 
 # --- sign-policy through PKCS#11 ------------------------------------------------------------

@@ -4,7 +4,7 @@
  * DigestSign sends the whole message, not its hash: the agent hashes it
  * itself and its sign-policy checks that it is a TLS client CertificateVerify
  * content (TLS 1.3) or client handshake transcript (TLS 1.2). Plain sign()
- * gets a digest, which the agent accepts only under sign-policy = any.
+ * gets a digest, which the agent accepts only under sign-policy = digest or any.
  *
  * Only what maps to a TLS SignatureScheme is accepted: SHA-256/384/512,
  * PKCS#1 v1.5 or PSS with salt length = digest length and MGF1 with the same
@@ -651,7 +651,7 @@ static int sig_digest_sign_final(void *vctx, unsigned char *sig, size_t *siglen,
 	return agent_sign(ctx, 0, ctx->msg, ctx->msg_len, sig, siglen, sigsize);
 }
 
-/* Pre-hashed input: sent as a digest, which the agent signs only under sign-policy = any. */
+/* Pre-hashed input: sent as a digest, signed only under sign-policy = digest or any. */
 static int sig_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsize,
 		    const unsigned char *tbs, size_t tbslen)
 {

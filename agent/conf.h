@@ -12,6 +12,12 @@ enum sign_policy {
 	POLICY_TLS_CLIENT = 0,   /* TLS 1.3 client CertificateVerify or TLS 1.2 client transcript */
 	POLICY_TLS13_CLIENT = 1, /* TLS 1.3 client CertificateVerify only */
 	POLICY_ANY = 2,          /* anything, including pre-hashed digests */
+	/*
+	 * tls-client, plus a pre-hashed digest of exactly the scheme's hash length
+	 * (PKCS#11 CKM_ECDSA / CKM_RSA_PKCS / CKM_RSA_PKCS_PSS users: GnuTLS, NSS,
+	 * Java). The agent cannot see what such a digest is the hash of.
+	 */
+	POLICY_DIGEST = 3,
 };
 
 struct cfg_keystore {

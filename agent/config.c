@@ -92,6 +92,7 @@ static const char *const policy_names[] = {
 	[POLICY_TLS_CLIENT] = "tls-client",
 	[POLICY_TLS13_CLIENT] = "tls13-client",
 	[POLICY_ANY] = "any",
+	[POLICY_DIGEST] = "digest",
 };
 
 /* Line of each key seen in one section (0: absent), to catch repeats and to point later
@@ -603,7 +604,8 @@ static int identity_value(struct parser *p, int k, const char *value)
 	case I_SIGN_POLICY:
 		if ((pol = sign_policy_from_name(value)) < 0) {
 			fail(p, p->lineno,
-			     "bad sign-policy \"%s\": want tls-client, tls13-client or any", value);
+			     "bad sign-policy \"%s\": want tls-client, tls13-client, digest or any",
+			     value);
 			return -1;
 		}
 		id->sign_policy = pol;

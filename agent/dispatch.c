@@ -206,11 +206,20 @@ static int op_list(const struct dispatch_env *env, const struct peer *peer, stru
 		   struct buf *out, struct result *res)
 {
 	int admin = is_admin(env, peer), r;
+	uint8_t flags = 0;
 	uint32_t n = 0;
 	size_t i;
 
+	/* An optional flags byte (older clients send none). */
+	if (rd_left(rd) > 0 && (r = rd_u8(rd, &flags)) != 0)
+		return fail(res, r, "malformed LIST request");
 	if ((r = rd_done(rd)) != 0)
-		return fail(res, r, "LIST takes no arguments");
+		return fail(res, r, "LIST takes at most one flags byte");
+	if ((flags & ~PROTO_LIST_USABLE) != 0)
+		return fail(res, MTLS_AGENT_ERR_BAD_MESSAGE, "unknown LIST flags 0x%02x", flags);
+	/* The PKCS#11 module shows only keys the caller can sign with. */
+	if (flags & PROTO_LIST_USABLE)
+		admin = 0;
 	for (i = 0; i < env->rt->n_ids; i++)
 		n += (admin || may_use(&env->rt->ids[i], peer)) ? 1 : 0;
 	if ((r = buf_put_u32(out, n)) != 0)

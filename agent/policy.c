@@ -106,7 +106,11 @@ int policy_check(int policy, const uint8_t *data, size_t len, int is_digest, con
 	if (policy == POLICY_ANY)
 		return 0;
 	if (is_digest) {
-		*reason = "pre-hashed digests need sign-policy = any";
+		/* The caller (dispatch) checks that the length is the scheme's hash length. */
+		if (policy == POLICY_DIGEST)
+			return 0;
+		*reason = "pre-hashed digests (PKCS#11 raw-digest mechanisms, the OpenSSL engine) "
+			  "need sign-policy = digest or any";
 		return MTLS_AGENT_ERR_POLICY;
 	}
 	if (policy_is_tls13_client_cv(data, len))

@@ -25,4 +25,11 @@ struct mtls_agent {
 	char *agent_version;
 };
 
+/*
+ * LIST with PROTO_LIST_USABLE: only the identities the caller may use, even
+ * for an administrator (the PKCS#11 module). Not part of the public API.
+ * An agent older than the flag answers MTLS_AGENT_ERR_BAD_MESSAGE.
+ */
+int mtlsc_list_usable(mtls_agent *a, struct mtls_agent_identity **ids, size_t *n_ids);
+
 #endif

@@ -618,7 +618,21 @@ static int name_request(struct buf *req, uint8_t type, const char *name)
 	return buf_put_cstring(req, name);
 }
 
+static int list_request(mtls_agent *a, int with_flags, uint8_t flags,
+			struct mtls_agent_identity **ids, size_t *n_ids);
+
 int mtls_agent_list(mtls_agent *a, struct mtls_agent_identity **ids, size_t *n_ids)
+{
+	return list_request(a, 0, 0, ids, n_ids);
+}
+
+int mtlsc_list_usable(mtls_agent *a, struct mtls_agent_identity **ids, size_t *n_ids)
+{
+	return list_request(a, 1, PROTO_LIST_USABLE, ids, n_ids);
+}
+
+static int list_request(mtls_agent *a, int with_flags, uint8_t flags,
+			struct mtls_agent_identity **ids, size_t *n_ids)
 {
 	struct mtls_agent_identity *v = NULL;
 	struct buf req, rep;
@@ -632,8 +646,10 @@ int mtls_agent_list(mtls_agent *a, struct mtls_agent_identity **ids, size_t *n_i
 	if (n_ids != NULL)
 		*n_ids = 0;
 	if (a == NULL || ids == NULL || n_ids == NULL)
-		return invalid_arg(__func__);
+		return invalid_arg(with_flags ? "mtlsc_list_usable" : "mtls_agent_list");
 	r = frame_begin(&req, MSG_LIST);
+	if (r == 0 && with_flags)
+		r = buf_put_u8(&req, flags);
 	buf_init(&rep, REPLY_MAX);
 	if ((r = frame_end(&req, r)) != 0 || (r = call(a, &req, &rep, &rd, 1)) != 0)
 		goto out;

@@ -2751,7 +2751,7 @@ static const struct command commands[] = {
      "  -o, --out FILE   where to write the signature (raw bytes: DER ECDSA-Sig-Value,\n"
      "                   RSA or Ed25519 signature); '-' for standard output, which is\n"
      "                   refused by default when it is a terminal\n"
-     "  -d, --digest     the input is a precomputed hash (needs sign-policy = any)\n"},
+     "  -d, --digest     the input is a precomputed hash (sign-policy digest or any)\n"},
     {"check", cmd_check, "[NAME] [-c CONFIG] [--ca FILE] [--json]",
      "what needs attention, and how to fix it",
      "The operator's doctor. Prints \"SUBJECT: ok\" or one line per problem, \"what is\n"

@@ -18,6 +18,8 @@
 #define PROTO_MAX_REPLY (4u * 1024u * 1024u)
 /* Largest message the agent will hash and sign (a TLS 1.2 transcript with chains). */
 #define PROTO_MAX_SIGN_INPUT (128u * 1024u)
+/* LIST flag: only identities the caller may use, even for an administrator. */
+#define PROTO_LIST_USABLE 0x01
 /* Frame header: u32 length, then u8 type and u32 request id. */
 #define PROTO_LEN_SIZE 4u
 #define PROTO_HDR_SIZE 5u
@@ -25,7 +27,7 @@
 
 enum proto_msg {
 	MSG_HELLO = 1,
-	MSG_LIST = 2,
+	MSG_LIST = 2, /* optional u8 flags: PROTO_LIST_USABLE */
 	MSG_GET_CHAIN = 3,
 	MSG_SIGN = 4,
 	MSG_STATUS = 5,

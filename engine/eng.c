@@ -6,7 +6,7 @@
  * agent identity (so SSL_CTX_check_private_key passes) and no private part.
  * Its private-key operations go to the agent as pre-hashed digests
  * (MTLS_AGENT_SIGN_DIGEST), which the agent signs only for identities with
- * sign-policy = any:
+ * sign-policy = digest or any:
  *
  *   EC       EC_KEY_METHOD sign / sign_sig            -> ECDSA scheme by digest length
  *   RSA      EVP_PKEY_METHOD sign (PSS and PKCS#1)    -> rsa_pss_rsae_* / rsa_pkcs1_*
@@ -96,7 +96,7 @@ static ERR_STRING_DATA err_lib_name[] = {
 static ERR_STRING_DATA err_reasons[] = {
 	{ERR_PACK(0, 0, R_AGENT_UNREACHABLE), "mtls-agent not reachable"},
 	{ERR_PACK(0, 0, R_POLICY), "refused by sign-policy: the engine sees only digests, set "
-				   "sign-policy = any for this identity"},
+				   "sign-policy = digest (or any) for this identity"},
 	{ERR_PACK(0, 0, R_DENIED), "mtls-agent denied access to the identity"},
 	{ERR_PACK(0, 0, R_NO_IDENTITY), "no such identity in mtls-agent"},
 	{ERR_PACK(0, 0, R_KEY_GONE), "mtls-agent no longer holds this key: reload key and "
@@ -254,7 +254,7 @@ static void agent_fail_msg(int line, const char *func, int r, const char *identi
 		/* The agent's message names the identity and its policy. */
 		eng_raise(line, func, R_POLICY,
 			  "refused by sign-policy: %s (the engine sees only digests: set "
-			  "sign-policy = any for this identity)",
+			  "sign-policy = digest (or any) for this identity)",
 			  msg);
 		break;
 	case MTLS_AGENT_ERR_CONNECT:
@@ -959,9 +959,17 @@ static EVP_PKEY *load_key(ENGINE *e, const char *key_id, int private)
 		if ((k = key_new(c, name, spki, spki_len)) != NULL)
 			pkey = make_ec(e, pub, k);
 		break;
+	case EVP_PKEY_ED25519:
+		/* OpenSSL's ENGINE API has no EdDSA key method: only a provider can sign. */
+		ENG_ERR(R_BAD_PUBLIC_KEY, "identity \"%s\": Ed25519 keys cannot be used through "
+			"an engine; load the key with the mtlsagent provider instead (OPENSSL_CONF "
+			"with the shipped openssl.cnf and the key reference file, or agent:%s)",
+			name, name);
+		break;
 	default:
-		ENG_ERR(R_BAD_PUBLIC_KEY, "identity \"%s\": %s keys are not supported by the "
-			"engine (use the provider)", name, OBJ_nid2sn(EVP_PKEY_get_base_id(pub)));
+		ENG_ERR(R_BAD_PUBLIC_KEY, "identity \"%s\": %s keys are not supported (EC, RSA "
+			"and, through the provider, Ed25519 are)", name,
+			OBJ_nid2sn(EVP_PKEY_get_base_id(pub)));
 		break;
 	}
 out:

@@ -5,7 +5,7 @@
  *
  * Two steps, as OpenSSL 3.0 chains its own: "DER" with input=pem turns our
  * PEM block into DER with the structure name MtlsAgentKey (OpenSSL's PEM
- * decoder passes over labels it does not know), then "EC"/"RSA" with
+ * decoder passes over labels it does not know), then "EC"/"RSA"/"ED25519" with
  * input=der,structure=MtlsAgentKey turn that DER into a key reference. A
  * decoder named "DER" is added by OpenSSL to every chain that has DER-input
  * decoders, ahead of the file store's catch-all, which is what makes both
@@ -44,7 +44,7 @@ static const char pem_end[] = "-----END ";
 
 struct decctx {
 	struct mtlsa_prov *prov;
-	int key_type; /* DER to key: MTLS_AGENT_KEY_EC or _RSA; PEM to DER: 0 */
+	int key_type; /* DER to key: MTLS_AGENT_KEY_EC, _RSA or _ED25519; PEM to DER: 0 */
 };
 
 static void *dec_newctx(void *provctx, int key_type)
@@ -73,6 +73,11 @@ static void *dec_ec_newctx(void *provctx)
 static void *dec_rsa_newctx(void *provctx)
 {
 	return dec_newctx(provctx, MTLS_AGENT_KEY_RSA);
+}
+
+static void *dec_ed25519_newctx(void *provctx)
+{
+	return dec_newctx(provctx, MTLS_AGENT_KEY_ED25519);
 }
 
 static void dec_freectx(void *vctx)
@@ -259,7 +264,7 @@ static int dec_der2key_decode(void *vctx, OSSL_CORE_BIO *cin, int selection,
 		ok = 0;
 		goto out;
 	}
-	/* The other decoder (EC or RSA) takes it. */
+	/* Another of our decoders (EC, RSA or ED25519) takes it. */
 	if (key->type != ctx->key_type)
 		goto out;
 
@@ -327,6 +332,15 @@ const OSSL_DISPATCH mtlsa_decoder_ec_functions[] = {
 
 const OSSL_DISPATCH mtlsa_decoder_rsa_functions[] = {
 	{OSSL_FUNC_DECODER_NEWCTX, (void (*)(void))dec_rsa_newctx},
+	{OSSL_FUNC_DECODER_FREECTX, (void (*)(void))dec_freectx},
+	{OSSL_FUNC_DECODER_DOES_SELECTION, (void (*)(void))dec_does_selection},
+	{OSSL_FUNC_DECODER_DECODE, (void (*)(void))dec_der2key_decode},
+	{OSSL_FUNC_DECODER_EXPORT_OBJECT, (void (*)(void))dec_export_object},
+	{0, NULL},
+};
+
+const OSSL_DISPATCH mtlsa_decoder_ed25519_functions[] = {
+	{OSSL_FUNC_DECODER_NEWCTX, (void (*)(void))dec_ed25519_newctx},
 	{OSSL_FUNC_DECODER_FREECTX, (void (*)(void))dec_freectx},
 	{OSSL_FUNC_DECODER_DOES_SELECTION, (void (*)(void))dec_does_selection},
 	{OSSL_FUNC_DECODER_DECODE, (void (*)(void))dec_der2key_decode},

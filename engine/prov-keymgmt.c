@@ -1,5 +1,5 @@
 /*
- * Key management for keys held by the agent (EC and RSA).
+ * Key management for keys held by the agent (EC, RSA and Ed25519).
  *
  * A key is a name and a public key; everything OpenSSL asks about it is
  * answered locally from the public half, which lives in the provider's own
@@ -88,9 +88,12 @@ struct mtlsa_key *mtlsa_key_new(struct mtlsa_prov *prov, const char *name, const
 		}
 	} else if (EVP_PKEY_is_a(key->pub, "RSA")) {
 		key->type = MTLS_AGENT_KEY_RSA;
+	} else if (EVP_PKEY_is_a(key->pub, "ED25519")) {
+		key->type = MTLS_AGENT_KEY_ED25519;
 	} else {
 		MTLSA_RAISE(prov, MTLSA_R_BAD_KEY,
-			    "key type %s of identity \"%s\" is not supported (EC and RSA are)",
+			    "key type %s of identity \"%s\" is not supported (EC, RSA and "
+			    "Ed25519 are)",
 			    EVP_PKEY_get0_type_name(key->pub), name);
 		goto fail;
 	}
@@ -125,7 +128,13 @@ void mtlsa_key_free(struct mtlsa_key *key)
 
 const char *mtlsa_key_type_name(const struct mtlsa_key *key)
 {
-	return key->type == MTLS_AGENT_KEY_EC ? "EC" : "RSA";
+	switch (key->type) {
+	case MTLS_AGENT_KEY_EC:
+		return "EC";
+	case MTLS_AGENT_KEY_ED25519:
+		return "ED25519";
+	}
+	return "RSA";
 }
 
 struct mtlsa_key *mtlsa_key_from_ref(const void *ref, size_t ref_size)
@@ -315,6 +324,22 @@ static const OSSL_PARAM *km_rsa_gettable_params(void *provctx)
 	return params;
 }
 
+static const OSSL_PARAM *km_ed25519_gettable_params(void *provctx)
+{
+	static const OSSL_PARAM params[] = {
+		OSSL_PARAM_int(OSSL_PKEY_PARAM_BITS, NULL),
+		OSSL_PARAM_int(OSSL_PKEY_PARAM_SECURITY_BITS, NULL),
+		OSSL_PARAM_int(OSSL_PKEY_PARAM_MAX_SIZE, NULL),
+		OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_MANDATORY_DIGEST, NULL, 0),
+		OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, NULL, 0),
+		OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_PUB_KEY, NULL, 0),
+		OSSL_PARAM_END,
+	};
+
+	(void)provctx;
+	return params;
+}
+
 /*
  * Public key and domain parameters only (SSL_CTX_check_private_key compares
  * public halves this way). Exporting "successfully" without the private key
@@ -362,6 +387,23 @@ static const OSSL_PARAM *km_rsa_export_types(int selection)
 	return params;
 }
 
+static const OSSL_PARAM *km_ed25519_export_types(int selection)
+{
+	static const OSSL_PARAM params[] = {
+		OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_PUB_KEY, NULL, 0),
+		OSSL_PARAM_END,
+	};
+
+	if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) != 0)
+		return NULL;
+	return params;
+}
+
+static const char *km_ed25519_query_operation_name(int operation_id)
+{
+	return operation_id == OSSL_OP_SIGNATURE ? "ED25519" : NULL;
+}
+
 static const char *km_ec_query_operation_name(int operation_id)
 {
 	return operation_id == OSSL_OP_SIGNATURE ? "ECDSA" : NULL;
@@ -399,5 +441,20 @@ const OSSL_DISPATCH mtlsa_keymgmt_rsa_functions[] = {
 	{OSSL_FUNC_KEYMGMT_EXPORT, (void (*)(void))km_export},
 	{OSSL_FUNC_KEYMGMT_EXPORT_TYPES, (void (*)(void))km_rsa_export_types},
 	{OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, (void (*)(void))km_rsa_query_operation_name},
+	{0, NULL},
+};
+
+const OSSL_DISPATCH mtlsa_keymgmt_ed25519_functions[] = {
+	{OSSL_FUNC_KEYMGMT_NEW, (void (*)(void))km_new},
+	{OSSL_FUNC_KEYMGMT_FREE, (void (*)(void))km_free},
+	{OSSL_FUNC_KEYMGMT_LOAD, (void (*)(void))km_load},
+	{OSSL_FUNC_KEYMGMT_DUP, (void (*)(void))km_dup},
+	{OSSL_FUNC_KEYMGMT_HAS, (void (*)(void))km_has},
+	{OSSL_FUNC_KEYMGMT_MATCH, (void (*)(void))km_match},
+	{OSSL_FUNC_KEYMGMT_GET_PARAMS, (void (*)(void))km_get_params},
+	{OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, (void (*)(void))km_ed25519_gettable_params},
+	{OSSL_FUNC_KEYMGMT_EXPORT, (void (*)(void))km_export},
+	{OSSL_FUNC_KEYMGMT_EXPORT_TYPES, (void (*)(void))km_ed25519_export_types},
+	{OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, (void (*)(void))km_ed25519_query_operation_name},
 	{0, NULL},
 };

@@ -1,10 +1,10 @@
 /*
- * Signatures (ECDSA and RSA) computed by the agent.
+ * Signatures (ECDSA, RSA and Ed25519) computed by the agent.
  *
  * DigestSign sends the whole message, not its hash: the agent hashes it
  * itself and its sign-policy checks that it is a TLS client CertificateVerify
  * content (TLS 1.3) or client handshake transcript (TLS 1.2). Plain sign()
- * gets a digest, which the agent accepts only under sign-policy = any.
+ * gets a digest, which the agent accepts only under sign-policy = digest or any.
  *
  * Only what maps to a TLS SignatureScheme is accepted: SHA-256/384/512,
  * PKCS#1 v1.5 or PSS with salt length = digest length and MGF1 with the same
@@ -127,6 +127,12 @@ static void *sig_rsa_newctx(void *provctx, const char *propq)
 {
 	(void)propq;
 	return sig_newctx(provctx, MTLS_AGENT_KEY_RSA);
+}
+
+static void *sig_ed25519_newctx(void *provctx, const char *propq)
+{
+	(void)propq;
+	return sig_newctx(provctx, MTLS_AGENT_KEY_ED25519);
 }
 
 /* The buffered message is handshake data: wiped before it is freed. */
@@ -302,6 +308,8 @@ static int sig_set_ctx_params(void *vctx, const OSSL_PARAM params[])
 
 	if (params == NULL)
 		return 1;
+	if (ctx->key_type == MTLS_AGENT_KEY_ED25519)
+		return 1; /* PureEdDSA has no parameters */
 	if ((p = OSSL_PARAM_locate_const(params, OSSL_SIGNATURE_PARAM_DIGEST)) != NULL &&
 	    !set_digest(ctx, &ctx->md, p))
 		return 0;
@@ -353,7 +361,15 @@ static int sig_get_ctx_params(void *vctx, OSSL_PARAM params[])
 {
 	const struct sigctx *ctx = vctx;
 	OSSL_PARAM *p;
+	/* DER AlgorithmIdentifier of id-Ed25519 (RFC 8410: no parameters). */
+	static const uint8_t ed25519_algid[] = {0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70};
 
+	if (ctx->key_type == MTLS_AGENT_KEY_ED25519) {
+		if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_ALGORITHM_ID)) != NULL &&
+		    !OSSL_PARAM_set_octet_string(p, ed25519_algid, sizeof(ed25519_algid)))
+			return 0;
+		return 1;
+	}
 	if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_ALGORITHM_ID)) != NULL &&
 	    ctx->md != NULL) {
 		/* RSA-PSS parameters are not worth their encoder here: left unset. */
@@ -448,7 +464,16 @@ static int sig_init(struct sigctx *ctx, void *provkey, const OSSL_PARAM params[]
 	ctx->pad = RSA_PKCS1_PADDING;
 	ctx->saltlen = RSA_PSS_SALTLEN_DIGEST;
 	ctx->msg_len = 0;
-	if (op == OP_DIGEST_SIGN) {
+	if (ctx->key_type == MTLS_AGENT_KEY_ED25519) {
+		/* libcrypto passes the key's mandatory digest, "", or nothing. */
+		if (op != OP_DIGEST_SIGN || (mdname != NULL && mdname[0] != '\0')) {
+			MTLSA_RAISE(ctx->prov, MTLSA_R_UNSUPPORTED_DIGEST,
+				    "Ed25519 signs whole messages in one shot: no digest (%s) and no "
+				    "pre-hashed input",
+				    mdname != NULL && mdname[0] != '\0' ? mdname : "sign");
+			return 0;
+		}
+	} else if (op == OP_DIGEST_SIGN) {
 		/* No digest named: OpenSSL's default for EC and RSA keys. */
 		if (mdname == NULL || mdname[0] == '\0')
 			mdname = "SHA256";
@@ -474,6 +499,8 @@ static int sig_digest_sign_init(void *vctx, const char *mdname, void *provkey,
 
 static uint16_t sig_scheme(const struct sigctx *ctx)
 {
+	if (ctx->key_type == MTLS_AGENT_KEY_ED25519)
+		return MTLS_AGENT_ED25519;
 	if (ctx->key_type == MTLS_AGENT_KEY_EC)
 		return ctx->md->ecdsa; /* the agent takes any ECDSA scheme with any curve */
 	return ctx->pad == RSA_PKCS1_PSS_PADDING ? ctx->md->pss : ctx->md->pkcs1;
@@ -560,6 +587,16 @@ static int sig_digest_sign(void *vctx, unsigned char *sig, size_t *siglen, size_
 	return agent_sign(ctx, 0, tbs, tbslen, sig, siglen, sigsize);
 }
 
+/* PureEdDSA takes no parameters; it cannot stream either, so no update/final are offered. */
+static const OSSL_PARAM *sig_ed25519_settable_ctx_params(void *vctx, void *provctx)
+{
+	static const OSSL_PARAM params[] = {OSSL_PARAM_END};
+
+	(void)vctx;
+	(void)provctx;
+	return params;
+}
+
 static int sig_digest_sign_update(void *vctx, const unsigned char *data, size_t len)
 {
 	struct sigctx *ctx = vctx;
@@ -614,7 +651,7 @@ static int sig_digest_sign_final(void *vctx, unsigned char *sig, size_t *siglen,
 	return agent_sign(ctx, 0, ctx->msg, ctx->msg_len, sig, siglen, sigsize);
 }
 
-/* Pre-hashed input: sent as a digest, which the agent signs only under sign-policy = any. */
+/* Pre-hashed input: sent as a digest, signed only under sign-policy = digest or any. */
 static int sig_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsize,
 		    const unsigned char *tbs, size_t tbslen)
 {
@@ -672,5 +709,18 @@ const OSSL_DISPATCH mtlsa_signature_rsa_functions[] = {
 	{OSSL_FUNC_SIGNATURE_GETTABLE_CTX_PARAMS, (void (*)(void))sig_gettable_ctx_params},
 	{OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, (void (*)(void))sig_set_ctx_params},
 	{OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, (void (*)(void))sig_rsa_settable_ctx_params},
+	{0, NULL},
+};
+
+const OSSL_DISPATCH mtlsa_signature_ed25519_functions[] = {
+	{OSSL_FUNC_SIGNATURE_NEWCTX, (void (*)(void))sig_ed25519_newctx},
+	{OSSL_FUNC_SIGNATURE_FREECTX, (void (*)(void))sig_freectx},
+	{OSSL_FUNC_SIGNATURE_DUPCTX, (void (*)(void))sig_dupctx},
+	{OSSL_FUNC_SIGNATURE_DIGEST_SIGN_INIT, (void (*)(void))sig_digest_sign_init},
+	{OSSL_FUNC_SIGNATURE_DIGEST_SIGN, (void (*)(void))sig_digest_sign},
+	{OSSL_FUNC_SIGNATURE_GET_CTX_PARAMS, (void (*)(void))sig_get_ctx_params},
+	{OSSL_FUNC_SIGNATURE_GETTABLE_CTX_PARAMS, (void (*)(void))sig_gettable_ctx_params},
+	{OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, (void (*)(void))sig_set_ctx_params},
+	{OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, (void (*)(void))sig_ed25519_settable_ctx_params},
 	{0, NULL},
 };

@@ -149,16 +149,21 @@ int mtlsa_agent(struct mtlsa_prov *prov, mtls_agent **agent)
 /* The names as the default provider spells them, so they share its name numbers. */
 #define NAMES_EC "EC:id-ecPublicKey:1.2.840.10045.2.1"
 #define NAMES_RSA "RSA:rsaEncryption:1.2.840.113549.1.1.1"
+#define NAMES_ED25519 "ED25519:1.3.101.112"
 
 static const OSSL_ALGORITHM keymgmt_algs[] = {
 	{NAMES_EC, MTLSA_PROPS, mtlsa_keymgmt_ec_functions, "EC key held by mtls-agent"},
 	{NAMES_RSA, MTLSA_PROPS, mtlsa_keymgmt_rsa_functions, "RSA key held by mtls-agent"},
+	{NAMES_ED25519, MTLSA_PROPS, mtlsa_keymgmt_ed25519_functions,
+	 "Ed25519 key held by mtls-agent"},
 	{NULL, NULL, NULL, NULL},
 };
 
 static const OSSL_ALGORITHM signature_algs[] = {
 	{"ECDSA", MTLSA_PROPS, mtlsa_signature_ecdsa_functions, "ECDSA signed by mtls-agent"},
 	{NAMES_RSA, MTLSA_PROPS, mtlsa_signature_rsa_functions, "RSA signed by mtls-agent"},
+	{NAMES_ED25519, MTLSA_PROPS, mtlsa_signature_ed25519_functions,
+	 "Ed25519 (one-shot, as TLS 1.3 uses it) signed by mtls-agent"},
 	{NULL, NULL, NULL, NULL},
 };
 
@@ -177,6 +182,7 @@ static const OSSL_ALGORITHM decoder_algs[] = {
 	 "mtls-agent key reference, PEM to DER"},
 	{"EC", KEYREF_PROPS_DER, mtlsa_decoder_ec_functions, "mtls-agent key reference"},
 	{"RSA", KEYREF_PROPS_DER, mtlsa_decoder_rsa_functions, "mtls-agent key reference"},
+	{"ED25519", KEYREF_PROPS_DER, mtlsa_decoder_ed25519_functions, "mtls-agent key reference"},
 	{NULL, NULL, NULL, NULL},
 };
 

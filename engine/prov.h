@@ -2,7 +2,7 @@
  * OpenSSL 3 provider "mtlsagent": private interfaces shared by its parts.
  *
  * The provider offers exactly STORE ("agent:NAME"), DECODER (key reference
- * file), KEYMGMT (EC, RSA) and SIGNATURE (ECDSA, RSA). Keys are references to
+ * file), KEYMGMT (EC, RSA, Ed25519) and SIGNATURE (ECDSA, RSA, one-shot EdDSA). Keys are references to
  * an agent identity: the private half stays in the agent, which signs every
  * TLS CertificateVerify over its Unix socket.
  */
@@ -94,7 +94,7 @@ struct mtlsa_key {
 	size_t spki_len;
 	uint8_t spki_hash[MTLS_AGENT_SPKI_HASH_LEN]; /* the SIGN key-generation selector */
 	EVP_PKEY *pub;		/* public half, in prov->libctx */
-	int type;		/* MTLS_AGENT_KEY_EC or MTLS_AGENT_KEY_RSA */
+	int type;		/* MTLS_AGENT_KEY_EC, _RSA or _ED25519 */
 	int bits;
 	int security_bits;
 	size_t max_size;	/* largest signature: DER ECDSA or the RSA modulus */
@@ -126,6 +126,7 @@ int mtlsa_agent(struct mtlsa_prov *prov, mtls_agent **agent);
 
 extern const OSSL_DISPATCH mtlsa_keymgmt_ec_functions[];
 extern const OSSL_DISPATCH mtlsa_keymgmt_rsa_functions[];
+extern const OSSL_DISPATCH mtlsa_keymgmt_ed25519_functions[];
 
 /*
  * A key for identity `name` with public key spki. Returns NULL after raising
@@ -135,7 +136,7 @@ struct mtlsa_key *mtlsa_key_new(struct mtlsa_prov *prov, const char *name, const
 				size_t spki_len);
 void mtlsa_key_up_ref(struct mtlsa_key *key);
 void mtlsa_key_free(struct mtlsa_key *key);
-/* "EC" or "RSA": the OSSL_OBJECT data type and keymgmt name of the key. */
+/* "EC", "RSA" or "ED25519": the OSSL_OBJECT data type and keymgmt name of the key. */
 const char *mtlsa_key_type_name(const struct mtlsa_key *key);
 
 /*
@@ -158,6 +159,7 @@ struct mtlsa_key *mtlsa_key_from_ref(const void *ref, size_t ref_size);
 
 extern const OSSL_DISPATCH mtlsa_signature_ecdsa_functions[];
 extern const OSSL_DISPATCH mtlsa_signature_rsa_functions[];
+extern const OSSL_DISPATCH mtlsa_signature_ed25519_functions[];
 
 /* --- prov-store.c -------------------------------------------------------- */
 
@@ -168,5 +170,6 @@ extern const OSSL_DISPATCH mtlsa_store_functions[];
 extern const OSSL_DISPATCH mtlsa_decoder_pem2der_functions[];
 extern const OSSL_DISPATCH mtlsa_decoder_ec_functions[];
 extern const OSSL_DISPATCH mtlsa_decoder_rsa_functions[];
+extern const OSSL_DISPATCH mtlsa_decoder_ed25519_functions[];
 
 #endif

@@ -124,8 +124,11 @@ if [ "${SKIP_ASAN:-0}" != 1 ]; then
 	# still drives the instrumented agent with real clients.
 	export MTLS_PROVIDER_MODULE="$TOP/build/engine/.libs/mtlsagent.so"
 	export MTLS_ENGINE_MODULE="$TOP/build/engine/.libs/mtlsagent-engine.so"
+	# Likewise the PKCS#11 module for p11tool, gnutls-cli, wget, git and Java
+	# (tests/p11_client, instrumented itself, still loads the instrumented one).
+	export MTLS_PKCS11_MODULE="$TOP/build/pkcs11/.libs/mtls-agent-pkcs11.so"
 	build_and_check build-asan "asan+ubsan build ($ASAN_CC)" --enable-asan CC="$ASAN_CC"
-	unset ASAN_OPTIONS UBSAN_OPTIONS MTLS_PROVIDER_MODULE MTLS_ENGINE_MODULE
+	unset ASAN_OPTIONS UBSAN_OPTIONS MTLS_PROVIDER_MODULE MTLS_ENGINE_MODULE MTLS_PKCS11_MODULE
 fi
 
 if [ "${SKIP_DISTCHECK:-0}" != 1 ]; then

@@ -358,6 +358,7 @@ NGINX_DIR=$TLS_DIR/nginx
 # ssl_verify_client on against FILE (default $CLIENT_CA), no session cache or
 # tickets (every connection is a full handshake). GET / answers
 # "$ssl_client_verify|$ssl_client_s_dn|$ssl_client_serial|$ssl_protocol".
+# NGINX_SERVER_EXTRA, if set, is added to the server block (more locations).
 # The access log ($NGINX_ACCESS_LOG) has one line per request:
 # "verify|serial|status|protocol|s_dn".
 nginx_start() {
@@ -398,6 +399,7 @@ http {
 		ssl_verify_depth 2;
 		ssl_session_cache off;
 		ssl_session_tickets off;
+		${NGINX_SERVER_EXTRA:-}
 		location / {
 			default_type text/plain;
 			return 200 "\$ssl_client_verify|\$ssl_client_s_dn|\$ssl_client_serial|\$ssl_protocol\n";

@@ -72,7 +72,7 @@ enum mtls_agent_key_type {
 };
 
 /* Flags for mtls_agent_sign(). */
-#define MTLS_AGENT_SIGN_DIGEST 0x01 /* data is a pre-computed hash (needs sign-policy = any) */
+#define MTLS_AGENT_SIGN_DIGEST 0x01 /* data is a pre-computed hash (sign-policy digest or any) */
 
 /* Length of the key-generation selector: SHA-256 of the DER SubjectPublicKeyInfo. */
 #define MTLS_AGENT_SPKI_HASH_LEN 32

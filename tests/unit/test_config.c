@@ -357,11 +357,13 @@ static void test_sign_policy_names(void **state)
 	int pol;
 
 	(void)state;
-	for (pol = POLICY_TLS_CLIENT; pol <= POLICY_ANY; pol++)
+	for (pol = POLICY_TLS_CLIENT; pol <= POLICY_DIGEST; pol++)
 		assert_int_equal(sign_policy_from_name(sign_policy_name(pol)), pol);
 	assert_string_equal(sign_policy_name(POLICY_TLS_CLIENT), "tls-client");
 	assert_string_equal(sign_policy_name(POLICY_TLS13_CLIENT), "tls13-client");
 	assert_string_equal(sign_policy_name(POLICY_ANY), "any");
+	assert_string_equal(sign_policy_name(POLICY_DIGEST), "digest");
+	assert_int_equal(sign_policy_from_name("digest"), POLICY_DIGEST);
 	assert_int_equal(sign_policy_from_name("bogus"), -1);
 	assert_int_equal(sign_policy_from_name("ANY"), -1);
 	assert_int_equal(sign_policy_from_name(NULL), -1);
@@ -631,7 +633,7 @@ static void test_err_values(void **state)
 	expect_error("[keystore \"k\"]\ntype = tpm2;\n", 2,
 		     "bad type \"tpm2;\": want pkcs11 or tpm2");
 	expect_error("[identity \"i\"]\nsign-policy = tls12\n", 2,
-		     "bad sign-policy \"tls12\": want tls-client, tls13-client or any");
+		     "bad sign-policy \"tls12\": want tls-client, tls13-client, digest or any");
 	expect_error("[agent]\nsocket = /run/"
 		     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 		     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock\n",

@@ -91,12 +91,27 @@ static void test_digest_only_under_any(void **state)
 	assert_false(allowed(POLICY_TLS_CLIENT, d, sizeof(d), 1));
 	assert_false(allowed(POLICY_TLS13_CLIENT, d, sizeof(d), 1));
 	assert_true(allowed(POLICY_ANY, d, sizeof(d), 1));
+	assert_true(allowed(POLICY_DIGEST, d, sizeof(d), 1));
 	/* Even a valid CV content is refused when flagged as a digest. */
 	{
 		uint8_t m[256];
 		size_t n = make_cv(m, client_ctx, 64, 1, 32);
 		assert_false(allowed(POLICY_TLS_CLIENT, m, n, 1));
 	}
+}
+
+/* `digest`: tls-client for messages, plus digests; never an arbitrary message. */
+static void test_digest_level(void **state)
+{
+	uint8_t m[256], junk[130];
+	size_t n = make_cv(m, client_ctx, 64, 1, 48);
+
+	(void)state;
+	assert_true(allowed(POLICY_DIGEST, m, n, 0));
+	memset(junk, 0x30, sizeof(junk));
+	assert_false(allowed(POLICY_DIGEST, junk, sizeof(junk), 0));
+	n = make_cv(m, "TLS 1.3, server CertificateVerify", 64, 1, 32);
+	assert_false(allowed(POLICY_DIGEST, m, n, 0));
 }
 
 static size_t put_hs(uint8_t *out, uint8_t type, size_t body_len)
@@ -209,6 +224,7 @@ int main(void)
 		cmocka_unit_test(test_tls13_client_cv),
 		cmocka_unit_test(test_tls13_negatives),
 		cmocka_unit_test(test_digest_only_under_any),
+		cmocka_unit_test(test_digest_level),
 		cmocka_unit_test(test_tls12_transcripts),
 		cmocka_unit_test(test_other_content_refused),
 		cmocka_unit_test(test_bit_flips_never_widen),

@@ -54,6 +54,13 @@
 extern char **environ;
 
 #define MAX_SLEEP_S (24 * 3600)
+/*
+ * Key generations an identity may hold before a renewal stops making new
+ * keys: current, pending and those waiting for their certificates to
+ * expire. Normal rotation needs 2 or 3; only a storm of renewals (a CA or a
+ * clock gone wrong) reaches this, and then the token must not fill up.
+ */
+#define RENEW_MAX_GENERATIONS 8
 #define POST_RENEW_TIMEOUT_MS 60000
 
 enum step {
@@ -77,6 +84,9 @@ struct rstate {
 	unsigned failures;
 	time_t next_retry;      /* after a failure */
 	char failed_serial[80]; /* the certificate the failures were about */
+	unsigned stalls;        /* consecutive renewals that left the identity due at once */
+	time_t stall_until;     /* no scheduled attempt before this while stalled */
+	char stall_serial[80];  /* the certificate the stall is about */
 	struct renew_status st;
 };
 
@@ -766,6 +776,16 @@ static int list_keys(struct identity_rt *id, char *out, size_t len)
 	return r;
 }
 
+static size_t count_keys(struct identity_rt *id)
+{
+	size_t n;
+
+	pthread_mutex_lock(&id->lock);
+	n = id->n_keys;
+	pthread_mutex_unlock(&id->lock);
+	return n;
+}
+
 /*
  * One enrollment transaction. Returns the outcome (enum enroll_outcome) with
  * a line in msg and a server hint in *hint (-1: none).
@@ -806,7 +826,14 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		new_key = snap.cur; /* a key that never had a certificate */
 	else if (!cfg->rotate_key && snap.cur != NULL)
 		new_key = snap.cur;
-	else {
+	else if (snap.cur != NULL && snap.chain != NULL && !bootstrap &&
+		 count_keys(id) >= RENEW_MAX_GENERATIONS) {
+		/* Bounded whatever the CA answers: renew the current key rather than fill the token. */
+		log_warn("identity \"%s\": %d key generations are in the keystore already; "
+			 "renewing without a new key until old ones retire",
+			 cfg->name, RENEW_MAX_GENERATIONS);
+		new_key = snap.cur;
+	} else {
 		j.step = STEP_PREPARING;
 		j.bootstrap = bootstrap;
 		if (list_keys(id, j.known, sizeof(j.known)) != 0 || journal_write(id, &j) != 0) {
@@ -961,6 +988,7 @@ static time_t compute_due(const struct cfg_identity *cfg, const struct snapshot 
 {
 	struct sched_policy pol = {cfg->renew_permille, cfg->renew_before};
 	char when[32];
+	time_t due;
 
 	st->st.action[0] = '\0';
 	if (st->failures > 0 && strcmp(st->failed_serial, snap->serial) != 0) {
@@ -989,8 +1017,55 @@ static time_t compute_due(const struct cfg_identity *cfg, const struct snapshot 
 	}
 	if (st->failures > 0)
 		return st->next_retry;
-	return (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
-					   device_jitter(cfg->name, snap->serial));
+	due = (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
+					  device_jitter(cfg->name, snap->serial));
+	if (st->stalls > 0 && strcmp(st->stall_serial, snap->serial) != 0)
+		st->stalls = 0; /* another certificate came in meanwhile (an import) */
+	if (st->stalls > 0) {
+		format_utc(snap->not_before, when, sizeof(when));
+		snprintf(st->st.action, sizeof(st->st.action),
+			 "renewal stalled: %u renewal(s) in a row brought a certificate due again "
+			 "at once (valid from %s); check this clock against the CA's; backing off",
+			 st->stalls, when);
+		if (st->stall_until > due)
+			due = st->stall_until;
+	}
+	/* Not yet valid by our clock: nothing to renew before it is. */
+	if (due < snap->not_before)
+		due = snap->not_before;
+	return due;
+}
+
+/*
+ * After a successful renewal: whether the new certificate moved the schedule
+ * (sched_moved); consecutive ones that did not back off (sched_stall), so a
+ * clock far from the CA's cannot make the agent renew in a loop. g.lock held.
+ */
+static void record_progress(const struct cfg_identity *cfg, const struct snapshot *snap,
+			    struct rstate *st, time_t now)
+{
+	struct sched_policy pol = {cfg->renew_permille, cfg->renew_before};
+	time_t first;
+
+	if (snap->chain == NULL) {
+		st->stalls = 0;
+		return;
+	}
+	first = (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
+					    device_jitter(cfg->name, snap->serial));
+	if (sched_moved(now, first, snap->not_before, snap->not_after)) {
+		st->stalls = 0;
+		return;
+	}
+	st->stalls++;
+	snprintf(st->stall_serial, sizeof(st->stall_serial), "%s", snap->serial);
+	st->stall_until = (time_t)sched_stall(now, st->stalls, snap->not_before, snap->not_after,
+					      random01());
+	log_warn("identity \"%s\": the new certificate (valid %lld s from now, until %lld s "
+		 "from now) is due for renewal again at once; is this clock (or the CA's) "
+		 "wrong? backing off: next attempt in %lld s (stall %u)",
+		 cfg->name, (long long)(snap->not_before - now), (long long)(snap->not_after - now),
+		 (long long)(st->stall_until - now), st->stalls);
 }
 
 static void record_attempt(struct rstate *st, const struct snapshot *before, int outcome,
@@ -1048,6 +1123,10 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 	pthread_mutex_lock(&g.lock);
 	due = compute_due(cfg, &snap, st, now);
 	forced = st->forced;
+	/* A retry of a certificate not yet valid by our clock waits until it is. */
+	if (due != 0 && due <= now && !forced && snap.chain != NULL &&
+	    !sched_is_due(now, due, snap.not_before))
+		due = snap.not_before;
 	st->st.next = due;
 	pthread_mutex_unlock(&g.lock);
 	if (due != 0 && due <= now) {
@@ -1089,6 +1168,8 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 		snapshot_free(&snap);
 		snapshot_take(id, &snap);
 		pthread_mutex_lock(&g.lock);
+		if (outcome == ENROLL_OK)
+			record_progress(cfg, &snap, st, now);
 		due = compute_due(cfg, &snap, st, now);
 		st->st.next = due;
 		if (outcome != ENROLL_OK && due != 0)

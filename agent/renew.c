@@ -384,15 +384,17 @@ static int in_list(const char *list, const char *hex)
  * A crash between making a key and recording it as pending leaves a key that
  * nothing names. The journal listed the keys that existed before: a key not
  * among them is that one, and becomes the pending key the next attempt uses.
- * Lock held.
+ * Lock held. Returns -1 when such a key exists but cannot be recorded (a
+ * full disk): the journal must then stay, or the key would be forgotten.
  */
-static void adopt_unrecorded_key(struct identity_rt *id, const struct journal *j)
+static int adopt_unrecorded_key(struct identity_rt *id, const struct journal *j)
 {
 	char hex[2 * KS_MAX_ID + 2], err[256], *path;
 	size_t i;
+	int r = 0;
 
 	if (id->pending != NULL)
-		return;
+		return 0;
 	for (i = 0; i < id->n_keys; i++) {
 		hex_encode(id->keys[i]->id, id->keys[i]->id_len, hex);
 		if (id->keys[i] == id->current || in_list(j->known, hex))
@@ -402,6 +404,7 @@ static void adopt_unrecorded_key(struct identity_rt *id, const struct journal *j
 		    write_file_atomic(path, hex, strlen(hex), 0600) != 0) {
 			log_error("identity \"%s\": cannot record key %.16s... as pending",
 				  id->cfg->name, hex);
+			r = -1;
 		} else {
 			log_info("identity \"%s\": key %.16s... made before the interruption is "
 				 "kept for the next attempt",
@@ -409,27 +412,53 @@ static void adopt_unrecorded_key(struct identity_rt *id, const struct journal *j
 			identity_refresh(id, 1, err, sizeof(err));
 		}
 		free(path);
-		return;
+		return r;
 	}
+	return 0;
 }
 
-static void reconcile(struct identity_rt *id)
+/* Whether the identity holds a key that is neither current, pending, nor listed in j. */
+static int has_unrecorded_key(struct identity_rt *id, const struct journal *j)
+{
+	char hex[2 * KS_MAX_ID + 1], err[256];
+	size_t i;
+	int found = 0;
+
+	pthread_mutex_lock(&id->lock);
+	identity_refresh(id, 1, err, sizeof(err));
+	for (i = 0; i < id->n_keys && !found; i++) {
+		hex_encode(id->keys[i]->id, id->keys[i]->id_len, hex);
+		found = id->keys[i] != id->current && id->keys[i] != id->pending &&
+			!in_list(j->known, hex);
+	}
+	pthread_mutex_unlock(&id->lock);
+	return found;
+}
+
+/*
+ * Finishes or rolls back what the journal says was interrupted. Returns 0
+ * when no journal is left, -1 when it must stay (keystore unreachable, a key
+ * that cannot be recorded yet).
+ */
+static int reconcile(struct identity_rt *id)
 {
 	char err[256], cur_hex[2 * KS_MAX_ID + 1] = "";
 	struct journal j;
 
 	if (!journal_read(id, &j))
-		return;
+		return 0;
 	pthread_mutex_lock(&id->lock);
 	if (identity_refresh(id, 1, err, sizeof(err)) != 0) {
 		pthread_mutex_unlock(&id->lock);
 		/* Keystore not reachable: keep the journal, try again on the next pass. */
 		log_warn("identity \"%s\": cannot reconcile the interrupted renewal yet: %s",
 			 id->cfg->name, err);
-		return;
+		return -1;
 	}
-	if (j.step == STEP_PREPARING)
-		adopt_unrecorded_key(id, &j);
+	if (j.step == STEP_PREPARING && adopt_unrecorded_key(id, &j) != 0) {
+		pthread_mutex_unlock(&id->lock);
+		return -1;
+	}
 	if (id->current != NULL) {
 		hex_encode(id->current->id, id->current->id_len, cur_hex);
 		/* tpm2: the key file's first block must be the key the certificate names. */
@@ -449,6 +478,7 @@ static void reconcile(struct identity_rt *id)
 			 id->cfg->name, step_names[j.step]);
 	}
 	journal_remove(id);
+	return 0;
 }
 
 /* ---- one renewal ---------------------------------------------------------------------- */
@@ -797,7 +827,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	struct enroll_request req = {0};
 	struct enroll_result res = {0};
 	struct journal j = {0};
-	struct snapshot snap;
+	struct snapshot snap = {0};
 	struct boot boot = {0};
 	struct ks_key *new_key = NULL;
 	EVP_PKEY *cur_pkey = NULL, *new_pkey = NULL;
@@ -811,6 +841,12 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	int outcome = ENROLL_LOCAL;
 
 	*hint = -1;
+	/* A journal left by a failed attempt (a key that could not be recorded) comes first. */
+	if (reconcile(id) != 0) {
+		snprintf(msg, msglen, "an interrupted renewal cannot be reconciled yet (see the log); "
+				      "no new key is made meanwhile");
+		goto out;
+	}
 	snapshot_take(id, &snap);
 	if (!bootstrap && (snap.chain == NULL || snap.not_after <= now))
 		bootstrap = 1;
@@ -843,6 +879,9 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		if (identity_keygen(id, keygen_type(cfg, snap.cur), &new_key, err, sizeof(err)) !=
 		    0) {
 			snprintf(msg, msglen, "cannot make a new key: %s", err);
+			/* A key made but neither recorded nor deleted: the journal keeps it known. */
+			if (has_unrecorded_key(id, &j))
+				goto out;
 			goto out_journal;
 		}
 	}

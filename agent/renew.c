@@ -1,6 +1,8 @@
 /*
- * The renewal engine: one thread that keeps every identity with
- * renew = cmp | est supplied with a valid certificate.
+ * The renewal engine: one thread per identity with renew = cmp | est (and
+ * a supervisor that starts and ends them as reloads add and remove
+ * identities) keeps each supplied with a valid certificate; a CA that is
+ * slow or dead delays only the identities that use it.
  *
  * A renewal goes through steps recorded in a journal,
  * <state-dir>/<identity>.renew, written atomically before each step:
@@ -87,15 +89,20 @@ struct rstate {
 	unsigned stalls;        /* consecutive renewals that left the identity due at once */
 	time_t stall_until;     /* no scheduled attempt before this while stalled */
 	char stall_serial[80];  /* the certificate the stall is about */
+	pthread_t worker;       /* this identity's renewal thread ... */
+	int has_worker;         /* ... exists (to be joined) */
+	int worker_exited;      /* ... has ended (its identity is gone or renews no more) */
 	struct renew_status st;
 };
 
 static struct {
 	pthread_mutex_t lock;
-	pthread_cond_t wake; /* to the renewal thread */
-	pthread_cond_t done; /* to renew_now() callers */
-	pthread_t thread;
+	pthread_cond_t wake;     /* to the identity workers: kick_gen moved, or stop */
+	pthread_cond_t sup_wake; /* to the supervisor: a reload, a worker ended, or stop */
+	pthread_cond_t done;     /* to renew_now() callers */
+	pthread_t thread;        /* the supervisor */
 	int running, stop, kicked;
+	unsigned kick_gen;       /* bumped by every kick: workers look at their identity again */
 	renew_runtime_fn get_runtime;
 	void *arg;
 	struct rstate **states;
@@ -104,6 +111,7 @@ static struct {
 } g = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.wake = PTHREAD_COND_INITIALIZER,
+	.sup_wake = PTHREAD_COND_INITIALIZER,
 	.done = PTHREAD_COND_INITIALIZER,
 };
 
@@ -1226,7 +1234,7 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 /*
  * A crash between creating and renaming a temporary file (write_file_atomic:
  * "<file>.tmp.<pid>.<n>") leaves it behind; this process's own are never in
- * flight here (the renewal thread is the only writer at its first pass).
+ * flight here (the supervisor runs this before it starts any worker).
  */
 static void remove_stale_temps(struct runtime *rt)
 {
@@ -1252,12 +1260,80 @@ static void remove_stale_temps(struct runtime *rt)
 	}
 }
 
-static void *renew_thread(void *arg)
+/*
+ * One thread per identity with renew = cmp | est: a CA that is slow or does
+ * not answer at all (a transaction waits up to ca-timeout) delays only the
+ * identities that use it. The worker looks its identity up in the runtime in
+ * force at each pass, so a reload that changes it takes effect at once, and
+ * ends when a reload removes the identity or its renewal. Keystores are
+ * shared and thread-safe (the application side signs from many threads too);
+ * each identity's own state is under its lock, the schedules under g.lock.
+ */
+static void *renew_worker(void *arg)
 {
-	int first = 1;
+	struct rstate *st = arg;
+	struct identity_rt *id;
 	struct runtime *rt;
 	struct timespec ts;
-	time_t now, next, n;
+	unsigned seen;
+	time_t next;
+
+	pthread_mutex_lock(&g.lock);
+	while (!g.stop) {
+		seen = g.kick_gen;
+		pthread_mutex_unlock(&g.lock);
+		rt = g.get_runtime(g.arg);
+		id = runtime_identity(rt, st->name);
+		if (id == NULL || id->cfg->renew == RENEW_NONE) {
+			runtime_unref(rt);
+			pthread_mutex_lock(&g.lock);
+			break;
+		}
+		next = visit(rt, id, time(NULL));
+		runtime_unref(rt);
+		pthread_mutex_lock(&g.lock);
+		if (next == 0 || next > time(NULL) + MAX_SLEEP_S)
+			next = time(NULL) + MAX_SLEEP_S;
+		/* Sleep until due; a kick (reload, renew_now(), stop) wakes every worker sooner. */
+		ts.tv_sec = next;
+		ts.tv_nsec = 0;
+		while (!g.stop && g.kick_gen == seen && time(NULL) < next)
+			if (pthread_cond_timedwait(&g.wake, &g.lock, &ts) == ETIMEDOUT)
+				break;
+	}
+	st->worker_exited = 1;
+	pthread_cond_broadcast(&g.sup_wake);
+	pthread_mutex_unlock(&g.lock);
+	return NULL;
+}
+
+/* Joins the workers that ended. g.lock held (they no longer take it). */
+static void reap_workers(int all)
+{
+	size_t i;
+
+	for (i = 0; i < g.n_states; i++) {
+		struct rstate *st = g.states[i];
+
+		if (!st->has_worker || (!all && !st->worker_exited))
+			continue;
+		pthread_mutex_unlock(&g.lock);
+		pthread_join(st->worker, NULL);
+		pthread_mutex_lock(&g.lock);
+		st->has_worker = 0;
+		st->worker_exited = 0;
+	}
+}
+
+/*
+ * The supervisor: keeps one worker per renewing identity of the runtime in
+ * force, and the internal provider pointed at that runtime.
+ */
+static void *renew_thread(void *arg)
+{
+	int first = 1, r;
+	struct runtime *rt;
+	struct rstate *st;
 	size_t i;
 
 	(void)arg;
@@ -1268,30 +1344,33 @@ static void *renew_thread(void *arg)
 		rt = g.get_runtime(g.arg);
 		renew_prov_set_runtime(rt);
 		if (first) {
+			/* Before any worker writes: temporaries found now are a crash's. */
 			remove_stale_temps(rt);
 			first = 0;
 		}
-		now = time(NULL);
-		next = now + MAX_SLEEP_S;
-		for (i = 0; i < rt->n_ids; i++) {
+		pthread_mutex_lock(&g.lock);
+		reap_workers(0);
+		for (i = 0; i < rt->n_ids && !g.stop; i++) {
 			if (rt->ids[i].cfg->renew == RENEW_NONE)
 				continue;
-			n = visit(rt, &rt->ids[i], now);
-			if (n != 0 && n < next)
-				next = n;
-			now = time(NULL);
+			if ((st = state_for(rt->ids[i].cfg->name)) == NULL || st->has_worker)
+				continue;
+			st->worker_exited = 0;
+			if ((r = pthread_create(&st->worker, NULL, renew_worker, st)) != 0) {
+				log_error("identity \"%s\": cannot start its renewal thread: %s",
+					  st->name, strerror(r));
+				continue;
+			}
+			st->has_worker = 1;
 		}
+		pthread_mutex_unlock(&g.lock);
 		runtime_unref(rt);
 		pthread_mutex_lock(&g.lock);
 		if (g.stop || g.kicked)
 			continue;
-		/* Sleep until the earliest due time; kicks and renew_now() wake us sooner. */
-		if (next > time(NULL)) {
-			ts.tv_sec = next;
-			ts.tv_nsec = 0;
-			pthread_cond_timedwait(&g.wake, &g.lock, &ts);
-		}
+		pthread_cond_wait(&g.sup_wake, &g.lock);
 	}
+	reap_workers(1);
 	pthread_mutex_unlock(&g.lock);
 	renew_prov_set_runtime(NULL);
 	return NULL;
@@ -1351,7 +1430,9 @@ void renew_stop(void)
 	}
 	g.stop = 1;
 	pthread_cond_broadcast(&g.wake);
+	pthread_cond_broadcast(&g.sup_wake);
 	pthread_mutex_unlock(&g.lock);
+	/* Transfers in progress end at once (every worker's: the flag is global). */
 	enroll_set_stopping(1);
 	pthread_join(g.thread, NULL);
 	enroll_set_stopping(0);
@@ -1374,7 +1455,9 @@ void renew_kick(void)
 {
 	pthread_mutex_lock(&g.lock);
 	g.kicked = 1;
+	g.kick_gen++;
 	pthread_cond_broadcast(&g.wake);
+	pthread_cond_broadcast(&g.sup_wake);
 	pthread_mutex_unlock(&g.lock);
 }
 
@@ -1413,7 +1496,7 @@ int renew_now(const char *name, unsigned wait_s, char *msg, size_t msglen)
 	}
 	st->forced = 1;
 	gen = st->done_gen;
-	g.kicked = 1;
+	g.kick_gen++;
 	pthread_cond_broadcast(&g.wake);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += wait_s;

@@ -9,6 +9,7 @@ RENEW_TESTS = \
 	tests/integration/renew-expired.sh \
 	tests/integration/renew-crash.sh \
 	tests/integration/renew-skew.sh \
-	tests/integration/renew-diskfull.sh
+	tests/integration/renew-diskfull.sh \
+	tests/integration/renew-blackhole.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

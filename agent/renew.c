@@ -43,6 +43,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "agent/cacerts.h"
 #include "agent/certcheck.h"
 #include "agent/enroll.h"
 #include "agent/renew-prov.h"
@@ -62,7 +63,7 @@ extern char **environ;
  * expire. Normal rotation needs 2 or 3; only a storm of renewals (a CA or a
  * clock gone wrong) reaches this, and then the token must not fill up.
  */
-#define RENEW_MAX_GENERATIONS 8
+#define RENEW_MAX_GENERATIONS 16
 #define POST_RENEW_TIMEOUT_MS 60000
 
 enum step {
@@ -496,6 +497,7 @@ struct txn {
 	struct ks_key *new_key;
 	const X509_NAME *subject;
 	struct journal *journal;
+	STACK_OF(X509) *extra; /* the CA's intermediates from /cacerts (EST), or NULL */
 };
 
 static STACK_OF(X509) *chain_copy(STACK_OF(X509) *chain)
@@ -544,9 +546,9 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 			 want);
 		goto out;
 	}
-	if ((store = X509_STORE_new()) == NULL ||
-	    X509_STORE_load_file(store, id->cfg->ca_trust) != 1) {
-		snprintf(err, errlen, "cannot load ca-trust %s", id->cfg->ca_trust);
+	/* ca-trust and the successors accepted from /cacerts (agent/cacerts.c). */
+	if ((store = cacerts_trust_store(id, cerr, sizeof(cerr))) == NULL) {
+		snprintf(err, errlen, "%s", cerr);
 		*local = 1;
 		goto out;
 	}
@@ -555,6 +557,14 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 		snprintf(err, errlen, "out of memory");
 		*local = 1;
 		goto out;
+	}
+	/* The CA's current intermediates complete an answer that carries the leaf alone. */
+	for (int i = 0; i < sk_X509_num(t->extra); i++) {
+		if (!sk_X509_push(untrusted, sk_X509_value(t->extra, i))) {
+			snprintf(err, errlen, "out of memory");
+			*local = 1;
+			goto out;
+		}
 	}
 	if (X509_STORE_CTX_init(vctx, store, leaf, untrusted) != 1 ||
 	    X509_STORE_CTX_set_purpose(vctx, X509_PURPOSE_SSL_CLIENT) != 1) {
@@ -843,8 +853,8 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	GENERAL_NAMES *sans = NULL;
 	uint8_t *csr = NULL;
 	size_t csr_len = 0;
-	struct txn t;
-	char err[400];
+	struct txn t = {0};
+	char err[400], *trust = NULL;
 	time_t now = time(NULL);
 	int outcome = ENROLL_LOCAL;
 
@@ -945,7 +955,13 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	t.journal = &j;
 	req.kind = bootstrap ? ENROLL_BOOTSTRAP : ENROLL_RENEW;
 	req.url = cfg->ca_url;
-	req.trust_file = cfg->ca_trust;
+	if (cfg->renew == RENEW_EST)
+		t.extra = cacerts_refresh(id);
+	if ((trust = cacerts_trust_file(id)) == NULL) {
+		snprintf(msg, msglen, "out of memory");
+		goto out_journal;
+	}
+	req.trust_file = trust;
 	req.libctx = renew_prov_libctx();
 	req.timeout_s = cfg->ca_timeout;
 	req.cur_key = cur_pkey;
@@ -988,6 +1004,8 @@ out_journal:
 	journal_remove(id);
 out:
 	ERR_clear_error();
+	sk_X509_pop_free(t.extra, X509_free);
+	free(trust);
 	free(csr);
 	GENERAL_NAMES_free(sans);
 	X509_NAME_free(subject);

@@ -58,10 +58,12 @@ extern char **environ;
 
 #define MAX_SLEEP_S (24 * 3600)
 /*
- * Key generations an identity may hold before a renewal stops making new
- * keys: current, pending and those waiting for their certificates to
- * expire. Normal rotation needs 2 or 3; only a storm of renewals (a CA or a
- * clock gone wrong) reaches this, and then the token must not fill up.
+ * Key generations an identity may hold before a renewal that stalls
+ * (record_progress) stops making new keys: current, pending and those
+ * waiting for their certificates to expire. Normal rotation needs 2 or 3;
+ * a storm of renewals (a CA or a clock gone wrong) must not fill the token.
+ * Renewals that move the schedule are not capped: an operator's many forced
+ * renewals keep rotating, and the journal stays unambiguous.
  */
 #define RENEW_MAX_GENERATIONS 16
 #define POST_RENEW_TIMEOUT_MS 60000
@@ -824,6 +826,19 @@ static int list_keys(struct identity_rt *id, char *out, size_t len)
 	return r;
 }
 
+/* Whether the identity's last renewal did not move its schedule (record_progress). */
+static int stalled(const char *name)
+{
+	struct rstate *st;
+	int r;
+
+	pthread_mutex_lock(&g.lock);
+	st = state_for(name);
+	r = st != NULL && st->stalls > 0;
+	pthread_mutex_unlock(&g.lock);
+	return r;
+}
+
 static size_t count_keys(struct identity_rt *id)
 {
 	size_t n;
@@ -880,9 +895,13 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		new_key = snap.cur; /* a key that never had a certificate */
 	else if (!cfg->rotate_key && snap.cur != NULL)
 		new_key = snap.cur;
-	else if (snap.cur != NULL && snap.chain != NULL && !bootstrap &&
+	else if (snap.cur != NULL && snap.chain != NULL && !bootstrap && stalled(cfg->name) &&
 		 count_keys(id) >= RENEW_MAX_GENERATIONS) {
-		/* Bounded whatever the CA answers: renew the current key rather than fill the token. */
+		/*
+		 * Renewals that stall come as often as the backoff allows, and each
+		 * old key stays until its certificate expires: bounded whatever the
+		 * CA answers, the current key is renewed rather than the token filled.
+		 */
 		log_warn("identity \"%s\": %d key generations are in the keystore already; "
 			 "renewing without a new key until old ones retire",
 			 cfg->name, RENEW_MAX_GENERATIONS);

@@ -1,6 +1,8 @@
 /*
- * The renewal engine: one thread that keeps every identity with
- * renew = cmp | est supplied with a valid certificate.
+ * The renewal engine: one thread per identity with renew = cmp | est (and
+ * a supervisor that starts and ends them as reloads add and remove
+ * identities) keeps each supplied with a valid certificate; a CA that is
+ * slow or dead delays only the identities that use it.
  *
  * A renewal goes through steps recorded in a journal,
  * <state-dir>/<identity>.renew, written atomically before each step:
@@ -41,6 +43,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "agent/cacerts.h"
 #include "agent/certcheck.h"
 #include "agent/enroll.h"
 #include "agent/renew-prov.h"
@@ -54,6 +57,15 @@
 extern char **environ;
 
 #define MAX_SLEEP_S (24 * 3600)
+/*
+ * Key generations an identity may hold before a renewal that stalls
+ * (record_progress) stops making new keys: current, pending and those
+ * waiting for their certificates to expire. Normal rotation needs 2 or 3;
+ * a storm of renewals (a CA or a clock gone wrong) must not fill the token.
+ * Renewals that move the schedule are not capped: an operator's many forced
+ * renewals keep rotating, and the journal stays unambiguous.
+ */
+#define RENEW_MAX_GENERATIONS 16
 #define POST_RENEW_TIMEOUT_MS 60000
 
 enum step {
@@ -77,15 +89,23 @@ struct rstate {
 	unsigned failures;
 	time_t next_retry;      /* after a failure */
 	char failed_serial[80]; /* the certificate the failures were about */
+	unsigned stalls;        /* consecutive renewals that left the identity due at once */
+	time_t stall_until;     /* no scheduled attempt before this while stalled */
+	char stall_serial[80];  /* the certificate the stall is about */
+	pthread_t worker;       /* this identity's renewal thread ... */
+	int has_worker;         /* ... exists (to be joined) */
+	int worker_exited;      /* ... has ended (its identity is gone or renews no more) */
 	struct renew_status st;
 };
 
 static struct {
 	pthread_mutex_t lock;
-	pthread_cond_t wake; /* to the renewal thread */
-	pthread_cond_t done; /* to renew_now() callers */
-	pthread_t thread;
+	pthread_cond_t wake;     /* to the identity workers: kick_gen moved, or stop */
+	pthread_cond_t sup_wake; /* to the supervisor: a reload, a worker ended, or stop */
+	pthread_cond_t done;     /* to renew_now() callers */
+	pthread_t thread;        /* the supervisor */
 	int running, stop, kicked;
+	unsigned kick_gen;       /* bumped by every kick: workers look at their identity again */
 	renew_runtime_fn get_runtime;
 	void *arg;
 	struct rstate **states;
@@ -94,6 +114,7 @@ static struct {
 } g = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.wake = PTHREAD_COND_INITIALIZER,
+	.sup_wake = PTHREAD_COND_INITIALIZER,
 	.done = PTHREAD_COND_INITIALIZER,
 };
 
@@ -374,15 +395,17 @@ static int in_list(const char *list, const char *hex)
  * A crash between making a key and recording it as pending leaves a key that
  * nothing names. The journal listed the keys that existed before: a key not
  * among them is that one, and becomes the pending key the next attempt uses.
- * Lock held.
+ * Lock held. Returns -1 when such a key exists but cannot be recorded (a
+ * full disk): the journal must then stay, or the key would be forgotten.
  */
-static void adopt_unrecorded_key(struct identity_rt *id, const struct journal *j)
+static int adopt_unrecorded_key(struct identity_rt *id, const struct journal *j)
 {
 	char hex[2 * KS_MAX_ID + 2], err[256], *path;
 	size_t i;
+	int r = 0;
 
 	if (id->pending != NULL)
-		return;
+		return 0;
 	for (i = 0; i < id->n_keys; i++) {
 		hex_encode(id->keys[i]->id, id->keys[i]->id_len, hex);
 		if (id->keys[i] == id->current || in_list(j->known, hex))
@@ -392,6 +415,7 @@ static void adopt_unrecorded_key(struct identity_rt *id, const struct journal *j
 		    write_file_atomic(path, hex, strlen(hex), 0600) != 0) {
 			log_error("identity \"%s\": cannot record key %.16s... as pending",
 				  id->cfg->name, hex);
+			r = -1;
 		} else {
 			log_info("identity \"%s\": key %.16s... made before the interruption is "
 				 "kept for the next attempt",
@@ -399,27 +423,53 @@ static void adopt_unrecorded_key(struct identity_rt *id, const struct journal *j
 			identity_refresh(id, 1, err, sizeof(err));
 		}
 		free(path);
-		return;
+		return r;
 	}
+	return 0;
 }
 
-static void reconcile(struct identity_rt *id)
+/* Whether the identity holds a key that is neither current, pending, nor listed in j. */
+static int has_unrecorded_key(struct identity_rt *id, const struct journal *j)
+{
+	char hex[2 * KS_MAX_ID + 1], err[256];
+	size_t i;
+	int found = 0;
+
+	pthread_mutex_lock(&id->lock);
+	identity_refresh(id, 1, err, sizeof(err));
+	for (i = 0; i < id->n_keys && !found; i++) {
+		hex_encode(id->keys[i]->id, id->keys[i]->id_len, hex);
+		found = id->keys[i] != id->current && id->keys[i] != id->pending &&
+			!in_list(j->known, hex);
+	}
+	pthread_mutex_unlock(&id->lock);
+	return found;
+}
+
+/*
+ * Finishes or rolls back what the journal says was interrupted. Returns 0
+ * when no journal is left, -1 when it must stay (keystore unreachable, a key
+ * that cannot be recorded yet).
+ */
+static int reconcile(struct identity_rt *id)
 {
 	char err[256], cur_hex[2 * KS_MAX_ID + 1] = "";
 	struct journal j;
 
 	if (!journal_read(id, &j))
-		return;
+		return 0;
 	pthread_mutex_lock(&id->lock);
 	if (identity_refresh(id, 1, err, sizeof(err)) != 0) {
 		pthread_mutex_unlock(&id->lock);
 		/* Keystore not reachable: keep the journal, try again on the next pass. */
 		log_warn("identity \"%s\": cannot reconcile the interrupted renewal yet: %s",
 			 id->cfg->name, err);
-		return;
+		return -1;
 	}
-	if (j.step == STEP_PREPARING)
-		adopt_unrecorded_key(id, &j);
+	if (j.step == STEP_PREPARING && adopt_unrecorded_key(id, &j) != 0) {
+		pthread_mutex_unlock(&id->lock);
+		return -1;
+	}
 	if (id->current != NULL) {
 		hex_encode(id->current->id, id->current->id_len, cur_hex);
 		/* tpm2: the key file's first block must be the key the certificate names. */
@@ -439,6 +489,7 @@ static void reconcile(struct identity_rt *id)
 			 id->cfg->name, step_names[j.step]);
 	}
 	journal_remove(id);
+	return 0;
 }
 
 /* ---- one renewal ---------------------------------------------------------------------- */
@@ -448,6 +499,7 @@ struct txn {
 	struct ks_key *new_key;
 	const X509_NAME *subject;
 	struct journal *journal;
+	STACK_OF(X509) *extra; /* the CA's intermediates from /cacerts (EST), or NULL */
 };
 
 static STACK_OF(X509) *chain_copy(STACK_OF(X509) *chain)
@@ -496,9 +548,9 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 			 want);
 		goto out;
 	}
-	if ((store = X509_STORE_new()) == NULL ||
-	    X509_STORE_load_file(store, id->cfg->ca_trust) != 1) {
-		snprintf(err, errlen, "cannot load ca-trust %s", id->cfg->ca_trust);
+	/* ca-trust and the successors accepted from /cacerts (agent/cacerts.c). */
+	if ((store = cacerts_trust_store(id, cerr, sizeof(cerr))) == NULL) {
+		snprintf(err, errlen, "%s", cerr);
 		*local = 1;
 		goto out;
 	}
@@ -507,6 +559,14 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 		snprintf(err, errlen, "out of memory");
 		*local = 1;
 		goto out;
+	}
+	/* The CA's current intermediates complete an answer that carries the leaf alone. */
+	for (int i = 0; i < sk_X509_num(t->extra); i++) {
+		if (!sk_X509_push(untrusted, sk_X509_value(t->extra, i))) {
+			snprintf(err, errlen, "out of memory");
+			*local = 1;
+			goto out;
+		}
 	}
 	if (X509_STORE_CTX_init(vctx, store, leaf, untrusted) != 1 ||
 	    X509_STORE_CTX_set_purpose(vctx, X509_PURPOSE_SSL_CLIENT) != 1) {
@@ -766,6 +826,29 @@ static int list_keys(struct identity_rt *id, char *out, size_t len)
 	return r;
 }
 
+/* Whether the identity's last renewal did not move its schedule (record_progress). */
+static int stalled(const char *name)
+{
+	struct rstate *st;
+	int r;
+
+	pthread_mutex_lock(&g.lock);
+	st = state_for(name);
+	r = st != NULL && st->stalls > 0;
+	pthread_mutex_unlock(&g.lock);
+	return r;
+}
+
+static size_t count_keys(struct identity_rt *id)
+{
+	size_t n;
+
+	pthread_mutex_lock(&id->lock);
+	n = id->n_keys;
+	pthread_mutex_unlock(&id->lock);
+	return n;
+}
+
 /*
  * One enrollment transaction. Returns the outcome (enum enroll_outcome) with
  * a line in msg and a server hint in *hint (-1: none).
@@ -777,7 +860,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	struct enroll_request req = {0};
 	struct enroll_result res = {0};
 	struct journal j = {0};
-	struct snapshot snap;
+	struct snapshot snap = {0};
 	struct boot boot = {0};
 	struct ks_key *new_key = NULL;
 	EVP_PKEY *cur_pkey = NULL, *new_pkey = NULL;
@@ -785,12 +868,18 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	GENERAL_NAMES *sans = NULL;
 	uint8_t *csr = NULL;
 	size_t csr_len = 0;
-	struct txn t;
-	char err[400];
+	struct txn t = {0};
+	char err[400], *trust = NULL;
 	time_t now = time(NULL);
 	int outcome = ENROLL_LOCAL;
 
 	*hint = -1;
+	/* A journal left by a failed attempt (a key that could not be recorded) comes first. */
+	if (reconcile(id) != 0) {
+		snprintf(msg, msglen, "an interrupted renewal cannot be reconciled yet (see the log); "
+				      "no new key is made meanwhile");
+		goto out;
+	}
 	snapshot_take(id, &snap);
 	if (!bootstrap && (snap.chain == NULL || snap.not_after <= now))
 		bootstrap = 1;
@@ -806,7 +895,18 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		new_key = snap.cur; /* a key that never had a certificate */
 	else if (!cfg->rotate_key && snap.cur != NULL)
 		new_key = snap.cur;
-	else {
+	else if (snap.cur != NULL && snap.chain != NULL && !bootstrap && stalled(cfg->name) &&
+		 count_keys(id) >= RENEW_MAX_GENERATIONS) {
+		/*
+		 * Renewals that stall come as often as the backoff allows, and each
+		 * old key stays until its certificate expires: bounded whatever the
+		 * CA answers, the current key is renewed rather than the token filled.
+		 */
+		log_warn("identity \"%s\": %d key generations are in the keystore already; "
+			 "renewing without a new key until old ones retire",
+			 cfg->name, RENEW_MAX_GENERATIONS);
+		new_key = snap.cur;
+	} else {
 		j.step = STEP_PREPARING;
 		j.bootstrap = bootstrap;
 		if (list_keys(id, j.known, sizeof(j.known)) != 0 || journal_write(id, &j) != 0) {
@@ -816,6 +916,9 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		if (identity_keygen(id, keygen_type(cfg, snap.cur), &new_key, err, sizeof(err)) !=
 		    0) {
 			snprintf(msg, msglen, "cannot make a new key: %s", err);
+			/* A key made but neither recorded nor deleted: the journal keeps it known. */
+			if (has_unrecorded_key(id, &j))
+				goto out;
 			goto out_journal;
 		}
 	}
@@ -871,7 +974,13 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	t.journal = &j;
 	req.kind = bootstrap ? ENROLL_BOOTSTRAP : ENROLL_RENEW;
 	req.url = cfg->ca_url;
-	req.trust_file = cfg->ca_trust;
+	if (cfg->renew == RENEW_EST)
+		t.extra = cacerts_refresh(id);
+	if ((trust = cacerts_trust_file(id)) == NULL) {
+		snprintf(msg, msglen, "out of memory");
+		goto out_journal;
+	}
+	req.trust_file = trust;
 	req.libctx = renew_prov_libctx();
 	req.timeout_s = cfg->ca_timeout;
 	req.cur_key = cur_pkey;
@@ -914,6 +1023,8 @@ out_journal:
 	journal_remove(id);
 out:
 	ERR_clear_error();
+	sk_X509_pop_free(t.extra, X509_free);
+	free(trust);
 	free(csr);
 	GENERAL_NAMES_free(sans);
 	X509_NAME_free(subject);
@@ -961,6 +1072,7 @@ static time_t compute_due(const struct cfg_identity *cfg, const struct snapshot 
 {
 	struct sched_policy pol = {cfg->renew_permille, cfg->renew_before};
 	char when[32];
+	time_t due;
 
 	st->st.action[0] = '\0';
 	if (st->failures > 0 && strcmp(st->failed_serial, snap->serial) != 0) {
@@ -989,8 +1101,55 @@ static time_t compute_due(const struct cfg_identity *cfg, const struct snapshot 
 	}
 	if (st->failures > 0)
 		return st->next_retry;
-	return (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
-					   device_jitter(cfg->name, snap->serial));
+	due = (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
+					  device_jitter(cfg->name, snap->serial));
+	if (st->stalls > 0 && strcmp(st->stall_serial, snap->serial) != 0)
+		st->stalls = 0; /* another certificate came in meanwhile (an import) */
+	if (st->stalls > 0) {
+		format_utc(snap->not_before, when, sizeof(when));
+		snprintf(st->st.action, sizeof(st->st.action),
+			 "renewal stalled: %u renewal(s) in a row brought a certificate due again "
+			 "at once (valid from %s); check this clock against the CA's; backing off",
+			 st->stalls, when);
+		if (st->stall_until > due)
+			due = st->stall_until;
+	}
+	/* Not yet valid by our clock: nothing to renew before it is. */
+	if (due < snap->not_before)
+		due = snap->not_before;
+	return due;
+}
+
+/*
+ * After a successful renewal: whether the new certificate moved the schedule
+ * (sched_moved); consecutive ones that did not back off (sched_stall), so a
+ * clock far from the CA's cannot make the agent renew in a loop. g.lock held.
+ */
+static void record_progress(const struct cfg_identity *cfg, const struct snapshot *snap,
+			    struct rstate *st, time_t now)
+{
+	struct sched_policy pol = {cfg->renew_permille, cfg->renew_before};
+	time_t first;
+
+	if (snap->chain == NULL) {
+		st->stalls = 0;
+		return;
+	}
+	first = (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
+					    device_jitter(cfg->name, snap->serial));
+	if (sched_moved(now, first, snap->not_before, snap->not_after)) {
+		st->stalls = 0;
+		return;
+	}
+	st->stalls++;
+	snprintf(st->stall_serial, sizeof(st->stall_serial), "%s", snap->serial);
+	st->stall_until = (time_t)sched_stall(now, st->stalls, snap->not_before, snap->not_after,
+					      random01());
+	log_warn("identity \"%s\": the new certificate (valid %lld s from now, until %lld s "
+		 "from now) is due for renewal again at once; is this clock (or the CA's) "
+		 "wrong? backing off: next attempt in %lld s (stall %u)",
+		 cfg->name, (long long)(snap->not_before - now), (long long)(snap->not_after - now),
+		 (long long)(st->stall_until - now), st->stalls);
 }
 
 static void record_attempt(struct rstate *st, const struct snapshot *before, int outcome,
@@ -1048,6 +1207,10 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 	pthread_mutex_lock(&g.lock);
 	due = compute_due(cfg, &snap, st, now);
 	forced = st->forced;
+	/* A retry of a certificate not yet valid by our clock waits until it is. */
+	if (due != 0 && due <= now && !forced && snap.chain != NULL &&
+	    !sched_is_due(now, due, snap.not_before))
+		due = snap.not_before;
 	st->st.next = due;
 	pthread_mutex_unlock(&g.lock);
 	if (due != 0 && due <= now) {
@@ -1089,6 +1252,8 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 		snapshot_free(&snap);
 		snapshot_take(id, &snap);
 		pthread_mutex_lock(&g.lock);
+		if (outcome == ENROLL_OK)
+			record_progress(cfg, &snap, st, now);
 		due = compute_due(cfg, &snap, st, now);
 		st->st.next = due;
 		if (outcome != ENROLL_OK && due != 0)
@@ -1106,7 +1271,7 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 /*
  * A crash between creating and renaming a temporary file (write_file_atomic:
  * "<file>.tmp.<pid>.<n>") leaves it behind; this process's own are never in
- * flight here (the renewal thread is the only writer at its first pass).
+ * flight here (the supervisor runs this before it starts any worker).
  */
 static void remove_stale_temps(struct runtime *rt)
 {
@@ -1132,12 +1297,80 @@ static void remove_stale_temps(struct runtime *rt)
 	}
 }
 
-static void *renew_thread(void *arg)
+/*
+ * One thread per identity with renew = cmp | est: a CA that is slow or does
+ * not answer at all (a transaction waits up to ca-timeout) delays only the
+ * identities that use it. The worker looks its identity up in the runtime in
+ * force at each pass, so a reload that changes it takes effect at once, and
+ * ends when a reload removes the identity or its renewal. Keystores are
+ * shared and thread-safe (the application side signs from many threads too);
+ * each identity's own state is under its lock, the schedules under g.lock.
+ */
+static void *renew_worker(void *arg)
 {
-	int first = 1;
+	struct rstate *st = arg;
+	struct identity_rt *id;
 	struct runtime *rt;
 	struct timespec ts;
-	time_t now, next, n;
+	unsigned seen;
+	time_t next;
+
+	pthread_mutex_lock(&g.lock);
+	while (!g.stop) {
+		seen = g.kick_gen;
+		pthread_mutex_unlock(&g.lock);
+		rt = g.get_runtime(g.arg);
+		id = runtime_identity(rt, st->name);
+		if (id == NULL || id->cfg->renew == RENEW_NONE) {
+			runtime_unref(rt);
+			pthread_mutex_lock(&g.lock);
+			break;
+		}
+		next = visit(rt, id, time(NULL));
+		runtime_unref(rt);
+		pthread_mutex_lock(&g.lock);
+		if (next == 0 || next > time(NULL) + MAX_SLEEP_S)
+			next = time(NULL) + MAX_SLEEP_S;
+		/* Sleep until due; a kick (reload, renew_now(), stop) wakes every worker sooner. */
+		ts.tv_sec = next;
+		ts.tv_nsec = 0;
+		while (!g.stop && g.kick_gen == seen && time(NULL) < next)
+			if (pthread_cond_timedwait(&g.wake, &g.lock, &ts) == ETIMEDOUT)
+				break;
+	}
+	st->worker_exited = 1;
+	pthread_cond_broadcast(&g.sup_wake);
+	pthread_mutex_unlock(&g.lock);
+	return NULL;
+}
+
+/* Joins the workers that ended. g.lock held (they no longer take it). */
+static void reap_workers(int all)
+{
+	size_t i;
+
+	for (i = 0; i < g.n_states; i++) {
+		struct rstate *st = g.states[i];
+
+		if (!st->has_worker || (!all && !st->worker_exited))
+			continue;
+		pthread_mutex_unlock(&g.lock);
+		pthread_join(st->worker, NULL);
+		pthread_mutex_lock(&g.lock);
+		st->has_worker = 0;
+		st->worker_exited = 0;
+	}
+}
+
+/*
+ * The supervisor: keeps one worker per renewing identity of the runtime in
+ * force, and the internal provider pointed at that runtime.
+ */
+static void *renew_thread(void *arg)
+{
+	int first = 1, r;
+	struct runtime *rt;
+	struct rstate *st;
 	size_t i;
 
 	(void)arg;
@@ -1148,30 +1381,33 @@ static void *renew_thread(void *arg)
 		rt = g.get_runtime(g.arg);
 		renew_prov_set_runtime(rt);
 		if (first) {
+			/* Before any worker writes: temporaries found now are a crash's. */
 			remove_stale_temps(rt);
 			first = 0;
 		}
-		now = time(NULL);
-		next = now + MAX_SLEEP_S;
-		for (i = 0; i < rt->n_ids; i++) {
+		pthread_mutex_lock(&g.lock);
+		reap_workers(0);
+		for (i = 0; i < rt->n_ids && !g.stop; i++) {
 			if (rt->ids[i].cfg->renew == RENEW_NONE)
 				continue;
-			n = visit(rt, &rt->ids[i], now);
-			if (n != 0 && n < next)
-				next = n;
-			now = time(NULL);
+			if ((st = state_for(rt->ids[i].cfg->name)) == NULL || st->has_worker)
+				continue;
+			st->worker_exited = 0;
+			if ((r = pthread_create(&st->worker, NULL, renew_worker, st)) != 0) {
+				log_error("identity \"%s\": cannot start its renewal thread: %s",
+					  st->name, strerror(r));
+				continue;
+			}
+			st->has_worker = 1;
 		}
+		pthread_mutex_unlock(&g.lock);
 		runtime_unref(rt);
 		pthread_mutex_lock(&g.lock);
 		if (g.stop || g.kicked)
 			continue;
-		/* Sleep until the earliest due time; kicks and renew_now() wake us sooner. */
-		if (next > time(NULL)) {
-			ts.tv_sec = next;
-			ts.tv_nsec = 0;
-			pthread_cond_timedwait(&g.wake, &g.lock, &ts);
-		}
+		pthread_cond_wait(&g.sup_wake, &g.lock);
 	}
+	reap_workers(1);
 	pthread_mutex_unlock(&g.lock);
 	renew_prov_set_runtime(NULL);
 	return NULL;
@@ -1231,7 +1467,9 @@ void renew_stop(void)
 	}
 	g.stop = 1;
 	pthread_cond_broadcast(&g.wake);
+	pthread_cond_broadcast(&g.sup_wake);
 	pthread_mutex_unlock(&g.lock);
+	/* Transfers in progress end at once (every worker's: the flag is global). */
 	enroll_set_stopping(1);
 	pthread_join(g.thread, NULL);
 	enroll_set_stopping(0);
@@ -1254,7 +1492,9 @@ void renew_kick(void)
 {
 	pthread_mutex_lock(&g.lock);
 	g.kicked = 1;
+	g.kick_gen++;
 	pthread_cond_broadcast(&g.wake);
+	pthread_cond_broadcast(&g.sup_wake);
 	pthread_mutex_unlock(&g.lock);
 }
 
@@ -1293,7 +1533,7 @@ int renew_now(const char *name, unsigned wait_s, char *msg, size_t msglen)
 	}
 	st->forced = 1;
 	gen = st->done_gen;
-	g.kicked = 1;
+	g.kick_gen++;
 	pthread_cond_broadcast(&g.wake);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += wait_s;

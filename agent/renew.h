@@ -1,5 +1,5 @@
 /*
- * Automated renewal: a thread that renews each identity's certificate
+ * Automated renewal: a thread per identity that renews its certificate
  * (renew = cmp | est) when agent/sched.c says so, with a new key made in the
  * keystore, a journal that makes every step crash-safe, and retirement of
  * old keys once their certificates expire.
@@ -15,9 +15,9 @@
 /* Returns a new reference to the runtime currently in force. */
 typedef struct runtime *(*renew_runtime_fn)(void *arg);
 
-/* Starts the renewal thread. Returns 0, or -1 with err set. */
+/* Starts the renewal threads. Returns 0, or -1 with err set. */
 int renew_start(renew_runtime_fn get_runtime, void *arg, char *err, size_t errlen);
-/* Stops it (waits for a transaction in progress to end). */
+/* Stops them: transfers in progress are aborted, then every thread is joined. */
 void renew_stop(void);
 /* The configuration changed: recompute every schedule now. */
 void renew_kick(void);

@@ -22,6 +22,7 @@
 #define RETRY_BASE_DIVISOR 1000	       /* first backoff step: lifetime / 1000 ... */
 #define RETRY_BASE_MAX 60	       /* ... between 1 s and 60 s */
 #define RETRY_HINT_MAX SECONDS_PER_DAY /* a server hint longer than this is cut */
+#define STALL_PROGRESS_DIVISOR 100     /* a renewal must buy 1% of a lifetime to count */
 
 static int64_t add_sat(int64_t a, int64_t b)
 {
@@ -247,4 +248,41 @@ int64_t sched_retry(int64_t now, unsigned failures, int64_t not_before, int64_t 
 			delay = hint;
 	}
 	return add_sat(now, delay);
+}
+
+int sched_moved(int64_t now, int64_t due, int64_t not_before, int64_t not_after)
+{
+	int64_t gap = lifetime_of(not_before, not_after) / STALL_PROGRESS_DIVISOR;
+
+	if (gap < 1)
+		gap = 1;
+	return due >= add_sat(now, gap);
+}
+
+int64_t sched_stall(int64_t now, unsigned stalls, int64_t not_before, int64_t not_after,
+		    double random01)
+{
+	int64_t base = lifetime_of(not_before, not_after) / RETRY_BASE_DIVISOR;
+	int64_t upper, low, delay;
+
+	if (base > RETRY_BASE_MAX)
+		base = RETRY_BASE_MAX;
+	if (base < RETRY_MIN_DELAY)
+		base = RETRY_MIN_DELAY;
+	upper = base;
+	for (unsigned i = 1; i < stalls && upper < RETRY_MAX_CAP; i++)
+		upper *= 2;
+	if (upper > RETRY_MAX_CAP)
+		upper = RETRY_MAX_CAP;
+	low = upper / 2 > RETRY_MIN_DELAY ? upper / 2 : RETRY_MIN_DELAY;
+	/* Equal jitter: a stalled fleet spreads out, yet each step is at least half its bound. */
+	delay = low + (int64_t)(clamp_unit(random01) * (double)(upper - low + 1));
+	if (delay > upper)
+		delay = upper;
+	return add_sat(now, delay);
+}
+
+int sched_is_due(int64_t now, int64_t due, int64_t not_before)
+{
+	return due <= now && not_before <= now;
 }

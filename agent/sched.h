@@ -76,4 +76,37 @@ int64_t sched_deadline(int64_t not_before, int64_t not_after);
 int64_t sched_retry(int64_t now, unsigned failures, int64_t not_before, int64_t not_after,
 		    long hint_s, double random01);
 
+/*
+ * Whether a renewal that just succeeded "moved the schedule": the new
+ * certificate's first attempt (due) must lie at least max(1 s, 1% of its
+ * lifetime) after now. A certificate that is due again at once (our clock
+ * far ahead of the CA's, a CA issuing backdated or very short certificates)
+ * is a stall: renewing again would only burn a key and a CA round trip.
+ * Returns 1 when the schedule moved, 0 for a stall.
+ */
+int sched_moved(int64_t now, int64_t due, int64_t not_before, int64_t not_after);
+
+/*
+ * Time of the next attempt after `stalls` (>= 1) consecutive renewals that
+ * did not move the schedule, at `now`: exponential backoff like
+ * sched_retry's (base = clamp(lifetime / 1000, 1 s, 60 s), doubling per
+ * stall) but capped at 1 h whatever the lifetime, with equal jitter: uniform
+ * over [upper / 2, upper] (random01 = 0 gives upper / 2, at least 1 s). A
+ * stall is no failure: the certificate just installed works, so waiting
+ * longer than its 5% costs nothing, and it bounds the renewals of an agent
+ * whose clock disagrees with the CA's to about a dozen in the first hour and
+ * one an hour after that. stalls = 0 counts as 1; saturates at INT64_MAX.
+ */
+int64_t sched_stall(int64_t now, unsigned stalls, int64_t not_before, int64_t not_after,
+		    double random01);
+
+/*
+ * Whether a certificate valid [not_before, not_after] whose first attempt is
+ * `due` may be renewed at `now`: due <= now, and not_before <= now (a
+ * certificate not yet valid by our clock is never "due", whatever the
+ * deadline arithmetic says: renewing it again would bring another one from
+ * the same CA clock). Returns 1 or 0.
+ */
+int sched_is_due(int64_t now, int64_t due, int64_t not_before);
+
 #endif

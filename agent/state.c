@@ -277,8 +277,21 @@ int identity_keygen(struct identity_rt *id, int gen_type, struct ks_key **out, c
 		goto out;
 	}
 	if (write_file_atomic(path, hex, strlen(hex), 0600) != 0) {
-		snprintf(err, errlen, "key created but %s could not be written: %s", path,
-			 strerror(errno));
+		char derr[256];
+		int saved = errno;
+
+		/*
+		 * A key nothing records would never be used nor deleted (a full
+		 * disk): take it back. If even that fails, the renewal journal still
+		 * lists the keys that existed before, and reconciliation adopts it.
+		 */
+		if (ks_delete(id->ks, key, derr, sizeof(derr)) == 0)
+			snprintf(err, errlen, "cannot write %s: %s; the new key was deleted again",
+				 path, strerror(saved));
+		else
+			snprintf(err, errlen, "cannot write %s: %s; the new key stays unrecorded "
+				 "(cannot delete it: %s)", path, strerror(saved), derr);
+		identity_refresh(id, 1, derr, sizeof(derr));
 		r = MTLS_AGENT_ERR_IO;
 		goto out;
 	}

@@ -9,6 +9,12 @@
  * the CA; simplereenroll needs a valid, unexpired client certificate chaining to the CA whose
  * subject equals the CSR's (401 when the certificate is missing or invalid, 403 on a subject
  * mismatch). The TLS handshake accepts any client certificate so that these are HTTP answers.
+ * --client-ca adds anchors for client certificates (certificates issued by an earlier CA).
+ *
+ * CA changes (tests/integration/renew-cacerts.sh): --cacerts FILE is what cacerts serves
+ * instead of the CA certificate and --chain (e.g. new intermediate, new root and its link
+ * certificates); --leaf-only 1 answers enrollments with the issued certificate alone, as
+ * RFC 7030 allows, so the client must complete the chain from cacerts.
  *
  * The fault file (re-read for every enrollment) holds one line "KIND COUNT [ARG]"; while
  * COUNT > 0 each enrollment that passed authentication and CSR verification consumes one
@@ -68,6 +74,8 @@ struct ca {
 	X509 *cert;
 	EVP_PKEY *key;
 	STACK_OF(X509) *extra; /* --chain: sent after the CA certificate */
+	STACK_OF(X509) *cacerts; /* --cacerts: what /cacerts serves instead of cert + extra */
+	int leaf_only;           /* --leaf-only: enrollment answers carry the issued certificate alone */
 	X509 *rogue_cert;	/* the "untrusted" fault's self-signed CA */
 	EVP_PKEY *rogue_key;
 	long lifetime;
@@ -647,10 +655,10 @@ static void sleep_seconds(long seconds)
 
 static int serve_cacerts(struct ca *ca, struct conn *c, int keep_alive)
 {
-	STACK_OF(X509) *certs = sk_X509_dup(ca->extra);
+	STACK_OF(X509) *certs = sk_X509_dup(ca->cacerts != NULL ? ca->cacerts : ca->extra);
 	int r;
 
-	if (certs == NULL || !sk_X509_insert(certs, ca->cert, 0)) {
+	if (certs == NULL || (ca->cacerts == NULL && !sk_X509_insert(certs, ca->cert, 0))) {
 		sk_X509_free(certs);
 		return respond_text(c, 500, NULL, "out of memory\n", 0);
 	}
@@ -751,9 +759,11 @@ static int serve_enroll(struct ca *ca, struct conn *c, struct request *r, const 
 	}
 
 	leaf = issue_leaf(ca, csr, fault);
-	certs = fault == FAULT_UNTRUSTED ? sk_X509_new_null() : sk_X509_dup(ca->extra);
+	certs = fault == FAULT_UNTRUSTED || ca->leaf_only ? sk_X509_new_null()
+							   : sk_X509_dup(ca->extra);
 	if (leaf == NULL || certs == NULL ||
-	    !sk_X509_insert(certs, fault == FAULT_UNTRUSTED ? ca->rogue_cert : ca->cert, 0) ||
+	    (!ca->leaf_only &&
+	     !sk_X509_insert(certs, fault == FAULT_UNTRUSTED ? ca->rogue_cert : ca->cert, 0)) ||
 	    !sk_X509_insert(certs, leaf, 0)) {
 		log_line(ca, "%s issue failed: %s", op, ssl_error());
 		ret = respond_text(c, 500, NULL, "cannot issue\n", keep);
@@ -894,7 +904,8 @@ static EVP_PKEY *load_key(const char *path)
 	return key;
 }
 
-static SSL_CTX *tls_setup(const char *cert, const char *key, const char *ca_cert)
+static SSL_CTX *tls_setup(const char *cert, const char *key, const char *ca_cert,
+			  const char *client_ca)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
 	STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_cert);
@@ -904,6 +915,7 @@ static SSL_CTX *tls_setup(const char *cert, const char *key, const char *ca_cert
 	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
 	    SSL_CTX_check_private_key(ctx) != 1 ||
 	    SSL_CTX_load_verify_locations(ctx, ca_cert, NULL) != 1 ||
+	    (client_ca != NULL && SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1) ||
 	    !SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"est-ca", 6)) {
 		fprintf(stderr, "est-ca: TLS setup (%s, %s, %s): %s\n", cert, key, ca_cert,
 			ssl_error());
@@ -974,7 +986,8 @@ static void usage(void)
 	fputs("usage: est-ca --port-file FILE --tls-cert SRV.pem --tls-key SRV.key\n"
 	      "              --ca-cert CA.pem --ca-key CA.key [--chain EXTRA.pem]\n"
 	      "              --lifetime SECONDS [--fault-file FAULTS] [--basic USER:PASSFILE]\n"
-	      "              [--log FILE] [--port N]\n",
+	      "              [--log FILE] [--port N] [--cacerts CERTS.pem] [--leaf-only 1]\n"
+	      "              [--client-ca MORE-ANCHORS.pem]\n",
 	      stderr);
 	exit(2);
 }
@@ -988,13 +1001,15 @@ int main(int argc, char **argv)
 	    {"ca-key", required_argument, NULL, 0},    {"chain", required_argument, NULL, 0},
 	    {"lifetime", required_argument, NULL, 0},  {"fault-file", required_argument, NULL, 0},
 	    {"basic", required_argument, NULL, 0},     {"log", required_argument, NULL, 0},
-	    {"port", required_argument, NULL, 0},      {NULL, 0, NULL, 0},
+	    {"port", required_argument, NULL, 0},      {"cacerts", required_argument, NULL, 0},
+	    {"leaf-only", required_argument, NULL, 0}, {"client-ca", required_argument, NULL, 0},
+	    {NULL, 0, NULL, 0},
 	};
 	/* clang-format off */
 	enum { PORT_FILE, TLS_CERT, TLS_KEY, CA_CERT, CA_KEY, CHAIN, LIFETIME, FAULTS, BASIC, LOG,
-	       PORT };
+	       PORT, CACERTS, LEAF_ONLY, CLIENT_CA };
 	/* clang-format on */
-	const char *arg[PORT + 1] = {NULL};
+	const char *arg[CLIENT_CA + 1] = {NULL};
 	struct ca ca = {0};
 	STACK_OF(X509) *ca_certs = NULL;
 	struct sigaction sa = {.sa_handler = on_stop_signal};
@@ -1029,12 +1044,17 @@ int main(int argc, char **argv)
 		fprintf(stderr, "est-ca: no certificate in %s\n", arg[CHAIN]);
 		goto out;
 	}
+	ca.leaf_only = arg[LEAF_ONLY] != NULL && strcmp(arg[LEAF_ONLY], "0") != 0;
+	if (arg[CACERTS] != NULL && (ca.cacerts = load_certs(arg[CACERTS])) == NULL) {
+		fprintf(stderr, "est-ca: no certificate in %s\n", arg[CACERTS]);
+		goto out;
+	}
 	if (!make_rogue_ca(&ca)) {
 		fprintf(stderr, "est-ca: cannot make the untrusted CA: %s\n", ssl_error());
 		goto out;
 	}
 	if ((arg[BASIC] != NULL && load_basic(&ca, arg[BASIC]) != 0) ||
-	    (ctx = tls_setup(arg[TLS_CERT], arg[TLS_KEY], arg[CA_CERT])) == NULL)
+	    (ctx = tls_setup(arg[TLS_CERT], arg[TLS_KEY], arg[CA_CERT], arg[CLIENT_CA])) == NULL)
 		goto out;
 
 	signal(SIGPIPE, SIG_IGN);
@@ -1063,6 +1083,7 @@ out:
 	SSL_CTX_free(ctx);
 	sk_X509_pop_free(ca_certs, X509_free);
 	sk_X509_pop_free(ca.extra, X509_free);
+	sk_X509_pop_free(ca.cacerts, X509_free);
 	EVP_PKEY_free(ca.key);
 	X509_free(ca.rogue_cert);
 	EVP_PKEY_free(ca.rogue_key);

@@ -7,6 +7,10 @@ RENEW_TESTS = \
 	tests/integration/renew-faults-est.sh \
 	tests/integration/renew-faults-cmp.sh \
 	tests/integration/renew-expired.sh \
-	tests/integration/renew-crash.sh
+	tests/integration/renew-crash.sh \
+	tests/integration/renew-skew.sh \
+	tests/integration/renew-diskfull.sh \
+	tests/integration/renew-blackhole.sh \
+	tests/integration/renew-cacerts.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

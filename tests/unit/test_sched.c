@@ -438,6 +438,115 @@ static void test_extreme_validity(void **state)
 	assert_int_equal(sched_retry(ISSUED, 1, ISSUED, ISSUED - 100, -1, 0.9), ISSUED + 1);
 }
 
+
+/* A renewal must buy 1% of the lifetime (at least 1 s) to count as progress. */
+static void test_moved(void **state)
+{
+	(void)state;
+	/* 3600 s lifetime: 36 s of progress needed. */
+	assert_int_equal(sched_moved(ISSUED, ISSUED + 36, ISSUED, ISSUED + 3600), 1);
+	assert_int_equal(sched_moved(ISSUED, ISSUED + 35, ISSUED, ISSUED + 3600), 0);
+	assert_int_equal(sched_moved(ISSUED, ISSUED - 500, ISSUED - 2500, ISSUED + 1100), 0);
+	/* The normal case: a fresh 90-day certificate is due in about 60 days. */
+	assert_int_equal(sched_moved(ISSUED, sched_first_attempt(NULL, ISSUED, ISSUED + LIFETIME_90D,
+								 0.5),
+				     ISSUED, ISSUED + LIFETIME_90D),
+			 1);
+	/* Tiny or inverted validity: 1 s is enough. */
+	assert_int_equal(sched_moved(ISSUED, ISSUED + 1, ISSUED, ISSUED + 10), 1);
+	assert_int_equal(sched_moved(ISSUED, ISSUED, ISSUED, ISSUED - 10), 0);
+	assert_int_equal(sched_moved(INT64_MAX - 1, INT64_MAX, 0, INT64_MAX), 1);
+}
+
+/* Stall backoff: doubling from the base, equal jitter, capped at 1 h whatever the lifetime. */
+static void test_stall_bounds(void **state)
+{
+	int64_t nb = ISSUED, na = ISSUED + 3600; /* base 3 s */
+
+	(void)state;
+	assert_int_equal(sched_stall(ISSUED, 1, nb, na, 0.0) - ISSUED, 1);
+	assert_int_equal(sched_stall(ISSUED, 1, nb, na, JUST_BELOW_ONE) - ISSUED, 3);
+	assert_int_equal(sched_stall(ISSUED, 0, nb, na, JUST_BELOW_ONE) - ISSUED, 3);
+	assert_int_equal(sched_stall(ISSUED, 2, nb, na, 0.0) - ISSUED, 3);
+	assert_int_equal(sched_stall(ISSUED, 2, nb, na, JUST_BELOW_ONE) - ISSUED, 6);
+	assert_int_equal(sched_stall(ISSUED, 5, nb, na, 0.0) - ISSUED, 24);
+	assert_int_equal(sched_stall(ISSUED, 5, nb, na, JUST_BELOW_ONE) - ISSUED, 48);
+	/* Unlike a failure's backoff, not capped at 5% of the lifetime (180 s here). */
+	assert_int_equal(sched_stall(ISSUED, 12, nb, na, JUST_BELOW_ONE) - ISSUED, 3600);
+	assert_int_equal(sched_stall(ISSUED, 12, nb, na, 0.0) - ISSUED, 1800);
+	assert_int_equal(sched_stall(ISSUED, UINT_MAX, nb, na, JUST_BELOW_ONE) - ISSUED, 3600);
+	for (unsigned k = 1; k < 40; k++) {
+		for (double r = 0.0; r < 1.0; r += 0.125) {
+			int64_t d = sched_stall(ISSUED, k, nb, na, r) - ISSUED;
+
+			assert_true(d >= 1 && d <= 3600);
+			assert_true(d >= sched_stall(ISSUED, k, nb, na, 0.0) - ISSUED);
+		}
+	}
+	assert_int_equal(sched_stall(INT64_MAX - 5, 12, nb, na, 0.5), INT64_MAX);
+	assert_int_equal(sched_stall(ISSUED, 3, nb, nb - 10, NAN) - ISSUED, 2);
+}
+
+/* Not yet valid by our clock: never due, whatever the deadline arithmetic gives. */
+static void test_not_yet_valid(void **state)
+{
+	int64_t now = ISSUED, nb = ISSUED + 2500, na = nb + 3600;
+
+	(void)state;
+	assert_int_equal(sched_is_due(now, now - 100, nb), 0);
+	assert_int_equal(sched_is_due(now, now, nb), 0);
+	assert_int_equal(sched_is_due(nb, nb, nb), 1);
+	assert_int_equal(sched_is_due(now, now + 1, now - 10), 0);
+	assert_int_equal(sched_is_due(now, now, now - 10), 1);
+	/* The first attempt of a certificate from the future lies in its validity. */
+	assert_true(sched_first_attempt(NULL, nb, na, 0.99) > now + 2500);
+}
+
+/*
+ * The scenario of issue 17 item 5, on an injected clock: the agent's clock
+ * 2,500 s ahead of the CA's, the CA issuing [its now - 1 s, + 3600 s]. The
+ * engine's loop, reduced to the schedule: renew when due, then either the
+ * schedule moved or the next attempt backs off. Counted over 3 hours.
+ */
+static void test_skew_storm_is_bounded(void **state)
+{
+	const int64_t skew = 2500, life = 3600, start = ISSUED;
+	int64_t now = start, nb, na, due, stall_until = 0;
+	unsigned stalls = 0, first_hour = 0, later = 0, per_hour[3] = {0};
+
+	(void)state;
+	nb = now - skew - 1;
+	na = nb + life + 1;
+	while (now < start + 3 * 3600) {
+		due = sched_first_attempt(NULL, nb, na, 0.3);
+		if (stalls > 0 && stall_until > due)
+			due = stall_until;
+		if (!sched_is_due(now, due, nb)) {
+			now = due;
+			continue;
+		}
+		/* Renewed: the CA's clock says now - skew. */
+		nb = now - skew - 1;
+		na = nb + life + 1;
+		per_hour[(now - start) / 3600]++;
+		due = sched_first_attempt(NULL, nb, na, 0.3);
+		if (sched_moved(now, due, nb, na)) {
+			stalls = 0;
+		} else {
+			stalls++;
+			stall_until = sched_stall(now, stalls, nb, na, 0.5);
+		}
+		now += 1; /* the round trip */
+	}
+	first_hour = per_hour[0];
+	later = per_hour[1] + per_hour[2];
+	/* 3, 6, 12, ... 3600 s (at 75% jitter): 11 steps sum past an hour. */
+	if (first_hour > 12 || later > 4)
+		fail_msg("%u renewals in the first hour, %u in the next two", first_hour, later);
+	assert_true(first_hour >= 2); /* it does keep renewing, just not in a loop */
+	assert_true(stalls >= 10);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -458,6 +567,10 @@ int main(void)
 		cmocka_unit_test(test_hints),
 		cmocka_unit_test(test_sixty_second_certificate),
 		cmocka_unit_test(test_extreme_validity),
+		cmocka_unit_test(test_moved),
+		cmocka_unit_test(test_stall_bounds),
+		cmocka_unit_test(test_not_yet_valid),
+		cmocka_unit_test(test_skew_storm_is_bounded),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -529,7 +529,10 @@ static int agent_open(struct mtls_agent *a)
 		if (r == ENOENT || r == ECONNREFUSED) {
 			set_error("agent not running at %s: %s", a->path, strerror(r));
 		} else if (r == EACCES || r == EPERM) {
+			/* Not CONNECT: tools that show only the code's text (curl through the
+			 * provider) must not send the user looking for a stopped agent. */
 			permission_error(a);
+			return MTLS_AGENT_ERR_DENIED;
 		} else if (r == EAGAIN || r == EWOULDBLOCK) {
 			fmt_seconds(t, sizeof(t), a->connect_ms);
 			set_error("agent at %s did not accept the connection within %s (agent stuck "

@@ -102,8 +102,9 @@ struct mtls_agent_identity {
  * else /run/mtls-agent/agent.sock, and exchanges versions. On success *out
  * owns a new handle. MTLS_AGENT_ERR_BUSY: the agent refused the connection
  * (too many open; mtls_agent_last_error() says which limit).
- * MTLS_AGENT_ERR_CONNECT: no agent, no permission on the socket, or a
- * timeout (see mtls_agent_set_timeouts()).
+ * MTLS_AGENT_ERR_DENIED: this user may not open the socket ("permission
+ * denied on SOCKET (is USER in group G?)"). MTLS_AGENT_ERR_CONNECT: no agent,
+ * or a timeout (see mtls_agent_set_timeouts()).
  */
 int mtls_agent_connect(const char *socket_path, mtls_agent **out);
 void mtls_agent_close(mtls_agent *agent);

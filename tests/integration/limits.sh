@@ -217,6 +217,7 @@ assert_ok ctl status
 assert_fails ctl_as nobody nogroup status
 assert_contains "$LAST_ERR" ": permission denied on $SOCK (is nobody in group daemon?)" "stderr"
 assert_not_contains "$LAST_ERR" "not running" "stderr"
+log "not in the socket's group: $LAST_ERR"
 agent_alive || fail "agent died"
 agent_stop
 log PASS

@@ -208,8 +208,8 @@ static unsigned fd_budget(unsigned max_clients)
 		return max_clients;
 	cur = rl.rlim_cur;
 	if (cur != RLIM_INFINITY && cur < want && rl.rlim_max > cur) {
-		rl.rlim_cur = (rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want) ? want
-										   : rl.rlim_max;
+		rl.rlim_cur =
+		    (rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want) ? want : rl.rlim_max;
 		if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
 			log_info("descriptor limit raised from %llu to %llu for max-clients %u",
 				 (unsigned long long)cur, (unsigned long long)rl.rlim_cur,
@@ -540,8 +540,9 @@ static int refuse_without_fds(struct server *s, int accept_errno)
 		snprintf(why, sizeof(why),
 			 "connection refused: the system is out of file descriptors (ENFILE)");
 	else
-		snprintf(why, sizeof(why),
-			 "connection refused: the agent is out of file descriptors (RLIMIT_NOFILE)");
+		snprintf(
+		    why, sizeof(why),
+		    "connection refused: the agent is out of file descriptors (RLIMIT_NOFILE)");
 	if (peer_credentials(fd, &peer) != 0)
 		memset(&peer, 0, sizeof(peer));
 	refuse_busy(fd, why);
@@ -559,8 +560,8 @@ static int refuse_without_fds(struct server *s, int accept_errno)
  * for administrators, so that callers who may not administer cannot lock the
  * administrators out (of `status`, `reload`) by holding connections open.
  */
-static const char *admission(struct server *s, const struct config *cfg,
-			     const struct peer *peer, char *why, size_t whylen)
+static const char *admission(struct server *s, const struct config *cfg, const struct peer *peer,
+			     char *why, size_t whylen)
 {
 	unsigned limit = cfg->max_clients, reserve = cfg->admin_reserve;
 	struct uid_count *u;
@@ -578,7 +579,8 @@ static const char *admission(struct server *s, const struct config *cfg,
 				 "descriptor limit allows (max-clients is %u)",
 				 s->n_conns, cfg->max_clients);
 		else
-			snprintf(why, whylen, "connection refused: %u connections open (max-clients)",
+			snprintf(why, whylen,
+				 "connection refused: %u connections open (max-clients)",
 				 s->n_conns);
 		return why;
 	}
@@ -592,9 +594,10 @@ static const char *admission(struct server *s, const struct config *cfg,
 		return why;
 	}
 	if ((u = uid_slot(s, peer->uid, 0)) != NULL && u->n >= cfg->max_clients_per_uid) {
-		snprintf(why, whylen,
-			 "connection refused: uid %ld has %u connections open (max-clients-per-uid)",
-			 (long)peer->uid, u->n);
+		snprintf(
+		    why, whylen,
+		    "connection refused: uid %ld has %u connections open (max-clients-per-uid)",
+		    (long)peer->uid, u->n);
 		return why;
 	}
 	return NULL;
@@ -724,10 +727,11 @@ static void sweep(struct server *s)
 			 * hold a slot forever. Debug only: idle clients are normal, and the
 			 * library reconnects by itself.
 			 */
-			log_debug("closing connection of uid %ld pid %ld: %s for %llu s (idle-timeout)",
-				  (long)c->ctx.peer.uid, (long)c->ctx.peer.pid,
-				  c->out.len > 0 ? "reply not read" : "idle",
-				  (unsigned long long)((now - c->last_active) / 1000));
+			log_debug(
+			    "closing connection of uid %ld pid %ld: %s for %llu s (idle-timeout)",
+			    (long)c->ctx.peer.uid, (long)c->ctx.peer.pid,
+			    c->out.len > 0 ? "reply not read" : "idle",
+			    (unsigned long long)((now - c->last_active) / 1000));
 		} else {
 			continue;
 		}

@@ -492,7 +492,8 @@ static void permission_error(const struct mtls_agent *a)
 
 static void set_sndtimeo(int fd, unsigned ms)
 {
-	struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = {.tv_sec = (time_t)(ms / 1000),
+			     .tv_usec = (suseconds_t)(ms % 1000) * 1000};
 
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
@@ -535,9 +536,10 @@ static int agent_open(struct mtls_agent *a)
 			return MTLS_AGENT_ERR_DENIED;
 		} else if (r == EAGAIN || r == EWOULDBLOCK) {
 			fmt_seconds(t, sizeof(t), a->connect_ms);
-			set_error("agent at %s did not accept the connection within %s (agent stuck "
-				  "or overloaded; MTLS_AGENT_CONNECT_TIMEOUT sets the limit)",
-				  a->path, t);
+			set_error(
+			    "agent at %s did not accept the connection within %s (agent stuck "
+			    "or overloaded; MTLS_AGENT_CONNECT_TIMEOUT sets the limit)",
+			    a->path, t);
 		} else {
 			set_error("cannot connect to agent at %s: %s", a->path, strerror(r));
 		}
@@ -641,8 +643,8 @@ static int env_timeout(const char *var, unsigned *ms)
 	*ms = (unsigned)(sec * 1000 + frac);
 	return 0;
 bad:
-	set_error("%s=\"%.32s\": want seconds (0 to %u, e.g. 2 or 0.5; 0 waits without limit)",
-		  var, v, CLIENT_TIMEOUT_MAX_S);
+	set_error("%s=\"%.32s\": want seconds (0 to %u, e.g. 2 or 0.5; 0 waits without limit)", var,
+		  v, CLIENT_TIMEOUT_MAX_S);
 	return -1;
 }
 

@@ -221,7 +221,8 @@ static int cmd_noread(const char *sock)
 			pfd.fd = fd;
 			pfd.events = POLLOUT;
 			if (poll(&pfd, 1, 500) == 0)
-				break; /* the agent stopped reading: it has replies we do not read */
+				break; /* the agent stopped reading: it has replies we do not read
+					*/
 			continue;
 		}
 		if (w < 0) {

@@ -156,6 +156,20 @@ kill -CONT "$AGENT_PID"
 wait_until 10 ctl status || fail "status does not work after SIGCONT"
 agent_stop
 
+# --- the usual limits: soft 1,024, hard higher ------------------------------------------------
+# The agent raises its soft limit as far as max-clients needs (1024 + 64), no further.
+if [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge 1088 ]; then
+	sed 's/^ulimit -n 1024 /ulimit -Sn 1024 /' "$WORK/agent-1024" >"$WORK/agent-soft1024"
+	chmod 0755 "$WORK/agent-soft1024"
+	MTLS_AGENT=$WORK/agent-soft1024 agent_start
+	assert_eq "$(awk '/^Max open files/ { print $4 }' "/proc/$AGENT_PID/limits")" 1088 "agent's soft descriptor limit"
+	assert_contains "$(cat "$AGENT_LOG")" "descriptor limit raised from 1024 to 1088 for max-clients 1024" "agent log"
+	log "soft limit 1024 raised to 1088 by the agent"
+	agent_stop
+else
+	log "NOTE: hard descriptor limit $(ulimit -Hn) < 1088: raising the soft limit not checked"
+fi
+
 # --- 3. two uids at their caps do not lock root out -------------------------------------------
 # 10 connections, 5 per uid, the last 2 for administrators (root). Group
 # daemon may connect; the callers below are not administrators.

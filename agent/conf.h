@@ -87,6 +87,8 @@ struct config {
 	unsigned workers;        /* signing threads, default 4, 1..64 */
 	unsigned max_clients;    /* default 1024 */
 	unsigned max_clients_per_uid; /* default 128 */
+	unsigned admin_reserve;  /* of max_clients, only for admins; default 16, < max_clients */
+	unsigned idle_timeout;   /* seconds without progress before a close; 0 never; default 300 */
 
 	struct cfg_keystore *keystores;
 	size_t n_keystores;

@@ -45,6 +45,8 @@ enum agent_key {
 	A_WORKERS,
 	A_MAX_CLIENTS,
 	A_MAX_CLIENTS_PER_UID,
+	A_ADMIN_RESERVE,
+	A_IDLE_TIMEOUT,
 	A_NKEYS
 };
 
@@ -75,7 +77,8 @@ enum identity_key {
 
 static const char *const agent_keys[A_NKEYS] = {
 	"socket",	"socket-mode", "socket-group", "state-dir",	     "admin-users",
-	"admin-groups", "workers",     "max-clients",  "max-clients-per-uid",
+	"admin-groups", "workers",     "max-clients",  "max-clients-per-uid", "admin-reserve",
+	"idle-timeout",
 };
 
 static const char *const keystore_keys[K_NKEYS] = {
@@ -476,6 +479,11 @@ static int agent_value(struct parser *p, int k, const char *value)
 		return set_uint(p, agent_keys[k], &cfg->max_clients, value, 1, 65536);
 	case A_MAX_CLIENTS_PER_UID:
 		return set_uint(p, agent_keys[k], &cfg->max_clients_per_uid, value, 1, 65536);
+	case A_ADMIN_RESERVE:
+		return set_uint(p, agent_keys[k], &cfg->admin_reserve, value, 0, 65535);
+	case A_IDLE_TIMEOUT:
+		/* 0: never. A day at most: past that it is a leak, not a timeout. */
+		return set_uint(p, agent_keys[k], &cfg->idle_timeout, value, 0, 86400);
 	}
 	return -1;
 }
@@ -1148,6 +1156,17 @@ static int finish(struct parser *p)
 		cfg->admin_users[0] = 0;
 		cfg->n_admin_users = 1;
 	}
+	/* Only now: the two keys may come in either order. */
+	if (p->agent.line[A_ADMIN_RESERVE] == 0) {
+		/* The default must not refuse a small max-clients. */
+		if (cfg->admin_reserve > cfg->max_clients / 4)
+			cfg->admin_reserve = cfg->max_clients / 4;
+	} else if (cfg->admin_reserve >= cfg->max_clients) {
+		fail(p, p->agent.line[A_ADMIN_RESERVE],
+		     "admin-reserve (%u) must be less than max-clients (%u)", cfg->admin_reserve,
+		     cfg->max_clients);
+		return -1;
+	}
 	for (i = 0; i < cfg->n_keystores; i++)
 		if (finish_keystore(p, i) != 0)
 			return -1;
@@ -1210,6 +1229,8 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
 	cfg->workers = 4;
 	cfg->max_clients = 1024;
 	cfg->max_clients_per_uid = 128;
+	cfg->admin_reserve = 16;
+	cfg->idle_timeout = 300;
 	p.cfg = cfg;
 
 	if ((p.fp = fopen(path, "re")) == NULL) {

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <sys/socket.h>
@@ -24,6 +25,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "agent/acl.h"
 #include "agent/dispatch.h"
 #include "agent/renew.h"
 #include "agent/server.h"
@@ -38,6 +40,14 @@
 #define ACCEPT_PAUSE_MS 1000
 /* Period of the housekeeping timer (shorter if the watchdog needs it). */
 #define TICK_MS 1000
+/*
+ * Descriptors kept back from max-clients for everything else the agent opens:
+ * its own (listener, epoll, signal, timer, reserve), syslog, keystore devices
+ * and token files, renewal's sockets and files, post-renew pipes.
+ */
+#define FD_OVERHEAD 64
+/* Refusals logged per second at most; the rest are counted. */
+#define REFUSAL_LOG_MS 1000
 
 /*
  * The service manager: sd_notify(3) messages (READY, RELOADING, STOPPING,
@@ -110,6 +120,8 @@ struct conn {
 	/* Below: under server.lock. */
 	int owned;              /* a thread is handling the connection (it is not armed) */
 	uint64_t partial_since; /* monotonic ms when an incomplete frame started; 0 if none */
+	uint64_t last_active;   /* monotonic ms of the last event handled */
+	int shut;               /* the sweep has shut it down; the owner-to-be closes it */
 	struct conn *next;
 };
 
@@ -128,6 +140,7 @@ struct server {
 	uint64_t watchdog_last;    /* monotonic ms of the last ping; under lock */
 
 	pthread_mutex_t reload_lock; /* one reload at a time, so notifications pair up */
+	unsigned max_clients_sized;  /* max-clients fd_cap was computed for; under reload_lock */
 
 	pthread_mutex_t lock; /* connections, counts, accept pause */
 	struct conn *conns;
@@ -136,6 +149,16 @@ struct server {
 	size_t n_uids;
 	int accept_paused;
 	uint64_t accept_resume;
+	unsigned fd_cap;            /* connections RLIMIT_NOFILE allows (see fd_budget) */
+	uint64_t refusal_logged;    /* monotonic ms of the last refusal logged */
+	unsigned refusals_unlogged; /* refusals since then, not logged */
+
+	/*
+	 * A spare descriptor, closed to accept and refuse a client when every
+	 * other one is in use, so that a client learns why instead of waiting
+	 * in the listen queue. Only the thread holding the listener uses it.
+	 */
+	int reserve_fd;
 
 	pthread_mutex_t rt_lock;
 	struct runtime *rt;
@@ -169,12 +192,70 @@ static void notify_reloading(void)
 	notify(fields, "Reloading the configuration");
 }
 
+/*
+ * Raises the soft RLIMIT_NOFILE as far as max_clients connections need (never
+ * above the hard limit, never lowering it: only as far as needed, since a
+ * PKCS#11 module may still use select()) and returns how many connections the
+ * limit allows. Warns when that is fewer than max_clients.
+ */
+static unsigned fd_budget(unsigned max_clients)
+{
+	rlim_t want = (rlim_t)max_clients + FD_OVERHEAD, cur;
+	struct rlimit rl;
+	unsigned cap;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return max_clients;
+	cur = rl.rlim_cur;
+	if (cur != RLIM_INFINITY && cur < want && rl.rlim_max > cur) {
+		rl.rlim_cur =
+		    (rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want) ? want : rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+			log_info("descriptor limit raised from %llu to %llu for max-clients %u",
+				 (unsigned long long)cur, (unsigned long long)rl.rlim_cur,
+				 max_clients);
+			cur = rl.rlim_cur;
+		}
+	}
+	if (cur == RLIM_INFINITY || cur >= want)
+		return max_clients;
+	cap = cur > FD_OVERHEAD + 1 ? (unsigned)(cur - FD_OVERHEAD) : 1;
+	log_warn("max-clients %u does not fit the descriptor limit (RLIMIT_NOFILE %llu, hard "
+		 "%llu): at most %u connections are accepted; raise LimitNOFILE (or ulimit -n) to "
+		 "%llu",
+		 max_clients, (unsigned long long)cur, (unsigned long long)rl.rlim_max, cap,
+		 (unsigned long long)want);
+	return cap;
+}
+
+/*
+ * Logs a refused connection, at most one line per REFUSAL_LOG_MS, so that a
+ * connection storm cannot flood the log. Called with s->lock held.
+ */
+static void log_refusal(struct server *s, const struct peer *peer, const char *why)
+{
+	uint64_t now = monotonic_ms();
+
+	if (s->refusal_logged != 0 && now - s->refusal_logged < REFUSAL_LOG_MS) {
+		s->refusals_unlogged++;
+		return;
+	}
+	if (s->refusals_unlogged > 0)
+		log_warn("%u more connections refused in the last %llu ms (not logged one by one)",
+			 s->refusals_unlogged, (unsigned long long)(now - s->refusal_logged));
+	log_warn("refused connection of uid %ld pid %ld: %s", (long)peer->uid, (long)peer->pid,
+		 why);
+	s->refusal_logged = now;
+	s->refusals_unlogged = 0;
+}
+
 /* Builds a runtime from the config file and swaps it in; the old one stays on failure. */
 static int server_reload(void *arg, char *err, size_t errlen)
 {
 	struct server *s = arg;
 	struct runtime *rt = NULL, *old;
 	struct config *cfg = NULL;
+	unsigned max_clients;
 	int r;
 
 	pthread_mutex_lock(&s->reload_lock);
@@ -189,6 +270,15 @@ static int server_reload(void *arg, char *err, size_t errlen)
 	runtime_unref(old);
 	if ((r = runtime_create(cfg, time(NULL), &rt, err, errlen)) != 0)
 		goto refused;
+	max_clients = rt->cfg->max_clients;
+	if (max_clients != s->max_clients_sized) {
+		unsigned cap = fd_budget(max_clients);
+
+		pthread_mutex_lock(&s->lock);
+		s->fd_cap = cap;
+		pthread_mutex_unlock(&s->lock);
+		s->max_clients_sized = max_clients;
+	}
 	pthread_mutex_lock(&s->rt_lock);
 	old = s->rt;
 	rt->started = old->started;
@@ -366,6 +456,8 @@ static void conn_event(struct server *s, struct conn *c, uint32_t events)
 
 	pthread_mutex_lock(&s->lock);
 	c->partial_since = partial_since;
+	/* Any event is progress: a request read, or a reply the client made room for. */
+	c->last_active = monotonic_ms();
 	c->owned = 0;
 	pthread_mutex_unlock(&s->lock);
 	/* Read only when the reply to the last request is out. The last touch of c. */
@@ -401,6 +493,11 @@ static int peer_credentials(int fd, struct peer *peer)
 	return 0;
 }
 
+/*
+ * Tells a client why it is refused (an ERROR frame with request id 0, which
+ * the client reads as the reply to its HELLO) and closes. The frame is small
+ * enough for any socket buffer: the send never waits.
+ */
 static void refuse_busy(int fd, const char *why)
 {
 	struct buf b;
@@ -412,6 +509,100 @@ static void refuse_busy(int fd, const char *why)
 	close(fd);
 }
 
+static int reserve_open(void)
+{
+	return eventfd(0, EFD_CLOEXEC);
+}
+
+/*
+ * accept() failed with EMFILE/ENFILE: frees the reserve descriptor to accept
+ * one pending client and refuse it with the reason, then takes the reserve
+ * back. Returns 1 if a client was refused (try the next one), 0 if none was
+ * pending, -1 if that did not work (pause accepting).
+ */
+static int refuse_without_fds(struct server *s, int accept_errno)
+{
+	struct peer peer;
+	char why[160];
+	int fd;
+
+	if (s->reserve_fd < 0 && (s->reserve_fd = reserve_open()) < 0)
+		return -1;
+	close(s->reserve_fd);
+	fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+
+		s->reserve_fd = reserve_open();
+		return (e == EAGAIN || e == EWOULDBLOCK) ? 0 : -1;
+	}
+	if (accept_errno == ENFILE)
+		snprintf(why, sizeof(why),
+			 "connection refused: the system is out of file descriptors (ENFILE)");
+	else
+		snprintf(
+		    why, sizeof(why),
+		    "connection refused: the agent is out of file descriptors (RLIMIT_NOFILE)");
+	if (peer_credentials(fd, &peer) != 0)
+		memset(&peer, 0, sizeof(peer));
+	refuse_busy(fd, why);
+	pthread_mutex_lock(&s->lock);
+	log_refusal(s, &peer, why);
+	pthread_mutex_unlock(&s->lock);
+	/* Nobody else took the slot meanwhile, or the next accept pauses instead. */
+	s->reserve_fd = reserve_open();
+	return 1;
+}
+
+/*
+ * Why a new connection from peer must be refused, or NULL to admit it. Called
+ * with s->lock held. The last admin_reserve connections of the total are only
+ * for administrators, so that callers who may not administer cannot lock the
+ * administrators out (of `status`, `reload`) by holding connections open.
+ */
+static const char *admission(struct server *s, const struct config *cfg, const struct peer *peer,
+			     char *why, size_t whylen)
+{
+	unsigned limit = cfg->max_clients, reserve = cfg->admin_reserve;
+	struct uid_count *u;
+
+	if (s->fd_cap < limit) {
+		limit = s->fd_cap;
+		/* The descriptors decide the total: keep the reserve a part of it. */
+		if (reserve > limit / 4)
+			reserve = limit / 4;
+	}
+	if (s->n_conns >= limit) {
+		if (limit < cfg->max_clients)
+			snprintf(why, whylen,
+				 "connection refused: %u connections open, all that the agent's "
+				 "descriptor limit allows (max-clients is %u)",
+				 s->n_conns, cfg->max_clients);
+		else
+			snprintf(why, whylen,
+				 "connection refused: %u connections open (max-clients)",
+				 s->n_conns);
+		return why;
+	}
+	if (s->n_conns + reserve >= limit &&
+	    !acl_allows(cfg->admin_users, cfg->n_admin_users, cfg->admin_groups,
+			cfg->n_admin_groups, peer)) {
+		snprintf(why, whylen,
+			 "connection refused: %u connections open; the last %u of %u are kept for "
+			 "administrators (admin-reserve)",
+			 s->n_conns, reserve, limit);
+		return why;
+	}
+	if ((u = uid_slot(s, peer->uid, 0)) != NULL && u->n >= cfg->max_clients_per_uid) {
+		snprintf(
+		    why, whylen,
+		    "connection refused: uid %ld has %u connections open (max-clients-per-uid)",
+		    (long)peer->uid, u->n);
+		return why;
+	}
+	return NULL;
+}
+
 /* Accepts what is pending; returns 0 to re-arm the listener, -1 to pause it. */
 static int accept_clients(struct server *s)
 {
@@ -420,33 +611,40 @@ static int accept_clients(struct server *s)
 	struct uid_count *u;
 	struct conn *c;
 	struct peer peer;
-	unsigned max_total, max_uid;
-	int fd;
+	const char *refused;
+	char why[256];
+	int fd, r, ret = 0;
 
 	rt = server_runtime(s);
-	max_total = rt->cfg->max_clients;
-	max_uid = rt->cfg->max_clients_per_uid;
-	runtime_unref(rt);
+	if (s->reserve_fd < 0)
+		s->reserve_fd = reserve_open();
 	for (;;) {
 		fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-				/* Out of descriptors: pause accepting rather than spin. */
+			if ((errno == EMFILE || errno == ENFILE) &&
+			    (r = refuse_without_fds(s, errno)) >= 0) {
+				if (r > 0)
+					continue;
+				break;
+			}
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM) {
+				/* Not even the reserve helps: pause accepting rather than spin. */
 				log_warn("accept: %s; pausing new connections", strerror(errno));
 				pthread_mutex_lock(&s->lock);
 				s->accept_paused = 1;
 				s->accept_resume = monotonic_ms() + ACCEPT_PAUSE_MS;
 				pthread_mutex_unlock(&s->lock);
-				return -1;
+				ret = -1;
 			}
-			return 0;
+			break;
 		}
 		if (peer_credentials(fd, &peer) != 0) {
 			close(fd);
 			continue;
 		}
 		if ((c = calloc(1, sizeof(*c))) == NULL) {
-			close(fd);
+			refuse_busy(fd, "connection refused: the agent is out of memory");
 			continue;
 		}
 		c->fd = fd;
@@ -454,20 +652,18 @@ static int accept_clients(struct server *s)
 		buf_init(&c->in, PROTO_LEN_SIZE + PROTO_MAX_REQUEST);
 		buf_init(&c->out, PROTO_MAX_REPLY);
 		pthread_mutex_lock(&s->lock);
-		if (s->n_conns >= max_total) {
+		refused = admission(s, rt->cfg, &peer, why, sizeof(why));
+		if (refused == NULL && (u = uid_slot(s, peer.uid, 1)) == NULL)
+			refused = "connection refused: the agent is out of memory";
+		if (refused != NULL) {
+			log_refusal(s, &peer, refused);
 			pthread_mutex_unlock(&s->lock);
 			conn_free(c);
-			refuse_busy(fd, "too many connections");
-			continue;
-		}
-		if ((u = uid_slot(s, peer.uid, 1)) == NULL || u->n >= max_uid) {
-			pthread_mutex_unlock(&s->lock);
-			conn_free(c);
-			log_info("refused uid %ld: over max-clients-per-uid", (long)peer.uid);
-			refuse_busy(fd, "too many connections for this uid");
+			refuse_busy(fd, refused);
 			continue;
 		}
 		u->n++;
+		c->last_active = monotonic_ms();
 		c->next = s->conns;
 		s->conns = c;
 		s->n_conns++;
@@ -483,6 +679,8 @@ static int accept_clients(struct server *s)
 		log_debug("connection from uid %ld gid %ld pid %ld", (long)peer.uid,
 			  (long)peer.gid, (long)peer.pid);
 	}
+	runtime_unref(rt);
+	return ret;
 }
 
 /*
@@ -492,11 +690,21 @@ static int accept_clients(struct server *s)
  */
 static void sweep(struct server *s)
 {
-	uint64_t now = monotonic_ms();
+	uint64_t now = monotonic_ms(), idle_ms;
 	int resume = 0, ping = 0;
+	struct runtime *rt;
 	struct conn *c;
 
+	rt = server_runtime(s);
+	idle_ms = (uint64_t)rt->cfg->idle_timeout * 1000;
+	runtime_unref(rt);
 	pthread_mutex_lock(&s->lock);
+	if (s->refusals_unlogged > 0 && now - s->refusal_logged >= REFUSAL_LOG_MS) {
+		log_warn("%u more connections refused in the last %llu ms (not logged one by one)",
+			 s->refusals_unlogged, (unsigned long long)(now - s->refusal_logged));
+		s->refusal_logged = now;
+		s->refusals_unlogged = 0;
+	}
 	if (s->accept_paused && now >= s->accept_resume) {
 		s->accept_paused = 0;
 		resume = 1;
@@ -508,14 +716,28 @@ static void sweep(struct server *s)
 		ping = 1;
 	}
 	for (c = s->conns; c != NULL; c = c->next) {
-		if (!c->owned && c->partial_since != 0 &&
-		    now - c->partial_since > PARTIAL_FRAME_TIMEOUT_MS) {
+		if (c->owned || c->shut)
+			continue;
+		if (c->partial_since != 0 && now - c->partial_since > PARTIAL_FRAME_TIMEOUT_MS) {
 			log_info("closing connection of uid %ld pid %ld: request not completed in "
 				 "time", (long)c->ctx.peer.uid, (long)c->ctx.peer.pid);
-			/* The owner-to-be sees end-of-file and closes it. */
-			c->partial_since = 0;
-			shutdown(c->fd, SHUT_RDWR);
+		} else if (idle_ms != 0 && now - c->last_active > idle_ms) {
+			/*
+			 * A connection that never sends, or never reads its reply, must not
+			 * hold a slot forever. Debug only: idle clients are normal, and the
+			 * library reconnects by itself.
+			 */
+			log_debug(
+			    "closing connection of uid %ld pid %ld: %s for %llu s (idle-timeout)",
+			    (long)c->ctx.peer.uid, (long)c->ctx.peer.pid,
+			    c->out.len > 0 ? "reply not read" : "idle",
+			    (unsigned long long)((now - c->last_active) / 1000));
+		} else {
+			continue;
 		}
+		/* The owner-to-be sees end-of-file (or a failed write) and closes it. */
+		c->shut = 1;
+		shutdown(c->fd, SHUT_RDWR);
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (ping)
@@ -707,7 +929,7 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	s.config_path = config_path;
 	s.socket_path = socket_path;
 	s.rt = rt;
-	s.epfd = s.sig_fd = s.stop_fd = s.timer_fd = -1;
+	s.epfd = s.sig_fd = s.stop_fd = s.timer_fd = s.reserve_fd = -1;
 	atomic_init(&s.stopping, 0);
 	pthread_mutex_init(&s.lock, NULL);
 	pthread_mutex_init(&s.rt_lock, NULL);
@@ -742,6 +964,12 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	    add_fd(&s, s.timer_fd, EPOLLIN | EPOLLONESHOT, &s.timer_fd) != 0 ||
 	    add_fd(&s, s.stop_fd, EPOLLIN, &s.stop_fd) != 0) {
 		log_error("cannot set up the event loop: %s", strerror(errno));
+		goto out;
+	}
+	s.max_clients_sized = rt->cfg->max_clients;
+	s.fd_cap = fd_budget(s.max_clients_sized);
+	if ((s.reserve_fd = reserve_open()) < 0) {
+		log_error("cannot open a reserve descriptor: %s", strerror(errno));
 		goto out;
 	}
 	/* Once other threads run, a reload may free rt: read what we need now. */
@@ -797,6 +1025,8 @@ out:
 		close(s.stop_fd);
 	if (s.timer_fd >= 0)
 		close(s.timer_fd);
+	if (s.reserve_fd >= 0)
+		close(s.reserve_fd);
 	runtime_unref(s.rt);
 	pthread_mutex_destroy(&s.lock);
 	pthread_mutex_destroy(&s.rt_lock);

@@ -23,6 +23,9 @@ struct mtls_agent {
 	uint32_t next_id; /* never 0: the agent answers unframeable input with id 0 */
 	uint32_t version; /* negotiated protocol version */
 	char *agent_version;
+	unsigned connect_ms; /* connect() waiting for room in the agent's queue; 0: no limit */
+	unsigned reply_ms;   /* one request and its reply; 0: no limit */
+	int reply_ms_set;    /* reply_ms chosen by the caller: KEYGEN and RENEW obey it too */
 };
 
 /*
@@ -31,5 +34,11 @@ struct mtls_agent {
  * An agent older than the flag answers MTLS_AGENT_ERR_BAD_MESSAGE.
  */
 int mtlsc_list_usable(mtls_agent *a, struct mtls_agent_identity **ids, size_t *n_ids);
+
+/* Defaults of connect_ms and reply_ms (mtls_agent_set_timeouts() in client.h). */
+#define CLIENT_CONNECT_TIMEOUT_MS 10000u
+#define CLIENT_REPLY_TIMEOUT_MS 30000u
+/* Longest timeout accepted, in seconds, so milliseconds fit an unsigned. */
+#define CLIENT_TIMEOUT_MAX_S 86400u
 
 #endif

@@ -1,11 +1,17 @@
 #include "config.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <libgen.h>
+#include <poll.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -95,14 +101,67 @@ static void agent_drop(struct mtls_agent *a)
 	a->fd = -1;
 }
 
-static int send_all(struct mtls_agent *a, const uint8_t *p, size_t n)
+/* "12.5 s" for messages. */
+static void fmt_seconds(char *dst, size_t len, unsigned ms)
+{
+	if (ms % 1000 == 0)
+		snprintf(dst, len, "%u s", ms / 1000);
+	else
+		snprintf(dst, len, "%u.%03u s", ms / 1000, ms % 1000);
+}
+
+/*
+ * Waits until fd is ready for events or the deadline (monotonic ms, 0: none)
+ * passes. Returns 0 when ready, 1 on EINTR (the caller counts those),
+ * MTLS_AGENT_ERR_CONNECT on timeout, MTLS_AGENT_ERR_IO on failure.
+ */
+static int wait_ready(struct mtls_agent *a, short events, uint64_t deadline, unsigned budget_ms)
+{
+	struct pollfd pfd = {.fd = a->fd, .events = events};
+	uint64_t now;
+	char t[32];
+	int n;
+
+	if (deadline == 0)
+		return 0;
+	now = monotonic_ms();
+	n = now >= deadline ? 0 : poll(&pfd, 1, (int)(deadline - now));
+	if (n > 0)
+		return 0;
+	if (n < 0 && errno == EINTR)
+		return 1;
+	if (n < 0) {
+		set_error("cannot wait for agent at %s: %s", a->path, strerror(errno));
+		return MTLS_AGENT_ERR_IO;
+	}
+	fmt_seconds(t, sizeof(t), budget_ms);
+	if (events & POLLOUT)
+		set_error("agent at %s did not take the request within %s (agent stuck or "
+			  "overloaded; MTLS_AGENT_TIMEOUT sets the limit)",
+			  a->path, t);
+	else
+		set_error("agent at %s did not answer within %s (agent stuck or overloaded; "
+			  "MTLS_AGENT_TIMEOUT sets the limit)",
+			  a->path, t);
+	return MTLS_AGENT_ERR_CONNECT;
+}
+
+/* Sends all of p before the deadline (monotonic ms, 0: none). */
+static int send_all(struct mtls_agent *a, const uint8_t *p, size_t n, uint64_t deadline,
+		    unsigned budget_ms)
 {
 	unsigned intr = 0;
 	ssize_t w;
+	int r;
 
 	while (n > 0) {
-		w = send(a->fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR && ++intr < MAX_EINTR)
+		if ((r = wait_ready(a, POLLOUT, deadline, budget_ms)) < 0)
+			return r;
+		if (r > 0 && ++intr < MAX_EINTR)
+			continue;
+		w = send(a->fd, p, n, MSG_NOSIGNAL | (deadline != 0 ? MSG_DONTWAIT : 0));
+		if (w < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) &&
+		    ++intr < MAX_EINTR)
 			continue;
 		if (w < 0) {
 			/* Whatever the reason, the agent has not got the whole request: the
@@ -117,18 +176,32 @@ static int send_all(struct mtls_agent *a, const uint8_t *p, size_t n)
 	return 0;
 }
 
-static int recv_all(struct mtls_agent *a, uint8_t *p, size_t n)
+/*
+ * Reads exactly n bytes before the deadline (monotonic ms, 0: none). With
+ * nowait, only what has already arrived (MTLS_AGENT_ERR_TRUNCATED if that is
+ * not enough).
+ */
+static int recv_all(struct mtls_agent *a, uint8_t *p, size_t n, uint64_t deadline,
+		    unsigned budget_ms, int nowait)
 {
 	unsigned intr = 0;
 	ssize_t r;
+	int w = 0;
 
 	while (n > 0) {
-		r = recv(a->fd, p, n, 0);
+		if (!nowait && (w = wait_ready(a, POLLIN, deadline, budget_ms)) < 0)
+			return w;
+		if (!nowait && w > 0 && ++intr < MAX_EINTR)
+			continue;
+		r = recv(a->fd, p, n, (deadline != 0 || nowait) ? MSG_DONTWAIT : 0);
 		if (r == 0) {
 			set_error("agent at %s closed the connection", a->path);
 			return CONN_CLOSED;
 		}
-		if (r < 0 && errno == EINTR && ++intr < MAX_EINTR)
+		if (r < 0 && nowait && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return MTLS_AGENT_ERR_TRUNCATED;
+		if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) &&
+		    ++intr < MAX_EINTR)
 			continue;
 		if (r < 0 && (errno == ECONNRESET || errno == EPIPE)) {
 			set_error("lost connection to agent at %s: %s", a->path, strerror(errno));
@@ -175,20 +248,81 @@ out:
 }
 
 /*
+ * Reads one whole frame into rep and parses its header. Refuses an
+ * oversized reply from the length bytes alone, before allocating.
+ */
+static int read_frame(struct mtls_agent *a, struct buf *rep, uint8_t *type, uint32_t *id,
+		      struct reader *payload, uint64_t deadline, unsigned budget_ms, int nowait)
+{
+	uint8_t hdr[PROTO_LEN_SIZE], *p;
+	struct reader lr;
+	uint32_t n;
+	size_t flen;
+	int r;
+
+	if ((r = recv_all(a, hdr, sizeof(hdr), deadline, budget_ms, nowait)) != 0)
+		return r;
+	r = proto_frame_peek(hdr, sizeof(hdr), PROTO_MAX_REPLY, &flen);
+	if (r != MTLS_AGENT_ERR_TRUNCATED) {
+		set_error("agent at %s sent a frame with a bad length (%s)", a->path,
+			  mtls_agent_strerror(r));
+		return MTLS_AGENT_ERR_PROTOCOL;
+	}
+	rd_init(&lr, hdr, sizeof(hdr));
+	if ((r = rd_u32(&lr, &n)) != 0)
+		return r;
+	buf_reset(rep);
+	if ((r = buf_reserve(rep, PROTO_LEN_SIZE + (size_t)n, &p)) != 0) {
+		set_error("no memory for a reply of %u bytes", n);
+		return r;
+	}
+	memcpy(p, hdr, sizeof(hdr));
+	if ((r = recv_all(a, p + sizeof(hdr), n, deadline, budget_ms, nowait)) != 0)
+		return r;
+	rep->len = PROTO_LEN_SIZE + (size_t)n;
+	if (proto_frame_parse(rep->data, rep->len, type, id, payload) != 0) {
+		set_error("agent at %s sent a malformed frame", a->path);
+		return MTLS_AGENT_ERR_PROTOCOL;
+	}
+	return 0;
+}
+
+/*
+ * The agent closed the connection before taking our request. It may have
+ * refused the connection and said why first (too many connections): that
+ * ERROR frame is already in our receive queue. Returns its code, or
+ * CONN_CLOSED when there is none.
+ */
+static int closed_reason(struct mtls_agent *a, struct buf *rep, struct reader *payload)
+{
+	char saved[sizeof(last_error)];
+	uint8_t type;
+	uint32_t id;
+
+	memcpy(saved, last_error, sizeof(saved));
+	if (read_frame(a, rep, &type, &id, payload, 0, 0, 1) == 0 && type == MSG_REPLY_ERROR &&
+	    id == 0)
+		return error_reply(payload);
+	memcpy(last_error, saved, sizeof(saved));
+	return CONN_CLOSED;
+}
+
+/*
  * One request/reply on the current connection. req is a finished frame whose
  * id is filled in here. Returns 0 with *payload over the OK reply in rep, a
  * negative code, or CONN_CLOSED when the agent went away first (*sent tells
  * whether it had the whole request). Drops the connection whenever the
- * stream can no longer be trusted to be in step.
+ * stream can no longer be trusted to be in step. slow: an operation that may
+ * take long in the agent (KEYGEN, RENEW), bounded only by a reply timeout
+ * the caller chose.
  */
 static int exchange(struct mtls_agent *a, struct buf *req, struct buf *rep, struct reader *payload,
-		    int *sent)
+		    int *sent, int slow)
 {
-	uint8_t hdr[PROTO_LEN_SIZE], type;
-	struct reader lr;
-	uint32_t want, id, n;
-	size_t flen;
-	uint8_t *p;
+	unsigned budget = (!slow || a->reply_ms_set) ? a->reply_ms : 0;
+	uint64_t deadline = budget != 0 ? monotonic_ms() + budget : 0;
+	uint32_t want, id;
+	uint8_t type;
 	int r;
 
 	*sent = 0;
@@ -200,38 +334,16 @@ static int exchange(struct mtls_agent *a, struct buf *req, struct buf *rep, stru
 	req->data[PROTO_LEN_SIZE + 3] = (uint8_t)(want >> 8);
 	req->data[PROTO_LEN_SIZE + 4] = (uint8_t)want;
 
-	if ((r = send_all(a, req->data, req->len)) != 0)
-		return r;
+	if ((r = send_all(a, req->data, req->len, deadline, budget)) != 0) {
+		if (r == CONN_CLOSED)
+			r = closed_reason(a, rep, payload);
+		goto fail;
+	}
 	*sent = 1;
-	if ((r = recv_all(a, hdr, sizeof(hdr))) != 0)
+	if ((r = read_frame(a, rep, &type, &id, payload, deadline, budget, 0)) != 0)
 		goto fail;
-	/* Refuse an oversized reply from the length bytes alone, before allocating. */
-	r = proto_frame_peek(hdr, sizeof(hdr), PROTO_MAX_REPLY, &flen);
-	if (r != MTLS_AGENT_ERR_TRUNCATED) {
-		set_error("agent at %s sent a frame with a bad length (%s)", a->path,
-			  mtls_agent_strerror(r));
-		r = MTLS_AGENT_ERR_PROTOCOL;
-		goto fail;
-	}
-	rd_init(&lr, hdr, sizeof(hdr));
-	if ((r = rd_u32(&lr, &n)) != 0)
-		goto fail;
-	buf_reset(rep);
-	if ((r = buf_reserve(rep, PROTO_LEN_SIZE + (size_t)n, &p)) != 0) {
-		set_error("no memory for a reply of %u bytes", n);
-		goto fail;
-	}
-	memcpy(p, hdr, sizeof(hdr));
-	if ((r = recv_all(a, p + sizeof(hdr), n)) != 0)
-		goto fail;
-	rep->len = PROTO_LEN_SIZE + (size_t)n;
-	if ((r = proto_frame_parse(rep->data, rep->len, &type, &id, payload)) != 0) {
-		set_error("agent at %s sent a malformed frame", a->path);
-		r = MTLS_AGENT_ERR_PROTOCOL;
-		goto fail;
-	}
 	if (type == MSG_REPLY_ERROR && id == 0) {
-		/* The agent could not frame our request and closes the connection. */
+		/* The agent could not frame our request, or refused the connection, and closes. */
 		r = error_reply(payload);
 		goto fail;
 	}
@@ -305,7 +417,7 @@ static int hello(struct mtls_agent *a)
 		r = buf_put_cstring(&req, name);
 	if ((r = frame_end(&req, r)) != 0)
 		goto out;
-	r = exchange(a, &req, &rep, &rd, &sent);
+	r = exchange(a, &req, &rep, &rd, &sent, 0);
 	if (r == CONN_CLOSED) {
 		set_error("agent at %s closed the connection during HELLO", a->path);
 		r = MTLS_AGENT_ERR_CONNECT;
@@ -334,11 +446,64 @@ out:
 	return r;
 }
 
+/*
+ * connect() failed with EACCES: the socket's mode or group (or a directory on
+ * the way) keeps this user out. Says which, so that nobody goes looking for a
+ * stopped agent.
+ */
+static void permission_error(const struct mtls_agent *a)
+{
+	char user[64], group[64], *copy, pwbuf[1024];
+	struct passwd pw, *pwp = NULL;
+	struct group gr, *grp = NULL;
+	gid_t groups[256];
+	struct stat st;
+	int n, i, member = 0;
+
+	if (getpwuid_r(geteuid(), &pw, pwbuf, sizeof(pwbuf), &pwp) == 0 && pwp != NULL)
+		snprintf(user, sizeof(user), "%s", pw.pw_name);
+	else
+		snprintf(user, sizeof(user), "uid %ld", (long)geteuid());
+	if (stat(a->path, &st) != 0) {
+		/* Not even stat: a directory on the way is closed to us. */
+		if ((copy = strdup(a->path)) != NULL) {
+			set_error("permission denied on %s (may %s enter %s?)", a->path, user,
+				  dirname(copy));
+			free(copy);
+		} else {
+			set_error("permission denied on %s", a->path);
+		}
+		return;
+	}
+	if (getgrgid_r(st.st_gid, &gr, pwbuf, sizeof(pwbuf), &grp) == 0 && grp != NULL)
+		snprintf(group, sizeof(group), "%s", gr.gr_name);
+	else
+		snprintf(group, sizeof(group), "%ld", (long)st.st_gid);
+	member = getegid() == st.st_gid;
+	n = getgroups((int)(sizeof(groups) / sizeof(groups[0])), groups);
+	for (i = 0; i < n && !member; i++)
+		member = groups[i] == st.st_gid;
+	if (!member && (st.st_mode & S_IWGRP) != 0)
+		set_error("permission denied on %s (is %s in group %s?)", a->path, user, group);
+	else
+		set_error("permission denied on %s (mode %04o, group %s; %s may not connect)",
+			  a->path, (unsigned)(st.st_mode & 07777), group, user);
+}
+
+static void set_sndtimeo(int fd, unsigned ms)
+{
+	struct timeval tv = {.tv_sec = (time_t)(ms / 1000),
+			     .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
 /* Opens the socket and exchanges versions; on failure the handle stays disconnected. */
 static int agent_open(struct mtls_agent *a)
 {
 	struct sockaddr_un sa;
 	unsigned intr;
+	char t[32];
 	int r, fd = -1;
 
 	memset(&sa, 0, sizeof(sa));
@@ -349,6 +514,12 @@ static int agent_open(struct mtls_agent *a)
 			set_error("cannot create socket: %s", strerror(errno));
 			return MTLS_AGENT_ERR_IO;
 		}
+		/*
+		 * connect() on a Unix socket waits while the agent's listen queue is
+		 * full; SO_SNDTIMEO bounds that wait (it then fails with EAGAIN).
+		 */
+		if (a->connect_ms != 0)
+			set_sndtimeo(fd, a->connect_ms);
 		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
 			break;
 		r = errno;
@@ -356,12 +527,27 @@ static int agent_open(struct mtls_agent *a)
 		/* A fresh socket is the portable way to retry an interrupted connect. */
 		if (r == EINTR && intr + 1 < MAX_EINTR)
 			continue;
-		if (r == ENOENT || r == ECONNREFUSED)
+		if (r == ENOENT || r == ECONNREFUSED) {
 			set_error("agent not running at %s: %s", a->path, strerror(r));
-		else
+		} else if (r == EACCES || r == EPERM) {
+			/* Not CONNECT: tools that show only the code's text (curl through the
+			 * provider) must not send the user looking for a stopped agent. */
+			permission_error(a);
+			return MTLS_AGENT_ERR_DENIED;
+		} else if (r == EAGAIN || r == EWOULDBLOCK) {
+			fmt_seconds(t, sizeof(t), a->connect_ms);
+			set_error(
+			    "agent at %s did not accept the connection within %s (agent stuck "
+			    "or overloaded; MTLS_AGENT_CONNECT_TIMEOUT sets the limit)",
+			    a->path, t);
+		} else {
 			set_error("cannot connect to agent at %s: %s", a->path, strerror(r));
+		}
 		return MTLS_AGENT_ERR_CONNECT;
 	}
+	/* Later waits are bounded by poll() against the reply timeout instead. */
+	if (a->connect_ms != 0)
+		set_sndtimeo(fd, 0);
 	a->fd = fd;
 	a->pid = getpid();
 	if ((r = hello(a)) != 0)
@@ -376,7 +562,7 @@ static int agent_open(struct mtls_agent *a)
  * been acted upon already and resending is not safe.
  */
 static int request(struct mtls_agent *a, struct buf *req, struct buf *rep, struct reader *payload,
-		   int resend_ok)
+		   int resend_ok, int slow)
 {
 	int r, sent, attempt;
 
@@ -386,7 +572,7 @@ static int request(struct mtls_agent *a, struct buf *req, struct buf *rep, struc
 			agent_drop(a);
 		if (a->fd < 0 && (r = agent_open(a)) != 0)
 			return r;
-		r = exchange(a, req, rep, payload, &sent);
+		r = exchange(a, req, rep, payload, &sent, slow);
 		if (r != CONN_CLOSED)
 			return r;
 		agent_drop(a);
@@ -401,9 +587,12 @@ static int request(struct mtls_agent *a, struct buf *req, struct buf *rep, struc
 	}
 }
 
-/* Locks the handle around one request; the reply is decoded afterwards, unlocked. */
-static int call(struct mtls_agent *a, struct buf *req, struct buf *rep, struct reader *payload,
-		int resend_ok)
+/*
+ * Locks the handle around one request; the reply is decoded afterwards,
+ * unlocked. slow: see exchange().
+ */
+static int call_timed(struct mtls_agent *a, struct buf *req, struct buf *rep,
+		      struct reader *payload, int resend_ok, int slow)
 {
 	int r;
 
@@ -411,9 +600,52 @@ static int call(struct mtls_agent *a, struct buf *req, struct buf *rep, struct r
 		set_error("cannot lock handle: %s", strerror(r));
 		return MTLS_AGENT_ERR_INTERNAL;
 	}
-	r = request(a, req, rep, payload, resend_ok);
+	r = request(a, req, rep, payload, resend_ok, slow);
 	pthread_mutex_unlock(&a->lock);
 	return r;
+}
+
+static int call(struct mtls_agent *a, struct buf *req, struct buf *rep, struct reader *payload,
+		int resend_ok)
+{
+	return call_timed(a, req, rep, payload, resend_ok, 0);
+}
+
+/*
+ * A timeout in seconds from environment variable var ("2", "0.5"; 0: no
+ * limit) into *ms. Returns 0 (also when unset) or -1 with last_error set.
+ * Parsed by hand: the application's locale may not use '.' for decimals.
+ */
+static int env_timeout(const char *var, unsigned *ms)
+{
+	const char *v = secure_getenv(var), *p;
+	unsigned long sec = 0, frac = 0, scale = 100;
+
+	if (v == NULL || v[0] == '\0')
+		return 0;
+	for (p = v; *p >= '0' && *p <= '9'; p++) {
+		sec = sec * 10 + (unsigned long)(*p - '0');
+		if (sec > CLIENT_TIMEOUT_MAX_S)
+			goto bad;
+	}
+	if (p == v)
+		goto bad;
+	if (*p == '.') {
+		for (p++; *p >= '0' && *p <= '9'; p++) {
+			frac += scale * (unsigned long)(*p - '0');
+			scale /= 10;
+		}
+		if (p[-1] == '.')
+			goto bad;
+	}
+	if (*p != '\0' || (sec == CLIENT_TIMEOUT_MAX_S && frac > 0))
+		goto bad;
+	*ms = (unsigned)(sec * 1000 + frac);
+	return 0;
+bad:
+	set_error("%s=\"%.32s\": want seconds (0 to %u, e.g. 2 or 0.5; 0 waits without limit)", var,
+		  v, CLIENT_TIMEOUT_MAX_S);
+	return -1;
 }
 
 int mtls_agent_connect(const char *socket_path, mtls_agent **out)
@@ -448,6 +680,16 @@ int mtls_agent_connect(const char *socket_path, mtls_agent **out)
 	}
 	a->fd = -1;
 	a->next_id = 1;
+	a->connect_ms = CLIENT_CONNECT_TIMEOUT_MS;
+	a->reply_ms = CLIENT_REPLY_TIMEOUT_MS;
+	/* A reply timeout the user chose bounds KEYGEN and RENEW too. */
+	a->reply_ms_set = secure_getenv("MTLS_AGENT_TIMEOUT") != NULL &&
+			  secure_getenv("MTLS_AGENT_TIMEOUT")[0] != '\0';
+	if (env_timeout("MTLS_AGENT_CONNECT_TIMEOUT", &a->connect_ms) != 0 ||
+	    env_timeout("MTLS_AGENT_TIMEOUT", &a->reply_ms) != 0) {
+		mtls_agent_close(a);
+		return MTLS_AGENT_ERR_INVALID_ARG;
+	}
 	if ((r = agent_open(a)) != 0) {
 		mtls_agent_close(a);
 		return r;
@@ -470,6 +712,25 @@ void mtls_agent_close(mtls_agent *a)
 const char *mtls_agent_socket_path(const mtls_agent *a)
 {
 	return a != NULL ? a->path : NULL;
+}
+
+int mtls_agent_set_timeouts(mtls_agent *a, unsigned connect_ms, unsigned reply_ms)
+{
+	int r;
+
+	last_error[0] = '\0';
+	if (a == NULL || connect_ms > CLIENT_TIMEOUT_MAX_S * 1000u ||
+	    reply_ms > CLIENT_TIMEOUT_MAX_S * 1000u)
+		return invalid_arg(__func__);
+	if ((r = pthread_mutex_lock(&a->lock)) != 0) {
+		set_error("cannot lock handle: %s", strerror(r));
+		return MTLS_AGENT_ERR_INTERNAL;
+	}
+	a->connect_ms = connect_ms;
+	a->reply_ms = reply_ms;
+	a->reply_ms_set = 1;
+	pthread_mutex_unlock(&a->lock);
+	return 0;
 }
 
 /* Copies a non-empty string field out of the reply. */
@@ -914,7 +1175,7 @@ int mtls_agent_keygen(mtls_agent *a, const char *name, const char *key_type, uin
 	if (r == 0)
 		r = buf_put_cstring(&req, key_type);
 	/* Not resent after the agent may have seen it: a second KEYGEN makes a second key. */
-	if ((r = frame_end(&req, r)) != 0 || (r = call(a, &req, &rep, &rd, 0)) != 0)
+	if ((r = frame_end(&req, r)) != 0 || (r = call_timed(a, &req, &rep, &rd, 0, 1)) != 0)
 		goto out;
 	if ((r = rd_dup(&rd, spki, spki_len)) != 0 || (r = rd_done(&rd)) != 0) {
 		free(*spki);
@@ -1016,7 +1277,7 @@ int mtls_agent_renew(mtls_agent *a, const char *name, uint64_t *not_after, char 
 		return invalid_arg(__func__);
 	r = name_request(&req, MSG_RENEW, name);
 	buf_init(&rep, REPLY_MAX);
-	if ((r = frame_end(&req, r)) != 0 || (r = call(a, &req, &rep, &rd, 1)) != 0)
+	if ((r = frame_end(&req, r)) != 0 || (r = call_timed(a, &req, &rep, &rd, 1, 1)) != 0)
 		goto out;
 	if ((r = rd_u64(&rd, &na)) != 0 || (r = rd_string(&rd, &text, &text_len)) != 0 ||
 	    (r = rd_done(&rd)) != 0) {

@@ -2579,7 +2579,7 @@ static int cmd_check(struct ctx *c, int argc, char **argv)
 	} else {
 		const char *detail = mtls_agent_last_error();
 
-		if (strstr(detail, "Permission denied") != NULL)
+		if (strcasestr(detail, "permission denied") != NULL)
 			add_finding(subject(&d, "socket", d.sock), 0,
 				    "%s — uid %ld may not open the socket: ask an administrator to "
 				    "allow this user (socket-group), or run check as root",

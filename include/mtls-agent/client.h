@@ -100,12 +100,33 @@ struct mtls_agent_identity {
 /*
  * Connects to the agent at socket_path, or, when NULL, at $MTLS_AGENT_SOCK,
  * else /run/mtls-agent/agent.sock, and exchanges versions. On success *out
- * owns a new handle.
+ * owns a new handle. MTLS_AGENT_ERR_BUSY: the agent refused the connection
+ * (too many open; mtls_agent_last_error() says which limit).
+ * MTLS_AGENT_ERR_DENIED: this user may not open the socket ("permission
+ * denied on SOCKET (is USER in group G?)"). MTLS_AGENT_ERR_CONNECT: no agent,
+ * or a timeout (see mtls_agent_set_timeouts()).
  */
 int mtls_agent_connect(const char *socket_path, mtls_agent **out);
 void mtls_agent_close(mtls_agent *agent);
 /* The path the handle connects to (owned by the handle). */
 const char *mtls_agent_socket_path(const mtls_agent *agent);
+
+/*
+ * How long the handle waits, in milliseconds (0: without limit; at most
+ * 86,400,000). connect_ms bounds connect() while the agent's listen queue is
+ * full (agent stopped or overloaded); reply_ms bounds each request, from
+ * sending it to the whole reply. After a timeout the call fails with
+ * MTLS_AGENT_ERR_CONNECT and the next call reconnects. Applies to the calls
+ * and reconnections that follow, KEYGEN and RENEW included.
+ *
+ * Defaults, taken by mtls_agent_connect(): MTLS_AGENT_CONNECT_TIMEOUT and
+ * MTLS_AGENT_TIMEOUT from the environment, in seconds ("2", "0.5"; ignored in
+ * setuid programs), else 10 s to connect and 30 s per reply; without
+ * MTLS_AGENT_TIMEOUT, KEYGEN and RENEW wait without limit (a key generation
+ * in a TPM or a transaction with a CA can take minutes; the agent bounds
+ * those itself).
+ */
+int mtls_agent_set_timeouts(mtls_agent *agent, unsigned connect_ms, unsigned reply_ms);
 
 /* Identities this caller may use. The array and its contents are the caller's. */
 int mtls_agent_list(mtls_agent *agent, struct mtls_agent_identity **ids, size_t *n_ids);

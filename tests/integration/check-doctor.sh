@@ -196,7 +196,7 @@ nobody_prepare
 rc=0
 nobody_ctl check >"$WORK/nobody.out" 2>"$WORK/nobody.err" || rc=$?
 assert_eq "$rc" 1 "check as nobody: exit status"
-assert_contains "$(cat "$WORK/nobody.out")" "Permission denied — uid $(id -u nobody) may not open the socket"
+assert_contains "$(cat "$WORK/nobody.out")" "permission denied on $SOCK (is nobody in group $(id -gn)?) — uid $(id -u nobody) may not open the socket"
 
 # A socket directory every local user can write.
 chmod 1777 "$RUN_DIR"

@@ -194,7 +194,9 @@ static void test_full(void **state)
 		      "admin-groups = root\n"
 		      "workers = 16\n"
 		      "max-clients = 65536\n"
-		      "max-clients-per-uid = 1\n");
+		      "max-clients-per-uid = 1\n"
+		      "admin-reserve = 65535\n"
+		      "idle-timeout = 0\n");
 
 	assert_non_null(cfg->path);
 	assert_string_equal(cfg->socket, "/run/test/agent.sock");
@@ -210,6 +212,8 @@ static void test_full(void **state)
 	assert_int_equal(cfg->workers, 16);
 	assert_int_equal(cfg->max_clients, 65536);
 	assert_int_equal(cfg->max_clients_per_uid, 1);
+	assert_int_equal(cfg->admin_reserve, 65535);
+	assert_int_equal(cfg->idle_timeout, 0);
 
 	assert_int_equal(cfg->n_keystores, 2);
 	hsm = config_keystore(cfg, "hsm");
@@ -275,6 +279,8 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->workers, 4);
 	assert_int_equal(cfg->max_clients, 1024);
 	assert_int_equal(cfg->max_clients_per_uid, 128);
+	assert_int_equal(cfg->admin_reserve, 16);
+	assert_int_equal(cfg->idle_timeout, 300);
 	ks = config_keystore(cfg, "k");
 	assert_non_null(ks);
 	assert_string_equal(ks->tcti, "device:/dev/tpmrm0");
@@ -346,6 +352,8 @@ static void test_inline_comments(void **state)
 	assert_string_equal(cfg->socket, "/run/x.sock");
 	assert_int_equal(cfg->workers, 8);
 	assert_int_equal(cfg->max_clients, 10);
+	/* The default reserve shrinks with a small max-clients rather than refuse it. */
+	assert_int_equal(cfg->admin_reserve, 2);
 	id = config_identity(cfg, "i");
 	assert_non_null(id);
 	assert_string_equal(id->key, "a;b#c");
@@ -556,6 +564,17 @@ static void test_err_numbers(void **state)
 		     "bad max-clients \"99999999999999999999999\": want a number in 1..65536");
 	expect_error("[agent]\nmax-clients-per-uid = 65537\n", 2,
 		     "bad max-clients-per-uid \"65537\": want a number in 1..65536");
+	expect_error("[agent]\nidle-timeout = 86401\n", 2,
+		     "bad idle-timeout \"86401\": want a number in 0..86400");
+	expect_error("[agent]\nidle-timeout = 5m\n", 2,
+		     "bad idle-timeout \"5m\": want a number in 0..86400");
+	expect_error("[agent]\nadmin-reserve = -1\n", 2,
+		     "bad admin-reserve \"-1\": want a number in 0..65535");
+	/* Checked once the file is read: the keys may come in either order. */
+	expect_error("[agent]\nadmin-reserve = 10\nmax-clients = 10\n", 2,
+		     "admin-reserve (10) must be less than max-clients (10)");
+	expect_error("[agent]\nmax-clients = 4\n\nadmin-reserve = 4\n", 4,
+		     "admin-reserve (4) must be less than max-clients (4)");
 	expect_error("[keystore \"k\"]\ntype = pkcs11\nsessions = 65\n", 3,
 		     "bad sessions \"65\": want a number in 1..64");
 }

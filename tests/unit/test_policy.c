@@ -117,7 +117,7 @@ static const char *const tls12_vectors[] = {
 
 static uint8_t *load_vector(const char *name, size_t *len)
 {
-	const char *srcdir = getenv("srcdir");
+	const char *srcdir = getenv("top_srcdir") ? getenv("top_srcdir") : getenv("srcdir");
 	char path[4096];
 	uint8_t *data;
 	FILE *f;

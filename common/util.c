@@ -93,24 +93,29 @@ out:
 	return ret;
 }
 
-int read_file(const char *path, size_t max, uint8_t **data, size_t *len)
+/* Reads fd to its end (at most max bytes) into a new NUL-terminated buffer. */
+static int read_fd(int fd, size_t max, uint8_t **data, size_t *len)
 {
 	uint8_t *p = NULL, *np;
 	size_t n = 0, cap = 0;
 	ssize_t r;
-	int fd, saved;
+	int saved;
 
 	*data = NULL;
 	*len = 0;
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		return -1;
 	for (;;) {
 		if (n == cap) {
 			/* n <= max here, so one more read tells whether the file is over max. */
-			cap = cap == 0 ? 4096 : cap * 2;
-			if ((np = realloc(p, cap + 1)) == NULL)
+			/* Grown by copy, not realloc, so no unwiped copy of a secret is freed. */
+			if ((np = malloc((cap == 0 ? 4096 : cap * 2) + 1)) == NULL)
 				goto fail;
+			if (p != NULL) {
+				memcpy(np, p, n);
+				wipe(p, cap + 1);
+				free(p);
+			}
 			p = np;
+			cap = cap == 0 ? 4096 : cap * 2;
 		}
 		r = read(fd, p + n, cap - n);
 		if (r < 0) {
@@ -126,7 +131,6 @@ int read_file(const char *path, size_t max, uint8_t **data, size_t *len)
 			goto fail;
 		}
 	}
-	close(fd);
 	if (p == NULL && (p = malloc(1)) == NULL)
 		return -1;
 	p[n] = '\0';
@@ -135,13 +139,27 @@ int read_file(const char *path, size_t max, uint8_t **data, size_t *len)
 	return 0;
 fail:
 	saved = errno;
-	close(fd);
 	if (p != NULL) {
-		wipe(p, cap);
+		wipe(p, cap + 1);
 		free(p);
 	}
 	errno = saved;
 	return -1;
+}
+
+int read_file(const char *path, size_t max, uint8_t **data, size_t *len)
+{
+	int fd, r, saved;
+
+	*data = NULL;
+	*len = 0;
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return -1;
+	r = read_fd(fd, max, data, len);
+	saved = errno;
+	close(fd);
+	errno = saved;
+	return r;
 }
 
 int read_secret_file(const char *path, char **secret, char *err, size_t errlen)
@@ -149,35 +167,44 @@ int read_secret_file(const char *path, char **secret, char *err, size_t errlen)
 	struct stat st;
 	uint8_t *data = NULL;
 	size_t len = 0;
-	int fd;
+	int fd, ret = -1;
 
 	*secret = NULL;
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
-		snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+	/*
+	 * The checks and the read use the same descriptor: a path checked and
+	 * then opened again could be swapped in between (a symlink to another
+	 * file, a file with other permissions). O_NOFOLLOW: the last component
+	 * must not be a symlink; O_NONBLOCK: a FIFO must not block the agent (it
+	 * is refused below as not a regular file).
+	 */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)) < 0) {
+		if (errno == ELOOP)
+			snprintf(err, errlen, "%s is a symbolic link; name the file itself", path);
+		else
+			snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
 		return -1;
 	}
 	if (fstat(fd, &st) != 0) {
 		snprintf(err, errlen, "cannot stat %s: %s", path, strerror(errno));
-		close(fd);
-		return -1;
+		goto out;
 	}
-	close(fd);
 	if (!S_ISREG(st.st_mode)) {
 		snprintf(err, errlen, "%s is not a regular file", path);
-		return -1;
+		goto out;
 	}
 	if (st.st_uid != 0 && st.st_uid != geteuid()) {
 		snprintf(err, errlen, "%s must be owned by root or uid %ld", path, (long)geteuid());
-		return -1;
+		goto out;
 	}
 	if ((st.st_mode & 077) != 0) {
 		snprintf(err, errlen, "%s is accessible by group or others (mode %04o); chmod 600 it",
 			 path, (unsigned)(st.st_mode & 07777));
-		return -1;
+		goto out;
 	}
-	if (read_file(path, 4096, &data, &len) != 0) {
-		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-		return -1;
+	if (read_fd(fd, 4096, &data, &len) != 0) {
+		snprintf(err, errlen, "cannot read %s: %s", path,
+			 errno == EFBIG ? "larger than 4096 bytes" : strerror(errno));
+		goto out;
 	}
 	while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r'))
 		data[--len] = '\0';
@@ -185,10 +212,13 @@ int read_secret_file(const char *path, char **secret, char *err, size_t errlen)
 		snprintf(err, errlen, "%s holds no usable secret", path);
 		wipe(data, len);
 		free(data);
-		return -1;
+		goto out;
 	}
 	*secret = (char *)data;
-	return 0;
+	ret = 0;
+out:
+	close(fd);
+	return ret;
 }
 
 int str_eq(const char *a, const char *b)

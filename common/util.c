@@ -3,10 +3,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -197,8 +199,9 @@ int read_secret_file(const char *path, char **secret, char *err, size_t errlen)
 		goto out;
 	}
 	if ((st.st_mode & 077) != 0) {
-		snprintf(err, errlen, "%s is accessible by group or others (mode %04o); chmod 600 it",
-			 path, (unsigned)(st.st_mode & 07777));
+		snprintf(err, errlen,
+			 "%s is accessible by group or others (mode %04o); chmod 600 it", path,
+			 (unsigned)(st.st_mode & 07777));
 		goto out;
 	}
 	if (read_fd(fd, 4096, &data, &len) != 0) {
@@ -252,6 +255,68 @@ void format_utc(time_t t, char *out, size_t len)
 {
 	struct tm tm;
 
-	if (t <= 0 || gmtime_r(&t, &tm) == NULL || strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+	if (t <= 0 || gmtime_r(&t, &tm) == NULL ||
+	    strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
 		snprintf(out, len, "-");
+}
+
+int spawn_clean(const char *path, char *const argv[], char *const envp[], pid_t *pid)
+{
+	struct sigaction dfl;
+	sigset_t none;
+	int pipefd[2], err = 0, sig, fd;
+	ssize_t n;
+	pid_t p;
+
+	/*
+	 * The agent ignores SIGPIPE and blocks the signals its loop waits for;
+	 * both would be inherited across exec, and a shell cannot undo an
+	 * ignored disposition it started with. fork + exec rather than
+	 * posix_spawn: glibc's posix_spawn leaves its two internal real-time
+	 * signals ignored in the child. The child runs only async-signal-safe
+	 * calls; an exec failure comes back through a close-on-exec pipe.
+	 */
+	if (pipe2(pipefd, O_CLOEXEC) != 0)
+		return errno;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigemptyset(&dfl.sa_mask);
+	sigemptyset(&none);
+	if ((p = fork()) < 0) {
+		err = errno;
+		close(pipefd[0]);
+		close(pipefd[1]);
+		return err;
+	}
+	if (p == 0) {
+		close(pipefd[0]);
+		/* Fails harmlessly for SIGKILL, SIGSTOP and the C library's own signals. */
+		for (sig = 1; sig < NSIG; sig++)
+			sigaction(sig, &dfl, NULL);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		if ((fd = open("/dev/null", O_RDONLY)) < 0 || (fd != 0 && dup2(fd, 0) != 0)) {
+			err = errno;
+		} else {
+			if (fd != 0)
+				close(fd);
+			execve(path, argv, envp);
+			err = errno;
+		}
+		n = write(pipefd[1], &err, sizeof(err));
+		(void)n;
+		_exit(127);
+	}
+	close(pipefd[1]);
+	do
+		n = read(pipefd[0], &err, sizeof(err));
+	while (n < 0 && errno == EINTR);
+	close(pipefd[0]);
+	if (n == (ssize_t)sizeof(err)) {
+		/* The child could not exec and has exited: reap it here. */
+		while (waitpid(p, NULL, 0) < 0 && errno == EINTR)
+			;
+		return err != 0 ? err : EIO;
+	}
+	*pid = p;
+	return 0;
 }

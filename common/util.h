@@ -42,6 +42,13 @@ void hex_encode(const uint8_t *p, size_t n, char *out);
 /* t as 2026-01-02T03:04:05Z into out; "-" for 0 (no time) or an unprintable time. */
 void format_utc(time_t t, char *out, size_t len);
 
+/*
+ * Starts path with argv and envp, stdin from /dev/null, every signal at its
+ * default disposition and an empty signal mask (for hooks such as
+ * post-renew). Returns 0 with *pid set, or an errno value.
+ */
+int spawn_clean(const char *path, char *const argv[], char *const envp[], pid_t *pid);
+
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t monotonic_ms(void);
 

@@ -98,8 +98,9 @@ struct mtls_agent_identity {
 };
 
 /*
- * Connects to the agent at socket_path, or, when NULL, at $MTLS_AGENT_SOCK,
- * else /run/mtls-agent/agent.sock, and exchanges versions. On success *out
+ * Connects to the agent at socket_path, or, when NULL, at $MTLS_AGENT_SOCK
+ * (read with secure_getenv: ignored in setuid/setgid programs), else
+ * /run/mtls-agent/agent.sock, and exchanges versions. On success *out
  * owns a new handle.
  */
 int mtls_agent_connect(const char *socket_path, mtls_agent **out);

@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -122,12 +124,75 @@ static void test_secret_file(void **state)
 	assert_non_null(strstr(err, "no usable secret"));
 }
 
+/*
+ * A child started by spawn_clean() from a process that ignores SIGPIPE and
+ * blocks HUP/INT/TERM (as the agent does) has neither: the shell reports its
+ * own SigIgn and SigBlk masks from /proc.
+ */
+static void test_spawn_clean(void **state)
+{
+	char out[256], script[512], *argv[4], *envp[] = {NULL};
+	sigset_t block, old;
+	struct sigaction ign, old_pipe;
+	uint8_t *data;
+	size_t len;
+	pid_t pid;
+	int status;
+
+	(void)state;
+	snprintf(out, sizeof(out), "%s/sig", dir);
+	/* Builtins only: the shell reads its own status (no child it would wait for). */
+	snprintf(script, sizeof(script),
+		 "while read -r k v; do case $k in SigBlk:|SigIgn:) echo \"$k $v\";; esac; "
+		 "done < /proc/$$/status > '%s'",
+		 out);
+	argv[0] = "/bin/sh";
+	argv[1] = "-c";
+	argv[2] = script;
+	argv[3] = NULL;
+	memset(&ign, 0, sizeof(ign));
+	ign.sa_handler = SIG_IGN;
+	assert_int_equal(sigaction(SIGPIPE, &ign, &old_pipe), 0);
+	sigemptyset(&block);
+	sigaddset(&block, SIGHUP);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	assert_int_equal(sigprocmask(SIG_BLOCK, &block, &old), 0);
+	assert_int_equal(spawn_clean("/bin/sh", argv, envp, &pid), 0);
+	assert_int_equal(sigprocmask(SIG_SETMASK, &old, NULL), 0);
+	assert_int_equal(sigaction(SIGPIPE, &old_pipe, NULL), 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_equal(read_file(out, 4096, &data, &len), 0);
+	/*
+	 * Signals 1..31 (SIGPIPE, HUP, INT, TERM among them) neither blocked nor
+	 * ignored. Bits 31..32 are glibc's internal SIGCANCEL/SIGSETXID, which
+	 * glibc lets no program change: they stay as the agent inherited them
+	 * (ignored when it was started through posix_spawn, as make does).
+	 */
+	{
+		const char *blk = strstr((char *)data, "SigBlk: "),
+			   *igns = strstr((char *)data, "SigIgn: ");
+
+		assert_non_null(blk);
+		assert_non_null(igns);
+		assert_int_equal(strtoull(blk + 8, NULL, 16) & 0x7fffffffull, 0);
+		assert_int_equal(strtoull(igns + 8, NULL, 16) & 0x7fffffffull, 0);
+		assert_int_equal(strtoull(blk + 8, NULL, 16) & ~0x180000000ull, 0);
+	}
+	free(data);
+	/* A missing program is an error value, not a crash. */
+	argv[0] = "/nonexistent/prog";
+	assert_int_not_equal(spawn_clean("/nonexistent/prog", argv, envp, &pid), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_read_file_bounds),
-		cmocka_unit_test(test_write_file_atomic),
-		cmocka_unit_test(test_secret_file),
+	    cmocka_unit_test(test_read_file_bounds),
+	    cmocka_unit_test(test_write_file_atomic),
+	    cmocka_unit_test(test_secret_file),
+	    cmocka_unit_test(test_spawn_clean),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -86,6 +86,11 @@ struct config {
 	size_t n_keystores;
 	struct cfg_identity *identities;
 	size_t n_identities;
+
+	/* "FILE:LINE: message" for problems that did not stop the load (accounts that no
+	 * longer exist, left out of their allow-list); logged as errors by config_load. */
+	char **problems;
+	size_t n_problems;
 };
 
 /*

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,28 +39,130 @@ static int write_all(int fd, const void *data, size_t len)
 	return 0;
 }
 
+/* A directory only root or we can change: its entries (symlinks too) are ours to trust. */
+static int dir_trusted(int dfd)
+{
+	struct stat st;
+
+	return fstat(dfd, &st) == 0 && S_ISDIR(st.st_mode) &&
+	       (st.st_uid == 0 || st.st_uid == geteuid()) && (st.st_mode & (S_IWGRP | S_IWOTH)) == 0;
+}
+
+/*
+ * Opens the directory dir component by component (openat, O_NOFOLLOW), so
+ * that no component can be swapped for a symlink between a check and the
+ * use. A symlink is followed only where it sits in a trusted directory and
+ * is owned by root or us (then only they could have made it); one in a
+ * directory that others can write is refused with ELOOP: a root-run agent
+ * writing a certificate into a user's directory must not be sent elsewhere.
+ * Returns the directory fd or -1 with errno.
+ */
+static int open_dir_safely(const char *dir)
+{
+	char *todo = NULL, *next = NULL, *comp, *rest, target[PATH_MAX];
+	unsigned links = 0;
+	struct stat st;
+	ssize_t tl;
+	int dfd, fd, saved;
+
+	if ((todo = strdup(dir)) == NULL)
+		return -1;
+	if ((dfd = open(dir[0] == '/' ? "/" : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+		goto fail;
+	rest = todo;
+	for (;;) {
+		while (*rest == '/')
+			rest++;
+		if (*rest == '\0')
+			break;
+		comp = rest;
+		rest = strchr(rest, '/');
+		if (rest != NULL)
+			*rest++ = '\0';
+		else
+			rest = comp + strlen(comp);
+		if (strcmp(comp, ".") == 0)
+			continue;
+		fd = openat(dfd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0) {
+			close(dfd);
+			dfd = fd;
+			continue;
+		}
+		if ((errno != ELOOP && errno != ENOTDIR) ||
+		    fstatat(dfd, comp, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISLNK(st.st_mode)) {
+			if (errno == 0)
+				errno = ENOTDIR;
+			goto fail;
+		}
+		if (!dir_trusted(dfd) || (st.st_uid != 0 && st.st_uid != geteuid()) ||
+		    ++links > 32) {
+			errno = ELOOP;
+			goto fail;
+		}
+		if ((tl = readlinkat(dfd, comp, target, sizeof(target) - 1)) <= 0) {
+			if (tl == 0)
+				errno = ENOENT;
+			goto fail;
+		}
+		target[tl] = '\0';
+		/* Continue with the link's target followed by what was left of the path. */
+		if (asprintf(&next, "%s/%s", target, rest) < 0) {
+			next = NULL;
+			goto fail;
+		}
+		free(todo);
+		todo = next;
+		next = NULL;
+		rest = todo;
+		if (target[0] == '/') {
+			close(dfd);
+			if ((dfd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+				goto fail;
+		}
+	}
+	free(todo);
+	return dfd;
+fail:
+	saved = errno;
+	if (dfd >= 0)
+		close(dfd);
+	free(todo);
+	errno = saved;
+	return -1;
+}
+
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
 {
-	char *tmp = NULL, *dcopy = NULL;
+	char *tmp = NULL, *dcopy = NULL, *bcopy = NULL, *base;
 	int fd = -1, dfd = -1, ret = -1, saved;
 	unsigned attempt;
 	struct stat st;
 
-	/* Renaming over a device or a directory would replace it: only regular files. */
-	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
-		errno = EINVAL;
-		return -1;
-	}
-	if ((dcopy = strdup(path)) == NULL)
+	if ((dcopy = strdup(path)) == NULL || (bcopy = strdup(path)) == NULL)
 		goto out;
+	base = basename(bcopy);
+	if (base[0] == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0 ||
+	    strcmp(base, "/") == 0) {
+		errno = EINVAL;
+		goto out;
+	}
+	/* Every later step is relative to this descriptor: nothing on the path can move us. */
+	if ((dfd = open_dir_safely(dirname(dcopy))) < 0)
+		goto out;
+	/* Renaming over a device or a directory would replace it: only regular files. */
+	if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode)) {
+		errno = EINVAL;
+		goto out;
+	}
 	for (attempt = 0; attempt < 16; attempt++) {
 		free(tmp);
 		tmp = NULL;
-		if (asprintf(&tmp, "%s.tmp.%ld.%u", path, (long)getpid(), attempt) < 0) {
+		if (asprintf(&tmp, "%s.tmp.%ld.%u", base, (long)getpid(), attempt) < 0) {
 			tmp = NULL;
 			goto out;
 		}
-		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+		fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
 		if (fd >= 0 || errno != EEXIST)
 			break;
 	}
@@ -72,12 +175,12 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 		goto out;
 	}
 	fd = -1;
-	if (rename(tmp, path) != 0)
+	if (renameat(dfd, tmp, dfd, base) != 0)
 		goto out;
 	free(tmp);
 	tmp = NULL;
 	/* The rename is durable only once the directory entry is on disk. */
-	if ((dfd = open(dirname(dcopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 || fsync(dfd) != 0)
+	if (fsync(dfd) != 0)
 		goto out;
 	ret = 0;
 out:
@@ -85,12 +188,13 @@ out:
 	if (fd >= 0)
 		close(fd);
 	if (tmp != NULL) {
-		unlink(tmp);
+		unlinkat(dfd, tmp, 0);
 		free(tmp);
 	}
 	if (dfd >= 0)
 		close(dfd);
 	free(dcopy);
+	free(bcopy);
 	errno = saved;
 	return ret;
 }

@@ -15,7 +15,11 @@ void wipe(void *p, size_t n);
  * (O_CREAT|O_EXCL, given mode), write, fsync, rename over path, fsync the
  * directory. On failure the old file is untouched and errno says why.
  * An existing path that is not a regular file (a device, a directory, a
- * symlink) is refused with EINVAL rather than replaced. Returns 0 or -1.
+ * symlink) is refused with EINVAL rather than replaced. The directory is
+ * opened component by component without following symlinks, except those
+ * in directories only root or the effective uid can write (and owned by
+ * them); any other symlink on the way fails with ELOOP, so a root writer is
+ * never redirected by another user. Returns 0 or -1.
  */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 

@@ -1,6 +1,7 @@
 /* File helpers: bounded reads, atomic writes, secret-file permission checks. */
 #include "config.h"
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -107,6 +108,56 @@ static void test_write_file_atomic(void **state)
 	assert_int_equal(write_file_atomic("/nonexistent-dir/x", "a", 1, 0600), -1);
 }
 
+/*
+ * cert-out as root into a directory another user controls: a symlink there
+ * must not redirect the write (issue: a chain landed in a root-only 0700
+ * directory). A world-writable directory stands in for "another user's".
+ */
+static void test_write_file_symlinked_dir(void **state)
+{
+	char pub[256], secret[256], link[300], through[400], in_secret[400], ok[400];
+	uint8_t *data;
+	size_t len;
+	struct stat st;
+
+	(void)state;
+	snprintf(pub, sizeof(pub), "%s/public", dir);
+	snprintf(secret, sizeof(secret), "%s/secret", dir);
+	assert_int_equal(mkdir(pub, 0700), 0);
+	assert_int_equal(chmod(pub, 0777), 0);
+	assert_int_equal(mkdir(secret, 0700), 0);
+	/* public/link -> secret: refused, nothing written into secret/. */
+	snprintf(link, sizeof(link), "%s/link", pub);
+	assert_int_equal(symlink(secret, link), 0);
+	snprintf(through, sizeof(through), "%s/chain.pem", link);
+	errno = 0;
+	assert_int_equal(write_file_atomic(through, "chain", 5, 0644), -1);
+	assert_int_equal(errno, ELOOP);
+	snprintf(in_secret, sizeof(in_secret), "%s/chain.pem", secret);
+	assert_int_equal(lstat(in_secret, &st), -1);
+	/* Deeper: public/link/../secret/x goes through the link as well. */
+	snprintf(through, sizeof(through), "%s/link/../secret/x", pub);
+	assert_int_equal(write_file_atomic(through, "chain", 5, 0644), -1);
+	/* A plain file in the public directory itself is fine (its own name, our mode). */
+	snprintf(ok, sizeof(ok), "%s/chain.pem", pub);
+	assert_int_equal(write_file_atomic(ok, "chain", 5, 0644), 0);
+	assert_int_equal(lstat(ok, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_mode & 0777, 0644);
+	/* A symlink we made in a directory only we can write is followed. */
+	snprintf(link, sizeof(link), "%s/mine", dir);
+	assert_int_equal(symlink("secret", link), 0);
+	snprintf(through, sizeof(through), "%s/mine/chain.pem", dir);
+	assert_int_equal(write_file_atomic(through, "chain", 5, 0644), 0);
+	assert_int_equal(read_file(in_secret, 100, &data, &len), 0);
+	assert_memory_equal(data, "chain", 5);
+	free(data);
+	/* A missing component is an error, not a creation. */
+	snprintf(through, sizeof(through), "%s/nope/chain.pem", dir);
+	assert_int_equal(write_file_atomic(through, "chain", 5, 0644), -1);
+	assert_int_equal(errno, ENOENT);
+}
+
 static void test_secret_file(void **state)
 {
 	char path[256], err[256], *secret;
@@ -191,6 +242,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_read_file_bounds),
 	    cmocka_unit_test(test_write_file_atomic),
+	    cmocka_unit_test(test_write_file_symlinked_dir),
 	    cmocka_unit_test(test_secret_file),
 	    cmocka_unit_test(test_spawn_clean),
 	};

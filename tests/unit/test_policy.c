@@ -112,6 +112,7 @@ static const char *const tls12_vectors[] = {
 	"ossl-dtls",         "ossl-dtls-nocookie", "gnutls-cli-tls",  "gnutls-cli-tls-rsa",
 	"gnutls-cli-dtls",   "gnutls-cli-ocsp",    "gnutls-serv-tls", "gnutls-serv-dtls",
 	"go-cli-tls",        "go-cli-tls-rsa",     "go-serv-tls",     "go-serv-tls-rsa",
+	"ossl-13to12",       "gnutls-13to12",
 };
 #define N_VECTORS (sizeof(tls12_vectors) / sizeof(tls12_vectors[0]))
 

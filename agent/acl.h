@@ -14,6 +14,10 @@ struct peer {
 	pid_t pid;
 	gid_t groups[PEER_MAX_GROUPS]; /* supplementary groups */
 	size_t n_groups;
+	/* SO_PEERPIDFD: a pidfd for the process that connected, owned by the connection;
+	 * valid only when has_pidfd (kernels before 6.5 have none). */
+	int pidfd;
+	int has_pidfd;
 };
 
 /*
@@ -22,5 +26,19 @@ struct peer {
  */
 int acl_allows(const uid_t *users, size_t n_users, const gid_t *groups, size_t n_groups,
 	       const struct peer *peer);
+
+/*
+ * The caller's program and systemd unit against an identity's allow-exe and
+ * allow-unit lists (empty lists: no condition). The process is pinned by
+ * its pidfd (SO_PEERPIDFD, else pidfd_open of the SO_PEERCRED pid) and
+ * checked still alive after /proc/PID/exe and /proc/PID/cgroup were read, so
+ * what was read belongs to it and not to a process that reused the pid.
+ * Returns 1 if allowed; 0 with why (the rule that failed) otherwise.
+ */
+int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
+		       const struct peer *peer, char *why, size_t whylen);
+
+/* True when a path in cgroup_text (the text of /proc/PID/cgroup) has a component named unit. */
+int acl_cgroup_has_unit(const char *cgroup_text, const char *unit);
 
 #endif

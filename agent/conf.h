@@ -45,6 +45,10 @@ struct cfg_identity {
 	gid_t *allow_groups;
 	size_t n_allow_groups;
 	int sign_policy;   /* enum sign_policy, default POLICY_TLS_CLIENT */
+	char **allow_exe;  /* if set, the caller's program must be one of these (canonical paths) */
+	size_t n_allow_exe;
+	char **allow_unit; /* if set, the caller must run in one of these systemd units */
+	size_t n_allow_unit;
 	int line;
 
 	/* Renewal (agent/renew.c). */

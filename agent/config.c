@@ -69,6 +69,8 @@ enum identity_key {
 	I_SUBJECT,
 	I_KEY_TYPE,
 	I_CA_TIMEOUT,
+	I_ALLOW_EXE,
+	I_ALLOW_UNIT,
 	I_NKEYS
 };
 
@@ -86,7 +88,8 @@ static const char *const keystore_keys[K_NKEYS] = {
 static const char *const identity_keys[I_NKEYS] = {
 	"keystore", "key",	  "cert",	"allow-users", "allow-groups", "sign-policy",
 	"renew",    "ca-url",	  "ca-trust",	"renew-at",    "rotate-key",   "bootstrap",
-	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",
+	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",   "allow-exe",
+	"allow-unit",
 };
 
 static const char *const policy_names[] = {
@@ -225,6 +228,12 @@ void config_free(struct config *cfg)
 			free(id->cert_out[j]);
 		free(id->cert_out);
 		free(id->subject);
+		for (size_t j = 0; j < id->n_allow_exe; j++)
+			free(id->allow_exe[j]);
+		free(id->allow_exe);
+		for (size_t j = 0; j < id->n_allow_unit; j++)
+			free(id->allow_unit[j]);
+		free(id->allow_unit);
 	}
 	free(cfg->identities);
 	free(cfg->path);
@@ -620,6 +629,62 @@ static int set_cert_out(struct parser *p, struct cfg_identity *id, const char *v
 	return 0;
 }
 
+/*
+ * allow-exe = /usr/bin/mosquitto [/path ...]: absolute program paths, kept
+ * as their canonical path (the kernel reports /proc/PID/exe resolved), so a
+ * configured /usr/bin/python3 matches the python3.11 it links to.
+ * allow-unit = myapp.service [unit ...]: systemd unit names.
+ */
+static int set_caller_list(struct parser *p, const char *key, int is_unit, char ***dst, size_t *n,
+			   const char *value)
+{
+	char *copy, *tok, *save = NULL, *canon, **list;
+	const char *c;
+
+	if ((copy = strdup(value)) == NULL) {
+		fail(p, 0, "out of memory");
+		return -1;
+	}
+	for (tok = strtok_r(copy, " \t", &save); tok != NULL; tok = strtok_r(NULL, " \t", &save)) {
+		if (is_unit) {
+			for (c = tok; *c != '\0' && (isalnum((unsigned char)*c) ||
+						     strchr(":_.@-\\", *c) != NULL);
+			     c++)
+				;
+			if (*c != '\0' || strchr(tok, '.') == NULL || strlen(tok) > 255) {
+				fail(p, p->lineno,
+				     "bad %s \"%s\": want systemd unit names (myapp.service)", key,
+				     tok);
+				free(copy);
+				return -1;
+			}
+		} else if (tok[0] != '/') {
+			fail(p, p->lineno, "%s must be an absolute path, not \"%s\"", key, tok);
+			free(copy);
+			return -1;
+		}
+		if ((list = realloc(*dst, (*n + 1) * sizeof(*list))) == NULL) {
+			free(copy);
+			fail(p, 0, "out of memory");
+			return -1;
+		}
+		*dst = list;
+		canon = is_unit ? NULL : realpath(tok, NULL);
+		if ((list[*n] = canon != NULL ? canon : strdup(tok)) == NULL) {
+			free(copy);
+			fail(p, 0, "out of memory");
+			return -1;
+		}
+		(*n)++;
+	}
+	free(copy);
+	if (*n == 0) {
+		fail(p, p->lineno, "empty %s list", key);
+		return -1;
+	}
+	return 0;
+}
+
 /* subject = /CN=gw-1/O=Fleet, as `mtls-agentctl csr` takes it; a typo is a config error. */
 static int set_subject(struct parser *p, struct cfg_identity *id, const char *value)
 {
@@ -704,6 +769,12 @@ static int identity_value(struct parser *p, int k, const char *value)
 		return set_string(p, &id->post_renew, value);
 	case I_CERT_OUT:
 		return set_cert_out(p, id, value);
+	case I_ALLOW_EXE:
+		return set_caller_list(p, identity_keys[k], 0, &id->allow_exe, &id->n_allow_exe,
+				       value);
+	case I_ALLOW_UNIT:
+		return set_caller_list(p, identity_keys[k], 1, &id->allow_unit, &id->n_allow_unit,
+				       value);
 	case I_SUBJECT:
 		return set_subject(p, id, value);
 	case I_KEY_TYPE:

@@ -160,7 +160,7 @@ static int get_identity(const struct dispatch_env *env, const struct peer *peer,
 			struct result *res)
 {
 	struct identity_rt *id;
-	char *name = NULL, safe[PROTO_MAX_NAME + 1];
+	char *name = NULL, safe[PROTO_MAX_NAME + 1], why[400];
 	int r;
 
 	*out = NULL;
@@ -192,6 +192,19 @@ static int get_identity(const struct dispatch_env *env, const struct peer *peer,
 		return res->code;
 	}
 	free(name);
+	/*
+	 * allow-exe / allow-unit narrow who may use the identity beyond its uid;
+	 * administrators reading or administering it are not held to them. The
+	 * caller passed the uid check, so it may learn which rule failed.
+	 */
+	if (!(admin_ok && is_admin(env, peer)) &&
+	    !acl_caller_allowed(id->cfg->allow_exe, id->cfg->n_allow_exe, id->cfg->allow_unit,
+				id->cfg->n_allow_unit, peer, why, sizeof(why))) {
+		fail(res, MTLS_AGENT_ERR_DENIED, "identity \"%s\": %s", id->cfg->name, why);
+		log_refusal(env, peer, id->cfg->name, why);
+		atomic_fetch_add(&id->n_refused, 1);
+		return res->code;
+	}
 	*out = id;
 	return 0;
 }

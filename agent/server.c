@@ -27,6 +27,13 @@
 #include "agent/dispatch.h"
 #include "agent/renew.h"
 #include "agent/server.h"
+
+/* Linux 6.5+; Debian 12's headers predate it. 77 on the architectures using asm-generic's
+ * numbering (others define their own, and get it from their headers or not at all). */
+#if !defined(SO_PEERPIDFD) && (defined(__x86_64__) || defined(__i386__) || \
+			       defined(__aarch64__) || defined(__arm__) || defined(__riscv))
+#define SO_PEERPIDFD 77
+#endif
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/util.h"
@@ -235,6 +242,8 @@ static struct uid_count *uid_slot(struct server *s, uid_t uid, int create)
 
 static void conn_free(struct conn *c)
 {
+	if (c->ctx.peer.has_pidfd)
+		close(c->ctx.peer.pidfd);
 	buf_free(&c->in);
 	buf_free(&c->out);
 	free(c);
@@ -398,6 +407,20 @@ static int peer_credentials(int fd, struct peer *peer)
 	if (peer->n_groups > PEER_MAX_GROUPS)
 		peer->n_groups = 0;
 	memcpy(peer->groups, groups, peer->n_groups * sizeof(gid_t));
+#ifdef SO_PEERPIDFD
+	{
+		/* The connecting process itself, immune to pid reuse (allow-exe/allow-unit). */
+		int pfd = -1;
+		socklen_t plen = sizeof(pfd);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &plen) == 0 &&
+		    plen == sizeof(pfd) && pfd >= 0) {
+			(void)fcntl(pfd, F_SETFD, FD_CLOEXEC);
+			peer->pidfd = pfd;
+			peer->has_pidfd = 1;
+		}
+	}
+#endif
 	return 0;
 }
 
@@ -446,6 +469,8 @@ static int accept_clients(struct server *s)
 			continue;
 		}
 		if ((c = calloc(1, sizeof(*c))) == NULL) {
+			if (peer.has_pidfd)
+				close(peer.pidfd);
 			close(fd);
 			continue;
 		}

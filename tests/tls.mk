@@ -16,6 +16,7 @@ TLS_TESTS = \
 	tests/integration/tls-provider-mqtt.sh \
 	tests/integration/tls-provider-sclient.sh \
 	tests/integration/tls-provider-dtls.sh \
+	tests/integration/tls-provider-allow-exe.sh \
 	tests/integration/tls-provider-negative.sh \
 	tests/integration/tls-provider-rotation.sh \
 	tests/integration/tls-engine.sh

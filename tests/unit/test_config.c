@@ -609,6 +609,35 @@ static void test_missing_accounts_left_out(void **state)
 	config_free(cfg);
 }
 
+/* allow-exe paths are kept canonical; allow-unit names are checked; both errors have FILE:LINE. */
+static void test_allow_exe_unit(void **state)
+{
+	struct config *cfg;
+	const struct cfg_identity *id;
+	char *sh = realpath("/bin/sh", NULL);
+
+	(void)state;
+	assert_non_null(sh);
+	cfg = load_ok("[keystore \"k\"]\ntype = tpm2\n"
+		      "[identity \"i\"]\nkeystore = k\nkey = handle:0x81000010\n"
+		      "allow-exe = /bin/sh /nonexistent/prog\nallow-unit = myapp.service a@b.scope\n");
+	id = config_identity(cfg, "i");
+	assert_non_null(id);
+	assert_int_equal(id->n_allow_exe, 2);
+	assert_string_equal(id->allow_exe[0], sh);
+	assert_string_equal(id->allow_exe[1], "/nonexistent/prog");
+	assert_int_equal(id->n_allow_unit, 2);
+	assert_string_equal(id->allow_unit[1], "a@b.scope");
+	config_free(cfg);
+	free(sh);
+	expect_error("[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nallow-exe = sh\n", 4,
+		     "allow-exe must be an absolute path, not \"sh\"");
+	expect_error("[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nallow-unit = my/app\n", 4,
+		     "bad allow-unit \"my/app\": want systemd unit names (myapp.service)");
+	expect_error("[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nallow-unit = myapp\n", 4,
+		     "bad allow-unit \"myapp\": want systemd unit names (myapp.service)");
+}
+
 static void test_err_duplicates(void **state)
 {
 	(void)state;
@@ -794,6 +823,7 @@ int main(void)
 		cmocka_unit_test(test_err_numbers),
 		cmocka_unit_test(test_err_unknown_user),
 		cmocka_unit_test(test_missing_accounts_left_out),
+		cmocka_unit_test(test_allow_exe_unit),
 		cmocka_unit_test(test_err_duplicates),
 		cmocka_unit_test(test_err_missing_and_refs),
 		cmocka_unit_test(test_err_values),

@@ -8,3 +8,4 @@ c=${top_srcdir:-.}/fuzz/corpus
 "$b/policy_replay" "$c/policy" "${top_srcdir:-.}/tests/vectors/tls12"
 "$b/keyref_replay" "$c/keyref"
 "$b/config_replay" "$c/config"
+"$b/client_replay" "$c/client"

@@ -9,7 +9,7 @@ secs=${2:-60}
 shift $(($# >= 2 ? 2 : 1))
 src=$(cd "$(dirname "$0")/.." && pwd)
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(dispatch policy keyref config)
+[ "${#targets[@]}" -gt 0 ] || targets=(dispatch policy keyref config client)
 work=$(mktemp -d /tmp/mtls-fuzz-run.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 failed=()

@@ -14,6 +14,13 @@ struct peer {
 	pid_t pid;
 	gid_t groups[PEER_MAX_GROUPS]; /* supplementary groups */
 	size_t n_groups;
+	/*
+	 * The connection's socket (not owned; valid only when has_sock). The
+	 * SO_PEERPIDFD pidfd is read from it only when allow-exe/allow-unit must
+	 * be checked, so connections hold no second descriptor (see fd_budget).
+	 */
+	int sock;
+	int has_sock;
 };
 
 /*
@@ -22,5 +29,19 @@ struct peer {
  */
 int acl_allows(const uid_t *users, size_t n_users, const gid_t *groups, size_t n_groups,
 	       const struct peer *peer);
+
+/*
+ * The caller's program and systemd unit against an identity's allow-exe and
+ * allow-unit lists (empty lists: no condition). The process is pinned by
+ * its pidfd (SO_PEERPIDFD on the socket, else pidfd_open of the SO_PEERCRED pid) and
+ * checked still alive after /proc/PID/exe and /proc/PID/cgroup were read, so
+ * what was read belongs to it and not to a process that reused the pid.
+ * Returns 1 if allowed; 0 with why (the rule that failed) otherwise.
+ */
+int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
+		       const struct peer *peer, char *why, size_t whylen);
+
+/* True when a path in cgroup_text (the text of /proc/PID/cgroup) has a component named unit. */
+int acl_cgroup_has_unit(const char *cgroup_text, const char *unit);
 
 #endif

@@ -51,6 +51,10 @@ struct cfg_identity {
 	gid_t *allow_groups;
 	size_t n_allow_groups;
 	int sign_policy;   /* enum sign_policy, default POLICY_TLS_CLIENT */
+	char **allow_exe;  /* if set, the caller's program must be one of these (canonical paths) */
+	size_t n_allow_exe;
+	char **allow_unit; /* if set, the caller must run in one of these systemd units */
+	size_t n_allow_unit;
 	int line;
 
 	/* Renewal (agent/renew.c). */
@@ -94,6 +98,11 @@ struct config {
 	size_t n_keystores;
 	struct cfg_identity *identities;
 	size_t n_identities;
+
+	/* "FILE:LINE: message" for problems that did not stop the load (accounts that no
+	 * longer exist, left out of their allow-list); logged as errors by config_load. */
+	char **problems;
+	size_t n_problems;
 };
 
 /*

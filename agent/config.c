@@ -17,6 +17,7 @@
 
 #include "agent/conf.h"
 #include "agent/sched.h"
+#include "common/log.h"
 #include "keystore/csr.h"
 #include "keystore/keystore.h"
 
@@ -70,6 +71,8 @@ enum identity_key {
 	I_SUBJECT,
 	I_KEY_TYPE,
 	I_CA_TIMEOUT,
+	I_ALLOW_EXE,
+	I_ALLOW_UNIT,
 	I_NKEYS
 };
 
@@ -88,7 +91,8 @@ static const char *const keystore_keys[K_NKEYS] = {
 static const char *const identity_keys[I_NKEYS] = {
 	"keystore", "key",	  "cert",	"allow-users", "allow-groups", "sign-policy",
 	"renew",    "ca-url",	  "ca-trust",	"renew-at",    "rotate-key",   "bootstrap",
-	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",
+	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",   "allow-exe",
+	"allow-unit",
 };
 
 static const char *const policy_names[] = {
@@ -228,6 +232,12 @@ void config_free(struct config *cfg)
 			free(id->cert_out[j]);
 		free(id->cert_out);
 		free(id->subject);
+		for (size_t j = 0; j < id->n_allow_exe; j++)
+			free(id->allow_exe[j]);
+		free(id->allow_exe);
+		for (size_t j = 0; j < id->n_allow_unit; j++)
+			free(id->allow_unit[j]);
+		free(id->allow_unit);
 	}
 	free(cfg->identities);
 	free(cfg->path);
@@ -235,7 +245,40 @@ void config_free(struct config *cfg)
 	free(cfg->state_dir);
 	free(cfg->admin_users);
 	free(cfg->admin_groups);
+	for (i = 0; i < cfg->n_problems; i++)
+		free(cfg->problems[i]);
+	free(cfg->problems);
 	free(cfg);
+}
+
+/*
+ * A problem that does not stop the configuration from loading (an account
+ * named in an allow-list that no longer exists): logged as an error and
+ * kept in cfg->problems for `check`. The entry concerned is left out, so
+ * the agent serves everything else and nothing more than before.
+ */
+static void problem(struct parser *p, int line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void problem(struct parser *p, int line, const char *fmt, ...)
+{
+	char msg[512], *line_text = NULL, **np;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (asprintf(&line_text, "%s:%d: %s", p->path, line, msg) < 0)
+		line_text = NULL;
+	log_error("%s", line_text != NULL ? line_text : msg);
+	if (line_text == NULL)
+		return;
+	if ((np = realloc(p->cfg->problems, (p->cfg->n_problems + 1) * sizeof(*np))) == NULL) {
+		free(line_text);
+		return;
+	}
+	p->cfg->problems = np;
+	p->cfg->problems[p->cfg->n_problems++] = line_text;
 }
 
 /* ---- values ---------------------------------------------------------------------------- */
@@ -335,8 +378,13 @@ static int set_mode(struct parser *p, const char *key, mode_t *dst, const char *
 	return 0;
 }
 
-/* A numeric id or a user/group name; (id_t)-1 is reserved ("no change" to chown()). */
-static int resolve_id(struct parser *p, const char *name, int group, unsigned long *id)
+/*
+ * A numeric id or a user/group name; (id_t)-1 is reserved ("no change" to
+ * chown()). lenient: a name that does not resolve is a problem(), not an
+ * error, and 1 is returned (the entry is left out).
+ */
+static int resolve_id(struct parser *p, const char *name, int group, int lenient,
+		      unsigned long *id)
 {
 	struct passwd *pw;
 	struct group *gr;
@@ -359,6 +407,11 @@ static int resolve_id(struct parser *p, const char *name, int group, unsigned lo
 			return 0;
 		}
 	}
+	if (lenient) {
+		problem(p, p->lineno, "unknown %s \"%s\": left out of the list",
+			group ? "group" : "user", name);
+		return 1;
+	}
 	fail(p, p->lineno, "unknown %s \"%s\"", group ? "group" : "user", name);
 	return -1;
 }
@@ -369,8 +422,8 @@ static int parse_id_list(struct parser *p, const char *value, int group, unsigne
 {
 	unsigned long *ids = NULL, *nids, id;
 	char *copy, *tok, *save = NULL;
-	size_t cnt = 0, i;
-	int ret = -1;
+	size_t cnt = 0, i, skipped = 0;
+	int ret = -1, r;
 
 	if ((copy = strdup(value)) == NULL) {
 		fail(p, 0, "out of memory");
@@ -378,8 +431,13 @@ static int parse_id_list(struct parser *p, const char *value, int group, unsigne
 	}
 	for (tok = strtok_r(copy, " \t,", &save); tok != NULL;
 	     tok = strtok_r(NULL, " \t,", &save)) {
-		if (resolve_id(p, tok, group, &id) != 0)
+		/* An account that disappeared is left out; the rest still applies. */
+		if ((r = resolve_id(p, tok, group, 1, &id)) < 0)
 			goto out;
+		if (r > 0) {
+			skipped++;
+			continue;
+		}
 		for (i = 0; i < cnt && ids[i] != id; i++)
 			;
 		if (i < cnt)
@@ -391,7 +449,7 @@ static int parse_id_list(struct parser *p, const char *value, int group, unsigne
 		ids = nids;
 		ids[cnt++] = id;
 	}
-	if (cnt == 0) {
+	if (cnt == 0 && skipped == 0) {
 		fail(p, p->lineno, "empty %s list", group ? "group" : "user");
 		goto out;
 	}
@@ -412,7 +470,8 @@ static int set_users(struct parser *p, uid_t **dst, size_t *n, const char *value
 
 	if (parse_id_list(p, value, 0, &ids, &cnt) != 0)
 		return -1;
-	if ((*dst = calloc(cnt, sizeof(**dst))) == NULL) {
+	/* At least one slot: a list emptied by missing accounts is set, not absent. */
+	if ((*dst = calloc(cnt > 0 ? cnt : 1, sizeof(**dst))) == NULL) {
 		free(ids);
 		fail(p, 0, "out of memory");
 		return -1;
@@ -431,7 +490,8 @@ static int set_groups(struct parser *p, gid_t **dst, size_t *n, const char *valu
 
 	if (parse_id_list(p, value, 1, &ids, &cnt) != 0)
 		return -1;
-	if ((*dst = calloc(cnt, sizeof(**dst))) == NULL) {
+	/* At least one slot: a list emptied by missing accounts is set, not absent. */
+	if ((*dst = calloc(cnt > 0 ? cnt : 1, sizeof(**dst))) == NULL) {
 		free(ids);
 		fail(p, 0, "out of memory");
 		return -1;
@@ -462,7 +522,7 @@ static int agent_value(struct parser *p, int k, const char *value)
 	case A_SOCKET_MODE:
 		return set_mode(p, agent_keys[k], &cfg->socket_mode, value);
 	case A_SOCKET_GROUP:
-		if (resolve_id(p, value, 1, &gid) != 0)
+		if (resolve_id(p, value, 1, 0, &gid) != 0)
 			return -1;
 		cfg->socket_group = (gid_t)gid;
 		cfg->has_socket_group = 1;
@@ -578,6 +638,62 @@ static int set_cert_out(struct parser *p, struct cfg_identity *id, const char *v
 	return 0;
 }
 
+/*
+ * allow-exe = /usr/bin/mosquitto [/path ...]: absolute program paths, kept
+ * as their canonical path (the kernel reports /proc/PID/exe resolved), so a
+ * configured /usr/bin/python3 matches the python3.11 it links to.
+ * allow-unit = myapp.service [unit ...]: systemd unit names.
+ */
+static int set_caller_list(struct parser *p, const char *key, int is_unit, char ***dst, size_t *n,
+			   const char *value)
+{
+	char *copy, *tok, *save = NULL, *canon, **list;
+	const char *c;
+
+	if ((copy = strdup(value)) == NULL) {
+		fail(p, 0, "out of memory");
+		return -1;
+	}
+	for (tok = strtok_r(copy, " \t", &save); tok != NULL; tok = strtok_r(NULL, " \t", &save)) {
+		if (is_unit) {
+			for (c = tok; *c != '\0' && (isalnum((unsigned char)*c) ||
+						     strchr(":_.@-\\", *c) != NULL);
+			     c++)
+				;
+			if (*c != '\0' || strchr(tok, '.') == NULL || strlen(tok) > 255) {
+				fail(p, p->lineno,
+				     "bad %s \"%s\": want systemd unit names (myapp.service)", key,
+				     tok);
+				free(copy);
+				return -1;
+			}
+		} else if (tok[0] != '/') {
+			fail(p, p->lineno, "%s must be an absolute path, not \"%s\"", key, tok);
+			free(copy);
+			return -1;
+		}
+		if ((list = realloc(*dst, (*n + 1) * sizeof(*list))) == NULL) {
+			free(copy);
+			fail(p, 0, "out of memory");
+			return -1;
+		}
+		*dst = list;
+		canon = is_unit ? NULL : realpath(tok, NULL);
+		if ((list[*n] = canon != NULL ? canon : strdup(tok)) == NULL) {
+			free(copy);
+			fail(p, 0, "out of memory");
+			return -1;
+		}
+		(*n)++;
+	}
+	free(copy);
+	if (*n == 0) {
+		fail(p, p->lineno, "empty %s list", key);
+		return -1;
+	}
+	return 0;
+}
+
 /* subject = /CN=gw-1/O=Fleet, as `mtls-agentctl csr` takes it; a typo is a config error. */
 static int set_subject(struct parser *p, struct cfg_identity *id, const char *value)
 {
@@ -663,6 +779,12 @@ static int identity_value(struct parser *p, int k, const char *value)
 		return set_string(p, &id->post_renew, value);
 	case I_CERT_OUT:
 		return set_cert_out(p, id, value);
+	case I_ALLOW_EXE:
+		return set_caller_list(p, identity_keys[k], 0, &id->allow_exe, &id->n_allow_exe,
+				       value);
+	case I_ALLOW_UNIT:
+		return set_caller_list(p, identity_keys[k], 1, &id->allow_unit, &id->n_allow_unit,
+				       value);
 	case I_SUBJECT:
 		return set_subject(p, id, value);
 	case I_KEY_TYPE:

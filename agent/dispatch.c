@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,12 +70,88 @@ static int may_use(const struct identity_rt *id, const struct peer *peer)
 			  id->cfg->n_allow_groups, peer);
 }
 
-static void log_refusal(const struct peer *peer, const char *what, const char *why)
+/*
+ * Refusals are logged, but a caller must not be able to flood the log: per
+ * uid, at most REFUSAL_LOG_BURST lines per REFUSAL_LOG_WINDOW seconds; the
+ * rest are counted and the count is logged with the uid's first refusal in a
+ * later window (or when its slot is taken by another uid). A fixed table:
+ * callers beyond REFUSAL_SLOTS distinct uids take over the oldest slot.
+ */
+#define REFUSAL_LOG_BURST 10
+#define REFUSAL_LOG_WINDOW 60
+#define REFUSAL_SLOTS 64
+
+static struct refusal_slot {
+	int used;
+	uid_t uid;
+	time_t start;
+	unsigned logged;
+	unsigned long suppressed;
+} refusal_slots[REFUSAL_SLOTS];
+static pthread_mutex_t refusal_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void log_refusal(const struct dispatch_env *env, const struct peer *peer, const char *what,
+			const char *why)
 {
+	struct refusal_slot *slot = NULL, *oldest = NULL;
+	unsigned long flushed = 0, suppressed_now = 0;
+	uid_t flushed_uid = 0;
+	time_t flushed_secs = 0;
+	int emit = 0;
+	size_t i;
 	char safe[256];
 
-	log_info("refused uid %ld gid %ld pid %ld: %s: %s", (long)peer->uid, (long)peer->gid,
-		 (long)peer->pid, log_sanitize(what, safe, sizeof(safe)), why);
+	pthread_mutex_lock(&refusal_lock);
+	for (i = 0; i < REFUSAL_SLOTS && slot == NULL; i++) {
+		if (refusal_slots[i].used && refusal_slots[i].uid == peer->uid)
+			slot = &refusal_slots[i];
+		else if (!refusal_slots[i].used && oldest == NULL)
+			oldest = &refusal_slots[i];
+	}
+	if (slot == NULL && oldest == NULL)
+		for (i = 0, oldest = &refusal_slots[0]; i < REFUSAL_SLOTS; i++)
+			if (refusal_slots[i].start < oldest->start)
+				oldest = &refusal_slots[i];
+	if (slot == NULL) {
+		slot = oldest;
+		if (slot->used && slot->suppressed > 0) {
+			flushed = slot->suppressed;
+			flushed_uid = slot->uid;
+			flushed_secs = env->now - slot->start;
+		}
+		memset(slot, 0, sizeof(*slot));
+		slot->used = 1;
+		slot->uid = peer->uid;
+		slot->start = env->now;
+	} else if (env->now - slot->start >= REFUSAL_LOG_WINDOW || env->now < slot->start) {
+		if (slot->suppressed > 0) {
+			flushed = slot->suppressed;
+			flushed_uid = slot->uid;
+			flushed_secs = env->now - slot->start;
+		}
+		slot->start = env->now;
+		slot->logged = 0;
+		slot->suppressed = 0;
+	}
+	if (slot->logged < REFUSAL_LOG_BURST) {
+		slot->logged++;
+		emit = 1;
+	} else {
+		suppressed_now = ++slot->suppressed;
+	}
+	pthread_mutex_unlock(&refusal_lock);
+
+	if (flushed > 0)
+		log_info("refused uid %ld: %lu more refusals in the %ld s before were not logged",
+			 (long)flushed_uid, flushed, (long)flushed_secs);
+	if (emit)
+		log_info("refused uid %ld gid %ld pid %ld: %s: %s", (long)peer->uid,
+			 (long)peer->gid, (long)peer->pid, log_sanitize(what, safe, sizeof(safe)),
+			 why);
+	else if (suppressed_now == 1)
+		log_info("refused uid %ld: more than %d refusals in %d s: further ones are counted, "
+			 "not logged",
+			 (long)peer->uid, REFUSAL_LOG_BURST, REFUSAL_LOG_WINDOW);
 }
 
 /* Reads the identity name and resolves it; also the access check for reads. */
@@ -83,23 +160,48 @@ static int get_identity(const struct dispatch_env *env, const struct peer *peer,
 			struct result *res)
 {
 	struct identity_rt *id;
-	char *name = NULL, safe[PROTO_MAX_NAME + 1];
+	char *name = NULL, safe[PROTO_MAX_NAME + 1], why[400];
 	int r;
 
 	*out = NULL;
 	if ((r = rd_cstring(rd, PROTO_MAX_NAME, &name)) != 0)
 		return fail(res, r, "bad identity name");
-	if ((id = runtime_identity(env->rt, name)) == NULL) {
+	id = runtime_identity(env->rt, name);
+	if (id == NULL && is_admin(env, peer)) {
+		/* Administrators may know which identities exist: tell them precisely. */
 		fail(res, MTLS_AGENT_ERR_NOT_FOUND, "no identity \"%s\"",
 		     log_sanitize(name, safe, sizeof(safe)));
 		free(name);
 		return res->code;
 	}
+	if (id == NULL || (!may_use(id, peer) && !(admin_ok && is_admin(env, peer)))) {
+		/*
+		 * Any other caller gets one answer for a name that does not
+		 * exist and one it may not use, so it cannot learn which
+		 * identities exist.
+		 */
+		log_sanitize(name, safe, sizeof(safe));
+		fail(res, MTLS_AGENT_ERR_DENIED,
+		     "identity \"%s\" does not exist or is not allowed for uid %ld", safe,
+		     (long)peer->uid);
+		log_refusal(env, peer, safe,
+			    id == NULL ? "no such identity" : "not in allow-users/allow-groups");
+		if (id != NULL)
+			atomic_fetch_add(&id->n_refused, 1);
+		free(name);
+		return res->code;
+	}
 	free(name);
-	if (!may_use(id, peer) && !(admin_ok && is_admin(env, peer))) {
-		fail(res, MTLS_AGENT_ERR_DENIED, "identity \"%s\" not allowed for uid %ld",
-		     id->cfg->name, (long)peer->uid);
-		log_refusal(peer, id->cfg->name, "not in allow-users/allow-groups");
+	/*
+	 * allow-exe / allow-unit narrow who may use the identity beyond its uid;
+	 * administrators reading or administering it are not held to them. The
+	 * caller passed the uid check, so it may learn which rule failed.
+	 */
+	if (!(admin_ok && is_admin(env, peer)) &&
+	    !acl_caller_allowed(id->cfg->allow_exe, id->cfg->n_allow_exe, id->cfg->allow_unit,
+				id->cfg->n_allow_unit, peer, why, sizeof(why))) {
+		fail(res, MTLS_AGENT_ERR_DENIED, "identity \"%s\": %s", id->cfg->name, why);
+		log_refusal(env, peer, id->cfg->name, why);
 		atomic_fetch_add(&id->n_refused, 1);
 		return res->code;
 	}
@@ -112,7 +214,7 @@ static int require_admin(const struct dispatch_env *env, const struct peer *peer
 {
 	if (is_admin(env, peer))
 		return 0;
-	log_refusal(peer, op, "not an administrator");
+	log_refusal(env, peer, op, "not an administrator");
 	return fail(res, MTLS_AGENT_ERR_DENIED, "%s is an administrator operation; uid %ld is not "
 		    "in admin-users/admin-groups", op, (long)peer->uid);
 }
@@ -305,7 +407,7 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 	if (policy_check(id->cfg->sign_policy, data, data_len, flags & MTLS_AGENT_SIGN_DIGEST,
 			 &reason) != 0) {
 		atomic_fetch_add(&id->n_refused, 1);
-		log_refusal(peer, id->cfg->name, reason);
+		log_refusal(env, peer, id->cfg->name, reason);
 		return fail(res, MTLS_AGENT_ERR_POLICY, "identity \"%s\" (sign-policy %s): %s",
 			    id->cfg->name, sign_policy_name(id->cfg->sign_policy), reason);
 	}

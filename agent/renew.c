@@ -629,12 +629,11 @@ static void after_renewal(struct identity_rt *id)
 	const struct cfg_identity *cfg = id->cfg;
 	char err[256], env_id[300], env_cert[4200];
 	STACK_OF(X509) *chain;
-	posix_spawn_file_actions_t fa;
 	char *argv[4], *envp[4];
 	uint64_t deadline;
 	size_t i;
 	pid_t pid;
-	int status;
+	int status, r;
 
 	pthread_mutex_lock(&id->lock);
 	chain = chain_copy(id->chain);
@@ -655,14 +654,11 @@ static void after_renewal(struct identity_rt *id)
 	envp[1] = env_cert;
 	envp[2] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 	envp[3] = NULL;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	if (posix_spawn(&pid, "/bin/sh", &fa, NULL, argv, envp) != 0) {
-		log_error("identity \"%s\": cannot run post-renew: %s", cfg->name, strerror(errno));
-		posix_spawn_file_actions_destroy(&fa);
+	/* Default signal dispositions and an empty mask, not the agent's. */
+	if ((r = spawn_clean("/bin/sh", argv, envp, &pid)) != 0) {
+		log_error("identity \"%s\": cannot run post-renew: %s", cfg->name, strerror(r));
 		return;
 	}
-	posix_spawn_file_actions_destroy(&fa);
 	/* Bounded: a hanging hook must not stop renewals of other identities. */
 	deadline = monotonic_ms() + POST_RENEW_TIMEOUT_MS;
 	while (waitpid(pid, &status, WNOHANG) == 0) {

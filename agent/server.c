@@ -29,6 +29,7 @@
 #include "agent/dispatch.h"
 #include "agent/renew.h"
 #include "agent/server.h"
+
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/util.h"
@@ -490,6 +491,8 @@ static int peer_credentials(int fd, struct peer *peer)
 	if (peer->n_groups > PEER_MAX_GROUPS)
 		peer->n_groups = 0;
 	memcpy(peer->groups, groups, peer->n_groups * sizeof(gid_t));
+	peer->sock = fd;
+	peer->has_sock = 1;
 	return 0;
 }
 

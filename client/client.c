@@ -660,7 +660,7 @@ int mtls_agent_connect(const char *socket_path, mtls_agent **out)
 		return invalid_arg(__func__);
 	*out = NULL;
 	if (path == NULL)
-		path = getenv("MTLS_AGENT_SOCK");
+		path = secure_getenv("MTLS_AGENT_SOCK");
 	if (path == NULL || path[0] == '\0')
 		path = MTLS_AGENT_DEFAULT_SOCKET;
 	if (path[0] == '\0' || strlen(path) >= sizeof(sa.sun_path)) {

@@ -1676,8 +1676,9 @@ static void principals_from_list(struct doctor *d, struct principals *ps, const 
 		} else {
 			add_finding(
 			    subject(d, "config", d->conf->path), 0,
-			    "unknown %s \"%s\" in %s of %s%s%s — the agent refuses this "
-			    "configuration; fix the name ('mtls-agent -n -c %s' checks the file)",
+			    "unknown %s \"%s\" in %s of %s%s%s — the agent leaves it out of "
+			    "the list (an error in its log); fix or remove the name ('mtls-agent "
+			    "-n -c %s' checks the file)",
 			    is_group ? "group" : "user", tok, key,
 			    why != NULL ? "identity \"" : "[agent]", why != NULL ? why : "",
 			    why != NULL ? "\"" : "", d->conf->path);

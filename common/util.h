@@ -15,7 +15,11 @@ void wipe(void *p, size_t n);
  * (O_CREAT|O_EXCL, given mode), write, fsync, rename over path, fsync the
  * directory. On failure the old file is untouched and errno says why.
  * An existing path that is not a regular file (a device, a directory, a
- * symlink) is refused with EINVAL rather than replaced. Returns 0 or -1.
+ * symlink) is refused with EINVAL rather than replaced. The directory is
+ * opened component by component without following symlinks, except those
+ * in directories only root or the effective uid can write (and owned by
+ * them); any other symlink on the way fails with ELOOP, so a root writer is
+ * never redirected by another user. Returns 0 or -1.
  */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 
@@ -41,6 +45,13 @@ void hex_encode(const uint8_t *p, size_t n, char *out);
 
 /* t as 2026-01-02T03:04:05Z into out; "-" for 0 (no time) or an unprintable time. */
 void format_utc(time_t t, char *out, size_t len);
+
+/*
+ * Starts path with argv and envp, stdin from /dev/null, every signal at its
+ * default disposition and an empty signal mask (for hooks such as
+ * post-renew). Returns 0 with *pid set, or an errno value.
+ */
+int spawn_clean(const char *path, char *const argv[], char *const envp[], pid_t *pid);
 
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t monotonic_ms(void);

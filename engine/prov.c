@@ -125,7 +125,8 @@ static const OSSL_ITEM *prov_get_reason_strings(void *provctx)
 
 int mtlsa_agent(struct mtlsa_prov *prov, mtls_agent **agent)
 {
-	const char *env = getenv("MTLS_AGENT_SOCK");
+	/* secure_getenv: a setuid/setgid program loading the provider ignores the caller's socket. */
+	const char *env = secure_getenv("MTLS_AGENT_SOCK");
 	int r = 0;
 
 	*agent = NULL;
@@ -303,7 +304,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
 							      void **provctx)
 {
 	struct mtlsa_prov *prov;
-	const char *dbg = getenv("MTLS_AGENT_DEBUG");
+	const char *dbg = secure_getenv("MTLS_AGENT_DEBUG");
 
 	debug_enabled = dbg != NULL && dbg[0] != '\0' && strcmp(dbg, "0") != 0;
 	pthread_once(&reason_once, reasons_init);
@@ -345,7 +346,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
 	}
 	prov->socket = config_socket(handle);
 	mtlsa_debug("provider loaded; socket: %s",
-		    getenv("MTLS_AGENT_SOCK") != NULL ? "$MTLS_AGENT_SOCK"
+		    secure_getenv("MTLS_AGENT_SOCK") != NULL ? "$MTLS_AGENT_SOCK"
 		    : prov->socket != NULL	      ? prov->socket
 						      : "library default");
 	*out = prov_functions;

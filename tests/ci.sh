@@ -5,7 +5,7 @@
 # even when an earlier one failed; the exit status is non-zero if any failed.
 #
 # Environment: JOBS (default 2), STRICT=0 (no --enable-strict), SKIP_ASAN=1,
-# SKIP_DISTCHECK=1.
+# SKIP_DISTCHECK=1, SKIP_FUZZ=1, FUZZ_SECONDS (default 60).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 TOP=$(pwd)
@@ -110,6 +110,19 @@ fi
 STRICT_FLAG=--enable-strict
 [ "${STRICT:-1}" = 1 ] || STRICT_FLAG=
 build_and_check build "default build" ${STRICT_FLAG:+"$STRICT_FLAG"}
+
+# Fuzzing: `make fuzz` (clang: libFuzzer with ASan+UBSan) in the default build's
+# tree, then each target for FUZZ_SECONDS (default 60) on a copy of its seed
+# corpus; a crash, a leak or a failed build fails the stage. SKIP_FUZZ=1 skips it.
+if [ "${SKIP_FUZZ:-0}" != 1 ] && [ -f "$TOP/build/Makefile" ]; then
+	stage "fuzz: make fuzz, ${FUZZ_SECONDS:-60} s per target"
+	if command -v clang >/dev/null; then
+		make -C "$TOP/build" fuzz && "$TOP/fuzz/run-fuzzers.sh" "$TOP/build" "${FUZZ_SECONDS:-60}"
+		record "fuzz (make fuzz + run-fuzzers.sh)" $?
+	else
+		record "fuzz (clang missing: it is in .ci/packages)" 1
+	fi
+fi
 
 if [ "${SKIP_ASAN:-0}" != 1 ]; then
 	# ASan+UBSan with clang when it is there (libclang-rt-14-dev), else gcc.

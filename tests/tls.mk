@@ -18,6 +18,8 @@ TLS_TESTS = \
 	tests/integration/tls-provider-ed25519.sh \
 	tests/integration/tls-provider-nodejs.sh \
 	tests/integration/tls-provider-fork.sh \
+	tests/integration/tls-provider-dtls.sh \
+	tests/integration/tls-provider-allow-exe.sh \
 	tests/integration/tls-provider-negative.sh \
 	tests/integration/tls-provider-rotation.sh \
 	tests/integration/tls-engine.sh

@@ -98,8 +98,8 @@ struct mtls_agent_identity {
 };
 
 /*
- * Connects to the agent at socket_path, or, when NULL, at $MTLS_AGENT_SOCK,
- * else /run/mtls-agent/agent.sock, and exchanges versions. On success *out
+ * Connects to the agent at socket_path, or, when NULL, at $MTLS_AGENT_SOCK
+ * (read with secure_getenv: ignored in setuid/setgid programs), else /run/mtls-agent/agent.sock, and exchanges versions. On success *out
  * owns a new handle. MTLS_AGENT_ERR_BUSY: the agent refused the connection
  * (too many open; mtls_agent_last_error() says which limit).
  * MTLS_AGENT_ERR_DENIED: this user may not open the socket ("permission

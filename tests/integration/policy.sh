@@ -63,6 +63,34 @@ head -c $(($(size "$V/tls12") - 70)) "$V/tls12" >"$V/tls12-no-cke"
 CH_LEN=$(( $(od -An -tu1 -j1 -N3 "$V/tls12" | awk '{print $1 * 65536 + $2 * 256 + $3}') + 4 ))
 tail -c +$((CH_LEN + 1)) "$V/tls12" >"$V/tls12-no-ch"
 
+u32() { u16 $(($1 >> 16)); u16 "$1"; }
+
+# Forgeries the old header-tiling check signed: the client-authentication
+# order of handshake headers over bodies of the caller's choosing ...
+{ u16 0x0303; nonzero_bytes 60; } >"$V/hello-body"
+nonzero_bytes 200 >"$V/free-body"
+{
+	hs_msg 1 "$V/hello-body"; hs_msg 2 "$V/hello-body"; hs_msg 11 "$V/free-body"
+	hs_msg 12 "$V/free-body"; hs_msg 13 "$V/free-body"; printf '\016\000\000\000'
+	hs_msg 11 "$V/free-body"; hs_msg 16 "$V/free-body"
+} >"$V/tiled"
+# ... an IKEv2 InitiatorSignedOctets string (RFC 7296 2.15) whose initiator SPI
+# is chosen to start like a ClientHello: IKE_SA_INIT header, SA, KE, Nonce,
+# then the responder's nonce and prf(SK_pi, IDi') ...
+{
+	u8 1; u24 0x120; u16 0x0303; u16 0xaabb; head -c 8 /dev/zero
+	u8 33; u8 0x20; u8 34; u8 8; u32 0; u32 $((28 + 48 + 72 + 36))
+	u8 34; u8 0; u16 48; u8 0; u8 0; u16 44; u8 1; u8 1; u8 0; u8 4
+	u8 3; u8 0; u16 12; u8 1; u8 0; u16 12; u16 0x800e; u16 256
+	u8 3; u8 0; u16 8; u8 2; u8 0; u16 5; u8 3; u8 0; u16 8; u8 3; u8 0; u16 12
+	u8 0; u8 0; u16 8; u8 4; u8 0; u16 19
+	u8 40; u8 0; u16 72; u16 19; u16 0; nonzero_bytes 64
+	u8 0; u8 0; u16 36; nonzero_bytes 32
+	nonzero_bytes 32; nonzero_bytes 32
+} >"$V/ikev2"
+# ... and a real transcript with one byte after its ClientKeyExchange.
+{ cat "$V/tls12"; u8 0; } >"$V/tls12-trailing"
+
 # Lengths are what the names say.
 assert_eq "$(size "$V/server-cv")" 130 "server CV length"
 assert_eq "$(size "$V/sp63")" 129 "63-space CV length"
@@ -72,6 +100,8 @@ assert_eq "$(size "$V/h31")" 129 "CV with 31-byte hash length"
 assert_eq "$(size "$V/h33")" 131 "CV with 33-byte hash length"
 assert_eq "$(size "$V/h0")" 98 "CV without hash length"
 assert_eq "$(size "$V/digest32")" 32 "digest length"
+assert_eq "$(head -c 1 "$V/tiled" | od -An -tu1 | tr -d ' ')" 1 "tiled forgery starts like a ClientHello"
+assert_eq "$(size "$V/ikev2")" $((28 + 48 + 72 + 36 + 64)) "IKEv2 octets length"
 assert_eq "$(od -An -tu1 -j1 -N3 "$V/tls12-no-ch" | tr -s ' ')" "$(od -An -tu1 -j$((CH_LEN + 1)) -N3 "$V/tls12" | tr -s ' ')" "transcript cut"
 assert_eq "$(head -c 1 "$V/tls12-no-ch" | od -An -tu1 | tr -d ' ')" 2 "transcript without ClientHello starts with ServerHello"
 assert_eq "$(tail -c 70 "$V/tls12" | head -c 1 | od -An -tu1 | tr -d ' ')" 16 "ClientKeyExchange type"
@@ -86,7 +116,7 @@ refused() { # IDENTITY VECTOR [--digest]
 }
 
 for vec in csr.der csr-tbs.der x509-tbs.der server-cv sp63 sp65 nozero h31 h33 h0 jws \
-	tls12-truncated tls12-no-cke tls12-no-ch; do
+	tls12-truncated tls12-no-cke tls12-no-ch tiled ikev2 tls12-trailing; do
 	refused tls "$V/$vec"
 	refused tls13 "$V/$vec"
 done
@@ -107,6 +137,10 @@ for hl in 32 48 64; do
 	sign_verify any "$S" "$V/cv$hl" "$WORK/any.pub.pem"
 done
 sign_verify tls "$S" "$V/tls12" "$WORK/tls.pub.pem"
+# Real TLS 1.2 and DTLS 1.2 transcripts from three stacks (tests/vectors/tls12).
+for vec in ossl-tls gnutls-cli-tls go-cli-tls gnutls-serv-dtls ossl-dtls; do
+	sign_verify tls "$S" "${top_srcdir:-$(dirname "$0")/../..}/tests/vectors/tls12/$vec.bin" "$WORK/tls.pub.pem"
+done
 sign_verify any "$S" "$V/tls12" "$WORK/any.pub.pem"
 
 # sign-policy = any: the DER blobs, the JWS and a digest.

@@ -583,17 +583,80 @@ static void test_err_unknown_user(void **state)
 {
 	(void)state;
 	assert_null(getpwnam("no-such-user-mtls"));
-	expect_error("[agent]\nadmin-users = root no-such-user-mtls\n", 2,
-		     "unknown user \"no-such-user-mtls\"");
-	expect_error("[agent]\nadmin-groups = root, no-such-group-mtls\n", 2,
-		     "unknown group \"no-such-group-mtls\"");
+	/* socket-group must resolve: the socket would get the wrong owner. */
 	expect_error("[agent]\nsocket-group = no-such-group-mtls\n", 2,
 		     "unknown group \"no-such-group-mtls\"");
 	expect_error("[agent]\nadmin-users = 4294967295\n", 2, "bad user id \"4294967295\"");
 	expect_error("[agent]\nadmin-users = , ,\n", 2, "empty user list");
-	expect_error("[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nallow-users = nobody "
-		     "no-such-user-mtls\n",
-		     4, "unknown user \"no-such-user-mtls\"");
+}
+
+/*
+ * An account named in an allow-list or admin list that no longer exists is
+ * left out (a problem, logged), not a reason to refuse the whole file: the
+ * agent keeps serving the others, and the uid it had does not stay allowed.
+ */
+static void test_missing_accounts_left_out(void **state)
+{
+	struct config *cfg;
+	const struct cfg_identity *id;
+	struct passwd *nobody = getpwnam("nobody");
+	uid_t nobody_uid;
+
+	(void)state;
+	assert_non_null(nobody);
+	nobody_uid = nobody->pw_uid; /* getpwnam's buffer is reused by config_load */
+	cfg = load_ok("[agent]\nadmin-users = no-such-user-mtls\nadmin-groups = root, "
+		      "no-such-group-mtls\n"
+		      "[keystore \"k\"]\ntype = tpm2\n"
+		      "[identity \"i\"]\nkeystore = k\nkey = handle:0x81000010\n"
+		      "allow-users = nobody no-such-user-mtls\n"
+		      "[identity \"j\"]\nkeystore = k\nkey = handle:0x81000011\n"
+		      "allow-users = no-such-user-mtls\n");
+	assert_int_equal(cfg->n_problems, 4);
+	assert_non_null(strstr(cfg->problems[0], ":2: unknown user \"no-such-user-mtls\""));
+	assert_non_null(strstr(cfg->problems[1], ":3: unknown group \"no-such-group-mtls\""));
+	assert_non_null(strstr(cfg->problems[2], ":9: unknown user \"no-such-user-mtls\""));
+	assert_non_null(strstr(cfg->problems[3], ":13: unknown user \"no-such-user-mtls\""));
+	/* admin-users named only a missing account: no administrator, not root by default. */
+	assert_int_equal(cfg->n_admin_users, 0);
+	assert_int_equal(cfg->n_admin_groups, 1);
+	id = config_identity(cfg, "i");
+	assert_non_null(id);
+	assert_int_equal(id->n_allow_users, 1);
+	assert_int_equal(id->allow_users[0], nobody_uid);
+	id = config_identity(cfg, "j");
+	assert_non_null(id);
+	assert_int_equal(id->n_allow_users, 0);
+	config_free(cfg);
+}
+
+/* allow-exe paths are kept canonical; allow-unit names are checked; both errors have FILE:LINE. */
+static void test_allow_exe_unit(void **state)
+{
+	struct config *cfg;
+	const struct cfg_identity *id;
+	char *sh = realpath("/bin/sh", NULL);
+
+	(void)state;
+	assert_non_null(sh);
+	cfg = load_ok("[keystore \"k\"]\ntype = tpm2\n"
+		      "[identity \"i\"]\nkeystore = k\nkey = handle:0x81000010\n"
+		      "allow-exe = /bin/sh /nonexistent/prog\nallow-unit = myapp.service a@b.scope\n");
+	id = config_identity(cfg, "i");
+	assert_non_null(id);
+	assert_int_equal(id->n_allow_exe, 2);
+	assert_string_equal(id->allow_exe[0], sh);
+	assert_string_equal(id->allow_exe[1], "/nonexistent/prog");
+	assert_int_equal(id->n_allow_unit, 2);
+	assert_string_equal(id->allow_unit[1], "a@b.scope");
+	config_free(cfg);
+	free(sh);
+	expect_error("[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nallow-exe = sh\n", 4,
+		     "allow-exe must be an absolute path, not \"sh\"");
+	expect_error("[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nallow-unit = my/app\n", 4,
+		     "bad allow-unit \"my/app\": want systemd unit names (myapp.service)");
+	expect_error("[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nallow-unit = myapp\n", 4,
+		     "bad allow-unit \"myapp\": want systemd unit names (myapp.service)");
 }
 
 static void test_err_duplicates(void **state)
@@ -780,6 +843,8 @@ int main(void)
 		cmocka_unit_test(test_err_socket_mode),
 		cmocka_unit_test(test_err_numbers),
 		cmocka_unit_test(test_err_unknown_user),
+		cmocka_unit_test(test_missing_accounts_left_out),
+		cmocka_unit_test(test_allow_exe_unit),
 		cmocka_unit_test(test_err_duplicates),
 		cmocka_unit_test(test_err_missing_and_refs),
 		cmocka_unit_test(test_err_values),

@@ -1,6 +1,7 @@
 /* File helpers: bounded reads, atomic writes, secret-file permission checks. */
 #include "config.h"
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -105,6 +108,56 @@ static void test_write_file_atomic(void **state)
 	assert_int_equal(write_file_atomic("/nonexistent-dir/x", "a", 1, 0600), -1);
 }
 
+/*
+ * cert-out as root into a directory another user controls: a symlink there
+ * must not redirect the write (issue: a chain landed in a root-only 0700
+ * directory). A world-writable directory stands in for "another user's".
+ */
+static void test_write_file_symlinked_dir(void **state)
+{
+	char pub[256], secret[256], link[300], through[400], in_secret[400], ok[400];
+	uint8_t *data;
+	size_t len;
+	struct stat st;
+
+	(void)state;
+	snprintf(pub, sizeof(pub), "%s/public", dir);
+	snprintf(secret, sizeof(secret), "%s/secret", dir);
+	assert_int_equal(mkdir(pub, 0700), 0);
+	assert_int_equal(chmod(pub, 0777), 0);
+	assert_int_equal(mkdir(secret, 0700), 0);
+	/* public/link -> secret: refused, nothing written into secret/. */
+	snprintf(link, sizeof(link), "%s/link", pub);
+	assert_int_equal(symlink(secret, link), 0);
+	snprintf(through, sizeof(through), "%s/chain.pem", link);
+	errno = 0;
+	assert_int_equal(write_file_atomic(through, "chain", 5, 0644), -1);
+	assert_int_equal(errno, ELOOP);
+	snprintf(in_secret, sizeof(in_secret), "%s/chain.pem", secret);
+	assert_int_equal(lstat(in_secret, &st), -1);
+	/* Deeper: public/link/../secret/x goes through the link as well. */
+	snprintf(through, sizeof(through), "%s/link/../secret/x", pub);
+	assert_int_equal(write_file_atomic(through, "chain", 5, 0644), -1);
+	/* A plain file in the public directory itself is fine (its own name, our mode). */
+	snprintf(ok, sizeof(ok), "%s/chain.pem", pub);
+	assert_int_equal(write_file_atomic(ok, "chain", 5, 0644), 0);
+	assert_int_equal(lstat(ok, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_mode & 0777, 0644);
+	/* A symlink we made in a directory only we can write is followed. */
+	snprintf(link, sizeof(link), "%s/mine", dir);
+	assert_int_equal(symlink("secret", link), 0);
+	snprintf(through, sizeof(through), "%s/mine/chain.pem", dir);
+	assert_int_equal(write_file_atomic(through, "chain", 5, 0644), 0);
+	assert_int_equal(read_file(in_secret, 100, &data, &len), 0);
+	assert_memory_equal(data, "chain", 5);
+	free(data);
+	/* A missing component is an error, not a creation. */
+	snprintf(through, sizeof(through), "%s/nope/chain.pem", dir);
+	assert_int_equal(write_file_atomic(through, "chain", 5, 0644), -1);
+	assert_int_equal(errno, ENOENT);
+}
+
 static void test_secret_file(void **state)
 {
 	char path[256], err[256], *secret;
@@ -122,12 +175,76 @@ static void test_secret_file(void **state)
 	assert_non_null(strstr(err, "no usable secret"));
 }
 
+/*
+ * A child started by spawn_clean() from a process that ignores SIGPIPE and
+ * blocks HUP/INT/TERM (as the agent does) has neither: the shell reports its
+ * own SigIgn and SigBlk masks from /proc.
+ */
+static void test_spawn_clean(void **state)
+{
+	char out[256], script[512], *argv[4], *envp[] = {NULL};
+	sigset_t block, old;
+	struct sigaction ign, old_pipe;
+	uint8_t *data;
+	size_t len;
+	pid_t pid;
+	int status;
+
+	(void)state;
+	snprintf(out, sizeof(out), "%s/sig", dir);
+	/* Builtins only: the shell reads its own status (no child it would wait for). */
+	snprintf(script, sizeof(script),
+		 "while read -r k v; do case $k in SigBlk:|SigIgn:) echo \"$k $v\";; esac; "
+		 "done < /proc/$$/status > '%s'",
+		 out);
+	argv[0] = "/bin/sh";
+	argv[1] = "-c";
+	argv[2] = script;
+	argv[3] = NULL;
+	memset(&ign, 0, sizeof(ign));
+	ign.sa_handler = SIG_IGN;
+	assert_int_equal(sigaction(SIGPIPE, &ign, &old_pipe), 0);
+	sigemptyset(&block);
+	sigaddset(&block, SIGHUP);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	assert_int_equal(sigprocmask(SIG_BLOCK, &block, &old), 0);
+	assert_int_equal(spawn_clean("/bin/sh", argv, envp, &pid), 0);
+	assert_int_equal(sigprocmask(SIG_SETMASK, &old, NULL), 0);
+	assert_int_equal(sigaction(SIGPIPE, &old_pipe, NULL), 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_equal(read_file(out, 4096, &data, &len), 0);
+	/*
+	 * Signals 1..31 (SIGPIPE, HUP, INT, TERM among them) neither blocked nor
+	 * ignored. Bits 31..32 are glibc's internal SIGCANCEL/SIGSETXID, which
+	 * glibc lets no program change: they stay as the agent inherited them
+	 * (ignored when it was started through posix_spawn, as make does).
+	 */
+	{
+		const char *blk = strstr((char *)data, "SigBlk: "),
+			   *igns = strstr((char *)data, "SigIgn: ");
+
+		assert_non_null(blk);
+		assert_non_null(igns);
+		assert_int_equal(strtoull(blk + 8, NULL, 16) & 0x7fffffffull, 0);
+		assert_int_equal(strtoull(igns + 8, NULL, 16) & 0x7fffffffull, 0);
+		assert_int_equal(strtoull(blk + 8, NULL, 16) & ~0x180000000ull, 0);
+	}
+	free(data);
+	/* A missing program is an error value, not a crash. */
+	argv[0] = "/nonexistent/prog";
+	assert_int_not_equal(spawn_clean("/nonexistent/prog", argv, envp, &pid), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_read_file_bounds),
-		cmocka_unit_test(test_write_file_atomic),
-		cmocka_unit_test(test_secret_file),
+	    cmocka_unit_test(test_read_file_bounds),
+	    cmocka_unit_test(test_write_file_atomic),
+	    cmocka_unit_test(test_write_file_symlinked_dir),
+	    cmocka_unit_test(test_secret_file),
+	    cmocka_unit_test(test_spawn_clean),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

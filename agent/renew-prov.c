@@ -13,7 +13,7 @@
 #include "common/log.h"
 #include "common/scheme.h"
 #include "common/util.h"
-#include "engine/prov.h"
+#include "provider/prov.h"
 #include "mtls-agent/client.h"
 
 #define INTERNAL_PROV_NAME "mtlsagent-internal"

@@ -29,7 +29,7 @@
 #   HANDSHAKES       handshakes per configuration and round (default 40)
 #   LOADS            fresh processes per route and key for the key-load figures (default 10)
 #   SOFTHSM_MODULE   default /usr/lib/softhsm/libsofthsm2.so
-#   MTLS_PROVIDER_MODULE  default BUILD_DIR/engine/.libs/mtlsagent.so
+#   MTLS_PROVIDER_MODULE  default BUILD_DIR/provider/.libs/mtlsagent.so
 #   KEEP_WORKDIR=1   keep the work directory (raw figures in results.txt)
 set -euo pipefail
 export LC_ALL=C
@@ -40,7 +40,7 @@ ROUNDS=${ROUNDS:-30}
 N=${HANDSHAKES:-40}
 LOADS=${LOADS:-10}
 MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-PROVIDER=${MTLS_PROVIDER_MODULE:-$BUILD/engine/.libs/mtlsagent.so}
+PROVIDER=${MTLS_PROVIDER_MODULE:-$BUILD/provider/.libs/mtlsagent.so}
 AGENT=$BUILD/mtls-agent
 AGENTCTL=$BUILD/mtls-agentctl
 

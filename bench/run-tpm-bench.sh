@@ -32,7 +32,7 @@ TB=${TPM_BENCH:-$BUILD/bench/tpm-bench}
 ROUNDS=${ROUNDS:-10}
 OPS=${OPS:-100}
 HS=${HANDSHAKES:-20}
-PROVIDER=${MTLS_PROVIDER_MODULE:-$BUILD/engine/.libs/mtlsagent.so}
+PROVIDER=${MTLS_PROVIDER_MODULE:-$BUILD/provider/.libs/mtlsagent.so}
 
 die() {
 	printf 'run-tpm-bench: %s\n' "$*" >&2

@@ -15,7 +15,7 @@ BUILD=$(cd "${1:-$(dirname "$0")/../build}" && pwd)
 AGENT=$BUILD/mtls-agent
 CTL=$BUILD/mtls-agentctl
 MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-PROVIDER=$BUILD/engine/.libs/mtlsagent.so
+PROVIDER=$BUILD/provider/.libs/mtlsagent.so
 
 W=$(mktemp -d /tmp/mtls-demo.XXXXXX)
 PIDS=()

@@ -135,7 +135,7 @@ if [ "${SKIP_ASAN:-0}" != 1 ]; then
 	# without the sanitizer runtime, which cannot load instrumented modules. The
 	# ASan run therefore gives them the default build's modules: every TLS test
 	# still drives the instrumented agent with real clients.
-	export MTLS_PROVIDER_MODULE="$TOP/build/engine/.libs/mtlsagent.so"
+	export MTLS_PROVIDER_MODULE="$TOP/build/provider/.libs/mtlsagent.so"
 	export MTLS_ENGINE_MODULE="$TOP/build/engine/.libs/mtlsagent-engine.so"
 	# Likewise the PKCS#11 module for p11tool, gnutls-cli, wget, git and Java
 	# (tests/p11_client, instrumented itself, still loads the instrumented one).

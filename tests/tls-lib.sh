@@ -27,7 +27,7 @@
 #
 # Environment:
 #   top_builddir           build tree (set by `make check`; default: the directory of $MTLS_AGENT)
-#   MTLS_PROVIDER_MODULE   provider module (default $top_builddir/engine/.libs/mtlsagent.so,
+#   MTLS_PROVIDER_MODULE   provider module (default $top_builddir/provider/.libs/mtlsagent.so,
 #                          then $top_builddir/.libs/mtlsagent.so)
 #   MTLS_ENGINE_MODULE     engine module (default $top_builddir/engine/.libs/mtlsagent-engine.so,
 #                          then $top_builddir/.libs/mtlsagent-engine.so)
@@ -639,8 +639,8 @@ need_provider() {
 	if [ -n "${MTLS_PROVIDER_MODULE:-}" ]; then
 		PROVIDER_MODULE=$MTLS_PROVIDER_MODULE
 	else
-		PROVIDER_MODULE=$top_builddir/engine/.libs/mtlsagent.so
-		for m in "$top_builddir/engine/.libs/mtlsagent.so" "$top_builddir/.libs/mtlsagent.so"; do
+		PROVIDER_MODULE=$top_builddir/provider/.libs/mtlsagent.so
+		for m in "$top_builddir/provider/.libs/mtlsagent.so" "$top_builddir/.libs/mtlsagent.so"; do
 			if [ -f "$m" ]; then
 				PROVIDER_MODULE=$m
 				break

@@ -6,7 +6,7 @@
 # sources tests/lib.sh and tests/tls-lib.sh, listens on 127.0.0.1 only (ports
 # chosen by the kernel or free ports with a bounded retry), so `make -j check`
 # is safe. tls-harness-selftest.sh checks the harness with ordinary key files;
-# the others skip (exit 77) while the provider (engine/.libs/mtlsagent.so, or
+# the others skip (exit 77) while the provider (provider/.libs/mtlsagent.so, or
 # $MTLS_PROVIDER_MODULE) or the engine (engine/.libs/mtlsagent-engine.so, or
 # $MTLS_ENGINE_MODULE) is not built.
 TLS_TESTS = \

@@ -18,7 +18,7 @@
 #include <openssl/params.h>
 #include <openssl/sha.h>
 
-#include "engine/prov.h"
+#include "provider/prov.h"
 
 /* --- key objects ------------------------------------------------------------------------ */
 

@@ -6,8 +6,8 @@
  * an agent identity: the private half stays in the agent, which signs every
  * TLS CertificateVerify over its Unix socket.
  */
-#ifndef MTLS_ENGINE_PROV_H
-#define MTLS_ENGINE_PROV_H
+#ifndef MTLS_PROVIDER_PROV_H
+#define MTLS_PROVIDER_PROV_H
 
 #include <pthread.h>
 #include <stddef.h>

@@ -24,7 +24,7 @@
 
 #include "common/proto.h"
 #include "common/util.h"
-#include "engine/prov.h"
+#include "provider/prov.h"
 
 struct md_info {
 	const char *name;	    /* as we report it */

@@ -14,7 +14,7 @@
 #include <openssl/params.h>
 #include <openssl/store.h>
 
-#include "engine/prov.h"
+#include "provider/prov.h"
 
 #define URI_SCHEME "agent:"
 

@@ -19,7 +19,7 @@
 #include <openssl/err.h>
 #include <openssl/params.h>
 
-#include "engine/prov.h"
+#include "provider/prov.h"
 
 /* Core functions, the same for every instance of the provider in a process. */
 static OSSL_FUNC_core_get_params_fn *c_get_params;

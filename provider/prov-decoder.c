@@ -32,7 +32,7 @@
 #include <openssl/pem.h>
 
 #include "common/keyref.h"
-#include "engine/prov.h"
+#include "provider/prov.h"
 
 /* Key reference files are a few hundred bytes; anything far larger is something else. */
 #define KEYREF_MAX_INPUT (64u * 1024u)

@@ -35,6 +35,9 @@ struct mtls_agent {
  */
 int mtlsc_list_usable(mtls_agent *a, struct mtls_agent_identity **ids, size_t *n_ids);
 
+/* Frees what id holds and zeroes it (client-free.c); id itself stays. */
+void mtlsc_identity_clear(struct mtls_agent_identity *id);
+
 /* Defaults of connect_ms and reply_ms (mtls_agent_set_timeouts() in client.h). */
 #define CLIENT_CONNECT_TIMEOUT_MS 10000u
 #define CLIENT_REPLY_TIMEOUT_MS 30000u

@@ -753,17 +753,6 @@ static int rd_dup(struct reader *rd, uint8_t **out, size_t *out_len)
 	return 0;
 }
 
-void mtls_agent_chain_free(struct mtls_agent_cert *chain, size_t chain_len)
-{
-	size_t i;
-
-	if (chain == NULL)
-		return;
-	for (i = 0; i < chain_len; i++)
-		free(chain[i].der);
-	free(chain);
-}
-
 /* u32 n, then n DER certificates (non-empty strings). */
 static int parse_chain(struct reader *rd, struct mtls_agent_cert **chain, size_t *chain_len)
 {
@@ -790,34 +779,6 @@ static int parse_chain(struct reader *rd, struct mtls_agent_cert **chain, size_t
 	*chain = c;
 	*chain_len = n;
 	return 0;
-}
-
-static void identity_clear(struct mtls_agent_identity *id)
-{
-	free(id->name);
-	free(id->spki);
-	free(id->schemes);
-	mtls_agent_chain_free(id->chain, id->chain_len);
-	memset(id, 0, sizeof(*id));
-}
-
-void mtls_agent_identity_free(struct mtls_agent_identity *id)
-{
-	if (id == NULL)
-		return;
-	identity_clear(id);
-	free(id);
-}
-
-void mtls_agent_identities_free(struct mtls_agent_identity *ids, size_t n_ids)
-{
-	size_t i;
-
-	if (ids == NULL)
-		return;
-	for (i = 0; i < n_ids; i++)
-		identity_clear(&ids[i]);
-	free(ids);
 }
 
 /* One identity record (docs/PROTOCOL.md); id is zeroed by the caller, cleared on failure. */
@@ -865,7 +826,7 @@ static int parse_identity(struct reader *rd, struct mtls_agent_identity *id)
 	r = 0;
 out:
 	if (r != 0)
-		identity_clear(id);
+		mtlsc_identity_clear(id);
 	return r;
 }
 

@@ -79,8 +79,8 @@ static int resolve(const char *name, struct runtime **rt_out, struct identity_rt
 	return 0;
 }
 
-static int internal_get_identity(const char *name, struct mtls_agent_identity **out, char *err,
-				 size_t errlen)
+static int internal_get_identity(struct mtlsa_prov *prov, const char *name,
+				 struct mtls_agent_identity **out, char *err, size_t errlen)
 {
 	struct mtls_agent_identity *rec;
 	struct identity_rt *id;
@@ -88,6 +88,7 @@ static int internal_get_identity(const char *name, struct mtls_agent_identity **
 	struct ks_key *key;
 	int r;
 
+	(void)prov;
 	*out = NULL;
 	if ((r = resolve(name, &rt, &id, &key, err, errlen)) != 0)
 		return r;
@@ -107,9 +108,9 @@ static int internal_get_identity(const char *name, struct mtls_agent_identity **
 	return 0;
 }
 
-static int internal_sign(const char *name, const uint8_t *spki_hash, uint16_t code, unsigned flags,
-			 const uint8_t *data, size_t len, uint8_t **sig, size_t *siglen, char *err,
-			 size_t errlen)
+static int internal_sign(struct mtlsa_prov *prov, const char *name, const uint8_t *spki_hash,
+			 uint16_t code, unsigned flags, const uint8_t *data, size_t len, uint8_t **sig,
+			 size_t *siglen, char *err, size_t errlen)
 {
 	const struct scheme *scheme = scheme_by_code(code);
 	struct identity_rt *id;
@@ -120,6 +121,7 @@ static int internal_sign(const char *name, const uint8_t *spki_hash, uint16_t co
 	size_t input_len = len;
 	int r;
 
+	(void)prov;
 	if (scheme == NULL) {
 		snprintf(err, errlen, "unknown signature scheme 0x%04x", code);
 		return MTLS_AGENT_ERR_SCHEME;

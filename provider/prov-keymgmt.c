@@ -153,27 +153,17 @@ int mtlsa_key_from_agent(struct mtlsa_prov *prov, const char *name, int raise,
 			 struct mtlsa_key **key, struct mtls_agent_identity **ident)
 {
 	struct mtls_agent_identity *id = NULL;
-	mtls_agent *agent;
+	char err[MTLSA_ERR_LEN] = "";
 	int r;
 
 	*key = NULL;
 	if (ident != NULL)
 		*ident = NULL;
-	if (prov->transport != NULL) {
-		char err[256] = "";
-
-		if ((r = prov->transport->get_identity(name, &id, err, sizeof(err))) != 0) {
-			if (raise)
-				MTLSA_RAISE(prov, -r, "%s", err);
-			return r;
-		}
-	} else if ((r = mtlsa_agent(prov, &agent)) != 0 ||
-		   (r = mtls_agent_get_identity(agent, name, &id)) != 0) {
+	if ((r = prov->transport->get_identity(prov, name, &id, err, sizeof(err))) != 0) {
 		if (raise)
-			MTLSA_RAISE_AGENT(prov, r);
+			MTLSA_RAISE(prov, -r, "%s", err);
 		else
-			mtlsa_debug("identity \"%s\" from the agent: %s", name,
-				    mtls_agent_last_error());
+			mtlsa_debug("identity \"%s\" from the agent: %s", name, err);
 		return r;
 	}
 	if (id->key_type == MTLS_AGENT_KEY_NONE || id->spki_len == 0) {

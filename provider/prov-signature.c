@@ -513,7 +513,7 @@ static int agent_sign(struct sigctx *ctx, unsigned flags, const uint8_t *data, s
 	const struct mtlsa_key *key = ctx->key;
 	uint8_t *out = NULL;
 	size_t out_len = 0;
-	mtls_agent *agent;
+	char err[MTLSA_ERR_LEN] = "";
 	uint16_t scheme;
 	int r;
 
@@ -541,18 +541,9 @@ static int agent_sign(struct sigctx *ctx, unsigned flags, const uint8_t *data, s
 		return 0;
 	}
 	scheme = sig_scheme(ctx);
-	if (ctx->prov->transport != NULL) {
-		char err[256] = "";
-
-		if ((r = ctx->prov->transport->sign(key->name, key->spki_hash, scheme, flags, data,
-						    len, &out, &out_len, err, sizeof(err))) != 0) {
-			MTLSA_RAISE(ctx->prov, -r, "%s", err);
-			return 0;
-		}
-	} else if ((r = mtlsa_agent(ctx->prov, &agent)) != 0 ||
-		   (r = mtls_agent_sign(agent, key->name, scheme, flags, key->spki_hash, data, len,
-					&out, &out_len)) != 0) {
-		MTLSA_RAISE_AGENT(ctx->prov, r);
+	if ((r = ctx->prov->transport->sign(ctx->prov, key->name, key->spki_hash, scheme, flags,
+					    data, len, &out, &out_len, err, sizeof(err))) != 0) {
+		MTLSA_RAISE(ctx->prov, -r, "%s", err);
 		return 0;
 	}
 	mtlsa_debug("\"%s\" signed %zu bytes%s with %s: %zu-byte signature", key->name, len,

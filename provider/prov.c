@@ -1,10 +1,6 @@
 /*
- * OpenSSL 3 provider "mtlsagent": entry point, algorithm tables, errors and
- * the shared agent connection.
- *
- * Load it after the default provider (openssl.cnf: activate `default`, then
- * `mtlsagent`): libssl asks "which provider's EC key management comes first"
- * to decide which TLS groups are usable, and ours must not be the answer.
+ * OpenSSL 3 provider "mtlsagent": instance creation, algorithm tables and
+ * errors, for both transports (the socket's entry point is in prov-socket.c).
  */
 #include "config.h"
 
@@ -121,30 +117,6 @@ static const OSSL_ITEM *prov_get_reason_strings(void *provctx)
 	return reason_strings;
 }
 
-/* --- the agent connection --------------------------------------------------------------- */
-
-int mtlsa_agent(struct mtlsa_prov *prov, mtls_agent **agent)
-{
-	/* secure_getenv: a setuid/setgid program loading the provider ignores the caller's socket. */
-	const char *env = secure_getenv("MTLS_AGENT_SOCK");
-	int r = 0;
-
-	*agent = NULL;
-	if ((r = pthread_mutex_lock(&prov->lock)) != 0)
-		return MTLS_AGENT_ERR_INTERNAL;
-	if (prov->agent == NULL) {
-		/* The environment first, then the `socket` parameter, then the default. */
-		const char *path = (env != NULL && env[0] != '\0') ? NULL : prov->socket;
-
-		r = mtls_agent_connect(path, &prov->agent);
-		mtlsa_debug("connect: %s", r == 0 ? mtls_agent_socket_path(prov->agent)
-						 : mtls_agent_last_error());
-	}
-	*agent = prov->agent;
-	pthread_mutex_unlock(&prov->lock);
-	return r;
-}
-
 /* --- algorithms ---------------------------------------------------------------------------- */
 
 /* The names as the default provider spells them, so they share its name numbers. */
@@ -194,7 +166,7 @@ static const OSSL_ALGORITHM *prov_query_operation(void *provctx, int operation_i
 
 	*no_cache = 0;
 	/* In the agent itself there are no key reference files to decode. */
-	if (prov->transport != NULL && operation_id == OSSL_OP_DECODER)
+	if (!prov->transport->key_files && operation_id == OSSL_OP_DECODER)
 		return NULL;
 	switch (operation_id) {
 	case OSSL_OP_KEYMGMT:
@@ -251,10 +223,10 @@ static void prov_teardown(void *provctx)
 
 	if (prov == NULL)
 		return;
-	mtls_agent_close(prov->agent);
+	if (prov->transport != NULL && prov->transport->teardown != NULL)
+		prov->transport->teardown(prov);
 	OSSL_LIB_CTX_free(prov->libctx);
 	pthread_mutex_destroy(&prov->lock);
-	free(prov->socket);
 	free(prov);
 }
 
@@ -267,16 +239,15 @@ static const OSSL_DISPATCH prov_functions[] = {
 	{0, NULL},
 };
 
-/* The `socket` parameter of the provider's openssl.cnf section, if any. */
-static char *config_socket(const OSSL_CORE_HANDLE *handle)
+char *mtlsa_config_param(const struct mtlsa_prov *prov, const char *name)
 {
 	char *value = NULL;
 	OSSL_PARAM params[] = {
-		OSSL_PARAM_utf8_ptr("socket", &value, 0),
+		OSSL_PARAM_utf8_ptr(name, &value, 0),
 		OSSL_PARAM_END,
 	};
 
-	if (c_get_params == NULL || !c_get_params(handle, params) || value == NULL ||
+	if (c_get_params == NULL || !c_get_params(prov->handle, params) || value == NULL ||
 	    value[0] == '\0')
 		return NULL;
 	return strdup(value);
@@ -292,16 +263,13 @@ void mtlsa_set_internal_transport(const struct mtlsa_transport *transport)
 int mtlsa_internal_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
 				 const OSSL_DISPATCH **out, void **provctx)
 {
-	if (internal_transport == NULL || !OSSL_provider_init(handle, in, out, provctx))
+	if (internal_transport == NULL)
 		return 0;
-	((struct mtlsa_prov *)*provctx)->transport = internal_transport;
-	return 1;
+	return mtlsa_provider_init(internal_transport, handle, in, out, provctx);
 }
 
-__attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,
-							      const OSSL_DISPATCH *in,
-							      const OSSL_DISPATCH **out,
-							      void **provctx)
+int mtlsa_provider_init(const struct mtlsa_transport *transport, const OSSL_CORE_HANDLE *handle,
+			const OSSL_DISPATCH *in, const OSSL_DISPATCH **out, void **provctx)
 {
 	struct mtlsa_prov *prov;
 	const char *dbg = secure_getenv("MTLS_AGENT_DEBUG");
@@ -334,6 +302,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
 		}
 	}
 	prov->handle = handle;
+	prov->transport = transport;
 	if (pthread_mutex_init(&prov->lock, NULL) != 0) {
 		free(prov);
 		return 0;
@@ -344,11 +313,10 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
 		prov_teardown(prov);
 		return 0;
 	}
-	prov->socket = config_socket(handle);
-	mtlsa_debug("provider loaded; socket: %s",
-		    secure_getenv("MTLS_AGENT_SOCK") != NULL ? "$MTLS_AGENT_SOCK"
-		    : prov->socket != NULL	      ? prov->socket
-						      : "library default");
+	if (transport->init != NULL && !transport->init(prov)) {
+		prov_teardown(prov);
+		return 0;
+	}
 	*out = prov_functions;
 	*provctx = prov;
 	return 1;

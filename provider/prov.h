@@ -22,20 +22,42 @@
 #define MTLSA_PROV_NAME "mtlsagent"
 #define MTLSA_PROPS "provider=" MTLSA_PROV_NAME
 
+struct mtlsa_prov;
+
 /*
- * The agent's own use of this provider (certificate renewal): the same key
- * management and signature code, with the keystore reached by direct calls
- * instead of the socket. Both return 0 or a negative MTLS_AGENT_ERR_* code
- * with one line in err. get_identity fills name and spki of a calloc'ed
- * record (freed with mtls_agent_identity_free).
+ * How a provider instance reaches the agent. Two exist: the socket (the
+ * application module, prov-socket.c, the only place that connects) and the
+ * agent's own in-daemon transport for certificate renewal
+ * (agent/renew-prov.c), which calls the keystore directly. The key
+ * management and signature code sees only this interface, so the daemon links
+ * it without the socket code or OSSL_provider_init.
+ *
+ * get_identity and sign return 0 or a negative MTLS_AGENT_ERR_* code with one
+ * line in err. get_identity fills name and spki of a calloc'ed record (freed
+ * with mtls_agent_identity_free). init (may be NULL) runs once when the
+ * instance is created and returns 1 or 0; teardown (may be NULL) releases
+ * what init and the calls acquired.
  */
 struct mtlsa_transport {
-	int (*get_identity)(const char *name, struct mtls_agent_identity **id, char *err,
-			    size_t errlen);
-	int (*sign)(const char *name, const uint8_t *spki_hash, uint16_t scheme, unsigned flags,
-		    const uint8_t *data, size_t len, uint8_t **sig, size_t *siglen, char *err,
-		    size_t errlen);
+	int key_files; /* offer the DECODER for key reference files */
+	int (*init)(struct mtlsa_prov *prov);
+	void (*teardown)(struct mtlsa_prov *prov);
+	int (*get_identity)(struct mtlsa_prov *prov, const char *name,
+			    struct mtls_agent_identity **id, char *err, size_t errlen);
+	int (*sign)(struct mtlsa_prov *prov, const char *name, const uint8_t *spki_hash,
+		    uint16_t scheme, unsigned flags, const uint8_t *data, size_t len, uint8_t **sig,
+		    size_t *siglen, char *err, size_t errlen);
 };
+
+/* Room for a transport's error line (the client library keeps 512 bytes). */
+#define MTLSA_ERR_LEN 512
+
+/*
+ * Creates a provider instance reaching the agent through transport: the body
+ * of OSSL_provider_init for both transports.
+ */
+int mtlsa_provider_init(const struct mtlsa_transport *transport, const OSSL_CORE_HANDLE *handle,
+			const OSSL_DISPATCH *in, const OSSL_DISPATCH **out, void **provctx);
 
 /*
  * Provider init function for an in-process instance using transport (set
@@ -45,9 +67,15 @@ void mtlsa_set_internal_transport(const struct mtlsa_transport *transport);
 int mtlsa_internal_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
 				 const OSSL_DISPATCH **out, void **provctx);
 
+/*
+ * A string parameter of the provider's openssl.cnf section, strdup'ed; NULL
+ * if it is not set, empty, or there is no memory.
+ */
+char *mtlsa_config_param(const struct mtlsa_prov *prov, const char *name);
+
 /* Per-provider-instance state (the provctx OpenSSL hands back to every call). */
 struct mtlsa_prov {
-	const struct mtlsa_transport *transport; /* NULL: the agent socket */
+	const struct mtlsa_transport *transport; /* never NULL */
 	const OSSL_CORE_HANDLE *handle;
 	/*
 	 * A library context of our own holding only OpenSSL's default provider:
@@ -55,6 +83,7 @@ struct mtlsa_prov {
 	 * this provider's own key management.
 	 */
 	OSSL_LIB_CTX *libctx;
+	/* The socket transport's state (prov-socket.c); unused by the in-daemon one. */
 	char *socket;		/* config parameter `socket`, NULL if not set */
 	pthread_mutex_t lock;	/* guards agent while it is created */
 	mtls_agent *agent;	/* shared connection, created on first use */
@@ -108,19 +137,8 @@ void mtlsa_raise(const struct mtlsa_prov *prov, const char *file, int line, cons
 		 int reason, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 #define MTLSA_RAISE(prov, reason, ...)                                                             \
 	mtlsa_raise((prov), __FILE__, __LINE__, __func__, (reason), __VA_ARGS__)
-/* Error for a failed libmtls-agent call: reason from rc, text from mtls_agent_last_error(). */
-#define MTLSA_RAISE_AGENT(prov, rc)                                                                \
-	mtlsa_raise((prov), __FILE__, __LINE__, __func__, -(rc), "%s", mtls_agent_last_error())
-
 /* Debug line on stderr when MTLS_AGENT_DEBUG is set; silent otherwise. */
 void mtlsa_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/*
- * The provider's shared agent connection, connecting on first use. Returns 0
- * with *agent set (owned by prov), or a negative MTLS_AGENT_ERR_* code with
- * mtls_agent_last_error() describing it; the caller raises.
- */
-int mtlsa_agent(struct mtlsa_prov *prov, mtls_agent **agent);
 
 /* --- prov-keymgmt.c ------------------------------------------------------ */
 

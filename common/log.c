@@ -54,16 +54,44 @@ void log_msg(int level, const char *func, const char *fmt, ...)
 	}
 }
 
-const char *log_sanitize(const char *s, char *out, size_t outlen)
+const char *log_escape(const void *s, size_t len, char *out, size_t outlen)
 {
-	size_t i;
+	const unsigned char *p = s;
+	size_t i, o = 0, need;
+	char esc[5];
 
 	if (outlen == 0)
 		return "";
-	for (i = 0; s != NULL && s[i] != '\0' && i + 1 < outlen; i++) {
-		unsigned char c = (unsigned char)s[i];
-		out[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+	for (i = 0; i < len; i++) {
+		unsigned char c = p[i];
+
+		if (c == '\n' || c == '\r' || c == '\t' || c == '\\') {
+			esc[0] = '\\';
+			esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : '\\';
+			need = 2;
+		} else if (c < 0x20 || c >= 0x7f) {
+			snprintf(esc, sizeof(esc), "\\x%02x", c);
+			need = 4;
+		} else {
+			esc[0] = (char)c;
+			need = 1;
+		}
+		/* Room for this, and for "..." should more follow. */
+		if (o + need + (i + 1 < len ? 3 : 0) >= outlen) {
+			if (o + 3 < outlen) {
+				memcpy(out + o, "...", 3);
+				o += 3;
+			}
+			break;
+		}
+		memcpy(out + o, esc, need);
+		o += need;
 	}
-	out[i] = '\0';
+	out[o] = '\0';
 	return out;
+}
+
+const char *log_sanitize(const char *s, char *out, size_t outlen)
+{
+	return log_escape(s != NULL ? s : "", s != NULL ? strlen(s) : 0, out, outlen);
 }

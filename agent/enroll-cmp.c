@@ -400,6 +400,19 @@ static void last_openssl_error(char *buf, size_t len)
 		 (flags & ERR_TXT_STRING) && data != NULL ? data : "");
 }
 
+/* Whether OpenSSL's error queue says a response's protection did not verify. */
+static int protection_failed(void)
+{
+	unsigned long e;
+	int i;
+
+	for (i = 0; i < 64 && (e = ERR_get_error()) != 0; i++)
+		if (ERR_GET_LIB(e) == ERR_LIB_CMP &&
+		    ERR_GET_REASON(e) == CMP_R_ERROR_VALIDATING_PROTECTION)
+			return 1;
+	return 0;
+}
+
 /* Turns a finished (failed) transaction into an outcome. */
 static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 		     struct enroll_result *res)
@@ -440,7 +453,16 @@ static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 			set_result(res, ENROLL_REJECTED, "CMP %s rejected: %s", what, status);
 		return;
 	}
-	/* No PKIStatus: the exchange itself failed (bad protection, timeout, error message). */
+	if (protection_failed()) {
+		/* No signer found that chains to ca-trust, or a bad signature or MAC. */
+		set_result(res, ENROLL_TRANSIENT,
+			   "CMP %s: the response's protection does not verify: no certificate "
+			   "that chains to ca-trust %s signed it (a CA or RA must send its "
+			   "certificate in extraCerts), or its signature or MAC is wrong",
+			   what, t->req->trust_file);
+		return;
+	}
+	/* No PKIStatus: the exchange itself failed (timeout, error message). */
 	set_result(res, ENROLL_TRANSIENT, "CMP %s failed: %s", what,
 		   ossl[0] != '\0' ? ossl : "no answer");
 }

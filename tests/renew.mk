@@ -1,6 +1,7 @@
 # Renewal tests: tests/renew-lib.sh drives the test CAs (tests/cmp-ca, tests/est-ca).
 RENEW_TESTS = \
 	tests/integration/renew-cmp.sh \
+	tests/integration/renew-cmp-shapes.sh \
 	tests/integration/renew-est.sh \
 	tests/integration/renew-tpm.sh \
 	tests/integration/renew-openssl-cmp.sh \

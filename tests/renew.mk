@@ -9,6 +9,7 @@ RENEW_TESTS = \
 	tests/integration/renew-faults-cmp.sh \
 	tests/integration/renew-expired.sh \
 	tests/integration/renew-crash.sh \
-	tests/integration/renew-crash-cmp.sh
+	tests/integration/renew-crash-cmp.sh \
+	tests/integration/renew-bootstrap-warn.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "common/log.h"
 #include "common/util.h"
 
 static char dir[64];
@@ -122,12 +123,35 @@ static void test_secret_file(void **state)
 	assert_non_null(strstr(err, "no usable secret"));
 }
 
+/* Text from outside is logged escaped: no new line, no terminal control, a visible cut. */
+static void test_log_escape(void **state)
+{
+	char out[64];
+	const char forged[] = "bad\nmtls-agent: info: FORGED\r\x1b[31m\t\\ \x7f\xc3\xa9";
+
+	(void)state;
+	assert_string_equal(log_escape(forged, sizeof(forged) - 1, out, sizeof(out)),
+			    "bad\\nmtls-agent: info: FORGED\\r\\x1b[31m\\t\\\\ \\x7f\\xc3\\xa9");
+	/* NUL bytes inside a length-delimited body are data too. */
+	assert_string_equal(log_escape("a\0b", 3, out, sizeof(out)), "a\\x00b");
+	assert_string_equal(log_sanitize("plain text", out, sizeof(out)), "plain text");
+	assert_string_equal(log_sanitize(NULL, out, sizeof(out)), "");
+	/* Cut: what fits, then "...", never half an escape. */
+	assert_string_equal(log_escape("0123456789", 10, out, 8), "0123...");
+	assert_string_equal(log_escape("ab\n\n\n", 5, out, 8), "ab\\n...");
+	assert_string_equal(log_escape("ab\n\n", 4, out, 8), "ab\\n\\n");
+	assert_string_equal(log_escape("abc", 3, out, 4), "abc");
+	assert_string_equal(log_escape("abcd", 4, out, 4), "...");
+	assert_string_equal(log_escape("x", 1, out, 1), "");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_read_file_bounds),
 		cmocka_unit_test(test_write_file_atomic),
 		cmocka_unit_test(test_secret_file),
+		cmocka_unit_test(test_log_escape),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -441,7 +441,9 @@ static int install_staged(struct identity_rt *id, char *cur_hex, size_t cur_len)
 			  id->cfg->name, path != NULL ? path : "(staged)");
 		goto out;
 	}
-	if (identity_install_chain(id, chain, err, sizeof(err)) != 0) {
+	/* Checked when staged; time may have passed since (a long power cut). */
+	if (certcheck_leaf(sk_X509_value(chain, 0), time(NULL), err, sizeof(err)) != 0 ||
+	    identity_install_chain(id, chain, err, sizeof(err)) != 0) {
 		log_error("identity \"%s\": cannot install the confirmed certificate: %s",
 			  id->cfg->name, err);
 		goto out;

@@ -6,7 +6,7 @@
  *          [--lifetime SECONDS | --days DAYS] [--fault-file FAULTS] [--secret REF:SECRETFILE]
  *          [--log FILE] [--port N] [--srv-cert CERT.pem --srv-key KEY.pem]
  *          [--extra-certs chain|none|reversed] [--capubs yes|no] [--implicit-confirm]
- *          [--status-text TEXT]
+ *          [--status-text TEXT] [--client-trust CERTS.pem]
  *
  * Listens on 127.0.0.1:N (default 0: the kernel picks) and, once listening, writes the port to
  * --port-file (atomically). Serves POST application/pkixcmp (DER, at most 256 KiB), any path.
@@ -36,6 +36,8 @@
  *                         reverse order (the protection certificate last). extraCerts are
  *                         outside the protected part, so they are rewritten in the DER.
  *   --capubs yes|no       whether an ip carries caPubs (default yes: CA + --chain).
+ *   --client-trust FILE   more certificates that authenticate requests besides the CA's
+ *                         own (the CA before a rollover to a new intermediate).
  *   --status-text TEXT    the statusString of an injected rejection (default
  *                         "injected fault"); the CA's log shows it with control
  *                         characters as \xNN.
@@ -1139,11 +1141,11 @@ int main(int argc, char **argv)
 {
 	/* clang-format off */
 	enum { PORT_FILE, CA_CERT, CA_KEY, CHAIN, LIFETIME, DAYS, FAULT_FILE, SECRET, LOG, PORT,
-	       SRV_CERT, SRV_KEY, EXTRA_CERTS, CAPUBS, IMPLICIT, STATUS_TEXT, N };
+	       SRV_CERT, SRV_KEY, EXTRA_CERTS, CAPUBS, IMPLICIT, STATUS_TEXT, CLIENT_TRUST, N };
 	static const char *const names[N] = { "port-file", "ca-cert", "ca-key", "chain", "lifetime",
 					      "days", "fault-file", "secret", "log", "port",
 					      "srv-cert", "srv-key", "extra-certs", "capubs",
-					      "implicit-confirm", "status-text" };
+					      "implicit-confirm", "status-text", "client-trust" };
 	/* clang-format on */
 	const char *arg[N] = {NULL}, *colon;
 	struct option opts[N + 1] = {{NULL, 0, NULL, 0}};
@@ -1181,7 +1183,8 @@ int main(int argc, char **argv)
 		    "[--chain EXTRA.pem] [--lifetime SECONDS | --days DAYS] "
 		    "[--fault-file FAULTS] [--secret REF:SECRETFILE] [--log FILE] [--port N] "
 		    "[--srv-cert CERT.pem --srv-key KEY.pem] [--extra-certs chain|none|reversed] "
-		    "[--capubs yes|no] [--implicit-confirm] [--status-text TEXT]\n");
+		    "[--capubs yes|no] [--implicit-confirm] [--status-text TEXT] "
+		    "[--client-trust CERTS.pem]\n");
 		return 2;
 	}
 	g.log = stderr;
@@ -1208,8 +1211,13 @@ int main(int argc, char **argv)
 	}
 	/* The issuing CA is the trust anchor even when it is an intermediate. */
 	if (!X509_STORE_add_cert(g.store, g.ca_cert) ||
-	    !X509_STORE_set_flags(g.store, X509_V_FLAG_PARTIAL_CHAIN))
+	    !X509_STORE_set_flags(g.store, X509_V_FLAG_PARTIAL_CHAIN) ||
+	    (arg[CLIENT_TRUST] != NULL && X509_STORE_load_file(g.store, arg[CLIENT_TRUST]) != 1)) {
+		fprintf(stderr, "cmp-ca: cannot set up the trust store%s%s\n",
+			arg[CLIENT_TRUST] != NULL ? " with " : "",
+			arg[CLIENT_TRUST] != NULL ? arg[CLIENT_TRUST] : "");
 		goto out;
+	}
 	if (arg[SECRET] != NULL) {
 		if ((colon = strchr(arg[SECRET], ':')) == NULL || colon == arg[SECRET] ||
 		    (g.ref = OPENSSL_strndup(arg[SECRET], (size_t)(colon - arg[SECRET]))) == NULL ||

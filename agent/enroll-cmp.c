@@ -59,6 +59,13 @@ struct cmp_txn {
 	/* Certificates pinned by ca-signer; a refused response signer, if any. */
 	STACK_OF(X509) *pins;
 	char signer_err[512];
+	/*
+	 * OpenSSL's last warning or error line: some checks raise no error. A
+	 * sender name that is not ca-sender is only told at INFO level, in two
+	 * lines (" actual name in ... = X", " does not match ... = Y").
+	 */
+	char last_warn[512];
+	char last_info[256];
 };
 
 /*
@@ -346,6 +353,14 @@ static int cmp_log(const char *func, const char *file, int line, OSSL_CMP_severi
 	(void)line;
 	/* OpenSSL quotes the CA's texts (statusString, error details) in these. */
 	log_sanitize(msg, safe, sizeof(safe));
+	if (level <= OSSL_CMP_LOG_WARNING && cur_txn != NULL)
+		snprintf(cur_txn->last_warn, sizeof(cur_txn->last_warn), "%s", msg);
+	if (level > OSSL_CMP_LOG_WARNING && cur_txn != NULL) {
+		if (strncmp(msg, " does not match ", 16) == 0)
+			snprintf(cur_txn->last_warn, sizeof(cur_txn->last_warn), "%s%s",
+				 cur_txn->last_info + (cur_txn->last_info[0] == ' '), msg);
+		snprintf(cur_txn->last_info, sizeof(cur_txn->last_info), "%s", msg);
+	}
 	if (level <= OSSL_CMP_LOG_WARNING)
 		log_warn("CMP %s: %s", func != NULL ? func : "", safe);
 	else
@@ -464,7 +479,9 @@ static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 	}
 	/* No PKIStatus: the exchange itself failed (timeout, error message). */
 	set_result(res, ENROLL_TRANSIENT, "CMP %s failed: %s", what,
-		   ossl[0] != '\0' ? ossl : "no answer");
+		   ossl[0] != '\0'	     ? ossl
+		   : t->last_warn[0] != '\0' ? t->last_warn
+					     : "no answer");
 }
 
 int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)

@@ -7,6 +7,7 @@
 #  2. The operator pins it (ca-signer) and reloads: the renewal succeeds and the chain
 #     installed is leaf + the new intermediate (taken from extraCerts), verifying against
 #     ca-trust.
+#     With ca-sender set, an answer whose sender name differs is refused too.
 #  3. The CA moves to an intermediate under another root (an untrusted new anchor), its
 #     answers signed by an RA certificate (id-kp-cmcRA) that does chain to ca-trust: the
 #     certificate is refused ("does not verify against ca-trust") with a negative
@@ -95,6 +96,23 @@ assert_eq "$(openssl x509 -in "$WORK/now.inter" -noout -fingerprint -sha256)" \
 openssl verify -CAfile "$CA_TRUST" -untrusted "$WORK/now.inter" -purpose sslclient "$WORK/now.leaf" >/dev/null ||
 	fail "the installed chain does not verify against ca-trust"
 log "new intermediate pinned: serial $s1, chain leaf + inter2 verifies against the root"
+
+# 2b. ca-sender: an answer whose sender field is not the expected name is refused; the
+# right name is accepted.
+printf 'ca-sender = /CN=Fleet RA/O=Example\n' >>"$CONF"
+assert_ok ctl reload
+cp "$CRT" "$WORK/before.crt"
+assert_fails ctl renew dev
+assert_contains "$LAST_ERR" "does not match expected sender" "ca-sender mismatch"
+cmp -s "$CRT" "$WORK/before.crt" || fail "the certificate file changed after a refused sender"
+log "ca-sender mismatch: refused: $LAST_ERR"
+sed -i 's|^ca-sender = .*|ca-sender = /CN=inter2/O=mtls-agent tests|' "$CONF"
+assert_ok ctl reload
+assert_ok ctl renew dev
+s1=$(current_serial dev)
+log "ca-sender matching: renewed, serial $s1"
+sed -i '/^ca-sender = /d' "$CONF"
+assert_ok ctl reload
 
 # 3. An intermediate under another root, answers signed by a trusted RA: certificate refused.
 ca_as "$WORK/interB.crt" "$WORK/interB.key" "$WORK/otherca/root.crt" \

@@ -66,6 +66,7 @@ struct cfg_identity {
 	unsigned ca_timeout;      /* seconds for one transaction, default 60 */
 	char *ca_signer;          /* CMP: PEM certificates pinned as response signers */
 	char *ca_sender;          /* CMP: the sender name every response must carry */
+	int implicit_confirm;     /* CMP: ask for implicit confirmation (default 0) */
 };
 
 struct config {

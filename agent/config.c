@@ -72,6 +72,7 @@ enum identity_key {
 	I_CA_TIMEOUT,
 	I_CA_SIGNER,
 	I_CA_SENDER,
+	I_IMPLICIT_CONFIRM,
 	I_NKEYS
 };
 
@@ -90,7 +91,7 @@ static const char *const identity_keys[I_NKEYS] = {
 	"keystore", "key",	  "cert",	"allow-users", "allow-groups", "sign-policy",
 	"renew",    "ca-url",	  "ca-trust",	"renew-at",    "rotate-key",   "bootstrap",
 	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",   "ca-signer",
-	"ca-sender",
+	"ca-sender",  "implicit-confirm",
 };
 
 static const char *const policy_names[] = {
@@ -686,6 +687,13 @@ static int identity_value(struct parser *p, int k, const char *value)
 		X509_NAME_free(name);
 		return set_string(p, &id->ca_sender, value);
 	}
+	case I_IMPLICIT_CONFIRM:
+		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
+			fail(p, p->lineno, "bad implicit-confirm \"%s\": want yes or no", value);
+			return -1;
+		}
+		id->implicit_confirm = strcmp(value, "yes") == 0;
+		return 0;
 	}
 	return -1;
 }
@@ -1130,7 +1138,7 @@ static int finish_renewal(struct parser *p, size_t i)
 	const struct cfg_identity *boot;
 	static const int renew_only[] = {I_CA_URL, I_CA_TRUST, I_RENEW_AT, I_ROTATE_KEY,
 					 I_BOOTSTRAP, I_POST_RENEW, I_CERT_OUT, I_SUBJECT,
-					 I_CA_TIMEOUT, I_CA_SIGNER, I_CA_SENDER};
+					 I_CA_TIMEOUT, I_CA_SIGNER, I_CA_SENDER, I_IMPLICIT_CONFIRM};
 	size_t j;
 
 	if (id->renew_permille == 0 && id->renew_before == 0)
@@ -1167,9 +1175,15 @@ static int finish_renewal(struct parser *p, size_t i)
 		     renew_method_name(id->renew));
 		return -1;
 	}
-	if ((kl->line[I_CA_SIGNER] != 0 || kl->line[I_CA_SENDER] != 0) && id->renew != RENEW_CMP) {
-		fail(p, kl->line[I_CA_SIGNER] != 0 ? kl->line[I_CA_SIGNER] : kl->line[I_CA_SENDER],
-		     "identity \"%s\": ca-signer and ca-sender are for renew = cmp", id->name);
+	if ((kl->line[I_CA_SIGNER] != 0 || kl->line[I_CA_SENDER] != 0 ||
+	     kl->line[I_IMPLICIT_CONFIRM] != 0) &&
+	    id->renew != RENEW_CMP) {
+		fail(p,
+		     kl->line[I_CA_SIGNER] != 0   ? kl->line[I_CA_SIGNER]
+		     : kl->line[I_CA_SENDER] != 0 ? kl->line[I_CA_SENDER]
+						  : kl->line[I_IMPLICIT_CONFIRM],
+		     "identity \"%s\": ca-signer, ca-sender and implicit-confirm are for renew = cmp",
+		     id->name);
 		return -1;
 	}
 	if (id->bootstrap == BOOTSTRAP_SECRET)

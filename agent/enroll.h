@@ -83,6 +83,13 @@ struct enroll_request {
 	const char *signer_file;
 	const X509_NAME *signer_name;
 	STACK_OF(X509) *own_chain;
+	/*
+	 * CMP: ask for implicit confirmation (RFC 9483 4.1.1): a CA that grants it
+	 * takes the certificate as confirmed with no certConf, so install() follows
+	 * the answer at once, and a certificate the agent refuses cannot be
+	 * refused to the CA. Otherwise certConf/pkiConf.
+	 */
+	int implicit_confirm;
 
 	/*
 	 * Called once with the issued chain (leaf first, then whatever other

@@ -1003,6 +1003,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	req.signer_file = cfg->ca_signer;
 	req.signer_name = signer_name;
 	req.own_chain = snap.chain;
+	req.implicit_confirm = cfg->implicit_confirm;
 	j.step = STEP_REQUESTED;
 	if (journal_write(id, &j) != 0) {
 		snprintf(msg, msglen, "cannot write the renewal journal");

@@ -7,7 +7,8 @@
 #  2. The operator pins it (ca-signer) and reloads: the renewal succeeds and the chain
 #     installed is leaf + the new intermediate (taken from extraCerts), verifying against
 #     ca-trust.
-#     With ca-sender set, an answer whose sender name differs is refused too.
+#     With ca-sender set, an answer whose sender name differs is refused too. With
+#     implicit-confirm = yes, a CA that grants it gets no certConf; one that does not, does.
 #  3. The CA moves to an intermediate under another root (an untrusted new anchor), its
 #     answers signed by an RA certificate (id-kp-cmcRA) that does chain to ca-trust: the
 #     certificate is refused ("does not verify against ca-trust") with a negative
@@ -113,6 +114,26 @@ s1=$(current_serial dev)
 log "ca-sender matching: renewed, serial $s1"
 sed -i '/^ca-sender = /d' "$CONF"
 assert_ok ctl reload
+
+# 2c. implicit-confirm = yes: a CA that grants it gets no certConf, and the certificate is
+# installed at once; a CA that does not grant it gets certConf as usual.
+printf 'implicit-confirm = yes\n' >>"$CONF"
+assert_ok ctl reload
+ca_as "$WORK/inter2.crt" "$WORK/inter2.key" "$CA_DIR/root.crt" --implicit-confirm
+camark=$(($(wc -l <"$CA_LOG") + 1))
+assert_ok ctl renew dev
+s1=$(current_serial dev)
+ca_log_since "$camark" | grep -q "kur issued serial=$s1 " || fail "implicit confirmation: $s1 was not issued by this CA"
+ca_log_since "$camark" | grep -q "certConf" && fail "implicit confirmation granted, yet a certConf was sent"
+ca_as "$WORK/inter2.crt" "$WORK/inter2.key" "$CA_DIR/root.crt"
+camark=$(($(wc -l <"$CA_LOG") + 1))
+assert_ok ctl renew dev
+s1=$(current_serial dev)
+ca_log_since "$camark" | grep -q "certConf accepted serial=$s1" ||
+	fail "implicit confirmation asked for, not granted: no certConf for $s1"
+sed -i '/^implicit-confirm = /d' "$CONF"
+assert_ok ctl reload
+log "implicit-confirm: granted -> installed without certConf; not granted -> certConf/pkiConf ($s1)"
 
 # 3. An intermediate under another root, answers signed by a trusted RA: certificate refused.
 ca_as "$WORK/interB.crt" "$WORK/interB.key" "$WORK/otherca/root.crt" \

@@ -406,6 +406,7 @@ static void test_renewal(void **state)
 		      "cert-out = /a/one.pem /b/two.pem\npost-renew = systemctl reload app\n"
 		      "subject = /CN=gw-1/O=Fleet\nkey-type = rsa-2048\nca-timeout = 30\n"
 		      "ca-signer = /etc/ra.pem\nca-sender = /CN=Fleet RA/O=Fleet\n"
+		      "implicit-confirm = yes\n"
 		      "[identity \"b\"]\nkeystore = k\nkey = handle:0x81000011\n"
 		      "renew = est\nca-url = https://est.example/.well-known/est\n"
 		      "ca-trust = /etc/ca.pem\nbootstrap = identity:a\n"
@@ -429,7 +430,9 @@ static void test_renewal(void **state)
 	assert_int_equal(id->ca_timeout, 30);
 	assert_string_equal(id->ca_signer, "/etc/ra.pem");
 	assert_string_equal(id->ca_sender, "/CN=Fleet RA/O=Fleet");
+	assert_int_equal(id->implicit_confirm, 1);
 	id = config_identity(cfg, "b");
+	assert_int_equal(id->implicit_confirm, 0);
 	assert_null(id->ca_signer);
 	assert_null(id->ca_sender);
 	assert_int_equal(id->renew, RENEW_EST);
@@ -486,7 +489,9 @@ static void test_err_renewal(void **state)
 		     "bad ca-sender \"/CN\": subject part 'CN' has no '='");
 	expect_error(RENEW_HEAD "renew = est\nca-url = https://x/.well-known/est\nca-trust = /c\n"
 				"ca-signer = /ra.pem\n",
-		     9, "identity \"i\": ca-signer and ca-sender are for renew = cmp");
+		     9, "identity \"i\": ca-signer, ca-sender and implicit-confirm are for renew = cmp");
+	expect_error(RENEW_HEAD "renew = cmp\nimplicit-confirm = maybe\n", 7,
+		     "bad implicit-confirm \"maybe\": want yes or no");
 	expect_error(RENEW_HEAD "ca-signer = /ra.pem\n", 6,
 		     "identity \"i\": \"ca-signer\" needs renew = cmp or est");
 }

@@ -1182,7 +1182,8 @@ static int finish_renewal(struct parser *p, size_t i)
 		     kl->line[I_CA_SIGNER] != 0   ? kl->line[I_CA_SIGNER]
 		     : kl->line[I_CA_SENDER] != 0 ? kl->line[I_CA_SENDER]
 						  : kl->line[I_IMPLICIT_CONFIRM],
-		     "identity \"%s\": ca-signer, ca-sender and implicit-confirm are for renew = cmp",
+		     "identity \"%s\": ca-signer, ca-sender and implicit-confirm are for "
+		     "renew = cmp",
 		     id->name);
 		return -1;
 	}

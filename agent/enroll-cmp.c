@@ -537,7 +537,7 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 	 */
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_MSG_TIMEOUT, msg_timeout);
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_TOTAL_TIMEOUT, msg_timeout * POLL_FACTOR);
-	/* Explicit confirmation unless configured: a refused certificate gets a negative certConf. */
+	/* Explicit unless configured: a refused certificate gets a negative certConf. */
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_IMPLICIT_CONFIRM, req->implicit_confirm ? 1 : 0);
 	/*
 	 * PBM (bootstrap secret): HMAC-SHA256 rather than OpenSSL 3.0's default
@@ -609,8 +609,8 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 		if (req->install(req->commit_arg, err, sizeof(err)) != 0)
 			set_result(res, ENROLL_LOCAL, "CMP %s: %s", what, err);
 		else
-			set_result(res, ENROLL_OK, "CMP %s: certificate issued, confirmed and installed",
-				   what);
+			set_result(res, ENROLL_OK,
+				   "CMP %s: certificate issued, confirmed and installed", what);
 	} else if (newcert != NULL && t.commit_called && !t.commit_failed && !t.sent_certconf &&
 		   req->implicit_confirm) {
 		/* Asked for and granted: the CA's answer was its confirmation. */
@@ -620,7 +620,8 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 			set_result(res, ENROLL_LOCAL, "CMP %s: %s", what, err);
 		else
 			set_result(res, ENROLL_OK,
-				   "CMP %s: certificate issued, implicitly confirmed and installed", what);
+				   "CMP %s: certificate issued, implicitly confirmed and installed",
+				   what);
 	} else if (newcert != NULL && t.commit_called && !t.commit_failed && !t.sent_certconf) {
 		/*
 		 * implicitConfirm in the answer although we asked for explicit

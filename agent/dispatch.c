@@ -10,6 +10,7 @@
 #include "agent/dispatch.h"
 #include "agent/policy.h"
 #include "agent/renew.h"
+#include "agent/sign.h"
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/scheme.h"
@@ -356,9 +357,9 @@ static int op_get_identity(const struct dispatch_env *env, const struct peer *pe
 static int op_sign(const struct dispatch_env *env, const struct peer *peer, struct reader *rd,
 		   struct buf *out, struct result *res)
 {
-	const uint8_t *want_hash, *data, *input;
-	uint8_t digest[64], *sig = NULL;
-	size_t want_len, data_len, input_len, sig_len = 0;
+	const uint8_t *want_hash, *data;
+	uint8_t *sig = NULL;
+	size_t want_len, data_len, sig_len = 0;
 	const struct scheme *scheme;
 	struct identity_rt *id;
 	struct ks_key *key;
@@ -378,9 +379,6 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 		return fail(res, MTLS_AGENT_ERR_BAD_MESSAGE, "unknown SIGN flags 0x%02x", flags);
 	if (want_len != 0 && want_len != MTLS_AGENT_SPKI_HASH_LEN)
 		return fail(res, MTLS_AGENT_ERR_BAD_MESSAGE, "key selector must be 0 or 32 bytes");
-	if (data_len > PROTO_MAX_SIGN_INPUT)
-		return fail(res, MTLS_AGENT_ERR_TOO_LARGE, "message over %u bytes",
-			    PROTO_MAX_SIGN_INPUT);
 	if ((scheme = scheme_by_code(code)) == NULL)
 		return fail(res, MTLS_AGENT_ERR_SCHEME, "unknown signature scheme 0x%04x", code);
 
@@ -401,41 +399,12 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 	if (key == NULL)
 		return res->code;
 
-	if (!ks_key_fits_scheme(key, scheme))
-		return fail(res, MTLS_AGENT_ERR_SCHEME, "scheme %s does not fit the %u-bit key of "
-			    "identity \"%s\"", scheme->name, key->bits, id->cfg->name);
-	if (policy_check(id->cfg->sign_policy, data, data_len, flags & MTLS_AGENT_SIGN_DIGEST,
-			 &reason) != 0) {
-		atomic_fetch_add(&id->n_refused, 1);
+	r = identity_sign(id, key, scheme, flags, data, data_len, SIGN_CLIENT, &sig, &sig_len,
+			  &reason, err, sizeof(err));
+	if (r == MTLS_AGENT_ERR_POLICY)
 		log_refusal(env, peer, id->cfg->name, reason);
-		return fail(res, MTLS_AGENT_ERR_POLICY, "identity \"%s\" (sign-policy %s): %s",
-			    id->cfg->name, sign_policy_name(id->cfg->sign_policy), reason);
-	}
-	if (flags & MTLS_AGENT_SIGN_DIGEST) {
-		if (scheme->hash_len == 0)
-			return fail(res, MTLS_AGENT_ERR_SCHEME, "%s signs messages, not digests",
-				    scheme->name);
-		if (data_len != scheme->hash_len)
-			return fail(res, MTLS_AGENT_ERR_INVALID_ARG, "digest of %zu bytes for %s "
-				    "(needs %zu)", data_len, scheme->name, scheme->hash_len);
-		input = data;
-		input_len = data_len;
-	} else if (scheme->hash_len == 0) {
-		input = data;
-		input_len = data_len;
-	} else {
-		if (scheme_hash(scheme, data, data_len, digest) != 0)
-			return fail(res, MTLS_AGENT_ERR_INTERNAL, "hashing failed");
-		input = digest;
-		input_len = scheme->hash_len;
-	}
-	r = ks_sign(id->ks, key, scheme, input, input_len, &sig, &sig_len, err, sizeof(err));
-	wipe(digest, sizeof(digest));
-	if (r != 0) {
-		log_warn("identity \"%s\": sign failed: %s", id->cfg->name, err);
-		return fail(res, r, "identity \"%s\": %s", id->cfg->name, err);
-	}
-	atomic_fetch_add(&id->n_signed, 1);
+	if (r != 0)
+		return fail(res, r, "%s", err);
 	r = buf_put_string(out, sig, sig_len);
 	free(sig);
 	return r != 0 ? fail(res, r, "reply too large") : 0;

@@ -10,6 +10,7 @@
 #include <openssl/store.h>
 
 #include "agent/renew-prov.h"
+#include "agent/sign.h"
 #include "common/log.h"
 #include "common/scheme.h"
 #include "common/util.h"
@@ -116,9 +117,6 @@ static int internal_sign(struct mtlsa_prov *prov, const char *name, const uint8_
 	struct identity_rt *id;
 	struct runtime *rt;
 	struct ks_key *key;
-	uint8_t digest[64];
-	const uint8_t *input = data;
-	size_t input_len = len;
 	int r;
 
 	(void)prov;
@@ -128,30 +126,15 @@ static int internal_sign(struct mtlsa_prov *prov, const char *name, const uint8_
 	}
 	if ((r = resolve(name, &rt, &id, &key, err, errlen)) != 0)
 		return r;
-	if (memcmp(key->spki_hash, spki_hash, 32) != 0 || !ks_key_fits_scheme(key, scheme)) {
-		snprintf(err, errlen, "scheme %s does not fit this key", scheme->name);
+	/* resolve() found the key by this hash; the check keeps the selector's meaning explicit. */
+	if (memcmp(key->spki_hash, spki_hash, 32) != 0) {
+		snprintf(err, errlen, "identity \"%s\" no longer holds the requested key",
+			 id->cfg->name);
 		runtime_unref(rt);
-		return MTLS_AGENT_ERR_SCHEME;
+		return MTLS_AGENT_ERR_KEY_GONE;
 	}
-	if ((flags & MTLS_AGENT_SIGN_DIGEST) != 0) {
-		if (scheme->hash_len == 0 || len != scheme->hash_len) {
-			snprintf(err, errlen, "digest of %zu bytes for %s", len, scheme->name);
-			runtime_unref(rt);
-			return MTLS_AGENT_ERR_INVALID_ARG;
-		}
-	} else if (scheme->hash_len != 0) {
-		if (scheme_hash(scheme, data, len, digest) != 0) {
-			snprintf(err, errlen, "hashing failed");
-			runtime_unref(rt);
-			return MTLS_AGENT_ERR_INTERNAL;
-		}
-		input = digest;
-		input_len = scheme->hash_len;
-	}
-	r = ks_sign(id->ks, key, scheme, input, input_len, sig, siglen, err, errlen);
-	wipe(digest, sizeof(digest));
-	log_debug("renewal: identity \"%s\" signed with %s: %s", id->cfg->name, scheme->name,
-		  r == 0 ? "ok" : err);
+	r = identity_sign(id, key, scheme, flags, data, len, SIGN_RENEWAL, sig, siglen, NULL, err,
+			  errlen);
 	runtime_unref(rt);
 	return r;
 }

@@ -13,7 +13,12 @@ JOBS=${JOBS:-2}
 FAILED=()
 RESULTS=()
 
-stage() { printf '\n======== %s ========\n' "$*"; }
+# shellcheck source=../.ci/progress.sh
+. "$TOP/.ci/progress.sh"
+stage() { printf '\n======== [+%ss] %s ========\n' "$(progress_elapsed)" "$*"; }
+# While a make check runs: which tests are running (set CHECK_DIR).
+CHECK_DIR=
+progress_detail() { [ -z "$CHECK_DIR" ] || progress_running_tests "$CHECK_DIR"; }
 
 # Prints the .log of each test whose .trs says FAIL, ERROR or XPASS under DIR.
 print_failed_logs() { # DIR
@@ -42,6 +47,17 @@ print_summary() { # DIR
 		done
 }
 
+# The system directories a build's `make install`/`uninstall` could touch, and the
+# entries of /tmp and /var/tmp: make check and make distcheck must change none of them
+# (distcheck installs under its own prefix; tests clean up their temp dirs).
+SYSTEM_DIRS=(/usr/lib /usr/local /usr/bin /usr/sbin /usr/include /usr/share/man /etc)
+snapshot_system() { # FILE
+	{
+		find "${SYSTEM_DIRS[@]}" -xdev -printf '%p\t%y\t%m\t%u:%g\t%s\t%TY-%Tm-%Td %TH:%TM\n' 2>/dev/null
+		find /tmp /var/tmp -mindepth 1 -maxdepth 1 -printf '%p\t%y\n' 2>/dev/null
+	} | LC_ALL=C sort >"$1"
+}
+
 record() { # NAME STATUS
 	if [ "$2" -eq 0 ]; then
 		RESULTS+=("PASS  $1")
@@ -64,14 +80,16 @@ build_and_check() {
 	[ "$rc" -eq 0 ] || { tail -n 60 "$TOP/$dir/config.log" 2>/dev/null; return 1; }
 
 	stage "$name: make -j$JOBS"
-	make -C "$TOP/$dir" -j"$JOBS"
+	progress_run "$name: make" make -C "$TOP/$dir" -j"$JOBS"
 	rc=$?
 	record "$name: make" "$rc"
 	[ "$rc" -eq 0 ] || return 1
 
 	stage "$name: make -j$JOBS check"
-	make -C "$TOP/$dir" -j"$JOBS" check
+	CHECK_DIR=$TOP/$dir
+	progress_run "$name: make check" make -C "$TOP/$dir" -j"$JOBS" check
 	rc=$?
+	CHECK_DIR=
 	record "$name: make check" "$rc"
 	if [ "$rc" -ne 0 ]; then
 		stage "$name: logs of failed tests"
@@ -97,6 +115,10 @@ if command -v shellcheck >/dev/null; then
 	shellcheck -S warning -x -P SCRIPTDIR tests/lib.sh tests/integration/*.sh tests/ci.sh .ci/run
 	record "shellcheck" $?
 fi
+
+SNAP_DIR=$(mktemp -d /tmp/mtls-ci-snap.XXXXXX)
+trap 'rm -rf "$SNAP_DIR"' EXIT
+snapshot_system "$SNAP_DIR/before"
 
 stage "autoreconf -fi"
 autoreconf -fi
@@ -131,8 +153,10 @@ fi
 if [ "${SKIP_DISTCHECK:-0}" != 1 ]; then
 	if [ -f "$TOP/build/Makefile" ]; then
 		stage "make distcheck"
-		make -C "$TOP/build" -j"$JOBS" distcheck
+		CHECK_DIR=$TOP/build
+		progress_run "make distcheck" make -C "$TOP/build" -j"$JOBS" distcheck
 		rc=$?
+		CHECK_DIR=
 		record "make distcheck" "$rc"
 		if [ "$rc" -ne 0 ]; then
 			stage "distcheck: logs of failed tests"
@@ -145,6 +169,17 @@ if [ "${SKIP_DISTCHECK:-0}" != 1 ]; then
 	fi
 fi
 
+# Everything above (both make check runs and distcheck) stayed inside the tree.
+stage "system directories and /tmp unchanged since the start"
+snapshot_system "$SNAP_DIR/after"
+# The snapshot directory itself is in both lists.
+if diff -u "$SNAP_DIR/before" "$SNAP_DIR/after"; then
+	echo "unchanged: ${SYSTEM_DIRS[*]} /tmp /var/tmp ($(wc -l <"$SNAP_DIR/after") entries)"
+	record "system unchanged by make check/distcheck" 0
+else
+	record "system unchanged by make check/distcheck" 1
+fi
+
 # The Debian packages, built from a copy of the tree (dpkg-buildpackage writes
 # its results into the parent directory), then lintian: no errors allowed.
 if [ "${SKIP_DEB:-0}" != 1 ] && command -v dpkg-buildpackage >/dev/null; then
@@ -153,7 +188,8 @@ if [ "${SKIP_DEB:-0}" != 1 ] && command -v dpkg-buildpackage >/dev/null; then
 	mkdir -p "$debdir/src"
 	tar --exclude='./build*' --exclude=./.git --exclude=./autom4te.cache -cf - . |
 		tar -xf - -C "$debdir/src"
-	(cd "$debdir/src" && dpkg-buildpackage -b -us -uc) >"$debdir/build.log" 2>&1
+	progress_run "dpkg-buildpackage (log: $debdir/build.log)" \
+		bash -c 'cd "$1/src" && dpkg-buildpackage -b -us -uc >"$1/build.log" 2>&1' _ "$debdir"
 	rc=$?
 	[ "$rc" -eq 0 ] || tail -n 80 "$debdir/build.log"
 	record "dpkg-buildpackage" "$rc"

@@ -8,11 +8,13 @@
 #                          systemd-socket-activate): serves and signs, leaves the socket
 #   systemd-notify.sh      sd_notify READY/RELOADING/STOPPING/STATUS/WATCHDOG seen on a
 #                          NOTIFY_SOCKET the test listens on
+#   daemon-start-error.sh  without -f and without syslog, a failed start says why on stderr
 # systemd-lib.sh is sourced by them (the stand-ins for systemd, in python3).
 SYSTEMD_TESTS = \
 	tests/integration/systemd-units.sh \
 	tests/integration/systemd-activation.sh \
-	tests/integration/systemd-notify.sh
+	tests/integration/systemd-notify.sh \
+	tests/integration/daemon-start-error.sh
 
 TESTS += $(SYSTEMD_TESTS)
 EXTRA_DIST += tests/integration/systemd-lib.sh $(SYSTEMD_TESTS)

@@ -4,8 +4,11 @@
 # `make distcheck`. The log of every failed test is printed. Every stage runs
 # even when an earlier one failed; the exit status is non-zero if any failed.
 #
+# Then the Debian packages (dpkg-buildpackage, lintian) and, with them, the
+# system test (tests/system/run.sh: a fresh Debian 12 booted with systemd-nspawn).
+#
 # Environment: JOBS (default 2), STRICT=0 (no --enable-strict), SKIP_ASAN=1,
-# SKIP_DISTCHECK=1.
+# SKIP_DISTCHECK=1, SKIP_DEB=1, SKIP_SYSTEM=1.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 TOP=$(pwd)
@@ -112,7 +115,8 @@ clang --version 2>/dev/null | head -n 1 || true
 if command -v shellcheck >/dev/null; then
 	stage "shellcheck"
 	# -S warning: info-level notes (e.g. SC2119 on optional-argument helpers) do not fail CI.
-	shellcheck -S warning -x -P SCRIPTDIR tests/lib.sh tests/integration/*.sh tests/ci.sh .ci/run
+	shellcheck -S warning -x -P SCRIPTDIR tests/lib.sh tests/integration/*.sh tests/ci.sh .ci/run \
+		.ci/progress.sh demo/run demo/demo.sh tests/system/*.sh
 	record "shellcheck" $?
 fi
 
@@ -197,6 +201,17 @@ if [ "${SKIP_DEB:-0}" != 1 ] && command -v dpkg-buildpackage >/dev/null; then
 		ls -l "$debdir"/*.deb
 		lintian --fail-on error "$debdir"/*.changes
 		record "lintian (no errors)" $?
+		# The packages in a fresh Debian 12 booted with systemd as PID 1.
+		if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
+			stage "system test: the packages under a real systemd (tests/system/run.sh)"
+			progress_run "system test" timeout 1800 "$TOP/tests/system/run.sh" "$debdir"
+			rc=$?
+			if [ "$rc" -eq 77 ]; then
+				RESULTS+=("SKIP  system test (see its SKIP line)")
+			else
+				record "system test (systemd-nspawn --boot)" "$rc"
+			fi
+		fi
 	fi
 	rm -rf "$debdir"
 fi

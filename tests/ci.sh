@@ -16,8 +16,8 @@ JOBS=${JOBS:-2}
 FAILED=()
 RESULTS=()
 
-# shellcheck source=../.ci/progress.sh
-. "$TOP/.ci/progress.sh"
+# shellcheck source=../.ci/lib.sh
+. "$TOP/.ci/lib.sh"
 stage() { printf '\n======== [+%ss] %s ========\n' "$(progress_elapsed)" "$*"; }
 # While a make check runs: which tests are running (set CHECK_DIR).
 CHECK_DIR=
@@ -116,7 +116,7 @@ if command -v shellcheck >/dev/null; then
 	stage "shellcheck"
 	# -S warning: info-level notes (e.g. SC2119 on optional-argument helpers) do not fail CI.
 	shellcheck -S warning -x -P SCRIPTDIR tests/lib.sh tests/integration/*.sh tests/ci.sh .ci/run \
-		.ci/progress.sh demo/run demo/demo.sh tests/system/*.sh
+		.ci/lib.sh demo/run demo/demo.sh tests/system/*.sh
 	record "shellcheck" $?
 fi
 

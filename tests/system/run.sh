@@ -22,93 +22,14 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 DEBS=${1:?usage: tests/system/run.sh DIR_WITH_DEBS}
 DEBS=$(cd "$DEBS" && pwd)
 T0=$SECONDS
-
-say() { printf '[system +%ss] %s\n' "$((SECONDS - T0))" "$*"; }
-fail() {
-	say "FAIL: $*"
-	exit 1
-}
-skip() {
-	say "SKIP: $*"
-	exit 77
-}
-
-[ "$(id -u)" -eq 0 ] || skip "needs root (it boots a container)"
-for c in systemd-nspawn nsenter debootstrap; do
-	command -v "$c" >/dev/null || skip "$c is not installed (packages systemd-container, util-linux, debootstrap)"
-done
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 ls "$DEBS"/mtls-agent_*.deb "$DEBS"/libmtls-agent0_*.deb "$DEBS"/openssl-mtlsagent_*.deb >/dev/null ||
 	fail "no packages in $DEBS"
-
-TARBALL=$("$HERE/make-root.sh") || exit $?
-CACHE=$(dirname "$TARBALL")
-W=$(mktemp -d "$CACHE/run.XXXXXX")
-ROOT=$W/root
-NSPAWN_PID=
-INIT=
-
-cleanup() {
-	local rc=$?
-	if [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
-		[ -z "$INIT" ] || timeout 20 nsenter -t "$INIT" -a systemctl poweroff >/dev/null 2>&1 || true
-		for _ in $(seq 30); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 1; done
-		kill -TERM "$NSPAWN_PID" 2>/dev/null || true
-		for _ in $(seq 10); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 1; done
-		kill -KILL "$NSPAWN_PID" 2>/dev/null || true
-		wait "$NSPAWN_PID" 2>/dev/null || true
-	fi
-	if [ "$rc" -ne 0 ] && [ -s "$W/console.log" ]; then
-		say "container console (last 30 lines):"
-		tail -n 30 "$W/console.log"
-	fi
-	rm -rf "$W"
-}
-trap cleanup EXIT
-
-say "unpacking $TARBALL"
-mkdir -p "$ROOT"
-tar -C "$ROOT" -xzf "$TARBALL"
-# The root directory itself must be 0755 (mktemp made the cached one 0700), or
-# every service that is not root fails to traverse "/".
-chmod 755 "$ROOT"
+sys_prepare
 mkdir -p "$ROOT/root/debs"
 cp "$DEBS"/mtls-agent_*.deb "$DEBS"/libmtls-agent0_*.deb "$DEBS"/openssl-mtlsagent_*.deb "$ROOT/root/debs/"
-
-say "booting it: systemd-nspawn --boot"
-# The host's network (apt inside reaches the archive; s_server listens on loopback).
-timeout 1200 systemd-nspawn -D "$ROOT" --boot --quiet --register=no --keep-unit \
-	--machine="mtls-test-$$" >"$W/console.log" 2>&1 </dev/null &
-NSPAWN_PID=$!
-# The container's init: the child of systemd-nspawn, itself the child of timeout.
-for _ in $(seq 60); do
-	nspawn=$(ps -o pid= --ppid "$NSPAWN_PID" | tr -d ' ' | head -n 1)
-	[ -z "$nspawn" ] || INIT=$(ps -o pid= --ppid "$nspawn" | tr -d ' ' | head -n 1)
-	[ -z "$INIT" ] || break
-	sleep 0.5
-done
-[ -n "$INIT" ] || fail "no init process under systemd-nspawn"
-
-# cin CMD...: runs CMD inside the container (all its namespaces), clean environment.
-cin() {
-	timeout "${IN_TIMEOUT:-120}" nsenter -t "$INIT" -a \
-		env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-		LANG=C.UTF-8 "$@"
-}
-# sh_in SCRIPT: runs a bash script inside.
-sh_in() { cin bash -euc "$1"; }
-
-state=
-for _ in $(seq 120); do
-	state=$(cin systemctl is-system-running 2>/dev/null || true)
-	case "$state" in running | degraded) break ;; esac
-	sleep 1
-done
-say "PID 1 in the container: $(cin cat /proc/1/comm), system state: $state"
-case "$state" in
-running) ;;
-degraded) cin systemctl --failed --no-legend || true ;;
-*) fail "the container did not boot (state '$state')" ;;
-esac
+sys_boot
 
 say "installing the packages (and softhsm2, curl, openssl for the test) with apt"
 IN_TIMEOUT=900 sh_in 'export DEBIAN_FRONTEND=noninteractive

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by .ci/run, demo/run and tests/ci.sh: long phases say what they do and
+# Sourced by .ci/run, demo/run and tests/ci.sh. Long phases say what they do and
 # how long they have been at it, so that no phase is silent for more than a minute.
 #
 #   progress_run LABEL CMD...   runs CMD (its output passes through unchanged);
@@ -56,4 +56,43 @@ progress_running_tests() { # BUILD_DIR
 	done < <(find "$1" -name '*.log' -newer "$1/Makefile" ! -name test-suite.log \
 		! -name config.log 2>/dev/null)
 	[ "${#running[@]}" -eq 0 ] || printf ' - running: %s' "${running[*]%.log}"
+}
+
+# A source tree configured in place (./configure run in it, as older instructions
+# said) makes every out-of-tree build fail ("source directory already configured"):
+# `make distclean` it, which removes only what configure and make generated.
+clean_intree_config() {
+	[ -f config.status ] || [ -f Makefile ] || return 0
+	progress_note "this source tree was configured in place; cleaning it with 'make distclean' (builds go to build/)"
+	if [ -f Makefile ] && make distclean >/dev/null 2>&1; then
+		return 0
+	fi
+	# No usable Makefile (e.g. configure was interrupted): remove configure's outputs.
+	rm -f config.status config.log config.h stamp-h1 Makefile libtool mtls-agent.pc
+	rm -rf .deps .libs ./*/.deps ./*/.dirstamp
+	if [ -f config.status ] || [ -f Makefile ]; then
+		echo "cannot clean the in-place configuration: run 'make distclean' here, then try again" >&2
+		return 1
+	fi
+}
+
+# to_log LOG CMD...: CMD with its output appended to LOG (for progress_run).
+to_log() {
+	local log=$1
+	shift
+	"$@" >>"$log" 2>&1
+}
+
+# apt-get install of .ci/packages, with progress lines; apt's output goes to LOG
+# and is shown (its end) only on failure.
+install_packages() { # LOG
+	local pkgs
+	mapfile -t pkgs < <(grep -v -e '^#' -e '^$' .ci/packages)
+	export DEBIAN_FRONTEND=noninteractive
+	: >"$1"
+	progress_run "apt-get update" to_log "$1" apt-get -o DPkg::Lock::Timeout=300 update ||
+		{ tail -n 30 "$1"; return 1; }
+	progress_run "apt-get install of the ${#pkgs[@]} packages in .ci/packages (log: $1)" \
+		to_log "$1" apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${pkgs[@]}" ||
+		{ tail -n 30 "$1"; return 1; }
 }

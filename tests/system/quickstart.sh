@@ -36,7 +36,7 @@ IN_TIMEOUT=3000 sh_in 'cd /root/src && export DEBIAN_FRONTEND=noninteractive &&
 	tail -n 60 "$ROOT/root/quickstart.log"
 	fail "a Quickstart command failed (above: the end of its trace)"
 }
-grep -E '^\+ |^(imported|config|socket|keystore|device):' "$ROOT/root/quickstart.log" |
+grep -E '^\+ |^(imported|config|socket|keystore|device):|^systemd-(sysusers|tmpfiles) ' "$ROOT/root/quickstart.log" |
 	grep -v '^+ make\b' | cut -c1-200
 
 say "curl as user mosquitto (group mtls) through the provider, against openssl s_server -Verify 1"

@@ -8,7 +8,7 @@
 # system test (tests/system/run.sh: a fresh Debian 12 booted with systemd-nspawn).
 #
 # Environment: JOBS (default 2), STRICT=0 (no --enable-strict), SKIP_ASAN=1,
-# SKIP_DISTCHECK=1, SKIP_DEB=1, SKIP_SYSTEM=1.
+# SKIP_DISTCHECK=1, SKIP_DEB=1, SKIP_SYSTEM=1 (neither system test), SKIP_QUICKSTART=1.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 TOP=$(pwd)
@@ -210,6 +210,17 @@ if [ "${SKIP_DEB:-0}" != 1 ] && command -v dpkg-buildpackage >/dev/null; then
 				RESULTS+=("SKIP  system test (see its SKIP line)")
 			else
 				record "system test (systemd-nspawn --boot)" "$rc"
+			fi
+		fi
+		# The README's Quickstart pasted into a fresh Debian 12 booted the same way.
+		if [ "${SKIP_SYSTEM:-0}" != 1 ] && [ "${SKIP_QUICKSTART:-0}" != 1 ]; then
+			stage "README Quickstart in a fresh Debian 12 under systemd (tests/system/quickstart.sh)"
+			progress_run "quickstart test" timeout 2400 "$TOP/tests/system/quickstart.sh"
+			rc=$?
+			if [ "$rc" -eq 77 ]; then
+				RESULTS+=("SKIP  quickstart test (see its SKIP line)")
+			else
+				record "README Quickstart (systemd-nspawn --boot)" "$rc"
 			fi
 		fi
 	fi

@@ -24,4 +24,5 @@ EXTRA_DIST += tests/integration/systemd-lib.sh $(SYSTEMD_TESTS)
 
 # Not run by make check: tests/system/run.sh (the Debian packages under a real systemd,
 # run by tests/ci.sh after the package build) and its helpers.
-EXTRA_DIST += tests/system/run.sh tests/system/make-root.sh tests/system/quickstart.sh
+EXTRA_DIST += tests/system/run.sh tests/system/make-root.sh tests/system/quickstart.sh \
+	tests/system/readme-commands.sh tests/system/lib.sh .ci/lib.sh

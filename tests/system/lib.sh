@@ -4,7 +4,8 @@
 # the cache, booted with `systemd-nspawn --boot` (bounded by timeout, always
 # stopped on exit), and `cin`/`sh_in` to run commands inside it through nsenter.
 #   sys_prepare   checks, unpacks; sets ROOT (copy files into it before booting)
-#   sys_boot      boots ROOT, waits for `systemctl is-system-running`
+#   sys_boot      boots ROOT (for at most SYS_TIMEOUT s, default 1200), waits for
+#                 `systemctl is-system-running`
 T0=$SECONDS
 
 say() { printf '[system +%ss] %s\n' "$((SECONDS - T0))" "$*"; }
@@ -58,7 +59,7 @@ sys_cleanup() {
 sys_boot() {
 	say "booting it: systemd-nspawn --boot"
 	# The host's network (apt inside reaches the archive; s_server listens on loopback).
-	timeout 1200 systemd-nspawn -D "$ROOT" --boot --quiet --register=no --keep-unit \
+	timeout "${SYS_TIMEOUT:-1200}" systemd-nspawn -D "$ROOT" --boot --quiet --register=no --keep-unit \
 		--machine="mtls-test-$$" >"$W/console.log" 2>&1 </dev/null &
 	NSPAWN_PID=$!
 	# The container's init: the child of systemd-nspawn, itself the child of timeout.

@@ -13,6 +13,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+[ "${CI:-0}" != 1 ] || SYS_TIMEOUT=7200
 sys_prepare
 mkdir -p "$ROOT/root/src"
 tar -C "$TOP" --exclude='./build*' --exclude=./.git --exclude=./autom4te.cache -cf - . |

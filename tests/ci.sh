@@ -115,8 +115,8 @@ clang --version 2>/dev/null | head -n 1 || true
 if command -v shellcheck >/dev/null; then
 	stage "shellcheck"
 	# -S warning: info-level notes (e.g. SC2119 on optional-argument helpers) do not fail CI.
-	shellcheck -S warning -x -P SCRIPTDIR tests/lib.sh tests/integration/*.sh tests/ci.sh .ci/run \
-		.ci/lib.sh demo/run demo/demo.sh tests/system/*.sh
+	progress_run shellcheck shellcheck -S warning -x -P SCRIPTDIR tests/lib.sh tests/integration/*.sh \
+		tests/ci.sh .ci/run .ci/lib.sh demo/run demo/demo.sh tests/system/*.sh
 	record "shellcheck" $?
 fi
 
@@ -125,7 +125,7 @@ trap 'rm -rf "$SNAP_DIR"' EXIT
 snapshot_system "$SNAP_DIR/before"
 
 stage "autoreconf -fi"
-autoreconf -fi
+progress_run "autoreconf -fi" autoreconf -fi
 rc=$?
 record "autoreconf" "$rc"
 if [ "$rc" -ne 0 ]; then

@@ -345,7 +345,11 @@ static int op_get_identity(const struct dispatch_env *env, const struct peer *pe
 	if ((r = rd_done(rd)) != 0)
 		return fail(res, r, "trailing bytes after the identity name");
 	if (chain_only) {
+		char err[256];
+
 		pthread_mutex_lock(&id->lock);
+		/* The certificate file as it is now (replaced by another tool?). */
+		identity_refresh(id, 0, err, sizeof(err));
 		r = put_chain(out, id->chain);
 		pthread_mutex_unlock(&id->lock);
 	} else {

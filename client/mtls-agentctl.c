@@ -2355,6 +2355,14 @@ static void check_identity(struct doctor *d, struct findings *fd,
 				    "the agent offers no signature scheme for this key — check the "
 				    "key type and the keystore ('" PROG " status')");
 	}
+	/* The certificate file on disk was replaced by something the agent would not
+	 * take (it keeps serving the certificate it read before): the file is wrong. */
+	if (id->chain_len > 0 && state != NULL &&
+	    strstr(state, "still serving the certificate read before") != NULL)
+		add_finding(fd, 0,
+			    "%s — put a valid certificate there, or import one with '" PROG
+			    " import-cert NAME FILE'",
+			    state);
 	if (id->chain_len == 0) {
 		if (state != NULL && strcmp(state, "ok") != 0 &&
 		    strcmp(state, "no certificate installed") != 0)

@@ -10,6 +10,7 @@
 static int log_to_syslog;
 static int log_level = LOG_LVL_INFO;
 static const char *log_ident = "mtls-agent";
+static int log_mirror_fd = -1;
 
 void log_init(const char *ident, int to_syslog, int level)
 {
@@ -18,6 +19,11 @@ void log_init(const char *ident, int to_syslog, int level)
 	log_level = level;
 	if (to_syslog)
 		openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
+}
+
+void log_mirror_errors(int fd)
+{
+	log_mirror_fd = fd;
 }
 
 void log_set_level(int level)
@@ -47,6 +53,8 @@ void log_msg(int level, const char *func, const char *fmt, ...)
 			syslog(prio[level], "%s: %s", func, line);
 		else
 			syslog(prio[level], "%s", line);
+		if (level == LOG_LVL_ERROR && log_mirror_fd >= 0)
+			dprintf(log_mirror_fd, "%s: %s: %s\n", log_ident, name[level], line);
 	} else if (log_level >= LOG_LVL_DEBUG) {
 		fprintf(stderr, "%s: %s: %s: %s\n", log_ident, name[level], func, line);
 	} else {

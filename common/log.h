@@ -13,6 +13,10 @@ enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN = 1, LOG_LVL_INFO = 2, LOG_LVL_
 /* ident: program name; to_syslog: 0 = stderr; level: most verbose level printed. */
 void log_init(const char *ident, int to_syslog, int level);
 void log_set_level(int level);
+/* While logging to syslog, also write error messages to fd (-1: stop). The daemon
+ * uses it during start-up, so that a start that fails says why on the terminal
+ * even where there is no syslog. */
+void log_mirror_errors(int fd);
 int log_get_level(void);
 void log_msg(int level, const char *func, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

@@ -158,18 +158,6 @@ struct keystore {
 extern const struct ks_backend ks_pkcs11_backend;
 #ifdef HAVE_TPM2
 extern const struct ks_backend ks_tpm2_backend;
-/*
- * Removes a retired key generation from the keystore for good: PKCS#11
- * destroys the private key and the public key (and a certificate object, if
- * any) with the key's CKA_ID; tpm2 drops the key's block from its TSS2
- * PRIVATE KEY file (rewritten atomically) or evicts its persistent handle.
- * Afterwards ks_find_keys no longer returns it; the ks_key itself stays
- * allocated until ks_close and ks_sign with it fails with
- * MTLS_AGENT_ERR_KEY_UNAVAILABLE. Deleting a key that is already gone is
- * success. Returns 0 or a negative MTLS_AGENT_ERR_* code with a line in err.
- */
-int ks_delete(struct keystore *ks, struct ks_key *key, char *err, size_t errlen);
-
 #endif
 
 /*

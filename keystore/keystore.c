@@ -8,6 +8,7 @@
 #include <openssl/ec.h>
 #include <openssl/ecdsa.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
 #include <openssl/x509.h>
 
 #include "keystore/keystore.h"
@@ -106,6 +107,22 @@ const char *ks_name(const struct keystore *ks)
 const char *ks_type(const struct keystore *ks)
 {
 	return ks->backend->type;
+}
+
+EVP_PKEY *ks_pkey_fromdata(const char *alg, OSSL_PARAM_BLD *bld)
+{
+	EVP_PKEY_CTX *ctx = NULL;
+	OSSL_PARAM *params = NULL;
+	EVP_PKEY *pkey = NULL;
+
+	if ((params = OSSL_PARAM_BLD_to_param(bld)) == NULL ||
+	    (ctx = EVP_PKEY_CTX_new_from_name(NULL, alg, NULL)) == NULL ||
+	    EVP_PKEY_fromdata_init(ctx) != 1 ||
+	    EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
+		pkey = NULL;
+	OSSL_PARAM_free(params);
+	EVP_PKEY_CTX_free(ctx);
+	return pkey;
 }
 
 int ks_key_set_public(struct ks_key *key, EVP_PKEY *pub)

@@ -166,6 +166,8 @@ extern const struct ks_backend ks_tpm2_backend;
  * turns an r||s signature into a DER ECDSA-Sig-Value.
  */
 int ks_key_set_public(struct ks_key *key, EVP_PKEY *pub);
+/* A public key of type alg ("EC", "RSA", "ED25519") from the parameters in bld, or NULL. */
+EVP_PKEY *ks_pkey_fromdata(const char *alg, OSSL_PARAM_BLD *bld);
 void ks_key_free_public(struct ks_key *key);
 int ks_ecdsa_raw_to_der(const uint8_t *raw, size_t rawlen, uint8_t **der, size_t *derlen);
 

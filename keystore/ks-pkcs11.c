@@ -642,22 +642,6 @@ static const uint8_t *point_unwrap(const uint8_t *p, size_t len, size_t want)
 	return p + hdr;
 }
 
-static EVP_PKEY *pkey_fromdata(const char *alg, OSSL_PARAM_BLD *bld)
-{
-	EVP_PKEY_CTX *ctx = NULL;
-	OSSL_PARAM *params = NULL;
-	EVP_PKEY *pkey = NULL;
-
-	if ((params = OSSL_PARAM_BLD_to_param(bld)) == NULL ||
-	    (ctx = EVP_PKEY_CTX_new_from_name(NULL, alg, NULL)) == NULL ||
-	    EVP_PKEY_fromdata_init(ctx) != 1 ||
-	    EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
-		pkey = NULL;
-	OSSL_PARAM_free(params);
-	EVP_PKEY_CTX_free(ctx);
-	return pkey;
-}
-
 static EVP_PKEY *pub_ec(const uint8_t *params, size_t plen, const uint8_t *pt, size_t ptlen,
 			const char **why)
 {
@@ -685,7 +669,7 @@ static EVP_PKEY *pub_ec(const uint8_t *params, size_t plen, const uint8_t *pt, s
 	    OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, q,
 					     1 + 2 * ec_curves[i].field_len) != 1)
 		goto out;
-	if ((pkey = pkey_fromdata("EC", bld)) == NULL)
+	if ((pkey = ks_pkey_fromdata("EC", bld)) == NULL)
 		*why = "invalid EC public key";
 out:
 	OSSL_PARAM_BLD_free(bld);
@@ -704,7 +688,7 @@ static EVP_PKEY *pub_rsa(const uint8_t *n, size_t nlen, const uint8_t *e, size_t
 	    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) != 1 ||
 	    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be) != 1)
 		goto out;
-	if ((pkey = pkey_fromdata("RSA", bld)) == NULL)
+	if ((pkey = ks_pkey_fromdata("RSA", bld)) == NULL)
 		*why = "invalid RSA public key";
 out:
 	OSSL_PARAM_BLD_free(bld);
@@ -731,7 +715,7 @@ static EVP_PKEY *pub_ed25519(const uint8_t *params, size_t plen, const uint8_t *
 	if ((bld = OSSL_PARAM_BLD_new()) == NULL ||
 	    OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, q, 32) != 1)
 		goto out;
-	if ((pkey = pkey_fromdata("ED25519", bld)) == NULL)
+	if ((pkey = ks_pkey_fromdata("ED25519", bld)) == NULL)
 		*why = "invalid Ed25519 public key";
 out:
 	OSSL_PARAM_BLD_free(bld);

@@ -380,22 +380,6 @@ static const struct {
 };
 /* clang-format on */
 
-static EVP_PKEY *pkey_fromdata(const char *alg, OSSL_PARAM_BLD *bld)
-{
-	EVP_PKEY_CTX *ctx = NULL;
-	OSSL_PARAM *params = NULL;
-	EVP_PKEY *pkey = NULL;
-
-	if ((params = OSSL_PARAM_BLD_to_param(bld)) == NULL ||
-	    (ctx = EVP_PKEY_CTX_new_from_name(NULL, alg, NULL)) == NULL ||
-	    EVP_PKEY_fromdata_init(ctx) != 1 ||
-	    EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
-		pkey = NULL;
-	OSSL_PARAM_free(params);
-	EVP_PKEY_CTX_free(ctx);
-	return pkey;
-}
-
 /* Left-pads a TPM2B value into out[want]; 0 if it does not fit. */
 static int pad_into(const uint8_t *p, size_t len, uint8_t *out, size_t want)
 {
@@ -441,7 +425,7 @@ static EVP_PKEY *pub_from_tpm(const TPMT_PUBLIC *p, const char **why)
 		    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) != 1 ||
 		    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) != 1)
 			goto out;
-		pkey = pkey_fromdata("RSA", bld);
+		pkey = ks_pkey_fromdata("RSA", bld);
 		break;
 	case TPM2_ALG_ECC:
 		for (i = 0; i < sizeof(ec_curves) / sizeof(ec_curves[0]); i++)
@@ -460,7 +444,7 @@ static EVP_PKEY *pub_from_tpm(const TPMT_PUBLIC *p, const char **why)
 		    OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt,
 						     1 + 2 * fl) != 1)
 			goto out;
-		pkey = pkey_fromdata("EC", bld);
+		pkey = ks_pkey_fromdata("EC", bld);
 		break;
 	default:
 		*why = "neither an RSA nor an EC key";

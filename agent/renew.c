@@ -53,6 +53,7 @@
 #include "agent/enroll.h"
 #include "agent/renew-prov.h"
 #include "agent/renew.h"
+#include "agent/testhook.h"
 #include "agent/sched.h"
 #include "keystore/csr.h"
 #include "common/log.h"
@@ -158,16 +159,6 @@ struct journal {
 	char old_key[2 * KS_MAX_ID + 1]; /* "" when there was none */
 	long long old_not_after;
 };
-
-void test_crash_point(const char *step)
-{
-	const char *at = getenv("MTLS_AGENT_TEST_CRASH_AT");
-
-	if (at != NULL && strcmp(at, step) == 0) {
-		log_warn("MTLS_AGENT_TEST_CRASH_AT=%s: stopping with SIGKILL", step);
-		raise(SIGKILL);
-	}
-}
 
 static int journal_write(struct identity_rt *id, const struct journal *j)
 {

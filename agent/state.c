@@ -11,7 +11,7 @@
 #include <openssl/pem.h>
 
 #include "agent/certcheck.h"
-#include "agent/renew.h"
+#include "agent/testhook.h"
 #include "agent/state.h"
 #include "common/log.h"
 #include "common/util.h"

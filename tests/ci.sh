@@ -136,7 +136,7 @@ fi
 
 STRICT_FLAG=--enable-strict
 [ "${STRICT:-1}" = 1 ] || STRICT_FLAG=
-build_and_check build "default build" ${STRICT_FLAG:+"$STRICT_FLAG"}
+build_and_check build "default build" --enable-test-hooks ${STRICT_FLAG:+"$STRICT_FLAG"}
 
 # Fuzzing: `make fuzz` (clang: libFuzzer with ASan+UBSan) in the default build's
 # tree, then each target for FUZZ_SECONDS (default 60) on a copy of its seed
@@ -168,7 +168,7 @@ if [ "${SKIP_ASAN:-0}" != 1 ]; then
 	# Likewise the PKCS#11 module for p11tool, gnutls-cli, wget, git and Java
 	# (tests/p11_client, instrumented itself, still loads the instrumented one).
 	export MTLS_PKCS11_MODULE="$TOP/build/pkcs11/.libs/mtls-agent-pkcs11.so"
-	build_and_check build-asan "asan+ubsan build ($ASAN_CC)" --enable-asan CC="$ASAN_CC"
+	build_and_check build-asan "asan+ubsan build ($ASAN_CC)" --enable-asan --enable-test-hooks CC="$ASAN_CC"
 	unset ASAN_OPTIONS UBSAN_OPTIONS MTLS_PROVIDER_MODULE MTLS_ENGINE_MODULE MTLS_PKCS11_MODULE
 fi
 

@@ -112,6 +112,14 @@ need_cmd() {
 	done
 }
 
+# need_test_hooks: the agent was configured with --enable-test-hooks (the
+# crash-point hook behind MTLS_AGENT_TEST_CRASH_AT); tests/ci.sh and distcheck
+# always pass it, so this skips only in a developer's build without it.
+need_test_hooks() {
+	[ "${MTLS_TEST_HOOKS:-}" = yes ] ||
+		skip "the agent was built without ./configure --enable-test-hooks (MTLS_AGENT_TEST_CRASH_AT is ignored)"
+}
+
 need_root() {
 	[ "$(id -u)" -eq 0 ] || skip "this test must run as root"
 }

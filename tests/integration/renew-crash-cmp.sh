@@ -20,6 +20,7 @@ set -eu
 # shellcheck source=../renew-lib.sh
 . "$(dirname "$0")/../renew-lib.sh"
 need_cmd python3 pkcs11-tool
+need_test_hooks
 
 testca_init
 softhsm_setup crashcmp

@@ -38,6 +38,7 @@ set -eu
 # shellcheck source=../renew-lib.sh
 . "$(dirname "$0")/../renew-lib.sh"
 need_tls_cmd curl
+need_test_hooks
 need_cmd pkcs11-tool python3
 need_provider
 

@@ -87,6 +87,8 @@ struct config {
 	unsigned workers;        /* signing threads, default 4, 1..64 */
 	unsigned max_clients;    /* default 1024 */
 	unsigned max_clients_per_uid; /* default 128 */
+	char *metrics_listen;    /* NULL: off; a socket path or loopback HOST:PORT */
+	int metrics_identities;  /* TCP scrapers see per-identity series; default 0 */
 
 	struct cfg_keystore *keystores;
 	size_t n_keystores;

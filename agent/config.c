@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <openssl/x509.h>
 
 #include "agent/conf.h"
+#include "agent/metrics-http.h"
 #include "agent/sched.h"
 #include "keystore/csr.h"
 #include "keystore/keystore.h"
@@ -45,6 +47,8 @@ enum agent_key {
 	A_WORKERS,
 	A_MAX_CLIENTS,
 	A_MAX_CLIENTS_PER_UID,
+	A_METRICS_LISTEN,
+	A_METRICS_IDENTITIES,
 	A_NKEYS
 };
 
@@ -76,6 +80,7 @@ enum identity_key {
 static const char *const agent_keys[A_NKEYS] = {
 	"socket",	"socket-mode", "socket-group", "state-dir",	     "admin-users",
 	"admin-groups", "workers",     "max-clients",  "max-clients-per-uid",
+	"metrics-listen", "metrics-identities",
 };
 
 static const char *const keystore_keys[K_NKEYS] = {
@@ -230,6 +235,7 @@ void config_free(struct config *cfg)
 	free(cfg->path);
 	free(cfg->socket);
 	free(cfg->state_dir);
+	free(cfg->metrics_listen);
 	free(cfg->admin_users);
 	free(cfg->admin_groups);
 	free(cfg);
@@ -442,6 +448,31 @@ static int set_groups(struct parser *p, gid_t **dst, size_t *n, const char *valu
 
 /* ---- sections and keys ----------------------------------------------------------------- */
 
+/*
+ * metrics-listen = /path/to/socket | 127.0.0.1:PORT | [::1]:PORT. Only loopback
+ * addresses: the listener has no TLS and no authentication, so anything
+ * wider belongs behind a reverse proxy that has both.
+ */
+static int set_metrics_listen(struct parser *p, const char *value)
+{
+	struct sockaddr_storage ss;
+	char err[200];
+
+	if (value[0] == '/') {
+		if (strlen(value) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+			fail(p, p->lineno, "metrics-listen path too long (max %zu bytes)",
+			     sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+			return -1;
+		}
+		return set_path(p, "metrics-listen", &p->cfg->metrics_listen, value);
+	}
+	if (metrics_parse_addr(value, &ss, err, sizeof(err)) != 0) {
+		fail(p, p->lineno, "bad metrics-listen \"%s\": %s", value, err);
+		return -1;
+	}
+	return set_string(p, &p->cfg->metrics_listen, value);
+}
+
 static int agent_value(struct parser *p, int k, const char *value)
 {
 	struct config *cfg = p->cfg;
@@ -476,6 +507,15 @@ static int agent_value(struct parser *p, int k, const char *value)
 		return set_uint(p, agent_keys[k], &cfg->max_clients, value, 1, 65536);
 	case A_MAX_CLIENTS_PER_UID:
 		return set_uint(p, agent_keys[k], &cfg->max_clients_per_uid, value, 1, 65536);
+	case A_METRICS_LISTEN:
+		return set_metrics_listen(p, value);
+	case A_METRICS_IDENTITIES:
+		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
+			fail(p, p->lineno, "bad metrics-identities \"%s\": want yes or no", value);
+			return -1;
+		}
+		cfg->metrics_identities = strcmp(value, "yes") == 0;
+		return 0;
 	}
 	return -1;
 }

@@ -25,6 +25,8 @@
 #endif
 
 #include "agent/dispatch.h"
+#include "agent/metrics-http.h"
+#include "agent/metrics.h"
 #include "agent/renew.h"
 #include "agent/server.h"
 #include "common/log.h"
@@ -254,6 +256,7 @@ static void conn_close(struct server *s, struct conn *c)
 		}
 	}
 	s->n_conns--;
+	metrics_client_disconnected();
 	if ((u = uid_slot(s, c->ctx.peer.uid, 0)) != NULL && u->n > 0)
 		u->n--;
 	pthread_mutex_unlock(&s->lock);
@@ -405,6 +408,7 @@ static void refuse_busy(int fd, const char *why)
 {
 	struct buf b;
 
+	metrics_client_refused();
 	buf_init(&b, 1024);
 	if (dispatch_error_reply(&b, 0, MTLS_AGENT_ERR_BUSY, why) == 0)
 		(void)!send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -471,6 +475,7 @@ static int accept_clients(struct server *s)
 		c->next = s->conns;
 		s->conns = c;
 		s->n_conns++;
+		metrics_client_connected();
 		pthread_mutex_unlock(&s->lock);
 		/* From here another thread may own c: do not touch it again. */
 		ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
@@ -694,6 +699,7 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	       const char *config_path, struct runtime *rt)
 {
 	struct itimerspec tick;
+	struct metrics_http *metrics = NULL;
 	pthread_t *threads = NULL;
 	unsigned n_threads = 0, i, workers;
 	size_t n_ids;
@@ -765,6 +771,13 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 			log_error("%s", err);
 			goto out;
 		}
+		/* Read once: changing metrics-listen takes a restart. */
+		if (rt->cfg->metrics_listen != NULL &&
+		    metrics_http_start(rt->cfg->metrics_listen, renew_runtime, &s, &metrics, err,
+				       sizeof(err)) != 0) {
+			log_error("%s", err);
+			goto out;
+		}
 	}
 	log_info("listening on %s (%u threads)", socket_path, workers);
 	notify("READY=1", "Serving %zu identities on %s", n_ids, socket_path);
@@ -782,6 +795,7 @@ out:
 	for (i = 0; i < n_threads; i++)
 		pthread_join(threads[i], NULL);
 	free(threads);
+	metrics_http_stop(metrics);
 	renew_stop();
 	if (unlink_socket)
 		unlink(socket_path);

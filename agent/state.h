@@ -21,6 +21,7 @@
 #include <openssl/x509.h>
 
 #include "agent/conf.h"
+#include "agent/metrics.h"
 #include "keystore/keystore.h"
 
 struct runtime;
@@ -40,6 +41,7 @@ struct identity_rt {
 	char problem[512];         /* "" when healthy */
 	atomic_uint_fast64_t n_signed;
 	atomic_uint_fast64_t n_refused;
+	struct id_metrics metrics;  /* errors, sign-time histogram (agent/metrics.h) */
 };
 
 struct runtime {

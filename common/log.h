@@ -22,6 +22,14 @@ void log_msg(int level, const char *func, const char *fmt, ...)
 #define log_info(...) log_msg(LOG_LVL_INFO, __func__, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_LVL_DEBUG, __func__, __VA_ARGS__)
 
+/*
+ * True when stderr is connected to the systemd journal (JOURNAL_STREAM names
+ * stderr's device and inode, as systemd sets it for StandardError=journal).
+ * Lines written to stderr then start with a syslog priority "<N>" that
+ * journald strips and records, so `journalctl -p warning` filters them.
+ */
+int log_to_journal(void);
+
 /* Copies s into out (outlen bytes), replacing control and non-ASCII bytes by '?'. */
 const char *log_sanitize(const char *s, char *out, size_t outlen);
 

@@ -25,7 +25,11 @@ agent_identity gw
 agent_identity fornobody "allow-users = nobody"
 agent_start
 identity_setup gw ec-p256
-IDENTITY_SETUP_NO_CERT=1 identity_setup fornobody ec-p256
+# fornobody's certificate expires in 3 days: the expiry alert must pick it up.
+assert_ok ctl keygen fornobody --type ec-p256
+ctl csr fornobody --subject /CN=fornobody >"$WORK/fornobody.csr" || fail "csr fornobody failed"
+testca_issue "$WORK/fornobody.csr" "$WORK/fornobody.chain.pem" --days 3
+assert_ok ctl import-cert fornobody "$WORK/fornobody.chain.pem"
 S=ecdsa_secp256r1_sha256
 
 make_cv13 "$WORK/cv"
@@ -41,6 +45,15 @@ series() { # FILE SERIES
 	awk -v s="$2" '$1 == s { print $2; found = 1 } END { exit !found }' "$1" ||
 		fail "series $2 missing from $1"
 }
+
+# --- the example alert rules of docs/METRICS.md ----------------------------------------------
+RULES=${top_srcdir:-$TESTS_DIR/../..}/docs/mtls-agent-alerts.yml
+promtool check rules "$RULES" >"$WORK/rules.out" 2>&1 || fail "promtool check rules: $(cat "$WORK/rules.out")"
+python3 - "${top_srcdir:-$TESTS_DIR/../..}/docs/METRICS.md" "$RULES" <<'PY' || fail "docs/METRICS.md and docs/mtls-agent-alerts.yml differ"
+import re, sys
+doc = re.search(r"```yaml\n(.*?)```", open(sys.argv[1]).read(), re.S).group(1)
+sys.exit(doc != open(sys.argv[2]).read())
+PY
 
 # --- mtls-agentctl metrics -----------------------------------------------------------------
 ctl metrics >"$WORK/m.txt" || fail "mtls-agentctl metrics failed"
@@ -138,6 +151,8 @@ if command -v prometheus >/dev/null 2>&1; then
 	cat >"$WORK/prometheus.yml" <<EOT
 global:
   scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: ['$RULES']
 scrape_configs:
   - job_name: mtls-agent
     static_configs:
@@ -166,6 +181,12 @@ print(r[0]["value"][1] if r else "")' 2>/dev/null || true
 	assert_eq "$(pq 'mtls_agent_certificate_not_after_seconds{identity="gw"}')" "$NA" "Prometheus notAfter"
 	assert_eq "$(pq 'mtls_agent_sign_duration_seconds_count{identity="gw"}')" 5 "Prometheus histogram count"
 	assert_eq "$(pq 'up{job="mtls-agent"}')" 1 "Prometheus target up"
+	# The example rules load and evaluate against real series: the keystore is up, so no alert.
+	assert_eq "$(pq 'count(ALERTS{alertname="MtlsAgentKeystoreDown"})')" "" "keystore-down alert"
+	assert_eq "$(pq 'count(mtls_agent_keystore_up == 1)')" 1 "keystore up in Prometheus"
+	wait_until 30 pq_is 'count(ALERTS{alertname="MtlsAgentCertificateExpiresSoon",identity="fornobody"})' 1 ||
+		fail "no expiry alert for the 3-day certificate"
+	assert_eq "$(pq 'count(ALERTS{alertname="MtlsAgentCertificateExpiresSoon",identity="gw"})')" "" "expiry alert for the 30-day certificate"
 	log "Prometheus on 127.0.0.1:$PPORT scraped the agent: 5 ok, 3 refused"
 else
 	log "NOTE: prometheus not installed: the scrape through a real server is not checked"

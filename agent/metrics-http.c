@@ -303,6 +303,7 @@ int metrics_http_start(const char *listen_on, struct runtime *(*get_rt)(void *),
 	struct sockaddr_storage ss;
 	struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
 	struct metrics_http *h;
+	struct stat st;
 	socklen_t sslen;
 	int one = 1;
 
@@ -320,8 +321,9 @@ int metrics_http_start(const char *listen_on, struct runtime *(*get_rt)(void *),
 		snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", listen_on);
 		sslen = sizeof(*sun);
 		h->is_unix = 1;
-		/* A stale socket from an earlier run would make bind fail. */
-		unlink(listen_on);
+		/* A stale socket from an earlier run would make bind fail; anything else stays. */
+		if (lstat(listen_on, &st) == 0 && S_ISSOCK(st.st_mode))
+			unlink(listen_on);
 	} else {
 		if (metrics_parse_addr(listen_on, &ss, err, errlen) != 0)
 			goto fail;

@@ -6,12 +6,15 @@
 #    non-administrator only the identities it may use;
 #  - metrics-listen serves GET /metrics over HTTP (400/404/405 otherwise), and a
 #    real Prometheus server scraping it returns the same values through its API;
+#  - a forced renewal (CMP test CA) and a failed one show in the renewal series;
 #  - every signature, refusal and import-cert leaves one audit line.
 set -eu
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 # shellcheck source=../tls-lib.sh
 . "$(dirname "$0")/../tls-lib.sh"
+# shellcheck source=../renew-lib.sh
+. "$(dirname "$0")/../renew-lib.sh"
 
 need_cmd promtool
 need_cmd curl
@@ -19,10 +22,13 @@ need_cmd python3
 
 softhsm_setup metrics
 testca_init
+cmp_ca_start --days 30
+renew_lines cmp
 MPORT=$(free_port)
 agent_config "socket-mode = 0666" "metrics-listen = 127.0.0.1:$MPORT" "metrics-identities = yes"
 agent_identity gw
 agent_identity fornobody "allow-users = nobody"
+agent_identity rn "${RENEW_LINES[@]}"
 agent_start
 identity_setup gw ec-p256
 # fornobody's certificate expires in 3 days: the expiry alert must pick it up.
@@ -36,6 +42,14 @@ make_cv13 "$WORK/cv"
 make_cv13 "$WORK/server-cv" 32 server
 sign_ok() { assert_ok ctl sign gw --scheme "$S" --in "$WORK/cv" --out "$WORK/sig"; }
 sign_refused() { assert_fails ctl sign gw --scheme "$S" --in "$WORK/server-cv" --out "$WORK/sig"; }
+identity_setup rn ec-p256
+# A renewal now (it succeeds), then one the CA rejects.
+BEFORE_RENEW=$(date +%s)
+assert_ok ctl renew rn
+RENEWED_AT=$(date +%s)
+ca_fault reject 1
+assert_fails ctl renew rn
+ca_fault_clear
 for _ in 1 2 3; do sign_ok; done
 sign_refused
 sign_refused
@@ -70,10 +84,20 @@ NB=$(date -u -d "$(openssl x509 -in "$WORK/gw.chain.pem" -noout -startdate | cut
 assert_eq "$(series "$WORK/m.txt" 'mtls_agent_certificate_not_after_seconds{identity="gw"}')" "$NA" "notAfter"
 assert_eq "$(series "$WORK/m.txt" 'mtls_agent_certificate_not_before_seconds{identity="gw"}')" "$NB" "notBefore"
 assert_eq "$(series "$WORK/m.txt" 'mtls_agent_keystore_up{keystore="hsm",type="pkcs11"}')" 1 "keystore up"
-assert_eq "$(series "$WORK/m.txt" 'mtls_agent_identities')" 2 "identities"
+assert_eq "$(series "$WORK/m.txt" 'mtls_agent_identities')" 3 "identities"
 # The connection of `ctl metrics` itself is open while it renders.
 assert_eq "$(series "$WORK/m.txt" 'mtls_agent_clients_connected')" 1 "clients connected"
 assert_contains "$(cat "$WORK/m.txt")" 'mtls_agent_build_info{version="' "build info"
+LAST_OK=$(series "$WORK/m.txt" 'mtls_agent_renewal_last_success_seconds{identity="rn"}')
+# (the renewal thread may record the time a moment after answering)
+[ "$LAST_OK" -ge "$BEFORE_RENEW" ] && [ "$LAST_OK" -le $((RENEWED_AT + 5)) ] ||
+	fail "renewal last success $LAST_OK, renewed between $BEFORE_RENEW and $RENEWED_AT"
+assert_eq "$(series "$WORK/m.txt" 'mtls_agent_renewal_failures{identity="rn"}')" 1 "renewal failures"
+assert_eq "$(series "$WORK/m.txt" 'mtls_agent_renewal_state{identity="rn",state="failing"}')" 1 "renewal state failing"
+assert_eq "$(series "$WORK/m.txt" 'mtls_agent_renewal_state{identity="rn",state="ok"}')" 0 "renewal state ok"
+NEXT=$(series "$WORK/m.txt" 'mtls_agent_renewal_next_attempt_seconds{identity="rn"}')
+[ "$NEXT" -gt "$RENEWED_AT" ] || fail "next renewal attempt $NEXT is not in the future"
+assert_not_contains "$(cat "$WORK/m.txt")" 'mtls_agent_renewal_failures{identity="gw"}' "renewal series of an identity without renew"
 
 # One source of truth: status --json counts the same.
 ctl status --json >"$WORK/status.json" || fail "status --json failed"
@@ -181,6 +205,8 @@ print(r[0]["value"][1] if r else "")' 2>/dev/null || true
 	assert_eq "$(pq 'mtls_agent_certificate_not_after_seconds{identity="gw"}')" "$NA" "Prometheus notAfter"
 	assert_eq "$(pq 'mtls_agent_sign_duration_seconds_count{identity="gw"}')" 5 "Prometheus histogram count"
 	assert_eq "$(pq 'up{job="mtls-agent"}')" 1 "Prometheus target up"
+	assert_eq "$(pq 'mtls_agent_renewal_last_success_seconds{identity="rn"}')" "$LAST_OK" "Prometheus renewal last success"
+	assert_eq "$(pq 'mtls_agent_renewal_failures{identity="rn"}')" 1 "Prometheus renewal failures"
 	# The example rules load and evaluate against real series: the keystore is up, so no alert.
 	assert_eq "$(pq 'count(ALERTS{alertname="MtlsAgentKeystoreDown"})')" "" "keystore-down alert"
 	assert_eq "$(pq 'count(mtls_agent_keystore_up == 1)')" 1 "keystore up in Prometheus"

@@ -14,6 +14,8 @@ struct peer {
 	pid_t pid;
 	gid_t groups[PEER_MAX_GROUPS]; /* supplementary groups */
 	size_t n_groups;
+	/* Executable at connect time, for the audit trail only (never a decision); "" unknown. */
+	char exe[256];
 };
 
 /*

@@ -51,7 +51,7 @@ static int refusal_allowed(unsigned long *was_suppressed)
 }
 
 /* The caller's executable, for the record only: a pid can be reused, so never a decision. */
-static void peer_exe(pid_t pid, char *out, size_t outlen)
+void audit_peer_exe(pid_t pid, char *out, size_t outlen)
 {
 	char path[64], raw[512];
 	ssize_t n;
@@ -74,7 +74,10 @@ void audit_event(const struct peer *peer, const char *event, const char *identit
 
 	if (refused && !refusal_allowed(&dropped))
 		return;
-	peer_exe(peer->pid, exe, sizeof(exe));
+	if (peer->exe[0] != '\0')
+		snprintf(exe, sizeof(exe), "%s", peer->exe);
+	else
+		audit_peer_exe(peer->pid, exe, sizeof(exe));
 	log_sanitize(identity != NULL ? identity : "-", id, sizeof(id));
 	log_sanitize(reason != NULL ? reason : "", why, sizeof(why));
 	if (dropped > 0)
@@ -85,14 +88,14 @@ void audit_event(const struct peer *peer, const char *event, const char *identit
 		/* Refusals are notices (a client was told no), failures warnings. */
 		int prio = ok ? 6 : refused ? 5 : 4;
 
-		sd_journal_send("MESSAGE=audit: %s identity=%s uid=%ld pid=%ld exe=%s result=%s%s%s",
-				event, id, (long)peer->uid, (long)peer->pid, exe, result,
-				why[0] != '\0' ? " reason=" : "", why,
-				"MESSAGE_ID=" AUDIT_MESSAGE_ID, "PRIORITY=%d", prio,
-				"MTLS_AUDIT_EVENT=%s", event, "MTLS_IDENTITY=%s", id,
-				"MTLS_UID=%ld", (long)peer->uid, "MTLS_PID=%ld", (long)peer->pid,
-				"MTLS_EXE=%s", exe, "MTLS_SCHEME=%s", scheme != NULL ? scheme : "-",
-				"MTLS_RESULT=%s", result, "MTLS_REASON=%s", why, NULL);
+		sd_journal_send(
+		    "MESSAGE=audit: %s identity=%s uid=%ld pid=%ld exe=%s result=%s%s%s", event, id,
+		    (long)peer->uid, (long)peer->pid, exe, result, why[0] != '\0' ? " reason=" : "",
+		    why, "MESSAGE_ID=" AUDIT_MESSAGE_ID, "PRIORITY=%d", prio, "MTLS_AUDIT_EVENT=%s",
+		    event, "MTLS_IDENTITY=%s", id, "MTLS_UID=%ld", (long)peer->uid, "MTLS_PID=%ld",
+		    (long)peer->pid, "MTLS_EXE=%s", exe, "MTLS_SCHEME=%s",
+		    scheme != NULL ? scheme : "-", "MTLS_RESULT=%s", result, "MTLS_REASON=%s", why,
+		    NULL);
 		return;
 	}
 #endif

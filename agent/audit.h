@@ -24,6 +24,9 @@
  * caller was told no: access, policy) or "error" (it was tried and failed);
  * reason: why not (may be NULL).
  */
+/* The executable of pid (sanitized), "?" when unknown. */
+void audit_peer_exe(pid_t pid, char *out, size_t outlen);
+
 void audit_event(const struct peer *peer, const char *event, const char *identity,
 		 const char *scheme, const char *result, const char *reason);
 

@@ -68,7 +68,8 @@ int metrics_parse_addr(const char *value, struct sockaddr_storage *ss, char *err
 			return -1;
 		}
 		if (!IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr)) {
-			snprintf(err, errlen, "only the loopback address [::1] is allowed (the "
+			snprintf(err, errlen,
+				 "only the loopback address [::1] is allowed (the "
 				 "listener has no TLS or authentication: put a proxy in front)");
 			return -1;
 		}
@@ -81,7 +82,8 @@ int metrics_parse_addr(const char *value, struct sockaddr_storage *ss, char *err
 		return -1;
 	}
 	if ((ntohl(sin->sin_addr.s_addr) >> 24) != 127) {
-		snprintf(err, errlen, "only loopback addresses (127.0.0.0/8, [::1]) are allowed (the "
+		snprintf(err, errlen,
+			 "only loopback addresses (127.0.0.0/8, [::1]) are allowed (the "
 			 "listener has no TLS or authentication: put a proxy in front)");
 		return -1;
 	}

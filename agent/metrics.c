@@ -19,7 +19,7 @@
 
 /* Seconds; TPM signatures take tens of milliseconds, SoftHSM well under one. */
 static const double sign_bucket_le[METRICS_SIGN_BUCKETS] = {
-	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 };
 
 static atomic_uint_fast64_t clients_connected;
@@ -187,7 +187,8 @@ static void render_identities(struct out *o, struct id_snap *ids, size_t n)
 			put(o, "mtls_agent_certificate_not_after_seconds{identity=\"%s\"} %lld\n",
 			    ids[i].name, ids[i].not_after);
 	head(o, "mtls_agent_signatures_total", "counter",
-	     "Signature requests by outcome: ok, refused (access or sign-policy), error (keystore).");
+	     "Signature requests by outcome: ok, refused (access or sign-policy), error "
+	     "(keystore).");
 	for (i = 0; i < n; i++) {
 		put(o, "mtls_agent_signatures_total{identity=\"%s\",result=\"ok\"} %llu\n",
 		    ids[i].name, (unsigned long long)ids[i].ok);
@@ -206,8 +207,10 @@ static void render_identities(struct out *o, struct id_snap *ids, size_t n)
 				snprintf(le, sizeof(le), "%g", sign_bucket_le[j]);
 			else
 				snprintf(le, sizeof(le), "+Inf");
-			put(o, "mtls_agent_sign_duration_seconds_bucket{identity=\"%s\",le=\"%s\"} "
-			    "%llu\n", ids[i].name, le, (unsigned long long)cum);
+			put(o,
+			    "mtls_agent_sign_duration_seconds_bucket{identity=\"%s\",le=\"%s\"} "
+			    "%llu\n",
+			    ids[i].name, le, (unsigned long long)cum);
 		}
 		put(o, "mtls_agent_sign_duration_seconds_sum{identity=\"%s\"} %.9f\n", ids[i].name,
 		    (double)ids[i].sum_ns / 1e9);

@@ -22,8 +22,8 @@
 #define METRICS_SIGN_BUCKETS 12
 
 struct id_metrics {
-	atomic_uint_fast64_t n_error;                              /* keystore failures */
-	atomic_uint_fast64_t bucket[METRICS_SIGN_BUCKETS + 1];     /* not cumulative; last: +Inf */
+	atomic_uint_fast64_t n_error;			       /* keystore failures */
+	atomic_uint_fast64_t bucket[METRICS_SIGN_BUCKETS + 1]; /* not cumulative; last: +Inf */
 	atomic_uint_fast64_t sum_ns;
 };
 

@@ -24,6 +24,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "agent/audit.h"
 #include "agent/dispatch.h"
 #include "agent/metrics-http.h"
 #include "agent/metrics.h"
@@ -449,6 +450,8 @@ static int accept_clients(struct server *s)
 			close(fd);
 			continue;
 		}
+		/* Once per connection, not per audited request. */
+		audit_peer_exe(peer.pid, peer.exe, sizeof(peer.exe));
 		if ((c = calloc(1, sizeof(*c))) == NULL) {
 			close(fd);
 			continue;
@@ -753,6 +756,16 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	/* Once other threads run, a reload may free rt: read what we need now. */
 	workers = rt->cfg->workers;
 	n_ids = rt->n_ids;
+	/* Read once, here: changing metrics-listen takes a restart. */
+	if (rt->cfg->metrics_listen != NULL) {
+		char err[256];
+
+		if (metrics_http_start(rt->cfg->metrics_listen, renew_runtime, &s, &metrics, err,
+				       sizeof(err)) != 0) {
+			log_error("%s", err);
+			goto out;
+		}
+	}
 	/* This thread is one of the `workers` serving threads. */
 	if ((threads = calloc(workers, sizeof(*threads))) == NULL)
 		goto out;
@@ -768,13 +781,6 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 
 		/* Renewal runs beside the serving threads and sees every reload. */
 		if (renew_start(renew_runtime, &s, err, sizeof(err)) != 0) {
-			log_error("%s", err);
-			goto out;
-		}
-		/* Read once: changing metrics-listen takes a restart. */
-		if (rt->cfg->metrics_listen != NULL &&
-		    metrics_http_start(rt->cfg->metrics_listen, renew_runtime, &s, &metrics, err,
-				       sizeof(err)) != 0) {
 			log_error("%s", err);
 			goto out;
 		}

@@ -226,3 +226,27 @@ assert_eq "$(log_count 'audit: sign identity=gw .*result=refused reason=".+"')" 
 assert_eq "$(log_count 'audit: import-cert identity=gw uid=0 .*result=ok')" 1 "audit line for import-cert"
 assert_eq "$(log_count 'audit: keygen identity=gw uid=0 .*result=ok')" 1 "audit line for keygen"
 agent_stop
+
+# --- TCP without metrics-identities: agent-wide and keystore series only ---------------------
+sed -i '/^metrics-identities = /d' "$CONF"
+agent_start
+curl -fsS --max-time 10 -o "$WORK/anon.txt" "$URL" || fail "GET $URL (no metrics-identities) failed"
+promtool check metrics <"$WORK/anon.txt" || fail "promtool: metrics without identities"
+assert_not_contains "$(cat "$WORK/anon.txt")" 'identity="' "TCP scrape without metrics-identities"
+assert_eq "$(series "$WORK/anon.txt" 'mtls_agent_keystore_up{keystore="hsm",type="pkcs11"}')" 1 "keystore up (TCP, no identities)"
+agent_stop
+
+# --- a Unix socket: the scraper's credentials decide, as for mtls-agentctl metrics ------------
+sed -i "s|^metrics-listen = .*|metrics-listen = $WORK/metrics.sock|" "$CONF"
+agent_start
+[ -S "$WORK/metrics.sock" ] || fail "no metrics socket at $WORK/metrics.sock"
+curl -fsS --max-time 10 --unix-socket "$WORK/metrics.sock" -o "$WORK/unix-root.txt" http://localhost/metrics ||
+	fail "GET /metrics on the Unix socket as root failed"
+assert_contains "$(cat "$WORK/unix-root.txt")" 'mtls_agent_signatures_total{identity="gw",result="ok"} 0' "root (admin) on the Unix socket"
+run_as_nobody curl -fsS --max-time 10 --unix-socket "$WORK/metrics.sock" http://localhost/metrics >"$WORK/unix-nobody.txt" ||
+	fail "GET /metrics on the Unix socket as nobody failed"
+promtool check metrics <"$WORK/unix-nobody.txt" || fail "promtool: Unix socket as nobody"
+assert_not_contains "$(cat "$WORK/unix-nobody.txt")" 'identity="gw"' "nobody on the Unix socket sees gw"
+assert_contains "$(cat "$WORK/unix-nobody.txt")" 'identity="fornobody"' "nobody on the Unix socket sees its identity"
+agent_stop
+[ ! -e "$WORK/metrics.sock" ] || fail "the agent left its metrics socket behind"

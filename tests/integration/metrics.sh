@@ -229,8 +229,23 @@ agent_stop
 
 # --- TCP without metrics-identities: agent-wide and keystore series only ---------------------
 sed -i '/^metrics-identities = /d' "$CONF"
+sed -i 's|^\[agent\]$|[agent]\nmax-clients-per-uid = 1|' "$CONF"
 agent_start
+# One connection held open; the next one of the same uid is refused and counted.
+python3 - "$SOCK" "$WORK/held" <<'PY' &
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+open(sys.argv[2], "w").close()
+time.sleep(20)
+PY
+bg_track $!
+wait_until 10 test -e "$WORK/held" || fail "could not hold a connection"
+sleep 0.3
+assert_fails ctl status
 curl -fsS --max-time 10 -o "$WORK/anon.txt" "$URL" || fail "GET $URL (no metrics-identities) failed"
+assert_eq "$(series "$WORK/anon.txt" 'mtls_agent_connections_refused_total')" 1 "refused connections"
+assert_eq "$(series "$WORK/anon.txt" 'mtls_agent_clients_connected')" 1 "clients connected (one held)"
 promtool check metrics <"$WORK/anon.txt" || fail "promtool: metrics without identities"
 assert_not_contains "$(cat "$WORK/anon.txt")" 'identity="' "TCP scrape without metrics-identities"
 assert_eq "$(series "$WORK/anon.txt" 'mtls_agent_keystore_up{keystore="hsm",type="pkcs11"}')" 1 "keystore up (TCP, no identities)"

@@ -21,6 +21,8 @@ struct peer {
 	 */
 	int sock;
 	int has_sock;
+	/* Executable at connect time, for the audit trail only (never a decision); "" unknown. */
+	char exe[256];
 };
 
 /*

@@ -96,6 +96,8 @@ struct config {
 	unsigned max_clients_per_uid; /* default 128 */
 	unsigned admin_reserve;  /* of max_clients, only for admins; default 16, < max_clients */
 	unsigned idle_timeout;   /* seconds without progress before a close; 0 never; default 300 */
+	char *metrics_listen;    /* NULL: off; a socket path or loopback HOST:PORT */
+	int metrics_identities;  /* TCP scrapers see per-identity series; default 0 */
 
 	struct cfg_keystore *keystores;
 	size_t n_keystores;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <openssl/x509.h>
 
 #include "agent/conf.h"
+#include "agent/metrics-http.h"
 #include "agent/sched.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -49,6 +51,8 @@ enum agent_key {
 	A_MAX_CLIENTS_PER_UID,
 	A_ADMIN_RESERVE,
 	A_IDLE_TIMEOUT,
+	A_METRICS_LISTEN,
+	A_METRICS_IDENTITIES,
 	A_NKEYS
 };
 
@@ -85,7 +89,7 @@ enum identity_key {
 static const char *const agent_keys[A_NKEYS] = {
 	"socket",	"socket-mode", "socket-group", "state-dir",	     "admin-users",
 	"admin-groups", "workers",     "max-clients",  "max-clients-per-uid", "admin-reserve",
-	"idle-timeout",
+	"idle-timeout", "metrics-listen", "metrics-identities",
 };
 
 static const char *const keystore_keys[K_NKEYS] = {
@@ -249,6 +253,7 @@ void config_free(struct config *cfg)
 	free(cfg->path);
 	free(cfg->socket);
 	free(cfg->state_dir);
+	free(cfg->metrics_listen);
 	free(cfg->admin_users);
 	free(cfg->admin_groups);
 	for (i = 0; i < cfg->n_problems; i++)
@@ -511,6 +516,31 @@ static int set_groups(struct parser *p, gid_t **dst, size_t *n, const char *valu
 
 /* ---- sections and keys ----------------------------------------------------------------- */
 
+/*
+ * metrics-listen = /path/to/socket | 127.0.0.1:PORT | [::1]:PORT. Only loopback
+ * addresses: the listener has no TLS and no authentication, so anything
+ * wider belongs behind a reverse proxy that has both.
+ */
+static int set_metrics_listen(struct parser *p, const char *value)
+{
+	struct sockaddr_storage ss;
+	char err[200];
+
+	if (value[0] == '/') {
+		if (strlen(value) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+			fail(p, p->lineno, "metrics-listen path too long (max %zu bytes)",
+			     sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+			return -1;
+		}
+		return set_path(p, "metrics-listen", &p->cfg->metrics_listen, value);
+	}
+	if (metrics_parse_addr(value, &ss, err, sizeof(err)) != 0) {
+		fail(p, p->lineno, "bad metrics-listen \"%s\": %s", value, err);
+		return -1;
+	}
+	return set_string(p, &p->cfg->metrics_listen, value);
+}
+
 static int agent_value(struct parser *p, int k, const char *value)
 {
 	struct config *cfg = p->cfg;
@@ -550,6 +580,15 @@ static int agent_value(struct parser *p, int k, const char *value)
 	case A_IDLE_TIMEOUT:
 		/* 0: never. A day at most: past that it is a leak, not a timeout. */
 		return set_uint(p, agent_keys[k], &cfg->idle_timeout, value, 0, 86400);
+	case A_METRICS_LISTEN:
+		return set_metrics_listen(p, value);
+	case A_METRICS_IDENTITIES:
+		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
+			fail(p, p->lineno, "bad metrics-identities \"%s\": want yes or no", value);
+			return -1;
+		}
+		cfg->metrics_identities = strcmp(value, "yes") == 0;
+		return 0;
 	}
 	return -1;
 }

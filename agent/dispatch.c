@@ -7,7 +7,9 @@
 
 #include <openssl/x509.h>
 
+#include "agent/audit.h"
 #include "agent/dispatch.h"
+#include "agent/metrics.h"
 #include "agent/policy.h"
 #include "agent/renew.h"
 #include "agent/sign.h"
@@ -187,6 +189,8 @@ static int get_identity(const struct dispatch_env *env, const struct peer *peer,
 		     (long)peer->uid);
 		log_refusal(env, peer, safe,
 			    id == NULL ? "no such identity" : "not in allow-users/allow-groups");
+		audit_event(peer, "access", safe, NULL, "refused",
+			    id == NULL ? "no such identity" : "not in allow-users/allow-groups");
 		if (id != NULL)
 			atomic_fetch_add(&id->n_refused, 1);
 		free(name);
@@ -203,6 +207,7 @@ static int get_identity(const struct dispatch_env *env, const struct peer *peer,
 				id->cfg->n_allow_unit, peer, why, sizeof(why))) {
 		fail(res, MTLS_AGENT_ERR_DENIED, "identity \"%s\": %s", id->cfg->name, why);
 		log_refusal(env, peer, id->cfg->name, why);
+		audit_event(peer, "access", id->cfg->name, NULL, "refused", why);
 		atomic_fetch_add(&id->n_refused, 1);
 		return res->code;
 	}
@@ -367,6 +372,7 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 	const struct scheme *scheme;
 	struct identity_rt *id;
 	struct ks_key *key;
+	enum sign_result outcome;
 	const char *reason;
 	char err[256];
 	uint16_t code;
@@ -404,11 +410,21 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 		return res->code;
 
 	r = identity_sign(id, key, scheme, flags, data, data_len, SIGN_CLIENT, &sig, &sig_len,
-			  &reason, err, sizeof(err));
-	if (r == MTLS_AGENT_ERR_POLICY)
+			  &outcome, &reason, err, sizeof(err));
+	switch (outcome) {
+	case SIGN_REFUSED:
 		log_refusal(env, peer, id->cfg->name, reason);
-	if (r != 0)
+		audit_event(peer, "sign", id->cfg->name, scheme->name, "refused", reason);
 		return fail(res, r, "%s", err);
+	case SIGN_KEYSTORE_FAILED:
+		audit_event(peer, "sign", id->cfg->name, scheme->name, "error", err);
+		return fail(res, r, "identity \"%s\": %s", id->cfg->name, err);
+	case SIGN_BAD_REQUEST:
+		return fail(res, r, "%s", err);
+	case SIGN_DONE:
+		break;
+	}
+	audit_event(peer, "sign", id->cfg->name, scheme->name, "ok", NULL);
 	r = buf_put_string(out, sig, sig_len);
 	free(sig);
 	return r != 0 ? fail(res, r, "reply too large") : 0;
@@ -687,6 +703,51 @@ static int op_reload(const struct dispatch_env *env, const struct peer *peer, st
 	return 0;
 }
 
+static int metrics_may_see(const struct identity_rt *id, void *arg)
+{
+	const struct peer *peer = arg;
+
+	return peer == NULL || may_use(id, peer);
+}
+
+/* METRICS: the Prometheus text; administrators see everything, others their identities. */
+static int op_metrics(const struct dispatch_env *env, const struct peer *peer, struct reader *rd,
+		      struct buf *out, struct result *res)
+{
+	struct buf text;
+	int admin = is_admin(env, peer), r;
+
+	if ((r = rd_done(rd)) != 0)
+		return fail(res, r, "METRICS takes no arguments");
+	buf_init(&text, PROTO_MAX_REPLY / 2);
+	r = metrics_render(&text, env->rt, metrics_may_see, admin ? NULL : (void *)peer, admin,
+			   env->now);
+	if (r == 0)
+		r = buf_put_string(out, text.data, text.len);
+	buf_free(&text);
+	return r != 0 ? fail(res, r, "metrics too large") : 0;
+}
+
+/* One audit entry for an administrative request, whatever its outcome. */
+static void audit_admin(const struct peer *peer, uint8_t type, const struct reader *req,
+			const struct result *res)
+{
+	static const char *const ops[] = {"keygen", "csr", "import-cert", "reload", "renew"};
+	struct reader rd = *req;
+	char *name = NULL;
+
+	/* Every administrative request but RELOAD starts with the identity name. */
+	rd.off = 0;
+	if (type != MSG_RELOAD && rd_cstring(&rd, PROTO_MAX_NAME, &name) != 0)
+		name = NULL;
+	audit_event(peer, ops[type - MSG_KEYGEN], name, NULL,
+		    res->code == 0			     ? "ok"
+		    : res->code == MTLS_AGENT_ERR_DENIED ? "refused"
+							     : "error",
+		    res->code == 0 ? NULL : res->msg);
+	free(name);
+}
+
 int dispatch(const struct dispatch_env *env, struct conn_ctx *conn, const uint8_t *frame,
 	     size_t len, struct buf *reply)
 {
@@ -741,10 +802,15 @@ int dispatch(const struct dispatch_env *env, struct conn_ctx *conn, const uint8_
 	case MSG_RENEW:
 		op_renew(env, &conn->peer, &rd, &payload, &res);
 		break;
+	case MSG_METRICS:
+		op_metrics(env, &conn->peer, &rd, &payload, &res);
+		break;
 	default:
 		fail(&res, MTLS_AGENT_ERR_UNSUPPORTED, "unknown request type %u", type);
 		break;
 	}
+	if (type >= MSG_KEYGEN && type <= MSG_RENEW)
+		audit_admin(&conn->peer, type, &rd, &res);
 reply:
 	if (res.code == 0) {
 		if ((r = proto_frame_begin(reply, MSG_REPLY_OK, id)) != 0 ||

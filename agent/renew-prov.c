@@ -133,8 +133,8 @@ static int internal_sign(struct mtlsa_prov *prov, const char *name, const uint8_
 		runtime_unref(rt);
 		return MTLS_AGENT_ERR_KEY_GONE;
 	}
-	r = identity_sign(id, key, scheme, flags, data, len, SIGN_RENEWAL, sig, siglen, NULL, err,
-			  errlen);
+	r = identity_sign(id, key, scheme, flags, data, len, SIGN_RENEWAL, sig, siglen, NULL, NULL,
+			  err, errlen);
 	runtime_unref(rt);
 	return r;
 }

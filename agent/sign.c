@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 
+#include "agent/metrics.h"
 #include "agent/policy.h"
 #include "agent/sign.h"
 #include "common/log.h"
@@ -11,16 +12,21 @@
 
 int identity_sign(struct identity_rt *id, struct ks_key *key, const struct scheme *scheme,
 		  unsigned flags, const uint8_t *data, size_t len, enum sign_origin origin,
-		  uint8_t **sig, size_t *siglen, const char **refusal, char *err, size_t errlen)
+		  uint8_t **sig, size_t *siglen, enum sign_result *outcome, const char **refusal,
+		  char *err, size_t errlen)
 {
 	const char *name = id->cfg->name, *reason;
 	int is_digest = (flags & MTLS_AGENT_SIGN_DIGEST) != 0;
 	const uint8_t *input = data;
 	size_t input_len = len;
+	enum sign_result dummy;
 	uint8_t digest[64];
-	char kserr[256];
+	uint64_t t0;
 	int r;
 
+	if (outcome == NULL)
+		outcome = &dummy;
+	*outcome = SIGN_BAD_REQUEST;
 	*sig = NULL;
 	*siglen = 0;
 	if (refusal != NULL)
@@ -37,6 +43,7 @@ int identity_sign(struct identity_rt *id, struct ks_key *key, const struct schem
 	if (origin == SIGN_CLIENT &&
 	    policy_check(id->cfg->sign_policy, data, len, is_digest, &reason) != 0) {
 		atomic_fetch_add(&id->n_refused, 1);
+		*outcome = SIGN_REFUSED;
 		if (refusal != NULL)
 			*refusal = reason;
 		snprintf(err, errlen, "identity \"%s\" (sign-policy %s): %s", name,
@@ -61,18 +68,19 @@ int identity_sign(struct identity_rt *id, struct ks_key *key, const struct schem
 		input = digest;
 		input_len = scheme->hash_len;
 	}
-	r = ks_sign(id->ks, key, scheme, input, input_len, sig, siglen, kserr, sizeof(kserr));
+	t0 = metrics_now_ns();
+	r = ks_sign(id->ks, key, scheme, input, input_len, sig, siglen, err, errlen);
 	wipe(digest, sizeof(digest));
-	if (origin == SIGN_RENEWAL)
+	if (origin == SIGN_RENEWAL) {
 		log_debug("renewal: identity \"%s\" signed with %s: %s", name, scheme->name,
-			  r == 0 ? "ok" : kserr);
-	else if (r != 0)
-		log_warn("identity \"%s\": sign failed: %s", name, kserr);
-	if (r != 0) {
-		snprintf(err, errlen, "identity \"%s\": %s", name, kserr);
-		return r;
-	}
-	if (origin == SIGN_CLIENT)
+			  r == 0 ? "ok" : err);
+	} else if (r != 0) {
+		atomic_fetch_add(&id->metrics.n_error, 1);
+		log_warn("identity \"%s\": sign failed: %s", name, err);
+	} else {
+		metrics_observe_sign(&id->metrics, metrics_now_ns() - t0);
 		atomic_fetch_add(&id->n_signed, 1);
-	return 0;
+	}
+	*outcome = r != 0 ? SIGN_KEYSTORE_FAILED : SIGN_DONE;
+	return r;
 }

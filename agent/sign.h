@@ -22,6 +22,14 @@ enum sign_origin {
 	SIGN_RENEWAL,
 };
 
+/* Where identity_sign() stopped, for the caller's refusal log and audit trail. */
+enum sign_result {
+	SIGN_DONE,	      /* signed */
+	SIGN_BAD_REQUEST,     /* a check failed (size, scheme, digest); nothing counted */
+	SIGN_REFUSED,	      /* the sign-policy refused (SIGN_CLIENT only); counted */
+	SIGN_KEYSTORE_FAILED, /* the keystore failed; counted, and logged for a client */
+};
+
 /*
  * Signs data with key, one generation of identity id (the caller resolved
  * it), with scheme. flags: MTLS_AGENT_SIGN_DIGEST when data is the digest.
@@ -29,14 +37,17 @@ enum sign_origin {
  * the key; for SIGN_CLIENT the identity's sign-policy; a digest only for a
  * scheme that hashes, and of its length. Then hashes if needed and signs.
  *
+ * For SIGN_CLIENT it also keeps the identity's counters and metrics:
+ * signatures, refusals, keystore errors and the keystore's signing time.
+ *
  * Returns 0 with *sig (malloc'ed) and *siglen, or a negative MTLS_AGENT_ERR_*
- * code with one line in err (a keystore failure prefixed with the identity;
- * a client's is also logged as a warning). On MTLS_AGENT_ERR_POLICY
- * *refusal (if not NULL) is set to the policy's static reason, for the
- * caller's refusal log.
+ * code with one line in err (the keystore's own words for
+ * SIGN_KEYSTORE_FAILED). *outcome (if not NULL) says where it stopped; on
+ * SIGN_REFUSED *refusal (if not NULL) is the policy's static reason.
  */
 int identity_sign(struct identity_rt *id, struct ks_key *key, const struct scheme *scheme,
 		  unsigned flags, const uint8_t *data, size_t len, enum sign_origin origin,
-		  uint8_t **sig, size_t *siglen, const char **refusal, char *err, size_t errlen);
+		  uint8_t **sig, size_t *siglen, enum sign_result *outcome, const char **refusal,
+		  char *err, size_t errlen);
 
 #endif

@@ -22,6 +22,7 @@
 #include <openssl/x509.h>
 
 #include "agent/conf.h"
+#include "agent/metrics.h"
 #include "keystore/keystore.h"
 
 struct runtime;
@@ -45,6 +46,7 @@ struct identity_rt {
 	char cert_problem[400];    /* why a changed certificate file was not taken */
 	atomic_uint_fast64_t n_signed;
 	atomic_uint_fast64_t n_refused;
+	struct id_metrics metrics;  /* errors, sign-time histogram (agent/metrics.h) */
 };
 
 struct runtime {

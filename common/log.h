@@ -38,4 +38,12 @@ const char *log_escape(const void *s, size_t len, char *out, size_t outlen);
 /* log_escape() of a NUL-terminated string (NULL gives ""). */
 const char *log_sanitize(const char *s, char *out, size_t outlen);
 
+/*
+ * True when stderr is connected to the systemd journal (JOURNAL_STREAM names
+ * stderr's device and inode, as systemd sets it for StandardError=journal).
+ * Lines written to stderr then start with a syslog priority "<N>" that
+ * journald strips and records, so `journalctl -p warning` filters them.
+ */
+int log_to_journal(void);
+
 #endif

@@ -59,6 +59,18 @@ const struct scheme *scheme_by_name(const char *name)
 	return NULL;
 }
 
+const struct scheme *scheme_for_digest(int key_type, int pad, int hash_nid, size_t hash_len)
+{
+	const struct scheme *s;
+	size_t i;
+
+	for (i = 0; (s = scheme_at(i)) != NULL; i++)
+		if (s->key_type == key_type && s->pad == pad && s->hash_len != 0 &&
+		    (hash_nid != NID_undef ? s->hash_nid == hash_nid : s->hash_len == hash_len))
+			return s;
+	return NULL;
+}
+
 const char *mtls_agent_scheme_name(uint16_t code)
 {
 	const struct scheme *s = scheme_by_code(code);

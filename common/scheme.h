@@ -24,6 +24,16 @@ const struct scheme *scheme_by_name(const char *name);
 const struct scheme *scheme_at(size_t i);
 
 /*
+ * The scheme a key of key_type signs a digest with, under padding pad
+ * (SIG_PAD_NONE for ECDSA and Ed25519). The digest is named by hash_nid
+ * (NID_sha256 ...) or, with hash_nid NID_undef (0), by its length hash_len.
+ * ECDSA takes the scheme of the matching hash whatever the curve: the agent
+ * accepts any ECDSA scheme with any EC key. NULL when there is none. The
+ * provider and the engine map OpenSSL's requests to codes through this.
+ */
+const struct scheme *scheme_for_digest(int key_type, int pad, int hash_nid, size_t hash_len);
+
+/*
  * Whether a key of this type/size can sign with the scheme. ECDSA schemes
  * are usable by any EC key (TLS 1.2 pairs hash and algorithm freely); RSA-PSS
  * needs a modulus of at least 2*hash_len+2 bytes.

@@ -56,6 +56,7 @@
 #include <openssl/x509.h>
 
 #include "common/keyref.h"
+#include "common/scheme.h"
 #include "common/util.h"
 #include "mtls-agent/client.h"
 
@@ -380,34 +381,27 @@ static int agent_sign_digest(const struct agent_key *k, uint16_t scheme, const u
 	return 1;
 }
 
+/* The agent's schemes for OpenSSL's digests, from the one table in common/scheme.c. */
 static uint16_t ecdsa_scheme(size_t dlen)
 {
-	switch (dlen) {
-	case 32: return MTLS_AGENT_ECDSA_SECP256R1_SHA256;
-	case 48: return MTLS_AGENT_ECDSA_SECP384R1_SHA384;
-	case 64: return MTLS_AGENT_ECDSA_SECP521R1_SHA512;
-	default: return 0;
-	}
+	const struct scheme *s = scheme_for_digest(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, NID_undef, dlen);
+
+	return s != NULL ? s->code : 0;
 }
 
 static uint16_t rsa_scheme(int md_nid, int pss)
 {
-	switch (md_nid) {
-	case NID_sha256: return pss ? MTLS_AGENT_RSA_PSS_RSAE_SHA256 : MTLS_AGENT_RSA_PKCS1_SHA256;
-	case NID_sha384: return pss ? MTLS_AGENT_RSA_PSS_RSAE_SHA384 : MTLS_AGENT_RSA_PKCS1_SHA384;
-	case NID_sha512: return pss ? MTLS_AGENT_RSA_PSS_RSAE_SHA512 : MTLS_AGENT_RSA_PKCS1_SHA512;
-	default: return 0;
-	}
+	const struct scheme *s =
+		scheme_for_digest(MTLS_AGENT_KEY_RSA, pss ? SIG_PAD_PSS : SIG_PAD_PKCS1, md_nid, 0);
+
+	return s != NULL ? s->code : 0;
 }
 
 static int md_len(int md_nid)
 {
-	switch (md_nid) {
-	case NID_sha256: return 32;
-	case NID_sha384: return 48;
-	case NID_sha512: return 64;
-	default: return 0;
-	}
+	const struct scheme *s = scheme_for_digest(MTLS_AGENT_KEY_RSA, SIG_PAD_PKCS1, md_nid, 0);
+
+	return s != NULL ? (int)s->hash_len : 0;
 }
 
 /* ---------------------------------------------------------------- EC */

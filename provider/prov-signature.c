@@ -23,6 +23,7 @@
 #include <openssl/rsa.h>
 
 #include "common/proto.h"
+#include "common/scheme.h"
 #include "common/util.h"
 #include "provider/prov.h"
 
@@ -30,7 +31,6 @@ struct md_info {
 	const char *name;	    /* as we report it */
 	const char *aliases[5];	    /* as callers may spell it (compared ignoring case) */
 	size_t len;		    /* digest length */
-	uint16_t ecdsa, pkcs1, pss; /* TLS SignatureSchemes */
 	uint8_t ecdsa_algid[12];    /* DER AlgorithmIdentifier, ecdsa-with-SHAxxx */
 	uint8_t pkcs1_algid[15];    /* DER AlgorithmIdentifier, shaxxxWithRSAEncryption + NULL */
 };
@@ -39,27 +39,18 @@ static const struct md_info mds[] = {
 	{"SHA256",
 	 {"SHA256", "SHA2-256", "SHA-256", "2.16.840.1.101.3.4.2.1", NULL},
 	 32,
-	 MTLS_AGENT_ECDSA_SECP256R1_SHA256,
-	 MTLS_AGENT_RSA_PKCS1_SHA256,
-	 MTLS_AGENT_RSA_PSS_RSAE_SHA256,
 	 {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02},
 	 {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05,
 	  0x00}},
 	{"SHA384",
 	 {"SHA384", "SHA2-384", "SHA-384", "2.16.840.1.101.3.4.2.2", NULL},
 	 48,
-	 MTLS_AGENT_ECDSA_SECP384R1_SHA384,
-	 MTLS_AGENT_RSA_PKCS1_SHA384,
-	 MTLS_AGENT_RSA_PSS_RSAE_SHA384,
 	 {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03},
 	 {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c, 0x05,
 	  0x00}},
 	{"SHA512",
 	 {"SHA512", "SHA2-512", "SHA-512", "2.16.840.1.101.3.4.2.3", NULL},
 	 64,
-	 MTLS_AGENT_ECDSA_SECP521R1_SHA512,
-	 MTLS_AGENT_RSA_PKCS1_SHA512,
-	 MTLS_AGENT_RSA_PSS_RSAE_SHA512,
 	 {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04},
 	 {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d, 0x05,
 	  0x00}},
@@ -497,13 +488,21 @@ static int sig_digest_sign_init(void *vctx, const char *mdname, void *provkey,
 	return sig_init(vctx, provkey, params, OP_DIGEST_SIGN, mdname);
 }
 
+/* The TLS SignatureScheme, from the one table in common/scheme.c. */
 static uint16_t sig_scheme(const struct sigctx *ctx)
 {
+	const struct scheme *s;
+
 	if (ctx->key_type == MTLS_AGENT_KEY_ED25519)
 		return MTLS_AGENT_ED25519;
+	/* The agent takes any ECDSA scheme with any curve: the digest picks it. */
 	if (ctx->key_type == MTLS_AGENT_KEY_EC)
-		return ctx->md->ecdsa; /* the agent takes any ECDSA scheme with any curve */
-	return ctx->pad == RSA_PKCS1_PSS_PADDING ? ctx->md->pss : ctx->md->pkcs1;
+		s = scheme_for_digest(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, NID_undef, ctx->md->len);
+	else
+		s = scheme_for_digest(MTLS_AGENT_KEY_RSA,
+				      ctx->pad == RSA_PKCS1_PSS_PADDING ? SIG_PAD_PSS : SIG_PAD_PKCS1,
+				      NID_undef, ctx->md->len);
+	return s != NULL ? s->code : 0;
 }
 
 /* One SIGN round trip. flags: 0 (data is the message) or MTLS_AGENT_SIGN_DIGEST. */

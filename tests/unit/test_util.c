@@ -16,8 +16,12 @@
 
 #include <cmocka.h>
 
+#include <openssl/obj_mac.h>
+
 #include "common/log.h"
+#include "common/scheme.h"
 #include "common/util.h"
+#include "mtls-agent/client.h"
 
 static char dir[64];
 
@@ -260,6 +264,28 @@ static void test_log_escape(void **state)
 	assert_string_equal(log_escape("x", 1, out, 1), "");
 }
 
+/* The one scheme table answers the provider's and the engine's digest questions. */
+static void test_scheme_for_digest(void **state)
+{
+	const struct scheme *s;
+
+	(void)state;
+	s = scheme_for_digest(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, NID_undef, 48);
+	assert_non_null(s);
+	assert_int_equal(s->code, MTLS_AGENT_ECDSA_SECP384R1_SHA384);
+	s = scheme_for_digest(MTLS_AGENT_KEY_RSA, SIG_PAD_PSS, NID_sha512, 0);
+	assert_non_null(s);
+	assert_int_equal(s->code, MTLS_AGENT_RSA_PSS_RSAE_SHA512);
+	s = scheme_for_digest(MTLS_AGENT_KEY_RSA, SIG_PAD_PKCS1, NID_undef, 32);
+	assert_non_null(s);
+	assert_int_equal(s->code, MTLS_AGENT_RSA_PKCS1_SHA256);
+	assert_null(scheme_for_digest(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, NID_undef, 20));
+	assert_null(scheme_for_digest(MTLS_AGENT_KEY_RSA, SIG_PAD_PKCS1, NID_sha1, 0));
+	assert_null(scheme_for_digest(MTLS_AGENT_KEY_RSA, SIG_PAD_PKCS1, NID_undef, 0));
+	/* Ed25519 signs messages: no scheme for a digest. */
+	assert_null(scheme_for_digest(MTLS_AGENT_KEY_ED25519, SIG_PAD_NONE, NID_undef, 0));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -269,6 +295,7 @@ int main(void)
 	    cmocka_unit_test(test_secret_file),
 	    cmocka_unit_test(test_spawn_clean),
 	    cmocka_unit_test(test_log_escape),
+	    cmocka_unit_test(test_scheme_for_digest),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -46,11 +46,25 @@ int acl_allows(const uid_t *users, size_t n_users, const gid_t *groups, size_t n
 	return 0;
 }
 
-int acl_cgroup_has_unit(const char *cgroup_text, const char *unit)
+/* Whether the n bytes at c end in suffix. */
+static int ends_with(const char *c, size_t n, const char *suffix)
 {
-	const char *line = cgroup_text, *p, *end, *c;
-	size_t ulen = strlen(unit);
+	size_t sl = strlen(suffix);
 
+	return n >= sl && memcmp(c + n - sl, suffix, sl) == 0;
+}
+
+int acl_cgroup_unit(const char *cgroup_text, char *out, size_t outlen)
+{
+	const char *line = cgroup_text, *end, *p, *path = NULL, *path_end = NULL, *c;
+
+	if (outlen == 0)
+		return 0;
+	out[0] = '\0';
+	/*
+	 * The unified hierarchy ("0::path") is systemd's record; on cgroup v1 the
+	 * name=systemd hierarchy is. Other v1 controllers' paths are not consulted.
+	 */
 	while (line != NULL && *line != '\0') {
 		end = strchr(line, '\n');
 		if (end == NULL)
@@ -58,17 +72,53 @@ int acl_cgroup_has_unit(const char *cgroup_text, const char *unit)
 		/* hierarchy-ID:controllers:path; the path is after the second colon. */
 		p = memchr(line, ':', (size_t)(end - line));
 		p = p != NULL ? memchr(p + 1, ':', (size_t)(end - p - 1)) : NULL;
-		for (c = p != NULL ? p + 1 : end; c < end;) {
-			const char *slash = memchr(c, '/', (size_t)(end - c));
-			const char *cend = slash != NULL ? slash : end;
+		if (p != NULL) {
+			size_t hl = (size_t)(p - line);
 
-			if ((size_t)(cend - c) == ulen && memcmp(c, unit, ulen) == 0)
-				return 1;
-			c = cend + 1;
+			if (hl == 2 && memcmp(line, "0::", 3) == 0 && end - p > 2) {
+				path = p + 1;
+				path_end = end;
+				break; /* authoritative when it is not the root */
+			}
+			if (path == NULL && hl > 13 && memcmp(p - 13, ":name=systemd", 13) == 0) {
+				path = p + 1;
+				path_end = end;
+			}
 		}
 		line = *end == '\n' ? end + 1 : NULL;
 	}
+	if (path == NULL)
+		return 0;
+	/*
+	 * As sd_pid_get_unit: slices are skipped from the root; the first
+	 * component that is not a slice is the process's unit in the system
+	 * manager. Everything a user's own manager runs lies under its
+	 * user@UID.service, so that is the unit it gets, never the names the user
+	 * chose for units of its own.
+	 */
+	for (c = path; c < path_end;) {
+		const char *slash = memchr(c, '/', (size_t)(path_end - c));
+		const char *cend = slash != NULL ? slash : path_end;
+		size_t n = (size_t)(cend - c);
+
+		if (n == 0 || ends_with(c, n, ".slice")) {
+			c = cend + 1;
+			continue;
+		}
+		if (n < 2 || n >= outlen || memchr(c, '.', n) == NULL)
+			return 0;
+		memcpy(out, c, n);
+		out[n] = '\0';
+		return 1;
+	}
 	return 0;
+}
+
+int acl_cgroup_has_unit(const char *cgroup_text, const char *unit)
+{
+	char u[256];
+
+	return acl_cgroup_unit(cgroup_text, u, sizeof(u)) && strcmp(u, unit) == 0;
 }
 
 /* Reads a small /proc file into buf (NUL-terminated); -1 on error. */

@@ -43,7 +43,15 @@ int acl_allows(const uid_t *users, size_t n_users, const gid_t *groups, size_t n
 int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
 		       const struct peer *peer, char *why, size_t whylen);
 
-/* True when a path in cgroup_text (the text of /proc/PID/cgroup) has a component named unit. */
+/*
+ * The system unit of a process from the text of its /proc/PID/cgroup, as
+ * sd_pid_get_unit() finds it: slices skipped, the first other component. A
+ * process of a user's own systemd instance gets user@UID.service, never the
+ * unit names the user chose. 1 with the name in out, 0 when there is none.
+ */
+int acl_cgroup_unit(const char *cgroup_text, char *out, size_t outlen);
+
+/* True when acl_cgroup_unit() of cgroup_text is unit. */
 int acl_cgroup_has_unit(const char *cgroup_text, const char *unit);
 
 #endif

@@ -74,19 +74,44 @@ static void test_empty_lists_admit_nobody(void **state)
 
 static void test_cgroup_units(void **state)
 {
+	char u[256];
+
 	(void)state;
 	assert_true(acl_cgroup_has_unit("0::/system.slice/mosquitto.service\n", "mosquitto.service"));
-	assert_true(acl_cgroup_has_unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
-					"myapp.service\n",
-					"myapp.service"));
+	/* Nested slices are skipped; scopes are units too. */
+	assert_true(acl_cgroup_has_unit("0::/system.slice/foo.slice/bar.service\n", "bar.service"));
+	assert_false(acl_cgroup_has_unit("0::/system.slice/foo.slice/bar.service\n", "foo.slice"));
+	assert_true(acl_cgroup_has_unit("0::/user.slice/user-1000.slice/session-3.scope\n",
+					"session-3.scope"));
+	/* A service's own sub-cgroups (Delegate=) still belong to it. */
+	assert_true(acl_cgroup_has_unit("0::/system.slice/mosquitto.service/payload\n",
+					"mosquitto.service"));
+	/*
+	 * A user's own systemd instance names its units as it likes
+	 * (systemd-run --user --unit=mosquitto.service): the system unit of all of
+	 * them is user@UID.service.
+	 */
+	assert_false(acl_cgroup_has_unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
+					 "mosquitto.service\n",
+					 "mosquitto.service"));
+	assert_true(acl_cgroup_unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
+				    "mosquitto.service\n",
+				    u, sizeof(u)));
+	assert_string_equal(u, "user@1000.service");
 	assert_false(acl_cgroup_has_unit("0::/system.slice/mosquitto.service\n", "mosquitto"));
 	assert_false(acl_cgroup_has_unit("0::/system.slice/mosquitto.service.d\n",
 					 "mosquitto.service"));
 	/* The controllers field is not a path: a unit name there does not count. */
 	assert_false(acl_cgroup_has_unit("0:myapp.service:/\n", "myapp.service"));
-	/* cgroup v1: any hierarchy's path. */
-	assert_true(acl_cgroup_has_unit("12:pids:/system.slice/a.service\n1:name=systemd:/\n",
+	/* Only the root, or only slices: no unit. */
+	assert_false(acl_cgroup_unit("0::/\n", u, sizeof(u)));
+	assert_false(acl_cgroup_unit("0::/system.slice\n", u, sizeof(u)));
+	/* cgroup v1: the name=systemd hierarchy decides, not other controllers' paths. */
+	assert_true(acl_cgroup_has_unit("12:pids:/system.slice/b.service\n"
+					"1:name=systemd:/system.slice/a.service\n",
 					"a.service"));
+	assert_false(acl_cgroup_has_unit("12:pids:/system.slice/a.service\n1:name=systemd:/\n",
+					 "a.service"));
 	assert_false(acl_cgroup_has_unit("", "a.service"));
 	assert_false(acl_cgroup_has_unit("garbage without colons", "a.service"));
 }

@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <signal.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,11 +148,19 @@ static pid_t pidfd_pid(int pidfd)
 	return (pid_t)strtol(p + 5, NULL, 10);
 }
 
+/* Whether the process a pidfd refers to has exited: a pidfd polls readable then. */
+static int pidfd_exited(int pidfd)
+{
+	struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
+
+	return poll(&pfd, 1, 0) != 0;
+}
+
 int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
 		       const struct peer *peer, char *why, size_t whylen)
 {
-	char path[64], exe[PATH_MAX], cgroup[4096];
-	int pidfd = -1, own = 0, ok = 0;
+	char path[64], exe[PATH_MAX], cgroup[4096], unit[256];
+	int pidfd = -1, own = 0, ok = 0, err;
 	pid_t pid = -1;
 	ssize_t n;
 	size_t i;
@@ -176,25 +184,49 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 		pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	}
 	own = 1;
-	if (pid <= 0 || pidfd < 0) {
+	if (pid <= 0 || pidfd < 0 || pidfd_exited(pidfd)) {
 		snprintf(why, whylen, "the calling process (pid %ld) is gone", (long)peer->pid);
 		goto out;
 	}
 	snprintf(path, sizeof(path), "/proc/%ld/exe", (long)pid);
 	if ((n = readlink(path, exe, sizeof(exe) - 1)) < 0) {
-		snprintf(why, whylen, "cannot read the program of pid %ld: %s", (long)pid,
-			 strerror(errno));
+		err = errno;
+		if (pidfd_exited(pidfd))
+			snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
+				 (long)pid);
+		else if (err == EACCES || err == EPERM || err == ENOENT)
+			/* Another uid's process, with ptrace-read access denied or /proc hiding it. */
+			snprintf(why, whylen,
+				 "cannot read /proc/%ld/exe (%s): allow-exe and allow-unit need an "
+				 "agent that can read /proc/PID/exe of other users: run it as root or "
+				 "with CAP_SYS_PTRACE and ProtectProc=default",
+				 (long)pid, strerror(err));
+		else
+			snprintf(why, whylen, "cannot read the program of pid %ld: %s", (long)pid,
+				 strerror(err));
 		goto out;
 	}
 	exe[n] = '\0';
 	snprintf(path, sizeof(path), "/proc/%ld/cgroup", (long)pid);
 	if (n_units > 0 && read_proc(path, cgroup, sizeof(cgroup)) != 0) {
-		snprintf(why, whylen, "cannot read the cgroup of pid %ld: %s", (long)pid,
-			 strerror(errno));
+		err = errno;
+		if (pidfd_exited(pidfd))
+			snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
+				 (long)pid);
+		else
+			snprintf(why, whylen,
+				 "cannot read /proc/%ld/cgroup (%s): allow-unit needs an agent that "
+				 "can read /proc/PID of other users: run it as root or with "
+				 "CAP_SYS_PTRACE and ProtectProc=default",
+				 (long)pid, strerror(err));
 		goto out;
 	}
-	/* Still the same process after the reads: the pid was not reused meanwhile. */
-	if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) != 0) {
+	/*
+	 * Still the same process after the reads: the pid was not reused
+	 * meanwhile. Polling the pidfd needs no permission over the process
+	 * (a signal 0 would, and fail with EPERM for another uid).
+	 */
+	if (pidfd_exited(pidfd)) {
 		snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
 			 (long)pid);
 		goto out;
@@ -209,11 +241,15 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 		}
 	}
 	if (n_units > 0) {
-		for (i = 0; i < n_units && !acl_cgroup_has_unit(cgroup, units[i]); i++)
+		if (!acl_cgroup_unit(cgroup, unit, sizeof(unit)))
+			snprintf(unit, sizeof(unit), "none");
+		for (i = 0; i < n_units && strcmp(unit, units[i]) != 0; i++)
 			;
 		if (i == n_units) {
-			snprintf(why, whylen, "pid %ld (%.200s) runs in no unit named in allow-unit",
-				 (long)pid, exe);
+			snprintf(why, whylen,
+				 "pid %ld (%.200s) runs in system unit %.100s, not one named in "
+				 "allow-unit",
+				 (long)pid, exe, unit);
 			goto out;
 		}
 	}

@@ -55,7 +55,7 @@ if s_server_get --cert "$TLS_DIR/viaunit.chain.pem" --key "$TLS_DIR/viaunit.keyr
 	grep -q '^Client certificate' "$TLS_DIR/page.txt" &&
 		fail "curl outside the unit got a verified handshake with an allow-unit identity"
 fi
-grep -q "runs in no unit named in allow-unit" "$AGENT_LOG" || fail "the agent log does not name allow-unit"
+grep -q "not one named in allow-unit" "$AGENT_LOG" || fail "the agent log does not name allow-unit"
 s_server_stop
 agent_stop
 log "PASS"

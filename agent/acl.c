@@ -148,6 +148,24 @@ static pid_t pidfd_pid(int pidfd)
 	return (pid_t)strtol(p + 5, NULL, 10);
 }
 
+unsigned long long acl_proc_starttime(pid_t pid)
+{
+	char path[64], stat[1024], *p;
+	unsigned long long v = 0;
+	int field;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	/* The command name (field 2) may hold spaces and ')': fields count from its last ')'. */
+	if (pid <= 0 || read_proc(path, stat, sizeof(stat)) != 0 ||
+	    (p = strrchr(stat, ')')) == NULL)
+		return 0;
+	for (field = 2; field < 22 && p != NULL; field++)
+		p = strchr(p + 1, ' ');
+	if (p != NULL)
+		v = strtoull(p + 1, NULL, 10);
+	return v;
+}
+
 /* Whether the process a pidfd refers to has exited: a pidfd polls readable then. */
 static int pidfd_exited(int pidfd)
 {
@@ -160,7 +178,7 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 		       const struct peer *peer, char *why, size_t whylen)
 {
 	char path[64], exe[PATH_MAX], cgroup[4096], unit[256];
-	int pidfd = -1, own = 0, ok = 0, err;
+	int pidfd = -1, own = 0, ok = 0, by_pid = 0, err;
 	pid_t pid = -1;
 	ssize_t n;
 	size_t i;
@@ -182,10 +200,24 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 	} else {
 		pid = peer->pid;
 		pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+		by_pid = 1;
 	}
 	own = 1;
 	if (pid <= 0 || pidfd < 0 || pidfd_exited(pidfd)) {
 		snprintf(why, whylen, "the calling process (pid %ld) is gone", (long)peer->pid);
+		goto out;
+	}
+	/*
+	 * Without SO_PEERPIDFD the pid was looked up only now: the process that
+	 * connected may have exited and its pid gone to another program. Its
+	 * start time, recorded at accept, tells them apart.
+	 */
+	if (by_pid && (peer->starttime == 0 || acl_proc_starttime(pid) != peer->starttime)) {
+		snprintf(why, whylen,
+			 peer->starttime == 0
+			     ? "the start time of pid %ld was not recorded when it connected"
+			     : "pid %ld is not the process that connected (it started later)",
+			 (long)pid);
 		goto out;
 	}
 	snprintf(path, sizeof(path), "/proc/%ld/exe", (long)pid);

@@ -149,6 +149,14 @@ static void test_caller_exe(void **state)
 	assert_non_null(self);
 	memset(&p, 0, sizeof(p));
 	p.pid = getpid();
+	/* By pid, the start time recorded at accept must match: else the pid may be reused. */
+	assert_false(acl_caller_allowed(&self, 1, NULL, 0, &p, why, sizeof(why)));
+	assert_non_null(strstr(why, "start time"));
+	p.starttime = acl_proc_starttime(getpid()) + 1;
+	assert_false(acl_caller_allowed(&self, 1, NULL, 0, &p, why, sizeof(why)));
+	assert_non_null(strstr(why, "not the process that connected"));
+	p.starttime = acl_proc_starttime(getpid());
+	assert_true(p.starttime > 0);
 	assert_true(acl_caller_allowed(NULL, 0, NULL, 0, &p, why, sizeof(why)));
 	assert_true(acl_caller_allowed(&self, 1, NULL, 0, &p, why, sizeof(why)));
 	assert_false(acl_caller_allowed(other, 1, NULL, 0, &p, why, sizeof(why)));
@@ -200,6 +208,7 @@ static void judge_as(uid_t uid, int ptrace_cap, pid_t caller, const char *caller
 
 	memset(&p, 0, sizeof(p));
 	p.pid = caller;
+	p.starttime = acl_proc_starttime(caller);
 	exes[0] = (char *)caller_exe;
 	assert_int_equal(pipe(pipefd), 0);
 	judge = fork();

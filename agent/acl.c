@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "agent/acl.h"
+#include "common/log.h"
 
 /* Linux 6.5+; Debian 12's headers predate it. 77 on the architectures using asm-generic's
  * numbering (others define their own, and get it from their headers or not at all). */
@@ -177,7 +178,7 @@ static int pidfd_exited(int pidfd)
 int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
 		       const struct peer *peer, char *why, size_t whylen)
 {
-	char path[64], exe[PATH_MAX], cgroup[4096], unit[256];
+	char path[64], exe[PATH_MAX], safe[400], cgroup[4096], unit[256];
 	int pidfd = -1, own = 0, ok = 0, by_pid = 0, err;
 	pid_t pid = -1;
 	ssize_t n;
@@ -239,6 +240,8 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 		goto out;
 	}
 	exe[n] = '\0';
+	/* A caller chooses its program's path: it is data in messages and logs. */
+	log_sanitize(exe, safe, sizeof(safe));
 	snprintf(path, sizeof(path), "/proc/%ld/cgroup", (long)pid);
 	if (n_units > 0 && read_proc(path, cgroup, sizeof(cgroup)) != 0) {
 		err = errno;
@@ -267,7 +270,7 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 		for (i = 0; i < n_exes && strcmp(exe, exes[i]) != 0; i++)
 			;
 		if (i == n_exes) {
-			snprintf(why, whylen, "program %.200s (pid %ld) is not in allow-exe", exe,
+			snprintf(why, whylen, "program %.200s (pid %ld) is not in allow-exe", safe,
 				 (long)pid);
 			goto out;
 		}
@@ -281,7 +284,7 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 			snprintf(why, whylen,
 				 "pid %ld (%.200s) runs in system unit %.100s, not one named in "
 				 "allow-unit",
-				 (long)pid, exe, unit);
+				 (long)pid, safe, unit);
 			goto out;
 		}
 	}

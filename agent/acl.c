@@ -228,7 +228,7 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 			snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
 				 (long)pid);
 		else if (err == EACCES || err == EPERM || err == ENOENT)
-			/* Another uid's process, with ptrace-read access denied or /proc hiding it. */
+			/* Another uid's process: ptrace-read access denied, or /proc hides it. */
 			snprintf(why, whylen,
 				 "cannot read /proc/%ld/exe (%s): allow-exe and allow-unit need an "
 				 "agent that can read /proc/PID/exe of other users: run it as root or "

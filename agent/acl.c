@@ -213,6 +213,15 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 	 * connected may have exited and its pid gone to another program. Its
 	 * start time, recorded at accept, tells them apart.
 	 */
+	if (by_pid && peer->starttime == 0 && acl_proc_starttime(pid) == 0) {
+		/* ProtectProc=invisible hides other users' processes, stat included. */
+		snprintf(why, whylen,
+			 "cannot read /proc/%ld/stat: allow-exe and allow-unit need an agent "
+			 "that can read /proc/PID of other users: run it as root or with "
+			 "CAP_SYS_PTRACE and ProtectProc=default",
+			 (long)pid);
+		goto out;
+	}
 	if (by_pid && (peer->starttime == 0 || acl_proc_starttime(pid) != peer->starttime)) {
 		snprintf(why, whylen,
 			 peer->starttime == 0

@@ -689,6 +689,43 @@ static int set_cert_out(struct parser *p, struct cfg_identity *id, const char *v
  * configured /usr/bin/python3 matches the python3.11 it links to.
  * allow-unit = myapp.service [unit ...]: systemd unit names.
  */
+int config_can_inspect_others(uid_t euid, const char *status_text)
+{
+	const char *c;
+	unsigned long long eff;
+
+	if (euid == 0)
+		return 1;
+	if (status_text == NULL || (c = strstr(status_text, "\nCapEff:")) == NULL)
+		return 0;
+	eff = strtoull(c + 8, NULL, 16);
+	return (eff >> 19) & 1; /* CAP_SYS_PTRACE */
+}
+
+/*
+ * allow-exe and allow-unit read /proc/PID/exe and /proc/PID/cgroup of the
+ * callers, other users' processes: that takes root or CAP_SYS_PTRACE (and
+ * ProtectProc=default under systemd). Said at load, not first at a refusal.
+ */
+static void warn_cannot_inspect(struct parser *p, const char *key)
+{
+	char status[4096] = "";
+	FILE *f = fopen("/proc/self/status", "re");
+	size_t n = 0;
+
+	if (f != NULL) {
+		n = fread(status, 1, sizeof(status) - 1, f);
+		fclose(f);
+	}
+	status[n] = '\0';
+	if (!config_can_inspect_others(geteuid(), status))
+		log_warn("%s:%d: %s: this agent runs without root or CAP_SYS_PTRACE, so it "
+			 "cannot read /proc/PID/exe of other users' processes: they will be "
+			 "refused. Run it as root or with CAP_SYS_PTRACE and ProtectProc=default "
+			 "(see mtls-agent.conf(5))",
+			 p->path, p->lineno, key);
+}
+
 static int set_caller_list(struct parser *p, const char *key, int is_unit, char ***dst, size_t *n,
 			   const char *value)
 {
@@ -825,11 +862,14 @@ static int identity_value(struct parser *p, int k, const char *value)
 	case I_CERT_OUT:
 		return set_cert_out(p, id, value);
 	case I_ALLOW_EXE:
-		return set_caller_list(p, identity_keys[k], 0, &id->allow_exe, &id->n_allow_exe,
-				       value);
 	case I_ALLOW_UNIT:
-		return set_caller_list(p, identity_keys[k], 1, &id->allow_unit, &id->n_allow_unit,
-				       value);
+		if (set_caller_list(p, identity_keys[k], k == I_ALLOW_UNIT,
+				    k == I_ALLOW_UNIT ? &id->allow_unit : &id->allow_exe,
+				    k == I_ALLOW_UNIT ? &id->n_allow_unit : &id->n_allow_exe,
+				    value) != 0)
+			return -1;
+		warn_cannot_inspect(p, identity_keys[k]);
+		return 0;
 	case I_SUBJECT:
 		return set_subject(p, id, value);
 	case I_KEY_TYPE:

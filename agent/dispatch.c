@@ -102,7 +102,7 @@ static void log_refusal(const struct dispatch_env *env, const struct peer *peer,
 	time_t flushed_secs = 0;
 	int emit = 0;
 	size_t i;
-	char safe[256];
+	char safe[256], safe_why[800];
 
 	pthread_mutex_lock(&refusal_lock);
 	for (i = 0; i < REFUSAL_SLOTS && slot == NULL; i++) {
@@ -150,7 +150,8 @@ static void log_refusal(const struct dispatch_env *env, const struct peer *peer,
 	if (emit)
 		log_info("refused uid %ld gid %ld pid %ld: %s: %s", (long)peer->uid,
 			 (long)peer->gid, (long)peer->pid, log_sanitize(what, safe, sizeof(safe)),
-			 why);
+			 /* It can quote the caller: its program's path is the caller's choice. */
+			 log_sanitize(why, safe_why, sizeof(safe_why)));
 	else if (suppressed_now == 1)
 		log_info("refused uid %ld: more than %d refusals in %d s: further ones are counted, "
 			 "not logged",

@@ -486,6 +486,12 @@ static int peer_credentials(int fd, struct peer *peer)
 	peer->gid = uc.gid;
 	peer->pid = uc.pid;
 	/*
+	 * When it connected, to tell it from a later process given the same pid
+	 * (allow-exe on kernels without SO_PEERPIDFD). The connecting process is
+	 * still blocked in or just past connect() here, seldom gone.
+	 */
+	peer->starttime = acl_proc_starttime(uc.pid);
+	/*
 	 * Supplementary groups as they were at connect(). A peer with more
 	 * groups than we keep is judged without them: that can refuse it
 	 * wrongly but never admit it wrongly.

@@ -512,6 +512,18 @@ static void test_err_renewal(void **state)
 		     "identity \"i\": \"ca-signer\" needs renew = cmp or est");
 }
 
+/* Whether allow-exe/allow-unit can work (root, or CAP_SYS_PTRACE = bit 19 of CapEff). */
+static void test_can_inspect_others(void **state)
+{
+	(void)state;
+	assert_true(config_can_inspect_others(0, ""));
+	assert_false(config_can_inspect_others(
+	    998, "Name:\tmtls-agent\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\n"));
+	assert_true(config_can_inspect_others(998, "Name:\tx\nCapEff:\t0000000000080000\n"));
+	assert_false(config_can_inspect_others(998, "Name:\tx\nCapEff:\t0000000000040000\n"));
+	assert_false(config_can_inspect_others(998, NULL));
+}
+
 /* The estimate behind the short-bootstrap-secret warning: length x log2(classes used). */
 static void test_secret_bits(void **state)
 {
@@ -892,6 +904,7 @@ static void test_err_first_only(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_can_inspect_others),
 		cmocka_unit_test(test_full),
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_empty_file),

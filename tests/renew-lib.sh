@@ -418,8 +418,9 @@ renew_timeline() {
 # failure), each retry not before its announced second (strict: a stamp is never early)
 # and at most 6 s after it (the second's rounding and a loaded machine), ending with one
 # success. Prints a summary, then a line "early: ..." if a retry came sooner after its
-# failure than the delay announced (measured on the stamps, 0.2 s allowed for reading
-# the log; a delay counted from the start of the failure's second is up to 1 s short).
+# failure than the delay announced (measured on the stamps, 0.5 s allowed for reading
+# the log: the stamper runs late on a loaded 2-core machine under ASan, seen 0.22 s; the
+# strict check above is on the agent's own seconds and allows nothing).
 check_backoff() {
 	python3 - "$@" <<'PY'
 import sys
@@ -468,7 +469,7 @@ for k, (t_next, n, count) in enumerate(nexts, 1):
         die("retry %d at %.3f, more than %d s + 6 s slack after it was announced at %.3f" % (k, retry, n, t_next))
     gap = retry - fails[k - 1]
     out.append("retry %d: announced %d s, came %.2f s after the failure" % (k, n, gap))
-    if gap < n - 0.2:
+    if gap < n - 0.5:
         early.append("retry %d came %.2f s after failure %d, announced %d s" % (k, gap, k, n))
 print("; ".join(out))
 if early:

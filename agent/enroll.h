@@ -47,6 +47,15 @@ struct enroll_request {
 	EVP_PKEY *cur_key;
 	STACK_OF(X509) *cur_chain;
 
+	/*
+	 * ENROLL_RENEW with renew-auth: the credential that authenticates the renewal instead
+	 * of cur_key (EST: the TLS client key and chain; CMP: the protection key and
+	 * certificate, cur_chain's leaf still names the certificate being updated). NULL: the
+	 * current credential authenticates itself.
+	 */
+	EVP_PKEY *auth_key;
+	STACK_OF(X509) *auth_chain;
+
 	/* The key to certify (proof of possession, CSR). Equal to cur_key when not rotating. */
 	EVP_PKEY *new_key;
 	const X509_NAME *subject;        /* the subject to request */

@@ -699,12 +699,38 @@ static void boot_free(struct boot *b)
 	memset(b, 0, sizeof(*b));
 }
 
-static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct boot *b,
+/* Another identity's key and chain as a credential (bootstrap, renew-auth). */
+static int cred_load(struct runtime *rt, const char *name, const char *what, struct boot *b,
 		     char *err, size_t errlen)
 {
 	char kerr[256];
 	struct ks_key *key;
-	char *colon;
+
+	if ((b->boot_id = runtime_identity(rt, name)) == NULL) {
+		snprintf(err, errlen, "%s identity \"%s\" is not configured", what, name);
+		return -1;
+	}
+	pthread_mutex_lock(&b->boot_id->lock);
+	identity_refresh(b->boot_id, 0, kerr, sizeof(kerr));
+	key = b->boot_id->current;
+	b->chain = chain_copy(b->boot_id->chain);
+	pthread_mutex_unlock(&b->boot_id->lock);
+	if (key == NULL || b->chain == NULL) {
+		snprintf(err, errlen, "%s identity \"%s\" has no key and certificate", what, name);
+		boot_free(b);
+		return -1;
+	}
+	if ((b->key = renew_prov_key(b->boot_id, key, err, errlen)) == NULL) {
+		boot_free(b);
+		return -1;
+	}
+	return 0;
+}
+
+static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct boot *b,
+		     char *err, size_t errlen)
+{
+	char kerr[256], *colon;
 
 	memset(b, 0, sizeof(*b));
 	switch (cfg->bootstrap) {
@@ -727,27 +753,7 @@ static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct 
 		}
 		return 0;
 	case BOOTSTRAP_IDENTITY:
-		if ((b->boot_id = runtime_identity(rt, cfg->bootstrap_identity)) == NULL) {
-			snprintf(err, errlen, "bootstrap identity \"%s\" is not configured",
-				 cfg->bootstrap_identity);
-			return -1;
-		}
-		pthread_mutex_lock(&b->boot_id->lock);
-		identity_refresh(b->boot_id, 0, kerr, sizeof(kerr));
-		key = b->boot_id->current;
-		b->chain = chain_copy(b->boot_id->chain);
-		pthread_mutex_unlock(&b->boot_id->lock);
-		if (key == NULL || b->chain == NULL) {
-			snprintf(err, errlen, "bootstrap identity \"%s\" has no key and certificate",
-				 cfg->bootstrap_identity);
-			boot_free(b);
-			return -1;
-		}
-		if ((b->key = renew_prov_key(b->boot_id, key, err, errlen)) == NULL) {
-			boot_free(b);
-			return -1;
-		}
-		return 0;
+		return cred_load(rt, cfg->bootstrap_identity, "bootstrap", b, err, errlen);
 	}
 	snprintf(err, errlen, "no valid certificate to renew with and no bootstrap configured: "
 			      "import a certificate (mtls-agentctl import-cert) or set bootstrap");
@@ -857,7 +863,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	struct enroll_result res = {0};
 	struct journal j = {0};
 	struct snapshot snap = {0};
-	struct boot boot = {0};
+	struct boot boot = {0}, auth = {0};
 	struct ks_key *new_key = NULL;
 	EVP_PKEY *cur_pkey = NULL, *new_pkey = NULL;
 	X509_NAME *subject = NULL;
@@ -880,6 +886,13 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	if (!bootstrap && (snap.chain == NULL || snap.not_after <= now))
 		bootstrap = 1;
 	if (bootstrap && boot_load(rt, cfg, &boot, err, sizeof(err)) != 0) {
+		snprintf(msg, msglen, "%s", err);
+		outcome = ENROLL_NOT_AUTHORIZED;
+		goto out;
+	}
+	/* renew-auth: the enrollment credential, not the key applications use, authenticates. */
+	if (!bootstrap && cfg->renew_auth != NULL &&
+	    cred_load(rt, cfg->renew_auth, "renew-auth", &auth, err, sizeof(err)) != 0) {
 		snprintf(msg, msglen, "%s", err);
 		outcome = ENROLL_NOT_AUTHORIZED;
 		goto out;
@@ -995,6 +1008,9 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	} else if (bootstrap) {
 		req.boot_key = boot.key;
 		req.boot_chain = boot.chain;
+	} else if (auth.key != NULL) {
+		req.auth_key = auth.key;
+		req.auth_chain = auth.chain;
 	}
 	req.commit = commit_chain;
 	req.commit_arg = &t;
@@ -1027,6 +1043,7 @@ out:
 	EVP_PKEY_free(cur_pkey);
 	EVP_PKEY_free(new_pkey);
 	boot_free(&boot);
+	boot_free(&auth);
 	snapshot_free(&snap);
 	return outcome;
 }

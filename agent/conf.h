@@ -74,6 +74,9 @@ struct cfg_identity {
 	 * application allowed to sign with that key cannot re-enroll it. NULL: the current key.
 	 */
 	char *renew_auth;
+	/* renew-verify: a server the new credential must be accepted by before it is installed
+	 * (https://HOST[:PORT]/PATH or mqtts://HOST:PORT; agent/renew-verify.h). NULL: none. */
+	char *renew_verify;
 	char *post_renew;         /* shell command run after a renewal */
 	char **cert_out;          /* extra paths the chain is written to */
 	size_t n_cert_out;

@@ -16,6 +16,7 @@
 #include <openssl/x509.h>
 
 #include "agent/conf.h"
+#include "agent/renew-verify.h"
 #include "agent/sched.h"
 #include "common/log.h"
 #include "keystore/csr.h"
@@ -74,6 +75,7 @@ enum identity_key {
 	I_ALLOW_EXE,
 	I_ALLOW_UNIT,
 	I_RENEW_AUTH,
+	I_RENEW_VERIFY,
 	I_NKEYS
 };
 
@@ -93,7 +95,7 @@ static const char *const identity_keys[I_NKEYS] = {
 	"keystore", "key",	  "cert",	"allow-users", "allow-groups", "sign-policy",
 	"renew",    "ca-url",	  "ca-trust",	"renew-at",    "rotate-key",   "bootstrap",
 	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",   "allow-exe",
-	"allow-unit", "renew-auth",
+	"allow-unit", "renew-auth", "renew-verify",
 };
 
 static const char *const policy_names[] = {
@@ -229,6 +231,7 @@ void config_free(struct config *cfg)
 		free(id->bootstrap_file);
 		free(id->bootstrap_identity);
 		free(id->renew_auth);
+		free(id->renew_verify);
 		free(id->post_renew);
 		for (size_t j = 0; j < id->n_cert_out; j++)
 			free(id->cert_out[j]);
@@ -783,6 +786,16 @@ static int identity_value(struct parser *p, int k, const char *value)
 			return -1;
 		}
 		return set_string(p, &id->renew_auth, value + 9);
+	case I_RENEW_VERIFY: {
+		struct renew_verify_url u;
+		char verr[128];
+
+		if (renew_verify_parse(value, &u, verr, sizeof(verr)) != 0) {
+			fail(p, p->lineno, "bad renew-verify \"%s\": %s", value, verr);
+			return -1;
+		}
+		return set_string(p, &id->renew_verify, value);
+	}
 	case I_POST_RENEW:
 		return set_string(p, &id->post_renew, value);
 	case I_CERT_OUT:
@@ -1213,7 +1226,7 @@ static int finish_renewal(struct parser *p, size_t i)
 	const struct cfg_identity *boot;
 	static const int renew_only[] = {I_CA_URL, I_CA_TRUST, I_RENEW_AT, I_ROTATE_KEY,
 					 I_BOOTSTRAP, I_POST_RENEW, I_CERT_OUT, I_SUBJECT,
-					 I_CA_TIMEOUT, I_RENEW_AUTH};
+					 I_CA_TIMEOUT, I_RENEW_AUTH, I_RENEW_VERIFY};
 	size_t j;
 
 	if (id->renew_permille == 0 && id->renew_before == 0)

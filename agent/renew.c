@@ -47,6 +47,7 @@
 #include "agent/certcheck.h"
 #include "agent/enroll.h"
 #include "agent/renew-prov.h"
+#include "agent/renew-verify.h"
 #include "agent/renew.h"
 #include "agent/sched.h"
 #include "keystore/csr.h"
@@ -74,10 +75,11 @@ enum step {
 	STEP_KEYGEN,
 	STEP_REQUESTED,
 	STEP_ISSUED,
+	STEP_VERIFYING, /* renew-verify: a handshake with the new credential, not installed yet */
 	STEP_INSTALLED
 };
-static const char *const step_names[] = {"none",      "preparing", "keygen",
-					 "requested", "issued",    "installed"};
+static const char *const step_names[] = {"none",   "preparing", "keygen",   "requested",
+					 "issued", "verifying", "installed"};
 
 /* Per identity, by name, surviving reloads. */
 struct rstate {
@@ -497,6 +499,8 @@ static int reconcile(struct identity_rt *id)
 struct txn {
 	struct identity_rt *id;
 	struct ks_key *new_key;
+	EVP_PKEY *new_pkey; /* new_key as an EVP_PKEY, for renew-verify's handshake */
+	const char *trust;  /* the CA trust file, also for renew-verify's server */
 	const X509_NAME *subject;
 	struct journal *journal;
 	STACK_OF(X509) *extra; /* the CA's intermediates from /cacerts (EST), or NULL */
@@ -589,6 +593,26 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 		snprintf(err, errlen, "cannot write the renewal journal");
 		*local = 1;
 		goto out;
+	}
+	/*
+	 * renew-verify: the new credential must be accepted by the server before it replaces
+	 * the old one. The journal says so first; a crash during the handshake rolls back.
+	 */
+	if (id->cfg->renew_verify != NULL) {
+		t->journal->step = STEP_VERIFYING;
+		if (journal_write(id, t->journal) != 0) {
+			snprintf(err, errlen, "cannot write the renewal journal");
+			*local = 1;
+			goto out;
+		}
+		if (renew_verify(id->cfg->renew_verify, t->trust, renew_prov_libctx(), t->new_pkey,
+				 path, id->cfg->ca_timeout, cerr, sizeof(cerr)) != 0) {
+			snprintf(err, errlen, "renew-verify %s: %s; the old certificate stays",
+				 id->cfg->renew_verify, cerr);
+			goto out;
+		}
+		log_info("identity \"%s\": renew-verify %s accepted the new certificate",
+			 id->cfg->name, id->cfg->renew_verify);
 	}
 	if (identity_install_chain(id, path, cerr, sizeof(cerr)) != 0) {
 		snprintf(err, errlen, "cannot install the new certificate: %s", cerr);
@@ -979,6 +1003,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	}
 	t.id = id;
 	t.new_key = new_key;
+	t.new_pkey = new_pkey;
 	t.subject = subject;
 	t.journal = &j;
 	req.kind = bootstrap ? ENROLL_BOOTSTRAP : ENROLL_RENEW;
@@ -990,6 +1015,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		goto out_journal;
 	}
 	req.trust_file = trust;
+	t.trust = trust;
 	req.libctx = renew_prov_libctx();
 	req.timeout_s = cfg->ca_timeout;
 	req.cur_key = cur_pkey;

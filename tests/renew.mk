@@ -12,6 +12,7 @@ RENEW_TESTS = \
 	tests/integration/renew-diskfull.sh \
 	tests/integration/renew-blackhole.sh \
 	tests/integration/renew-cacerts.sh \
-	tests/integration/renew-auth.sh
+	tests/integration/renew-auth.sh \
+	tests/integration/renew-verify.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

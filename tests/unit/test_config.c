@@ -418,6 +418,7 @@ static void test_renewal(void **state)
 		      "[identity \"b\"]\nkeystore = k\nkey = handle:0x81000011\n"
 		      "renew = est\nca-url = https://est.example/.well-known/est\n"
 		      "ca-trust = /etc/ca.pem\nbootstrap = identity:a\nrenew-auth = identity:c\n"
+		      "renew-verify = mqtts://broker.example:8883\n"
 		      "[identity \"c\"]\nkeystore = k\nkey = handle:0x81000012\n");
 	id = config_identity(cfg, "a");
 	assert_non_null(id);
@@ -441,6 +442,7 @@ static void test_renewal(void **state)
 	assert_int_equal(id->bootstrap, BOOTSTRAP_IDENTITY);
 	assert_string_equal(id->bootstrap_identity, "a");
 	assert_string_equal(id->renew_auth, "c");
+	assert_string_equal(id->renew_verify, "mqtts://broker.example:8883");
 	assert_int_equal(id->renew_permille, 660); /* default 66% */
 	assert_int_equal(id->rotate_key, 1);
 	assert_int_equal(id->ca_timeout, 60);
@@ -476,6 +478,19 @@ static void test_err_renewal(void **state)
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
 				"renew-auth = basic:/x\n",
 		     9, "bad renew-auth \"basic:/x\": want identity:NAME");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"renew-verify = mqtts://broker\n",
+		     9, "bad renew-verify \"mqtts://broker\": mqtts:// needs a port (mqtts://HOST:8883)");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"renew-verify = http://x/\n",
+		     9, "bad renew-verify \"http://x/\": want https://HOST[:PORT]/PATH or "
+			"mqtts://HOST:PORT");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"renew-verify = https://x:99999/\n",
+		     9, "bad renew-verify \"https://x:99999/\": want https://HOST[:PORT]/PATH or "
+			"mqtts://HOST:PORT");
+	expect_error(RENEW_HEAD "renew-verify = https://x/\n", 6,
+		     "identity \"i\": \"renew-verify\" needs renew = cmp or est");
 	expect_error(RENEW_HEAD "renew-auth = identity:e\n", 6,
 		     "identity \"i\": \"renew-auth\" needs renew = cmp or est");
 	/* The renewal credential must be one no application may use. */

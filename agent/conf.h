@@ -83,6 +83,9 @@ struct cfg_identity {
 	char *subject;            /* "/CN=.../O=..." for enrollment without a certificate */
 	int key_type;             /* enum ks_keygen_type for new keys; 0: like the current key */
 	unsigned ca_timeout;      /* seconds for one transaction, default 60 */
+	char *ca_signer;          /* CMP: PEM certificates pinned as response signers */
+	char *ca_sender;          /* CMP: the sender name every response must carry */
+	int implicit_confirm;     /* CMP: ask for implicit confirmation (default 0) */
 };
 
 struct config {
@@ -123,6 +126,9 @@ void config_free(struct config *cfg);
 
 const struct cfg_keystore *config_keystore(const struct config *cfg, const char *name);
 const struct cfg_identity *config_identity(const struct config *cfg, const char *name);
+
+/* Estimated strength in bits of a secret (see config.c); for the bootstrap warnings. */
+double config_secret_bits(const char *s, size_t len);
 
 const char *sign_policy_name(int policy);
 const char *renew_method_name(int method);

@@ -19,6 +19,7 @@
 #include "agent/renew-verify.h"
 #include "agent/sched.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "keystore/csr.h"
 #include "keystore/keystore.h"
 
@@ -74,12 +75,15 @@ enum identity_key {
 	I_CA_TIMEOUT,
 	I_ALLOW_EXE,
 	I_ALLOW_UNIT,
+	I_CA_SIGNER,
+	I_CA_SENDER,
+	I_IMPLICIT_CONFIRM,
 	I_RENEW_AUTH,
 	I_RENEW_VERIFY,
 	I_NKEYS
 };
 
-#define MAX_KEYS 24
+#define MAX_KEYS 32
 
 static const char *const agent_keys[A_NKEYS] = {
 	"socket",	"socket-mode", "socket-group", "state-dir",	     "admin-users",
@@ -95,7 +99,8 @@ static const char *const identity_keys[I_NKEYS] = {
 	"keystore", "key",	  "cert",	"allow-users", "allow-groups", "sign-policy",
 	"renew",    "ca-url",	  "ca-trust",	"renew-at",    "rotate-key",   "bootstrap",
 	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",   "allow-exe",
-	"allow-unit", "renew-auth", "renew-verify",
+	"allow-unit", "ca-signer", "ca-sender",	"implicit-confirm", "renew-auth",
+	"renew-verify",
 };
 
 static const char *const policy_names[] = {
@@ -243,6 +248,8 @@ void config_free(struct config *cfg)
 		for (size_t j = 0; j < id->n_allow_unit; j++)
 			free(id->allow_unit[j]);
 		free(id->allow_unit);
+		free(id->ca_signer);
+		free(id->ca_sender);
 	}
 	free(cfg->identities);
 	free(cfg->path);
@@ -819,6 +826,26 @@ static int identity_value(struct parser *p, int k, const char *value)
 		return 0;
 	case I_CA_TIMEOUT:
 		return set_uint(p, identity_keys[k], &id->ca_timeout, value, 5, 3600);
+	case I_CA_SIGNER:
+		return set_path(p, identity_keys[k], &id->ca_signer, value);
+	case I_CA_SENDER: {
+		X509_NAME *name = NULL;
+		char why[256];
+
+		if (csr_parse_subject(value, &name, why, sizeof(why)) != 0) {
+			fail(p, p->lineno, "bad ca-sender \"%s\": %s", value, why);
+			return -1;
+		}
+		X509_NAME_free(name);
+		return set_string(p, &id->ca_sender, value);
+	}
+	case I_IMPLICIT_CONFIRM:
+		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
+			fail(p, p->lineno, "bad implicit-confirm \"%s\": want yes or no", value);
+			return -1;
+		}
+		id->implicit_confirm = strcmp(value, "yes") == 0;
+		return 0;
 	}
 	return -1;
 }
@@ -1219,6 +1246,74 @@ static int check_renew_auth(struct parser *p, const struct cfg_identity *id, int
 	return 0;
 }
 
+/*
+ * Strength of a secret in bits, as if its characters were drawn at random
+ * from the character classes it uses: length x log2(class sizes summed),
+ * classes lower (26), upper (26), digits (10), other printable (33), and
+ * hex-only (16) when every character is a hex digit. An upper bound: a
+ * word or a pattern is weaker than this says, never stronger.
+ */
+static double log2_pool(int pool)
+{
+	/* The sums of the class sizes that can occur, and their base-2 logarithms. */
+	static const struct {
+		int pool;
+		double bits;
+	} logs[] = {
+	    {10, 3.3219}, {16, 4.0},	{26, 4.7004}, {33, 5.0444}, {36, 5.1699}, {43, 5.4263},
+	    {52, 5.7004}, {59, 5.8826}, {62, 5.9542}, {69, 6.1085}, {85, 6.4094}, {95, 6.5699},
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(logs) / sizeof(logs[0]); i++)
+		if (logs[i].pool == pool)
+			return logs[i].bits;
+	return 0;
+}
+
+double config_secret_bits(const char *s, size_t len)
+{
+	int lower = 0, upper = 0, digit = 0, other = 0, hex = 1, pool;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		lower |= c >= 'a' && c <= 'z';
+		upper |= c >= 'A' && c <= 'Z';
+		digit |= c >= '0' && c <= '9';
+		other |= !isalnum(c);
+		hex &= isxdigit(c) != 0;
+	}
+	pool = hex && (lower || upper) ? 16 : 26 * lower + 26 * upper + 10 * digit + 33 * other;
+	return (double)len * log2_pool(pool);
+}
+
+/* Warnings (not errors) about how a PBM bootstrap secret is exposed: FILE:LINE: ... */
+static void warn_bootstrap_secret(struct parser *p, const struct cfg_identity *id, int line)
+{
+	char *secret = NULL, why[256];
+	double bits;
+
+	if (id->ca_url != NULL && strncmp(id->ca_url, "http://", 7) == 0)
+		log_warn("%s:%d: identity \"%s\": the bootstrap secret protects an IR sent over "
+			 "http://: anyone who captures it can guess the secret offline; use an "
+			 "https:// ca-url or bootstrap = identity:NAME",
+			 p->path, line, id->name);
+	/* Unreadable here (mtls-agent -n as another user): the enrollment reports it. */
+	if (read_secret_file(id->bootstrap_file, &secret, why, sizeof(why)) != 0)
+		return;
+	bits = config_secret_bits(secret, strlen(secret));
+	if (bits < 128)
+		log_warn("%s:%d: identity \"%s\": the bootstrap secret in %s is short: %zu "
+			 "characters, about %.0f bits at best (length x log2 of the character "
+			 "classes used), under 128; anyone who captures the IR can guess it offline. "
+			 "Use 32 random hex digits or more, or bootstrap = identity:NAME",
+			 p->path, line, id->name, id->bootstrap_file, strlen(secret), bits);
+	wipe(secret, strlen(secret));
+	free(secret);
+}
+
 static int finish_renewal(struct parser *p, size_t i)
 {
 	struct cfg_identity *id = &p->cfg->identities[i];
@@ -1226,7 +1321,8 @@ static int finish_renewal(struct parser *p, size_t i)
 	const struct cfg_identity *boot;
 	static const int renew_only[] = {I_CA_URL, I_CA_TRUST, I_RENEW_AT, I_ROTATE_KEY,
 					 I_BOOTSTRAP, I_POST_RENEW, I_CERT_OUT, I_SUBJECT,
-					 I_CA_TIMEOUT, I_RENEW_AUTH, I_RENEW_VERIFY};
+					 I_CA_TIMEOUT, I_CA_SIGNER, I_CA_SENDER, I_IMPLICIT_CONFIRM,
+					 I_RENEW_AUTH, I_RENEW_VERIFY};
 	size_t j;
 
 	if (id->renew_permille == 0 && id->renew_before == 0)
@@ -1263,6 +1359,20 @@ static int finish_renewal(struct parser *p, size_t i)
 		     renew_method_name(id->renew));
 		return -1;
 	}
+	if ((kl->line[I_CA_SIGNER] != 0 || kl->line[I_CA_SENDER] != 0 ||
+	     kl->line[I_IMPLICIT_CONFIRM] != 0) &&
+	    id->renew != RENEW_CMP) {
+		fail(p,
+		     kl->line[I_CA_SIGNER] != 0   ? kl->line[I_CA_SIGNER]
+		     : kl->line[I_CA_SENDER] != 0 ? kl->line[I_CA_SENDER]
+						  : kl->line[I_IMPLICIT_CONFIRM],
+		     "identity \"%s\": ca-signer, ca-sender and implicit-confirm are for "
+		     "renew = cmp",
+		     id->name);
+		return -1;
+	}
+	if (id->bootstrap == BOOTSTRAP_SECRET)
+		warn_bootstrap_secret(p, id, kl->line[I_BOOTSTRAP]);
 	if (id->bootstrap == BOOTSTRAP_IDENTITY) {
 		boot = config_identity(p->cfg, id->bootstrap_identity);
 		if (boot == NULL || boot == id) {

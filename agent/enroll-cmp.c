@@ -4,26 +4,43 @@
  * EVP_PKEYs whose private halves stay in the keystore. The transport is
  * libcurl, one handle per transaction (a CMP server may tie a transaction to
  * its connection), so https:// CA URLs work with the same trust anchors.
- * The certConf callback is the commit point: the certificate is verified
- * and installed there, and a refusal goes back to the CA as a negative
- * confirmation.
+ * The certConf callback verifies the certificate and stages it (a refusal
+ * goes back to the CA as a negative confirmation); it becomes the identity's
+ * certificate only after the CA's pkiConf has arrived, so a crash in between
+ * leaves the old one in use (agent/renew.c rolls the staged one back).
+ *
+ * Who may answer for the CA: a signature-protected response must come from a
+ * certificate that chains to ca-trust AND is pinned (ca-signer), carries
+ * id-kp-cmcRA / id-kp-cmcCA (RFC 6402; RFC 9483 3.5), or issued our own
+ * certificate. Another device's certificate from the same CA chains to
+ * ca-trust too; without this check its holder, on an http:// path, could
+ * answer for the CA (and a forged "notAuthorized" would send us to bootstrap).
  */
 #include "config.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <curl/curl.h>
 #include <openssl/cmp.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "agent/certcheck.h"
 #include "agent/enroll.h"
+#include "agent/renew.h"
 #include "common/log.h"
 
 #define CMP_MAX_RESPONSE (1024 * 1024)
 #define POLL_FACTOR 10
+#define CA_SIGNER_MAX (256 * 1024)
+
+/* PKIBody choice numbers (RFC 4210 5.1.2); OpenSSL 3.0 keeps its names internal. */
+#define BODY_PKICONF 19
+#define BODY_CERTCONF 24
 
 struct cmp_txn {
 	const struct enroll_request *req;
@@ -36,7 +53,27 @@ struct cmp_txn {
 	int commit_failed;
 	int commit_local;
 	char commit_err[400];
+	/* The confirmation: certConf sent, and a pkiConf came back for it. */
+	int sent_certconf;
+	int got_pkiconf;
+	/* Certificates pinned by ca-signer; a refused response signer, if any. */
+	STACK_OF(X509) *pins;
+	char signer_err[512];
+	/*
+	 * OpenSSL's last warning or error line: some checks raise no error. A
+	 * sender name that is not ca-sender is only told at INFO level, in two
+	 * lines (" actual name in ... = X", " does not match ... = Y").
+	 */
+	char last_warn[512];
+	char last_info[256];
 };
+
+/*
+ * The transaction running on this thread, for the trust store's verify
+ * callback (OpenSSL gives it no argument of ours). Each renewal runs in one
+ * thread from start to end.
+ */
+static _Thread_local struct cmp_txn *cur_txn;
 
 struct body {
 	unsigned char *data;
@@ -76,6 +113,12 @@ static OSSL_CMP_MSG *cmp_transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *msg)
 
 	t->http_status = 0;
 	t->transport_err[0] = '\0';
+	if (OSSL_CMP_MSG_get_bodytype(msg) == BODY_CERTCONF) {
+		/* From here on the CA may consider the certificate confirmed. */
+		t->sent_certconf = 1;
+		if (t->req->progress != NULL)
+			t->req->progress(t->req->commit_arg, ENROLL_STEP_CONFIRMING);
+	}
 	if ((der_len = i2d_OSSL_CMP_MSG(msg, &der)) <= 0) {
 		snprintf(t->transport_err, sizeof(t->transport_err), "cannot encode the request");
 		return NULL;
@@ -101,6 +144,8 @@ static OSSL_CMP_MSG *cmp_transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *msg)
 		if (reply == NULL)
 			snprintf(t->transport_err, sizeof(t->transport_err),
 				 "the response (%zu bytes) is not a CMP message", resp.len);
+		else if (t->sent_certconf && OSSL_CMP_MSG_get_bodytype(reply) == BODY_PKICONF)
+			t->got_pkiconf = 1; /* OpenSSL checks its protection before exec returns */
 	}
 	curl_slist_free_all(headers);
 	OPENSSL_free(resp.data);
@@ -126,11 +171,11 @@ static int add_certs(STACK_OF(X509) *dst, STACK_OF(X509) *src)
 	return 1;
 }
 
-/* certConf callback: verify and install, or answer the CA with a failInfo. */
+/* certConf callback: verify and stage, or answer the CA with a failInfo. */
 static int cmp_cert_conf(OSSL_CMP_CTX *ctx, X509 *cert, int fail_info, const char **text)
 {
 	struct cmp_txn *t = OSSL_CMP_CTX_get_transfer_cb_arg(ctx);
-	STACK_OF(X509) *chain, *extra, *capubs;
+	STACK_OF(X509) *chain, *extra, *capubs, *own = OSSL_CMP_CTX_get0_untrusted(ctx);
 	int local = 0;
 
 	t->commit_called = 1;
@@ -153,7 +198,13 @@ static int cmp_cert_conf(OSSL_CMP_CTX *ctx, X509 *cert, int fail_info, const cha
 	}
 	extra = OSSL_CMP_CTX_get1_extraCertsIn(ctx);
 	capubs = OSSL_CMP_CTX_get1_caPubs(ctx);
-	if (!add_certs(chain, extra) || !add_certs(chain, capubs)) {
+	/*
+	 * Candidates for the path: what the CA sent (extraCerts, caPubs) and the
+	 * intermediates we hold, for a CA that sends no chain (RFC 9483 lets it
+	 * omit certificates the device already has). The path installed is the
+	 * verified one, so it carries the intermediates that issued this leaf.
+	 */
+	if (!add_certs(chain, extra) || !add_certs(chain, capubs) || !add_certs(chain, own)) {
 		sk_X509_pop_free(extra, X509_free);
 		sk_X509_pop_free(capubs, X509_free);
 		sk_X509_pop_free(chain, X509_free);
@@ -161,8 +212,8 @@ static int cmp_cert_conf(OSSL_CMP_CTX *ctx, X509 *cert, int fail_info, const cha
 	}
 	sk_X509_pop_free(extra, X509_free);
 	sk_X509_pop_free(capubs, X509_free);
-	if (t->req->commit(t->req->commit_arg, chain, &local, t->commit_err,
-			   sizeof(t->commit_err)) != 0) {
+	if (t->req->stage(t->req->commit_arg, chain, &local, t->commit_err,
+			  sizeof(t->commit_err)) != 0) {
 		t->commit_failed = 1;
 		t->commit_local = local;
 		sk_X509_pop_free(chain, X509_free);
@@ -180,6 +231,104 @@ no_memory:
 	return 1 << OSSL_CMP_PKIFAILUREINFO_systemFailure;
 }
 
+/*
+ * The intermediates of our own chain, for finding the CA's certificate when a
+ * response omits it. OpenSSL 3.0's OSSL_CMP_CTX_set1_untrusted() turns an
+ * empty list into a NULL stack (ossl_x509_add_certs_new() allocates nothing
+ * for zero certificates), and every received message with extraCerts is then
+ * added to that NULL stack (X509_add_certs() in ossl_cmp_msg_check_update):
+ * "passed a null parameter", after a perfectly good answer. A leaf-only
+ * certificate (as `openssl cmp -certout` writes it) has no intermediates, so
+ * the context keeps the empty stack OSSL_CMP_CTX_new() made.
+ */
+static int set_untrusted(OSSL_CMP_CTX *ctx, STACK_OF(X509) *certs)
+{
+	return sk_X509_num(certs) <= 0 || OSSL_CMP_CTX_set1_untrusted(ctx, certs);
+}
+
+/* Whether cert's extendedKeyUsage names id-kp-cmcRA or id-kp-cmcCA. */
+static int has_cmc_eku(X509 *cert)
+{
+	EXTENDED_KEY_USAGE *eku = X509_get_ext_d2i(cert, NID_ext_key_usage, NULL, NULL);
+	int i, nid, found = 0;
+
+	for (i = 0; i < sk_ASN1_OBJECT_num(eku) && !found; i++) {
+		nid = OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, i));
+		found = nid == NID_cmcRA || nid == NID_cmcCA;
+	}
+	EXTENDED_KEY_USAGE_free(eku);
+	return found;
+}
+
+/* Whether cert issued (and signed) the leaf of chain. */
+static int issued_leaf(X509 *cert, STACK_OF(X509) *chain)
+{
+	X509 *leaf = sk_X509_value(chain, 0);
+	EVP_PKEY *pub = X509_get0_pubkey(cert);
+
+	return leaf != NULL && pub != NULL && X509_check_issued(cert, leaf) == X509_V_OK &&
+	       X509_verify(leaf, pub) == 1;
+}
+
+/*
+ * The trust store's verify callback: OpenSSL's CMP client validates the
+ * protection certificate of a response with this store, and at depth 0 that
+ * certificate has chained to ca-trust; now it must also be one that may
+ * answer for the CA. (The path of the issued certificate is verified with
+ * another store, in stage().)
+ */
+static int signer_verify_cb(int ok, X509_STORE_CTX *sctx)
+{
+	struct cmp_txn *t = cur_txn;
+	X509 *signer;
+	char name[256];
+	int i;
+
+	if (!ok || t == NULL || X509_STORE_CTX_get_error_depth(sctx) != 0)
+		return ok;
+	signer = X509_STORE_CTX_get_current_cert(sctx);
+	for (i = 0; i < sk_X509_num(t->pins); i++)
+		if (X509_cmp(signer, sk_X509_value(t->pins, i)) == 0)
+			return 1;
+	if (has_cmc_eku(signer) || issued_leaf(signer, t->req->own_chain))
+		return 1;
+	X509_NAME_oneline(X509_get_subject_name(signer), name, sizeof(name));
+	snprintf(t->signer_err, sizeof(t->signer_err),
+		 "the response is signed by %s, which may not answer for the CA (not in "
+		 "ca-signer, no id-kp-cmcRA/cmcCA extended key usage, not the issuer of our "
+		 "certificate)",
+		 name);
+	X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+	return 0;
+}
+
+/* ca-signer: the pinned certificates (PEM, one or more). */
+static STACK_OF(X509) *load_pins(const char *file, char *err, size_t errlen)
+{
+	STACK_OF(X509) *pins = sk_X509_new_null();
+	BIO *bio = NULL;
+	X509 *x;
+
+	if (pins == NULL || (bio = BIO_new_file(file, "r")) == NULL)
+		goto fail;
+	while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+		if (!sk_X509_push(pins, x)) {
+			X509_free(x);
+			goto fail;
+		}
+	ERR_clear_error();
+	BIO_free(bio);
+	if (sk_X509_num(pins) > 0)
+		return pins;
+	bio = NULL;
+fail:
+	snprintf(err, errlen, "cannot load ca-signer %s: no PEM certificate", file);
+	BIO_free(bio);
+	sk_X509_pop_free(pins, X509_free);
+	ERR_clear_error();
+	return NULL;
+}
+
 /* Reads the trust anchors; NULL with err set on failure. */
 static X509_STORE *load_trust(const char *file, char *err, size_t errlen)
 {
@@ -190,6 +339,7 @@ static X509_STORE *load_trust(const char *file, char *err, size_t errlen)
 		X509_STORE_free(store);
 		return NULL;
 	}
+	X509_STORE_set_verify_cb(store, signer_verify_cb);
 	return store;
 }
 
@@ -197,12 +347,24 @@ static X509_STORE *load_trust(const char *file, char *err, size_t errlen)
 static int cmp_log(const char *func, const char *file, int line, OSSL_CMP_severity level,
 		   const char *msg)
 {
+	char safe[1024];
+
 	(void)file;
 	(void)line;
+	/* OpenSSL quotes the CA's texts (statusString, error details) in these. */
+	log_sanitize(msg, safe, sizeof(safe));
+	if (level <= OSSL_CMP_LOG_WARNING && cur_txn != NULL)
+		snprintf(cur_txn->last_warn, sizeof(cur_txn->last_warn), "%s", msg);
+	if (level > OSSL_CMP_LOG_WARNING && cur_txn != NULL) {
+		if (strncmp(msg, " does not match ", 16) == 0)
+			snprintf(cur_txn->last_warn, sizeof(cur_txn->last_warn), "%s%s",
+				 cur_txn->last_info + (cur_txn->last_info[0] == ' '), msg);
+		snprintf(cur_txn->last_info, sizeof(cur_txn->last_info), "%s", msg);
+	}
 	if (level <= OSSL_CMP_LOG_WARNING)
-		log_warn("CMP %s: %s", func != NULL ? func : "", msg);
+		log_warn("CMP %s: %s", func != NULL ? func : "", safe);
 	else
-		log_debug("CMP %s: %s", func != NULL ? func : "", msg);
+		log_debug("CMP %s: %s", func != NULL ? func : "", safe);
 	return 1;
 }
 
@@ -211,12 +373,18 @@ static int set_result(struct enroll_result *res, int outcome, const char *fmt, .
 
 static int set_result(struct enroll_result *res, int outcome, const char *fmt, ...)
 {
+	char raw[sizeof(res->msg)];
 	va_list ap;
 
 	res->outcome = outcome;
 	va_start(ap, fmt);
-	vsnprintf(res->msg, sizeof(res->msg), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
 	va_end(ap);
+	/*
+	 * The line goes to the log and to status; it quotes the CA (status
+	 * strings, failure texts): escaped here, once, for every outcome.
+	 */
+	log_sanitize(raw, res->msg, sizeof(res->msg));
 	return outcome == ENROLL_OK ? 0 : -1;
 }
 
@@ -247,6 +415,19 @@ static void last_openssl_error(char *buf, size_t len)
 		 (flags & ERR_TXT_STRING) && data != NULL ? data : "");
 }
 
+/* Whether OpenSSL's error queue says a response's protection did not verify. */
+static int protection_failed(void)
+{
+	unsigned long e;
+	int i;
+
+	for (i = 0; i < 64 && (e = ERR_get_error()) != 0; i++)
+		if (ERR_GET_LIB(e) == ERR_LIB_CMP &&
+		    ERR_GET_REASON(e) == CMP_R_ERROR_VALIDATING_PROTECTION)
+			return 1;
+	return 0;
+}
+
 /* Turns a finished (failed) transaction into an outcome. */
 static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 		     struct enroll_result *res)
@@ -256,6 +437,11 @@ static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 	int fi = OSSL_CMP_CTX_get_failInfoCode(ctx);
 
 	last_openssl_error(ossl, sizeof(ossl));
+	if (t->signer_err[0] != '\0') {
+		/* Whatever it said (even "notAuthorized") is no answer from the CA. */
+		set_result(res, ENROLL_TRANSIENT, "CMP %s: %s", what, t->signer_err);
+		return;
+	}
 	if (t->commit_failed) {
 		set_result(res, t->commit_local ? ENROLL_LOCAL : ENROLL_BAD_CERT, "CMP %s: %s", what,
 			   t->commit_err);
@@ -282,9 +468,20 @@ static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 			set_result(res, ENROLL_REJECTED, "CMP %s rejected: %s", what, status);
 		return;
 	}
-	/* No PKIStatus: the exchange itself failed (bad protection, timeout, error message). */
+	if (protection_failed()) {
+		/* No signer found that chains to ca-trust, or a bad signature or MAC. */
+		set_result(res, ENROLL_TRANSIENT,
+			   "CMP %s: the response's protection does not verify: no certificate "
+			   "that chains to ca-trust %s signed it (a CA or RA must send its "
+			   "certificate in extraCerts), or its signature or MAC is wrong",
+			   what, t->req->trust_file);
+		return;
+	}
+	/* No PKIStatus: the exchange itself failed (timeout, error message). */
 	set_result(res, ENROLL_TRANSIENT, "CMP %s failed: %s", what,
-		   ossl[0] != '\0' ? ossl : "no answer");
+		   ossl[0] != '\0'	     ? ossl
+		   : t->last_warn[0] != '\0' ? t->last_warn
+					     : "no answer");
 }
 
 int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
@@ -301,8 +498,15 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 
 	memset(res, 0, sizeof(*res));
 	res->retry_after = -1;
+	if (req->stage == NULL || req->install == NULL)
+		return set_result(res, ENROLL_LOCAL, "CMP %s: no commit callbacks", what);
 	if ((trust = load_trust(req->trust_file, err, sizeof(err))) == NULL)
 		return set_result(res, ENROLL_LOCAL, "CMP %s: %s", what, err);
+	if (req->signer_file != NULL &&
+	    (t.pins = load_pins(req->signer_file, err, sizeof(err))) == NULL) {
+		X509_STORE_free(trust);
+		return set_result(res, ENROLL_LOCAL, "CMP %s: %s", what, err);
+	}
 	if ((ctx = OSSL_CMP_CTX_new(req->libctx, NULL)) == NULL ||
 	    (t.curl = curl_easy_init()) == NULL) {
 		set_result(res, ENROLL_LOCAL, "CMP %s: out of memory", what);
@@ -333,7 +537,17 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 	 */
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_MSG_TIMEOUT, msg_timeout);
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_TOTAL_TIMEOUT, msg_timeout * POLL_FACTOR);
-	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_IMPLICIT_CONFIRM, 0);
+	/* Explicit unless configured: a refused certificate gets a negative certConf. */
+	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_IMPLICIT_CONFIRM, req->implicit_confirm ? 1 : 0);
+	/*
+	 * PBM (bootstrap secret): HMAC-SHA256 rather than OpenSSL 3.0's default
+	 * HMAC-SHA1 (RFC 9481 4.1.1). The iteration count has no setter in 3.0
+	 * (500): a captured IR is open to offline guessing, hence the config-time
+	 * warnings about short secrets and http://.
+	 */
+	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_MAC_ALGNID, NID_hmacWithSHA256);
+	if (req->signer_name != NULL && !OSSL_CMP_CTX_set1_expected_sender(ctx, req->signer_name))
+		goto no_memory;
 	/* Responses must be signed by a CA certificate that chains to ca-trust. */
 	if (!OSSL_CMP_CTX_set0_trustedStore(ctx, trust)) {
 		set_result(res, ENROLL_LOCAL, "CMP %s: cannot set the trust store", what);
@@ -352,14 +566,14 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 		if (!OSSL_CMP_CTX_set1_oldCert(ctx, leaf) || !OSSL_CMP_CTX_set1_cert(ctx, leaf))
 			goto no_memory;
 		if ((untrusted = certcheck_chain_rest(req->cur_chain)) == NULL ||
-		    !OSSL_CMP_CTX_set1_untrusted(ctx, untrusted))
+		    !set_untrusted(ctx, untrusted))
 			goto no_memory;
 	} else if (req->boot_key != NULL) {
 		prot_key = req->boot_key;
 		if (!OSSL_CMP_CTX_set1_cert(ctx, sk_X509_value(req->boot_chain, 0)))
 			goto no_memory;
 		if ((untrusted = certcheck_chain_rest(req->boot_chain)) == NULL ||
-		    !OSSL_CMP_CTX_set1_untrusted(ctx, untrusted))
+		    !set_untrusted(ctx, untrusted))
 			goto no_memory;
 	} else if (req->secret != NULL && req->secret_ref != NULL) {
 		prot_key = NULL;
@@ -384,9 +598,40 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 		goto no_memory;
 
 	ERR_clear_error();
+	cur_txn = &t;
 	newcert = req->kind == ENROLL_RENEW ? OSSL_CMP_exec_KUR_ses(ctx) : OSSL_CMP_exec_IR_ses(ctx);
-	if (newcert != NULL && t.commit_called && !t.commit_failed) {
-		set_result(res, ENROLL_OK, "CMP %s: certificate issued and installed", what);
+	cur_txn = NULL;
+	if (newcert != NULL && t.commit_called && !t.commit_failed && t.sent_certconf &&
+	    t.got_pkiconf) {
+		/* The CA has our certConf, and said so: now, and only now, switch. */
+		if (req->progress != NULL)
+			req->progress(req->commit_arg, ENROLL_STEP_CONFIRMED);
+		if (req->install(req->commit_arg, err, sizeof(err)) != 0)
+			set_result(res, ENROLL_LOCAL, "CMP %s: %s", what, err);
+		else
+			set_result(res, ENROLL_OK,
+				   "CMP %s: certificate issued, confirmed and installed", what);
+	} else if (newcert != NULL && t.commit_called && !t.commit_failed && !t.sent_certconf &&
+		   req->implicit_confirm) {
+		/* Asked for and granted: the CA's answer was its confirmation. */
+		if (req->progress != NULL)
+			req->progress(req->commit_arg, ENROLL_STEP_CONFIRMED);
+		if (req->install(req->commit_arg, err, sizeof(err)) != 0)
+			set_result(res, ENROLL_LOCAL, "CMP %s: %s", what, err);
+		else
+			set_result(res, ENROLL_OK,
+				   "CMP %s: certificate issued, implicitly confirmed and installed",
+				   what);
+	} else if (newcert != NULL && t.commit_called && !t.commit_failed && !t.sent_certconf) {
+		/*
+		 * implicitConfirm in the answer although we asked for explicit
+		 * confirmation (RFC 4210 5.1.1.1; RFC 9483 4.1.1 forbids it): we
+		 * could not refuse the certificate had it been bad. Not installed.
+		 */
+		set_result(res, ENROLL_REJECTED,
+			   "CMP %s: the CA granted implicit confirmation, which was not requested; "
+			   "certificate not installed",
+			   what);
 	} else if (newcert != NULL) {
 		/* Issued but never reached certConf: must not happen; treat as not installed. */
 		set_result(res, ENROLL_LOCAL, "CMP %s: certificate not confirmed", what);
@@ -398,6 +643,7 @@ no_memory:
 	set_result(res, ENROLL_LOCAL, "CMP %s: cannot set up the request", what);
 out:
 	ERR_clear_error();
+	sk_X509_pop_free(t.pins, X509_free);
 	sk_X509_free(untrusted);
 	X509_STORE_free(trust);
 	if (t.curl != NULL)

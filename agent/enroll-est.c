@@ -28,6 +28,7 @@
 
 #include "agent/enroll-est.h"
 #include "agent/enroll.h"
+#include "common/log.h"
 
 #define EST_BODY_MAX (1024 * 1024)
 #define EST_DEFAULT_TIMEOUT_S 60
@@ -298,25 +299,21 @@ static void run_transfer(struct transfer *t)
 
 /* --- responses -------------------------------------------------------------------------------- */
 
-/* The first line of a response body, printable ASCII only and capped. */
+/* The first line of a response body, capped, escaped: the CA's text is data (log_escape). */
 static void body_first_line(const struct transfer *t, char *out, size_t outlen)
 {
-	size_t i = 0, n = 0;
+	size_t start = 0, end;
 
-	while (i < t->resp_len && (t->resp[i] == ' ' || t->resp[i] == '\t' || t->resp[i] == '\r' ||
-				   t->resp[i] == '\n'))
-		i++;
-	for (; i < t->resp_len && t->resp[i] != '\r' && t->resp[i] != '\n'; i++) {
-		if (n + 4 >= outlen || n >= BODY_LINE_MAX) {
-			memcpy(out + n, "...", 3);
-			n += 3;
-			break;
-		}
-		out[n++] = t->resp[i] >= 0x20 && t->resp[i] < 0x7f ? t->resp[i] : '?';
-	}
-	while (n > 0 && out[n - 1] == ' ')
-		n--;
-	out[n] = '\0';
+	while (start < t->resp_len && (t->resp[start] == ' ' || t->resp[start] == '\t' ||
+				       t->resp[start] == '\r' || t->resp[start] == '\n'))
+		start++;
+	for (end = start; end < t->resp_len && t->resp[end] != '\r' && t->resp[end] != '\n';)
+		end++;
+	while (end > start && t->resp[end - 1] == ' ')
+		end--;
+	/* Capped at BODY_LINE_MAX characters as printed; log_escape marks a cut with "...". */
+	log_escape(t->resp + start, end - start, out,
+		   outlen < BODY_LINE_MAX + 4 ? outlen : BODY_LINE_MAX + 4);
 }
 
 /* Certificates of a certs-only PKCS#7, base64 (whitespace tolerated) or, leniently, DER. */
@@ -550,10 +547,10 @@ int enroll_est(const struct enroll_request *req, struct enroll_result *res)
 	res->retry_after = -1;
 	res->msg[0] = '\0';
 	if (req->trust_file == NULL || req->csr_der == NULL || req->csr_len == 0 ||
-	    req->csr_len > EST_BODY_MAX || req->commit == NULL) {
+	    req->csr_len > EST_BODY_MAX || req->stage == NULL || req->install == NULL) {
 		snprintf(res->msg, sizeof(res->msg), "EST %s: incomplete request (%s missing)", op,
 			 req->trust_file == NULL ? "ca-trust"
-			 : req->commit == NULL	 ? "commit callback"
+			 : req->stage == NULL || req->install == NULL ? "commit callbacks"
 						 : "CSR");
 		return finish(res, ENROLL_LOCAL);
 	}
@@ -636,10 +633,17 @@ int enroll_est(const struct enroll_request *req, struct enroll_result *res)
 		goto out;
 	}
 	describe_cert(sk_X509_value(chain, 0), described, sizeof(described));
-	if (req->commit(req->commit_arg, chain, &local, err, sizeof(err)) != 0) {
+	if (req->stage(req->commit_arg, chain, &local, err, sizeof(err)) != 0) {
 		snprintf(res->msg, sizeof(res->msg), "EST %s: certificate %s from %s refused: %s",
 			 op, described, base, err[0] ? err : "no reason given");
 		outcome = local ? ENROLL_LOCAL : ENROLL_BAD_CERT;
+		goto out;
+	}
+	/* EST has no confirmation: the answer is all the CA will say. */
+	if (req->install(req->commit_arg, err, sizeof(err)) != 0) {
+		snprintf(res->msg, sizeof(res->msg), "EST %s: certificate %s from %s: %s", op,
+			 described, base, err);
+		outcome = ENROLL_LOCAL;
 		goto out;
 	}
 	snprintf(res->msg, sizeof(res->msg), "EST %s: certificate %s from %s installed", op,

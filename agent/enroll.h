@@ -4,11 +4,14 @@
  *
  * The renewal engine (agent/renew.c) hands an enroller the keys as
  * EVP_PKEYs whose signing happens inside the keystore (agent/renew-prov.c),
- * and a commit callback. The enroller runs one transaction and, when the CA
- * issued a certificate, calls commit() with the chain before it reports
- * success: commit() verifies and installs it (for CMP this is inside the
- * certConf callback, so a rejected certificate is answered with a negative
- * confirmation). An enroller never installs anything itself.
+ * and callbacks. The enroller runs one transaction and, when the CA issued a
+ * certificate, calls stage() with the chain: stage() verifies it and keeps it
+ * aside, serving nothing new yet (for CMP this is inside the certConf
+ * callback, so a refused certificate is answered with a negative
+ * confirmation). Once the CA has acknowledged it (CMP: pkiConf after our
+ * certConf, or implicit confirmation; EST: the answer itself), the enroller
+ * calls install(), which makes it the identity's certificate. An enroller
+ * never installs anything itself.
  */
 #ifndef MTLS_AGENT_ENROLL_H
 #define MTLS_AGENT_ENROLL_H
@@ -34,6 +37,12 @@ const char *enroll_outcome_name(int outcome);
 enum enroll_kind {
 	ENROLL_RENEW = 0,   /* CMP KUR / EST simplereenroll, authenticated by the current key */
 	ENROLL_BOOTSTRAP,   /* CMP IR / EST simpleenroll, authenticated by the bootstrap credential */
+};
+
+/* Confirmation steps reported through progress() (CMP only). */
+enum enroll_step {
+	ENROLL_STEP_CONFIRMING = 1, /* certConf is about to leave: the CA may confirm from now on */
+	ENROLL_STEP_CONFIRMED,      /* pkiConf arrived (or implicit confirmation): install now */
 };
 
 struct enroll_request {
@@ -72,12 +81,37 @@ struct enroll_request {
 	STACK_OF(X509) *boot_chain;
 
 	/*
-	 * Called once with the issued chain (leaf first, then whatever other
-	 * certificates the CA sent). Returns 0 when the certificate was verified
-	 * and installed; otherwise writes one line to err and the enroller
-	 * reports ENROLL_BAD_CERT (or ENROLL_LOCAL when local is set).
+	 * Who may answer for the CA (CMP, signature-protected responses; the
+	 * signer must chain to trust_file in any case): a certificate in
+	 * signer_file (ca-signer), one with extendedKeyUsage id-kp-cmcRA or
+	 * id-kp-cmcCA (RFC 6402; RFC 9483 3.5), or the issuer of own_chain's leaf
+	 * (the identity's own certificate, even expired or during bootstrap; may
+	 * be NULL). signer_name (ca-sender), if set, must be the sender field of
+	 * every response.
 	 */
-	int (*commit)(void *arg, STACK_OF(X509) *chain, int *local, char *err, size_t errlen);
+	const char *signer_file;
+	const X509_NAME *signer_name;
+	STACK_OF(X509) *own_chain;
+	/*
+	 * CMP: ask for implicit confirmation (RFC 9483 4.1.1): a CA that grants it
+	 * takes the certificate as confirmed with no certConf, so install() follows
+	 * the answer at once, and a certificate the agent refuses cannot be
+	 * refused to the CA. Otherwise certConf/pkiConf.
+	 */
+	int implicit_confirm;
+
+	/*
+	 * Called once with the issued chain (leaf first, then whatever other
+	 * certificates the CA sent or we hold). Returns 0 when the certificate was
+	 * verified and staged (recorded, not yet served); otherwise writes one
+	 * line to err and the enroller reports ENROLL_BAD_CERT (or ENROLL_LOCAL
+	 * when local is set).
+	 */
+	int (*stage)(void *arg, STACK_OF(X509) *chain, int *local, char *err, size_t errlen);
+	/* CMP: enum enroll_step as the confirmation goes; may be NULL. */
+	void (*progress)(void *arg, int step);
+	/* Makes the staged certificate current. 0, or -1 with one line in err (ENROLL_LOCAL). */
+	int (*install)(void *arg, char *err, size_t errlen);
 	void *commit_arg;
 };
 

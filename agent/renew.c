@@ -10,7 +10,10 @@
  *   keygen     a new key was made in the keystore (also recorded as the
  *              identity's pending key, <identity>.pending)
  *   requested  the request went to the CA
- *   issued     the CA's certificate passed every check
+ *   issued     the CA's certificate passed every check and is staged in
+ *              <identity>.issued (nothing new is served yet)
+ *   confirming (CMP) our certConf is on its way: the CA may confirm from now on
+ *   confirmed  (CMP) the CA's pkiConf arrived: the staged certificate is to be used
  *   installed  the certificate file now holds it (new handshakes use the new key)
  *
  * after which the journal is removed and the old key is queued for
@@ -20,8 +23,10 @@
  * identity's current key is always the key that matches it, so a crash at
  * any point leaves the agent serving a certificate and the key it belongs
  * to. At start-up, reconciliation completes a renewal whose certificate was
- * installed (queues the old key) or rolls back one that was not (the new key
- * stays pending and is reused by the next attempt).
+ * installed or confirmed (installs the staged certificate, queues the old
+ * key) or rolls back one that was not (the new key stays pending and is
+ * reused by the next attempt). A certificate the CA never saw confirmed is
+ * never served: it could be revoked for that (RFC 4210 5.3.18).
  */
 #include "config.h"
 
@@ -75,11 +80,15 @@ enum step {
 	STEP_KEYGEN,
 	STEP_REQUESTED,
 	STEP_ISSUED,
-	STEP_VERIFYING, /* renew-verify: a handshake with the new credential, not installed yet */
-	STEP_INSTALLED
+	STEP_CONFIRMING,
+	STEP_CONFIRMED,
+	STEP_INSTALLED,
+	/* renew-verify: a connection with the new credential, before it is staged */
+	STEP_VERIFYING,
 };
-static const char *const step_names[] = {"none",   "preparing", "keygen",   "requested",
-					 "issued", "verifying", "installed"};
+static const char *const step_names[] = {"none",	"preparing", "keygen",	  "requested",
+					 "issued",	"confirming", "confirmed", "installed",
+					 "verifying"};
 
 /* Per identity, by name, surviving reloads. */
 struct rstate {
@@ -430,6 +439,57 @@ static int adopt_unrecorded_key(struct identity_rt *id, const struct journal *j)
 	return 0;
 }
 
+/* Removes <identity>.issued, the staged certificate. */
+static void staged_remove(struct identity_rt *id)
+{
+	char *path = state_file(id->rt, id, "issued");
+
+	if (path != NULL && unlink(path) != 0 && errno != ENOENT)
+		log_warn("identity \"%s\": cannot remove %s: %s", id->cfg->name, path,
+			 strerror(errno));
+	free(path);
+}
+
+/*
+ * Installs the staged certificate (<identity>.issued), which was verified
+ * before it was staged; on success cur_hex gets the id of the key it
+ * certifies. Returns 0 or -1 (logged).
+ */
+static int install_staged(struct identity_rt *id, char *cur_hex, size_t cur_len)
+{
+	char *path = state_file(id->rt, id, "issued"), err[256];
+	STACK_OF(X509) *chain = NULL;
+	uint8_t *data = NULL;
+	size_t len = 0;
+	int r = -1;
+
+	if (path == NULL || read_file(path, 1024 * 1024, &data, &len) != 0 ||
+	    certcheck_parse_chain(data, len, &chain, err, sizeof(err)) != 0) {
+		log_error("identity \"%s\": the confirmed certificate %s cannot be read; the old "
+			  "certificate stays",
+			  id->cfg->name, path != NULL ? path : "(staged)");
+		goto out;
+	}
+	/* Checked when staged; time may have passed since (a long power cut). */
+	if (certcheck_leaf(sk_X509_value(chain, 0), time(NULL), err, sizeof(err)) != 0 ||
+	    identity_install_chain(id, chain, err, sizeof(err)) != 0) {
+		log_error("identity \"%s\": cannot install the confirmed certificate: %s",
+			  id->cfg->name, err);
+		goto out;
+	}
+	chain = NULL; /* the identity's now */
+	pthread_mutex_lock(&id->lock);
+	if (id->current != NULL && cur_len > 2 * id->current->id_len)
+		hex_encode(id->current->id, id->current->id_len, cur_hex);
+	pthread_mutex_unlock(&id->lock);
+	r = 0;
+out:
+	sk_X509_pop_free(chain, X509_free);
+	free(data);
+	free(path);
+	return r;
+}
+
 /* Whether the identity holds a key that is neither current, pending, nor listed in j. */
 static int has_unrecorded_key(struct identity_rt *id, const struct journal *j)
 {
@@ -479,6 +539,12 @@ static int reconcile(struct identity_rt *id)
 			log_warn("identity \"%s\": %s", id->cfg->name, err);
 	}
 	pthread_mutex_unlock(&id->lock);
+	if (j.step == STEP_CONFIRMED && j.new_key[0] != '\0' && strcmp(cur_hex, j.new_key) != 0 &&
+	    install_staged(id, cur_hex, sizeof(cur_hex)) == 0)
+		log_info("identity \"%s\": installed the certificate the CA had confirmed before "
+			 "the interruption",
+			 id->cfg->name);
+	staged_remove(id);
 	if (j.new_key[0] != '\0' && strcmp(cur_hex, j.new_key) == 0) {
 		if (j.old_key[0] != '\0' && strcmp(j.old_key, j.new_key) != 0)
 			retire_add(id, j.old_key, j.old_not_after);
@@ -504,6 +570,7 @@ struct txn {
 	const X509_NAME *subject;
 	struct journal *journal;
 	STACK_OF(X509) *extra; /* the CA's intermediates from /cacerts (EST), or NULL */
+	STACK_OF(X509) *staged; /* verified, not yet installed */
 };
 
 static STACK_OF(X509) *chain_copy(STACK_OF(X509) *chain)
@@ -512,10 +579,11 @@ static STACK_OF(X509) *chain_copy(STACK_OF(X509) *chain)
 }
 
 /*
- * The enroller's commit: every check, then the switch. The chain installed
- * is the verified path minus the trust anchor.
+ * The enroller's stage(): every check, then the verified path minus the
+ * trust anchor is kept (in memory and in <identity>.issued, for a restart
+ * after the CA's confirmation) until install().
  */
-static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err, size_t errlen)
+static int stage_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err, size_t errlen)
 {
 	struct txn *t = arg;
 	struct identity_rt *id = t->id;
@@ -525,7 +593,7 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 	X509_STORE *store = NULL;
 	uint8_t *spki = NULL;
 	size_t spki_len = 0;
-	char cerr[256];
+	char cerr[256], *staged = NULL;
 	int r = -1;
 
 	*local = 0;
@@ -588,15 +656,10 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 	/* The anchor stays out of the file: peers have it (or must not learn it from us). */
 	if (path != NULL && sk_X509_num(path) > 1)
 		X509_free(sk_X509_pop(path));
-	t->journal->step = STEP_ISSUED;
-	if (journal_write(id, t->journal) != 0) {
-		snprintf(err, errlen, "cannot write the renewal journal");
-		*local = 1;
-		goto out;
-	}
 	/*
-	 * renew-verify: the new credential must be accepted by the server before it replaces
-	 * the old one. The journal says so first; a crash during the handshake rolls back.
+	 * renew-verify: the new credential must be accepted by the server before it is even
+	 * staged (CMP: a refusal is a negative certConf). The journal says so first; a crash
+	 * during the connection rolls back.
 	 */
 	if (id->cfg->renew_verify != NULL) {
 		t->journal->step = STEP_VERIFYING;
@@ -614,23 +677,63 @@ static int commit_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err,
 		log_info("identity \"%s\": renew-verify %s accepted the new certificate",
 			 id->cfg->name, id->cfg->renew_verify);
 	}
-	if (identity_install_chain(id, path, cerr, sizeof(cerr)) != 0) {
-		snprintf(err, errlen, "cannot install the new certificate: %s", cerr);
+	if ((staged = state_file(id->rt, id, "issued")) == NULL ||
+	    chain_write_pem(staged, path, 0600, cerr, sizeof(cerr)) != 0) {
+		snprintf(err, errlen, "cannot stage the new certificate: %s",
+			 staged != NULL ? cerr : "out of memory");
 		*local = 1;
 		goto out;
 	}
-	path = NULL; /* owned by the identity now */
-	t->journal->step = STEP_INSTALLED;
-	journal_write(id, t->journal);
+	t->journal->step = STEP_ISSUED;
+	if (journal_write(id, t->journal) != 0) {
+		snprintf(err, errlen, "cannot write the renewal journal");
+		*local = 1;
+		goto out;
+	}
+	sk_X509_pop_free(t->staged, X509_free);
+	t->staged = path;
+	path = NULL;
 	r = 0;
 out:
 	OPENSSL_free(spki);
+	free(staged);
 	sk_X509_pop_free(path, X509_free);
 	sk_X509_free(untrusted);
 	X509_STORE_CTX_free(vctx);
 	X509_STORE_free(store);
 	ERR_clear_error();
 	return r;
+}
+
+/* The enroller's progress(): the confirmation steps go into the journal. */
+static void confirm_step(void *arg, int step)
+{
+	struct txn *t = arg;
+
+	if (t->staged == NULL)
+		return; /* a negative certConf: nothing staged */
+	t->journal->step = step == ENROLL_STEP_CONFIRMED ? STEP_CONFIRMED : STEP_CONFIRMING;
+	journal_write(t->id, t->journal);
+}
+
+/* The enroller's install(): the switch. */
+static int install_chain(void *arg, char *err, size_t errlen)
+{
+	struct txn *t = arg;
+	char cerr[256];
+
+	if (t->staged == NULL) {
+		snprintf(err, errlen, "no staged certificate to install");
+		return -1;
+	}
+	if (identity_install_chain(t->id, t->staged, cerr, sizeof(cerr)) != 0) {
+		snprintf(err, errlen, "cannot install the new certificate: %s", cerr);
+		return -1;
+	}
+	t->staged = NULL; /* owned by the identity now */
+	t->journal->step = STEP_INSTALLED;
+	journal_write(t->id, t->journal);
+	return 0;
 }
 
 /* The key type for a new key: configured, else like the current key, else P-256. */
@@ -890,7 +993,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	struct boot boot = {0}, auth = {0};
 	struct ks_key *new_key = NULL;
 	EVP_PKEY *cur_pkey = NULL, *new_pkey = NULL;
-	X509_NAME *subject = NULL;
+	X509_NAME *subject = NULL, *signer_name = NULL;
 	GENERAL_NAMES *sans = NULL;
 	uint8_t *csr = NULL;
 	size_t csr_len = 0;
@@ -993,6 +1096,11 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 				      "without a certificate");
 		goto out_journal;
 	}
+	if (cfg->ca_sender != NULL &&
+	    csr_parse_subject(cfg->ca_sender, &signer_name, err, sizeof(err)) != 0) {
+		snprintf(msg, msglen, "ca-sender %s: %s", cfg->ca_sender, err);
+		goto out_journal;
+	}
 	/* Signed inside the keystore, with the SANs of the certificate being renewed. */
 	if (snap.chain != NULL)
 		sans = X509_get_ext_d2i(sk_X509_value(snap.chain, 0), NID_subject_alt_name, NULL,
@@ -1038,8 +1146,14 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		req.auth_key = auth.key;
 		req.auth_chain = auth.chain;
 	}
-	req.commit = commit_chain;
+	req.stage = stage_chain;
+	req.progress = confirm_step;
+	req.install = install_chain;
 	req.commit_arg = &t;
+	req.signer_file = cfg->ca_signer;
+	req.signer_name = signer_name;
+	req.own_chain = snap.chain;
+	req.implicit_confirm = cfg->implicit_confirm;
 	j.step = STEP_REQUESTED;
 	if (journal_write(id, &j) != 0) {
 		snprintf(msg, msglen, "cannot write the renewal journal");
@@ -1058,8 +1172,11 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	}
 out_journal:
 	/* Whatever happened, the certificate file now says which key is current. */
+	staged_remove(id);
 	journal_remove(id);
 out:
+	sk_X509_pop_free(t.staged, X509_free);
+	X509_NAME_free(signer_name);
 	ERR_clear_error();
 	sk_X509_pop_free(t.extra, X509_free);
 	free(trust);

@@ -54,16 +54,50 @@ void log_msg(int level, const char *func, const char *fmt, ...)
 	}
 }
 
-const char *log_sanitize(const char *s, char *out, size_t outlen)
+/* The escape for byte c into esc (at least 5 bytes); returns its length. */
+static size_t escape_byte(unsigned char c, char *esc)
 {
-	size_t i;
+	if (c == '\n' || c == '\r' || c == '\t' || c == '\\') {
+		esc[0] = '\\';
+		esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : '\\';
+		return 2;
+	}
+	if (c < 0x20 || c >= 0x7f) {
+		snprintf(esc, 5, "\\x%02x", c);
+		return 4;
+	}
+	esc[0] = (char)c;
+	return 1;
+}
+
+const char *log_escape(const void *s, size_t len, char *out, size_t outlen)
+{
+	const unsigned char *p = s;
+	size_t i, o = 0, total = 0, limit, need;
+	char esc[5];
 
 	if (outlen == 0)
 		return "";
-	for (i = 0; s != NULL && s[i] != '\0' && i + 1 < outlen; i++) {
-		unsigned char c = (unsigned char)s[i];
-		out[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+	for (i = 0; i < len; i++)
+		total += escape_byte(p[i], esc);
+	/* All of it, or what fits before "..." (never half an escape). */
+	limit = total < outlen ? total : outlen >= 4 ? outlen - 4 : 0;
+	for (i = 0; i < len; i++) {
+		need = escape_byte(p[i], esc);
+		if (o + need > limit)
+			break;
+		memcpy(out + o, esc, need);
+		o += need;
 	}
-	out[i] = '\0';
+	if (total >= outlen && outlen >= 4) {
+		memcpy(out + o, "...", 3);
+		o += 3;
+	}
+	out[o] = '\0';
 	return out;
+}
+
+const char *log_sanitize(const char *s, char *out, size_t outlen)
+{
+	return log_escape(s != NULL ? s : "", s != NULL ? strlen(s) : 0, out, outlen);
 }

@@ -22,7 +22,16 @@ void log_msg(int level, const char *func, const char *fmt, ...)
 #define log_info(...) log_msg(LOG_LVL_INFO, __func__, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_LVL_DEBUG, __func__, __VA_ARGS__)
 
-/* Copies s into out (outlen bytes), replacing control and non-ASCII bytes by '?'. */
+/*
+ * Text from outside (a CA's status string, an HTTP body, a token label) is
+ * data: log_escape() copies len bytes of s into out (outlen bytes, always
+ * NUL-terminated) with control characters, DEL, non-ASCII bytes and the
+ * backslash escaped (\n, \r, \t, \\, else \xNN), so that it can neither forge
+ * a log line nor move a terminal's cursor. Output that does not fit ends in
+ * "...". Returns out.
+ */
+const char *log_escape(const void *s, size_t len, char *out, size_t outlen);
+/* log_escape() of a NUL-terminated string (NULL gives ""). */
 const char *log_sanitize(const char *s, char *out, size_t outlen);
 
 #endif

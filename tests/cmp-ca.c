@@ -4,7 +4,9 @@
  *
  *   cmp-ca --port-file FILE --ca-cert CA.pem --ca-key CA.key [--chain EXTRA.pem]
  *          [--lifetime SECONDS | --days DAYS] [--fault-file FAULTS] [--secret REF:SECRETFILE]
- *          [--log FILE] [--port N]
+ *          [--log FILE] [--port N] [--srv-cert CERT.pem --srv-key KEY.pem]
+ *          [--extra-certs chain|none|reversed] [--capubs yes|no] [--implicit-confirm]
+ *          [--status-text TEXT] [--client-trust CERTS.pem]
  *
  * Listens on 127.0.0.1:N (default 0: the kernel picks) and, once listening, writes the port to
  * --port-file (atomically). Serves POST application/pkixcmp (DER, at most 256 KiB), any path.
@@ -20,7 +22,25 @@
  * CA; kur only signed so, by the certificate its oldCertId names. Otherwise the request is
  * rejected: unknown reference or expired signer -> notAuthorized, foreign signer ->
  * signerNotTrusted, bad MAC or signature -> badMessageCheck, oldCertId mismatch -> badCertId.
- * Implicit confirmation is never granted: the client sends certConf and gets pkiConf.
+ * Implicit confirmation is granted only with --implicit-confirm, and then only when the
+ * client asks for it (RFC 4210 5.1.1.1); otherwise the client sends certConf and gets pkiConf.
+ *
+ * Response shapes (each an RFC 9483 option, so that a client can be tried against all):
+ *   --srv-cert/--srv-key  protect the answers with this certificate and key instead of the
+ *                         CA's (an RA certificate with id-kp-cmcRA; or, to test a client's
+ *                         refusal, any other certificate). Its chain is built from the CA
+ *                         certificate and --chain.
+ *   --extra-certs MODE    chain (default): as OpenSSL's framework sends them (protection
+ *                         certificate and its chain, then the issued certificate's chain);
+ *                         none: no extraCerts at all; reversed: the same certificates in
+ *                         reverse order (the protection certificate last). extraCerts are
+ *                         outside the protected part, so they are rewritten in the DER.
+ *   --capubs yes|no       whether an ip carries caPubs (default yes: CA + --chain).
+ *   --client-trust FILE   more certificates that authenticate requests besides the CA's
+ *                         own (the CA before a rollover to a new intermediate).
+ *   --status-text TEXT    the statusString of an injected rejection (default
+ *                         "injected fault"); the CA's log shows it with control
+ *                         characters as \xNN.
  *
  * Log (--log FILE, else stderr), one line per event, "<UTC time> cmp-ca: ...":
  *   <type> issued serial=<HEX> subject=</CN=..>    <type> rejected failInfo=<name> (<why>)
@@ -126,6 +146,7 @@ static struct {
 	X509 *ca_cert, *rogue_cert;
 	EVP_PKEY *ca_key, *rogue_key;
 	STACK_OF(X509) *extra;
+	STACK_OF(X509) *untrusted; /* CA certificate + extra */
 	X509_STORE *store;
 	long lifetime;
 	const char *fault_path;
@@ -140,6 +161,11 @@ static struct {
 	int redeliver; /* the cert request callback now runs for a polled request */
 	int cb_ran;
 	X509 *issued; /* in the current transaction, for certConf */
+	X509 *srv_cert; /* protects the answers (NULL: the CA certificate) */
+	EVP_PKEY *srv_key;
+	const char *extra_mode;
+	int capubs, implicit_confirm;
+	const char *status_text;
 } g;
 
 static volatile sig_atomic_t stop;
@@ -572,11 +598,24 @@ static OSSL_CMP_PKISI *on_cert_request(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG
 		for (i = 0; i <= OSSL_CMP_PKIFAILUREINFO_MAX; i++)
 			if (strcmp(f.arg, fail_names[i]) == 0)
 				fail = i;
-		why = "injected fault";
+		why = g.status_text;
 	}
 	g.redeliver = 0;
 	if (fail >= 0) {
-		logline("%s rejected failInfo=%s (%s)", name, fail_names[fail], why);
+		char shown[512];
+		size_t k, o = 0;
+
+		/* The log is line-based: the CA's own text is data here too. */
+		for (k = 0; why[k] != '\0' && o + 5 < sizeof(shown); k++) {
+			unsigned char c = (unsigned char)why[k];
+
+			if (c < 0x20 || c == 0x7f)
+				o += (size_t)snprintf(shown + o, sizeof(shown) - o, "\\x%02x", c);
+			else
+				shown[o++] = (char)c;
+		}
+		shown[o] = '\0';
+		logline("%s rejected failInfo=%s (%s)", name, fail_names[fail], shown);
 		si = OSSL_CMP_STATUSINFO_new(OSSL_CMP_PKISTATUS_rejection, 1 << fail, why);
 	} else if (strcmp(f.kind, "waiting") == 0) {
 		OSSL_CMP_MSG_free(g.pending);
@@ -594,7 +633,7 @@ static OSSL_CMP_PKISI *on_cert_request(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG
 		X509_free(g.issued);
 		X509_up_ref(cert);
 		g.issued = cert;
-		if (type == BODY_IR)
+		if (type == BODY_IR && g.capubs)
 			*ca_pubs = cert_list(g.ca_cert, g.extra);
 		serial_hex(cert, serial, sizeof(serial));
 		X509_NAME_oneline(X509_get_subject_name(cert), subj, sizeof(subj));
@@ -723,12 +762,13 @@ static int new_transaction(const unsigned char *der, long len)
 	/* The secret only for a MAC-protected transaction: it would also protect the answers. */
 	return OSSL_CMP_SRV_CTX_init(g.srv, NULL, on_cert_request, NULL, NULL, on_error,
 				     on_cert_conf, on_poll_req) &&
-	       OSSL_CMP_SRV_CTX_set_grant_implicit_confirm(g.srv, 0) &&
+	       OSSL_CMP_SRV_CTX_set_grant_implicit_confirm(g.srv, g.implicit_confirm) &&
 	       OSSL_CMP_CTX_set_log_cb(ctx, openssl_log) &&
 	       OSSL_CMP_CTX_set_log_verbosity(ctx, OSSL_CMP_LOG_INFO) &&
-	       OSSL_CMP_CTX_set1_cert(ctx, g.ca_cert) && OSSL_CMP_CTX_set1_pkey(ctx, g.ca_key) &&
-	       /* An empty untrusted list leaves NULL where 3.0 later adds extraCerts. */
-	       (sk_X509_num(g.extra) == 0 || OSSL_CMP_CTX_set1_untrusted(ctx, g.extra)) &&
+	       OSSL_CMP_CTX_set1_cert(ctx, g.srv_cert != NULL ? g.srv_cert : g.ca_cert) &&
+	       OSSL_CMP_CTX_set1_pkey(ctx, g.srv_key != NULL ? g.srv_key : g.ca_key) &&
+	       /* The CA and --chain: for the protection certificate's chain in extraCerts. */
+	       OSSL_CMP_CTX_set1_untrusted(ctx, g.untrusted) &&
 	       X509_STORE_up_ref(g.store) && OSSL_CMP_CTX_set0_trustedStore(ctx, g.store) &&
 	       (!pbm || g.secret == NULL ||
 		(OSSL_CMP_CTX_set1_secretValue(ctx, g.secret, (int)g.secret_len) &&
@@ -892,6 +932,95 @@ static int read_request(int fd, struct http_req *r)
 	return 1;
 }
 
+/* DER length octets of n into out (at most 5 bytes); returns their count. */
+static size_t der_len(size_t n, unsigned char *out)
+{
+	size_t k = 0, i;
+
+	if (n < 0x80) {
+		out[0] = (unsigned char)n;
+		return 1;
+	}
+	for (i = n; i > 0; i >>= 8)
+		k++;
+	out[0] = (unsigned char)(0x80 | k);
+	for (i = 0; i < k; i++)
+		out[1 + i] = (unsigned char)(n >> (8 * (k - 1 - i)));
+	return 1 + k;
+}
+
+/*
+ * --extra-certs none|reversed: rebuilds the PKIMessage DER without its [1] extraCerts or
+ * with them in reverse order. header, body and protection stay byte for byte (extraCerts
+ * are not protected, RFC 4210 5.1.3). Returns 0 on a parse or memory failure.
+ */
+static int rewrite_extra_certs(unsigned char **der, int *len)
+{
+	const unsigned char *p = *der, *end, *start, *certs[64];
+	long clen, certlen[64];
+	int tag, cls, r;
+	size_t n_certs = 0, i, body = 0, seq = 0, o = 0, h;
+	unsigned char *out, lenbuf[8];
+	struct der ec;
+
+	if (strcmp(g.extra_mode, "chain") == 0)
+		return 1;
+	r = ASN1_get_object(&p, &clen, &tag, &cls, *len);
+	if ((r & 0x80) || !(r & V_ASN1_CONSTRUCTED))
+		return 0;
+	end = p + clen;
+	/* header, body, [0] protection: everything before [1] */
+	for (start = p; p < end;) {
+		r = ASN1_get_object(&p, &clen, &tag, &cls, end - p);
+		if (r & 0x80)
+			return 0;
+		if (cls == V_ASN1_CONTEXT_SPECIFIC && tag == 1)
+			break;
+		p += clen;
+		body = (size_t)(p - start);
+	}
+	if (strcmp(g.extra_mode, "reversed") == 0 &&
+	    der_find(*der, *len, V_ASN1_CONTEXT_SPECIFIC, 1, &ec)) {
+		const unsigned char *q = ec.val, *qend;
+
+		r = ASN1_get_object(&q, &clen, &tag, &cls, ec.val_len);
+		if (r & 0x80)
+			return 0;
+		for (qend = q + clen; q < qend && n_certs < 64; n_certs++) {
+			certs[n_certs] = q;
+			r = ASN1_get_object(&q, &clen, &tag, &cls, qend - q);
+			if (r & 0x80)
+				return 0;
+			q += clen;
+			certlen[n_certs] = q - certs[n_certs];
+		}
+		for (i = 0; i < n_certs; i++)
+			seq += (size_t)certlen[i];
+	}
+	if ((out = OPENSSL_malloc((size_t)*len + 32)) == NULL)
+		return 0;
+	/* outer SEQUENCE { header body protection [1] { SEQUENCE { certs reversed } } } */
+	h = n_certs > 0 ? 1 + der_len(seq, lenbuf) + seq : 0;
+	out[o++] = 0x30;
+	o += der_len(body + (h > 0 ? 1 + der_len(h, lenbuf) + h : 0), out + o);
+	memcpy(out + o, start, body);
+	o += body;
+	if (n_certs > 0) {
+		out[o++] = 0xa1;
+		o += der_len(h, out + o);
+		out[o++] = 0x30;
+		o += der_len(seq, out + o);
+		for (i = n_certs; i-- > 0;) {
+			memcpy(out + o, certs[i], (size_t)certlen[i]);
+			o += (size_t)certlen[i];
+		}
+	}
+	OPENSSL_free(*der);
+	*der = out;
+	*len = (int)o;
+	return 1;
+}
+
 /* Answers one complete request; returns whether the connection may be kept. */
 static int handle_request(int fd, const struct http_req *r)
 {
@@ -931,7 +1060,8 @@ static int handle_request(int fd, const struct http_req *r)
 	}
 	rsp = process_cmp(req, inbuf + r->header_len, r->content_length);
 	OSSL_CMP_MSG_free(req);
-	if (rsp == NULL || (len = i2d_OSSL_CMP_MSG(rsp, &der)) <= 0) {
+	if (rsp == NULL || (len = i2d_OSSL_CMP_MSG(rsp, &der)) <= 0 ||
+	    !rewrite_extra_certs(&der, &len)) {
 		send_response(fd, 500, "", 0, 0);
 		ok = 0;
 	} else {
@@ -1010,9 +1140,12 @@ static int load_pem(const char *path, X509 **cert, EVP_PKEY **key, STACK_OF(X509
 int main(int argc, char **argv)
 {
 	/* clang-format off */
-	enum { PORT_FILE, CA_CERT, CA_KEY, CHAIN, LIFETIME, DAYS, FAULT_FILE, SECRET, LOG, PORT, N };
+	enum { PORT_FILE, CA_CERT, CA_KEY, CHAIN, LIFETIME, DAYS, FAULT_FILE, SECRET, LOG, PORT,
+	       SRV_CERT, SRV_KEY, EXTRA_CERTS, CAPUBS, IMPLICIT, STATUS_TEXT, CLIENT_TRUST, N };
 	static const char *const names[N] = { "port-file", "ca-cert", "ca-key", "chain", "lifetime",
-					      "days", "fault-file", "secret", "log", "port" };
+					      "days", "fault-file", "secret", "log", "port",
+					      "srv-cert", "srv-key", "extra-certs", "capubs",
+					      "implicit-confirm", "status-text", "client-trust" };
 	/* clang-format on */
 	const char *arg[N] = {NULL}, *colon;
 	struct option opts[N + 1] = {{NULL, 0, NULL, 0}};
@@ -1025,21 +1158,33 @@ int main(int argc, char **argv)
 	int opt, fd = -1, c, ret = 1;
 
 	for (opt = 0; opt < N; opt++)
-		opts[opt] = (struct option){names[opt], required_argument, NULL, opt};
+		opts[opt] = (struct option){names[opt],
+					    opt == IMPLICIT ? no_argument : required_argument, NULL, opt};
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) >= 0 && opt < N)
-		arg[opt] = optarg;
+		arg[opt] = optarg != NULL ? optarg : "yes";
 	g.lifetime = arg[DAYS] != NULL ? 86400 * atol(arg[DAYS]) : 60;
 	g.lifetime = arg[LIFETIME] != NULL ? atol(arg[LIFETIME]) : g.lifetime;
 	g.fault_path = arg[FAULT_FILE];
 	port = arg[PORT] != NULL ? atol(arg[PORT]) : 0;
+	g.extra_mode = arg[EXTRA_CERTS] != NULL ? arg[EXTRA_CERTS] : "chain";
+	g.capubs = arg[CAPUBS] == NULL || strcmp(arg[CAPUBS], "yes") == 0;
+	g.implicit_confirm = arg[IMPLICIT] != NULL;
+	g.status_text = arg[STATUS_TEXT] != NULL ? arg[STATUS_TEXT] : "injected fault";
 	if (opt != -1 || optind != argc || arg[PORT_FILE] == NULL || arg[CA_CERT] == NULL ||
 	    arg[CA_KEY] == NULL || g.lifetime <= 0 || g.lifetime > 100L * 365 * 86400 || port < 0 ||
-	    port > 65535) {
+	    port > 65535 || (arg[SRV_CERT] == NULL) != (arg[SRV_KEY] == NULL) ||
+	    (strcmp(g.extra_mode, "chain") != 0 && strcmp(g.extra_mode, "none") != 0 &&
+	     strcmp(g.extra_mode, "reversed") != 0) ||
+	    (arg[CAPUBS] != NULL && strcmp(arg[CAPUBS], "yes") != 0 &&
+	     strcmp(arg[CAPUBS], "no") != 0)) {
 		fprintf(
 		    stderr,
 		    "usage: cmp-ca --port-file FILE --ca-cert CA.pem --ca-key CA.key "
 		    "[--chain EXTRA.pem] [--lifetime SECONDS | --days DAYS] "
-		    "[--fault-file FAULTS] [--secret REF:SECRETFILE] [--log FILE] [--port N]\n");
+		    "[--fault-file FAULTS] [--secret REF:SECRETFILE] [--log FILE] [--port N] "
+		    "[--srv-cert CERT.pem --srv-key KEY.pem] [--extra-certs chain|none|reversed] "
+		    "[--capubs yes|no] [--implicit-confirm] [--status-text TEXT] "
+		    "[--client-trust CERTS.pem]\n");
 		return 2;
 	}
 	g.log = stderr;
@@ -1050,7 +1195,10 @@ int main(int argc, char **argv)
 	if ((g.extra = sk_X509_new_null()) == NULL || (g.store = X509_STORE_new()) == NULL ||
 	    !load_pem(arg[CA_CERT], &g.ca_cert, NULL, NULL) ||
 	    !load_pem(arg[CA_KEY], NULL, &g.ca_key, NULL) ||
-	    (arg[CHAIN] != NULL && !load_pem(arg[CHAIN], NULL, NULL, &g.extra)))
+	    (arg[CHAIN] != NULL && !load_pem(arg[CHAIN], NULL, NULL, &g.extra)) ||
+	    (arg[SRV_CERT] != NULL && (!load_pem(arg[SRV_CERT], &g.srv_cert, NULL, NULL) ||
+				       !load_pem(arg[SRV_KEY], NULL, &g.srv_key, NULL))) ||
+	    (g.untrusted = cert_list(g.ca_cert, g.extra)) == NULL)
 		goto out;
 	if (!X509_check_private_key(g.ca_cert, g.ca_key)) {
 		fprintf(stderr, "cmp-ca: %s does not match %s\n", arg[CA_KEY], arg[CA_CERT]);
@@ -1063,8 +1211,13 @@ int main(int argc, char **argv)
 	}
 	/* The issuing CA is the trust anchor even when it is an intermediate. */
 	if (!X509_STORE_add_cert(g.store, g.ca_cert) ||
-	    !X509_STORE_set_flags(g.store, X509_V_FLAG_PARTIAL_CHAIN))
+	    !X509_STORE_set_flags(g.store, X509_V_FLAG_PARTIAL_CHAIN) ||
+	    (arg[CLIENT_TRUST] != NULL && X509_STORE_load_file(g.store, arg[CLIENT_TRUST]) != 1)) {
+		fprintf(stderr, "cmp-ca: cannot set up the trust store%s%s\n",
+			arg[CLIENT_TRUST] != NULL ? " with " : "",
+			arg[CLIENT_TRUST] != NULL ? arg[CLIENT_TRUST] : "");
 		goto out;
+	}
 	if (arg[SECRET] != NULL) {
 		if ((colon = strchr(arg[SECRET], ':')) == NULL || colon == arg[SECRET] ||
 		    (g.ref = OPENSSL_strndup(arg[SECRET], (size_t)(colon - arg[SECRET]))) == NULL ||
@@ -1115,6 +1268,9 @@ out:
 	OSSL_CMP_MSG_free(g.pending);
 	X509_free(g.issued);
 	X509_free(g.ca_cert);
+	X509_free(g.srv_cert);
+	EVP_PKEY_free(g.srv_key);
+	sk_X509_pop_free(g.untrusted, X509_free);
 	X509_free(g.rogue_cert);
 	EVP_PKEY_free(g.ca_key);
 	EVP_PKEY_free(g.rogue_key);

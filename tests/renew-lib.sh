@@ -654,3 +654,94 @@ renew_faults_first_cert() {
 		fail "next-renewal is $((next - now)) s away; 66% of 3600 s minus jitter is 2196..2376 s"
 	log "first certificate from the test CA: serial $s1, next renewal in $((next - now)) s"
 }
+
+# --- CMP response shapes (renew-cmp-shapes.sh, renew-cmp-refused.sh) ----------------------
+
+# signer_cert NAME EXTENSIONS: a P-256 key and certificate NAME issued by the intermediate
+# ($WORK/NAME.key, $WORK/NAME.crt), with the given extension lines.
+signer_cert() {
+	local name=$1
+	printf '[ ext ]\n%s\n' "$2" >"$WORK/$name.ext"
+	openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/$name.key" \
+		-out "$WORK/$name.csr" -subj "/CN=$name/O=mtls-agent tests" 2>"$WORK/$name.log" &&
+		openssl x509 -req -in "$WORK/$name.csr" -CA "$CA_DIR/inter.crt" -CAkey "$CA_DIR/inter.key" \
+			-set_serial "0x$(openssl rand -hex 8)" -days 2 -sha256 -extfile "$WORK/$name.ext" \
+			-extensions ext -out "$WORK/$name.crt" 2>>"$WORK/$name.log" ||
+		{ cat "$WORK/$name.log" >&2; fail "cannot make the $name certificate"; }
+}
+
+# shapes_setup: a secret, an RA certificate (id-kp-cmcRA) and another device's clientAuth
+# certificate (device7), both from the intermediate; SHAPE_PORT for the CA.
+shapes_setup() {
+	(umask 077 && openssl rand -hex 32 >"$WORK/boot.secret")
+	SHAPE_PORT=$(free_port)
+	signer_cert ra "basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = 1.3.6.1.5.5.7.3.28
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid"
+	signer_cert device7 "basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid"
+}
+
+# ca_shape ARGS...: the CMP CA (re)started on SHAPE_PORT with these switches, issuing
+# certificates of LIFE seconds, the bootstrap secret "boot".
+ca_shape() {
+	ca_stop
+	cmp_ca_start --port "$SHAPE_PORT" --lifetime "$LIFE" --secret "boot:$WORK/boot.secret" "$@"
+}
+
+# served_serial NAME: like current_serial, in files of its own (the curl loop uses that one).
+served_serial() {
+	ctl cert "$1" >"$WORK/$1.served.pem" 2>/dev/null || return 0
+	cert_serial "$WORK/$1.served.pem"
+}
+
+serial_changed() { [ "$(served_serial "$1")" != "$2" ]; }
+
+# chain_verifies NAME: the served chain is leaf + intermediate and verifies against ca-trust.
+chain_verifies() {
+	local f=$WORK/$1.chain.now
+	ctl cert "$1" >"$f" || fail "cert $1 failed"
+	assert_eq "$(count_certs "$f")" 2 "$1: certificates in the installed chain"
+	openssl x509 -in "$f" -out "$f.leaf"
+	openssl verify -CAfile "$CA_TRUST" -untrusted "$f" -purpose sslclient "$f.leaf" >/dev/null 2>&1 ||
+		fail "$1: the installed chain does not verify against ca-trust: $(openssl verify -CAfile "$CA_TRUST" -untrusted "$f" "$f.leaf" 2>&1)"
+}
+
+# shape_renews NAME ARGS...: with the CA in this shape, each identity in SHAPE_IDS (default
+# "gw") renews on its schedule: the CA log shows the KUR and the certConf of the
+# certificate now served, the key is new, the chain verifies. SHAPE_WAIT: seconds (40).
+shape_renews() {
+	local shape=$1 mark id s deadline wait=${SHAPE_WAIT:-40}
+	shift
+	ca_shape "$@"
+	mark=$(($(wc -l <"$CA_LOG") + 1))
+	for id in ${SHAPE_IDS:-gw}; do
+		ctl cert "$id" >"$WORK/$id.before" || fail "cert $id failed"
+		cert_pubkey "$WORK/$id.before" "$WORK/$id.before.pub"
+	done
+	for id in ${SHAPE_IDS:-gw}; do
+		deadline=$((SECONDS + wait))
+		while :; do
+			s=$(served_serial "$id")
+			ca_log_since "$mark" | grep -q "kur issued serial=$s " && break
+			if [ "$SECONDS" -ge "$deadline" ]; then
+				show_log "$AGENT_LOG" 30
+				show_log "$CA_LOG" 20
+				fail "$shape: $id did not renew through this CA shape within $wait s"
+			fi
+			sleep 0.5
+		done
+		ca_log_since "$mark" | grep -q "certConf accepted serial=$s" ||
+			fail "$shape: $id serves $s, which the CA never saw confirmed"
+		ctl cert "$id" >"$WORK/$id.after"
+		cert_pubkey "$WORK/$id.after" "$WORK/$id.after.pub"
+		cmp -s "$WORK/$id.before.pub" "$WORK/$id.after.pub" && fail "$shape: $id kept its key"
+		chain_verifies "$id"
+	done
+	log "$shape: ${SHAPE_IDS:-gw} renewed (KUR, new keys, chains verify)"
+}

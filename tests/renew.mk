@@ -1,6 +1,9 @@
 # Renewal tests: tests/renew-lib.sh drives the test CAs (tests/cmp-ca, tests/est-ca).
 RENEW_TESTS = \
 	tests/integration/renew-cmp.sh \
+	tests/integration/renew-cmp-shapes.sh \
+	tests/integration/renew-cmp-refused.sh \
+	tests/integration/renew-cmp-rollover.sh \
 	tests/integration/renew-est.sh \
 	tests/integration/renew-tpm.sh \
 	tests/integration/renew-openssl-cmp.sh \
@@ -12,6 +15,8 @@ RENEW_TESTS = \
 	tests/integration/renew-diskfull.sh \
 	tests/integration/renew-blackhole.sh \
 	tests/integration/renew-cacerts.sh \
+	tests/integration/renew-crash-cmp.sh \
+	tests/integration/renew-bootstrap-warn.sh \
 	tests/integration/renew-auth.sh \
 	tests/integration/renew-verify.sh
 TESTS += $(RENEW_TESTS)

@@ -415,6 +415,8 @@ static void test_renewal(void **state)
 		      "bootstrap = secret:dev-17:/etc/boot.secret\nrenew-at = 7d\nrotate-key = no\n"
 		      "cert-out = /a/one.pem /b/two.pem\npost-renew = systemctl reload app\n"
 		      "subject = /CN=gw-1/O=Fleet\nkey-type = rsa-2048\nca-timeout = 30\n"
+		      "ca-signer = /etc/ra.pem\nca-sender = /CN=Fleet RA/O=Fleet\n"
+		      "implicit-confirm = yes\n"
 		      "[identity \"b\"]\nkeystore = k\nkey = handle:0x81000011\n"
 		      "renew = est\nca-url = https://est.example/.well-known/est\n"
 		      "ca-trust = /etc/ca.pem\nbootstrap = identity:a\nrenew-auth = identity:c\n"
@@ -437,7 +439,13 @@ static void test_renewal(void **state)
 	assert_string_equal(id->subject, "/CN=gw-1/O=Fleet");
 	assert_int_equal(id->key_type, KS_GEN_RSA_2048);
 	assert_int_equal(id->ca_timeout, 30);
+	assert_string_equal(id->ca_signer, "/etc/ra.pem");
+	assert_string_equal(id->ca_sender, "/CN=Fleet RA/O=Fleet");
+	assert_int_equal(id->implicit_confirm, 1);
 	id = config_identity(cfg, "b");
+	assert_int_equal(id->implicit_confirm, 0);
+	assert_null(id->ca_signer);
+	assert_null(id->ca_sender);
 	assert_int_equal(id->renew, RENEW_EST);
 	assert_int_equal(id->bootstrap, BOOTSTRAP_IDENTITY);
 	assert_string_equal(id->bootstrap_identity, "a");
@@ -518,6 +526,35 @@ static void test_err_renewal(void **state)
 		     "bad rotate-key \"maybe\": want yes or no");
 	expect_error(RENEW_HEAD "renew = cmp\ncert-out = rel/path.pem\n", 7,
 		     "cert-out must be an absolute path, not \"rel/path.pem\"");
+	expect_error(RENEW_HEAD "renew = cmp\nca-signer = ra.pem\n", 7,
+		     "ca-signer must be an absolute path, not \"ra.pem\"");
+	expect_error(RENEW_HEAD "renew = cmp\nca-sender = /CN\n", 7,
+		     "bad ca-sender \"/CN\": subject part 'CN' has no '='");
+	expect_error(RENEW_HEAD "renew = est\nca-url = https://x/.well-known/est\nca-trust = /c\n"
+				"ca-signer = /ra.pem\n",
+		     9, "identity \"i\": ca-signer, ca-sender and implicit-confirm are for renew = cmp");
+	expect_error(RENEW_HEAD "renew = cmp\nimplicit-confirm = maybe\n", 7,
+		     "bad implicit-confirm \"maybe\": want yes or no");
+	expect_error(RENEW_HEAD "ca-signer = /ra.pem\n", 6,
+		     "identity \"i\": \"ca-signer\" needs renew = cmp or est");
+}
+
+/* The estimate behind the short-bootstrap-secret warning: length x log2(classes used). */
+static void test_secret_bits(void **state)
+{
+	(void)state;
+	/* 32 hex digits: 128 bits; 31: 124 */
+	assert_true(config_secret_bits("0123456789abcdef0123456789abcdef", 32) > 127.9);
+	assert_true(config_secret_bits("0123456789abcdef0123456789abcde", 31) < 128);
+	/* digits only: log2(10) each */
+	assert_true(config_secret_bits("1234567890", 10) > 33.2 &&
+		    config_secret_bits("1234567890", 10) < 33.3);
+	/* lower + other ("boot-secret"): log2(59) each */
+	assert_true(config_secret_bits("boot-secret", 11) > 64.7 &&
+		    config_secret_bits("boot-secret", 11) < 64.8);
+	/* all four classes: log2(95) each; 20 characters are 131 bits */
+	assert_true(config_secret_bits("Aa1!Aa1!Aa1!Aa1!Aa1!", 20) > 131);
+	assert_true(config_secret_bits("", 0) == 0);
 }
 
 static void test_err_unknown_key(void **state)
@@ -870,6 +907,7 @@ int main(void)
 		cmocka_unit_test(test_renewal),
 		cmocka_unit_test(test_err_renewal),
 		cmocka_unit_test(test_module_root_owned_copy),
+		cmocka_unit_test(test_secret_bits),
 		cmocka_unit_test(test_err_unknown_key),
 		cmocka_unit_test(test_err_unknown_section),
 		cmocka_unit_test(test_err_long_name),

@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "common/log.h"
 #include "common/util.h"
 
 static char dir[64];
@@ -237,6 +238,28 @@ static void test_spawn_clean(void **state)
 	assert_int_not_equal(spawn_clean("/nonexistent/prog", argv, envp, &pid), 0);
 }
 
+/* Text from outside is logged escaped: no new line, no terminal control, a visible cut. */
+static void test_log_escape(void **state)
+{
+	char out[64];
+	const char forged[] = "bad\nmtls-agent: info: FORGED\r\x1b[31m\t\\ \x7f\xc3\xa9";
+
+	(void)state;
+	assert_string_equal(log_escape(forged, sizeof(forged) - 1, out, sizeof(out)),
+			    "bad\\nmtls-agent: info: FORGED\\r\\x1b[31m\\t\\\\ \\x7f\\xc3\\xa9");
+	/* NUL bytes inside a length-delimited body are data too. */
+	assert_string_equal(log_escape("a\0b", 3, out, sizeof(out)), "a\\x00b");
+	assert_string_equal(log_sanitize("plain text", out, sizeof(out)), "plain text");
+	assert_string_equal(log_sanitize(NULL, out, sizeof(out)), "");
+	/* Cut: what fits, then "...", never half an escape. */
+	assert_string_equal(log_escape("0123456789", 10, out, 8), "0123...");
+	assert_string_equal(log_escape("ab\n\n\n", 5, out, 8), "ab\\n...");
+	assert_string_equal(log_escape("ab\n\n", 4, out, 8), "ab\\n\\n");
+	assert_string_equal(log_escape("abc", 3, out, 4), "abc");
+	assert_string_equal(log_escape("abcd", 4, out, 4), "...");
+	assert_string_equal(log_escape("x", 1, out, 1), "");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -245,6 +268,7 @@ int main(void)
 	    cmocka_unit_test(test_write_file_symlinked_dir),
 	    cmocka_unit_test(test_secret_file),
 	    cmocka_unit_test(test_spawn_clean),
+	    cmocka_unit_test(test_log_escape),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

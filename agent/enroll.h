@@ -57,10 +57,10 @@ struct enroll_request {
 	STACK_OF(X509) *cur_chain;
 
 	/*
-	 * ENROLL_RENEW with renew-auth: the credential that authenticates the renewal instead
-	 * of cur_key (EST: the TLS client key and chain; CMP: the protection key and
-	 * certificate, cur_chain's leaf still names the certificate being updated). NULL: the
-	 * current credential authenticates itself.
+	 * ENROLL_RENEW with renew-auth (EST): the TLS client key and chain of simplereenroll
+	 * instead of cur_key. NULL: the current credential authenticates itself. (CMP: a KUR
+	 * must be signed by the certificate it updates, so renew-auth makes the renewal an
+	 * ENROLL_BOOTSTRAP IR with boot_key; agent/renew.c.)
 	 */
 	EVP_PKEY *auth_key;
 	STACK_OF(X509) *auth_chain;

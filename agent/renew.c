@@ -1142,6 +1142,16 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	} else if (bootstrap) {
 		req.boot_key = boot.key;
 		req.boot_chain = boot.chain;
+	} else if (auth.key != NULL && cfg->renew == RENEW_CMP) {
+		/*
+		 * A KUR must be signed with the certificate it updates (RFC 9483 4.1.3), which is
+		 * what an allowed application could do too: with renew-auth the renewal is an IR
+		 * signed by the enrollment credential, for the current subject.
+		 */
+		req.kind = ENROLL_BOOTSTRAP;
+		req.cur_chain = NULL;
+		req.boot_key = auth.key;
+		req.boot_chain = auth.chain;
 	} else if (auth.key != NULL) {
 		req.auth_key = auth.key;
 		req.auth_chain = auth.chain;

@@ -157,6 +157,30 @@ assert_not_contains "$(cat "$WORK/check2.out")" "can also re-enroll" "check with
 agent_stop
 ca_stop
 
+# --- CMP: a KUR must be signed with the certificate it updates (RFC 9483), so with renew-auth
+# the renewal is an IR signed by the enrollment credential, for gw's subject and new key.
+cmp_ca_start --lifetime 3600 --client-trust "$MFG/chain.pem"
+sed -i -e "s|^renew = est|renew = cmp|" -e "s|^ca-url = .*|ca-url = $CA_URL|" \
+	-e "s|^ca-trust = .*|ca-trust = $CA_TRUST|" "$CONF"
+agent_start
+old=$(current_serial gw)
+out=$(ctl renew gw 2>&1) || {
+	show_log "$AGENT_LOG" 20
+	show_log "$CA_LOG" 10
+	fail "CMP renewal with renew-auth failed: $out"
+}
+new=$(current_serial gw)
+[ -n "$new" ] && [ "$new" != "$old" ] || fail "CMP renewal with renew-auth: serial still $old"
+grep -q 'ir issued serial=.*CN=gw' "$CA_LOG" || fail "the CMP CA issued no IR for gw: $(tail -n 5 "$CA_LOG")"
+! grep -q 'kur ' "$CA_LOG" || fail "the agent sent a KUR (signed by gw's own key) despite renew-auth"
+identity_files gw
+s_server_start
+assert_cn "$(https_get_identity --cert "$TLS_DIR/gw.chain.pem" --key "$TLS_DIR/gw.keyref.pem")" gw \
+	"after a CMP renewal with renew-auth the server saw"
+s_server_stop
+agent_stop
+ca_stop
+
 # --- 3. a renew-auth identity usable by applications is refused at load -----------------------
 sed -i "/^\[identity \"enroll\"\]/a allow-groups = nogroup" "$CONF"
 line=$(line_of "$CONF" "renew-auth = identity:enroll")

@@ -50,6 +50,7 @@
 
 #include "agent/cacerts.h"
 #include "agent/certcheck.h"
+#include "agent/clock.h"
 #include "agent/enroll.h"
 #include "agent/renew-prov.h"
 #include "agent/renew-verify.h"
@@ -63,6 +64,8 @@
 extern char **environ;
 
 #define MAX_SLEEP_S (24 * 3600)
+/* While the clock is not known good (agent/clock.h), how often it is looked at again. */
+#define CLOCK_RECHECK_S 15
 /*
  * Key generations an identity may hold before a renewal that stalls
  * (record_progress) stops making new keys: current, pending and those
@@ -1348,8 +1351,8 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 	const struct cfg_identity *cfg = id->cfg;
 	struct snapshot snap;
 	struct rstate *st;
-	time_t due, retire_next, next;
-	char msg[512], when[32];
+	time_t due, retire_next, next, prev_good;
+	char msg[512], when[32], why[384];
 	int outcome, forced;
 	long hint;
 
@@ -1367,9 +1370,45 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 		pthread_mutex_lock(&g.lock);
 	}
 	pthread_mutex_unlock(&g.lock);
-	retire_next = retire_due(id, now);
 
+	/* Nothing that depends on the date before the clock is known good (agent/clock.h). */
 	snapshot_take(id, &snap);
+	prev_good = clock_last_good();
+	if (!clock_good(rt->cfg->state_dir, now, snap.not_before, why, sizeof(why))) {
+		snapshot_free(&snap);
+		pthread_mutex_lock(&g.lock);
+		if (st->st.waiting[0] == '\0') /* once per wait, not at every look */
+			log_warn("identity \"%s\": %s", cfg->name, why);
+		snprintf(st->st.waiting, sizeof(st->st.waiting), "%s", why);
+		st->st.next = 0;
+		if (st->forced) {
+			snprintf(st->st.last_result, sizeof(st->st.last_result),
+				 "renewal not attempted: %s", why);
+			st->last_rc = MTLS_AGENT_ERR_RENEWAL;
+			st->forced = 0;
+			st->done_gen++;
+			pthread_cond_broadcast(&g.done);
+		}
+		pthread_mutex_unlock(&g.lock);
+		return now + CLOCK_RECHECK_S;
+	}
+	pthread_mutex_lock(&g.lock);
+	if (st->st.waiting[0] != '\0')
+		log_info("identity \"%s\": the clock is good again; the schedule resumes",
+			 cfg->name);
+	st->st.waiting[0] = '\0';
+	pthread_mutex_unlock(&g.lock);
+	/*
+	 * Keys retire by the earlier of this clock and the previous good one when the clock
+	 * moved more than a normal wake-up apart: a jump is acted on only once it is seen
+	 * again, and never deletes a key whose certificate was valid by the previous clock.
+	 */
+	retire_next = retire_due(id, prev_good != 0 && now - prev_good > MAX_SLEEP_S + 3600 &&
+					     prev_good < now
+					 ? prev_good
+					 : now);
+	if (retire_next != 0 && retire_next <= now)
+		retire_next = now + 60;
 	pthread_mutex_lock(&g.lock);
 	due = compute_due(cfg, &snap, st, now);
 	forced = st->forced;

@@ -18,6 +18,7 @@ RENEW_TESTS = \
 	tests/integration/renew-crash-cmp.sh \
 	tests/integration/renew-bootstrap-warn.sh \
 	tests/integration/renew-auth.sh \
-	tests/integration/renew-verify.sh
+	tests/integration/renew-verify.sh \
+	tests/integration/renew-clock.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

@@ -35,6 +35,7 @@
 #include <glob.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,6 +165,9 @@ struct journal {
 	char new_key[2 * KS_MAX_ID + 1];
 	char old_key[2 * KS_MAX_ID + 1]; /* "" when there was none */
 	long long old_not_after;
+	/* STEP_PREPARING: the CKA_ID chosen for the key being generated ("" if the keystore
+	 * chooses), so that what a crash inside key generation leaves is known for sure. */
+	char generating[2 * KS_MAX_ID + 1];
 };
 
 void test_crash_point(const char *step)
@@ -176,6 +180,34 @@ void test_crash_point(const char *step)
 	}
 }
 
+static void *crash_later(void *arg)
+{
+	unsigned ms = (unsigned)(uintptr_t)arg;
+
+	usleep((useconds_t)ms * 1000);
+	log_warn("MTLS_AGENT_TEST_CRASH_AT=keygen-inside: stopping with SIGKILL %u ms into the "
+		 "key generation",
+		 ms);
+	raise(SIGKILL);
+	return NULL;
+}
+
+void test_crash_during_keygen(void)
+{
+	const char *at = getenv("MTLS_AGENT_TEST_CRASH_AT");
+	const char *max_text = getenv("MTLS_AGENT_TEST_CRASH_DELAY_MS");
+	unsigned max = max_text != NULL ? (unsigned)strtoul(max_text, NULL, 10) : 100, r = 0;
+	pthread_t t;
+
+	if (at == NULL || strcmp(at, "keygen-inside") != 0)
+		return;
+	if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
+		r = (unsigned)getpid();
+	if (pthread_create(&t, NULL, crash_later, (void *)(uintptr_t)(max ? r % (max + 1) : 0)) ==
+	    0)
+		pthread_detach(t);
+}
+
 static int journal_write(struct identity_rt *id, const struct journal *j)
 {
 	char *path = state_file(id->rt, id, "renew"), text[JOURNAL_MAX];
@@ -184,10 +216,12 @@ static int journal_write(struct identity_rt *id, const struct journal *j)
 	if (path == NULL)
 		return -1;
 	n = snprintf(text, sizeof(text),
-		     "step=%s\nkind=%s\nnew=%s\nold=%s\nold-not-after=%lld\nknown=%s\n",
+		     "step=%s\nkind=%s\nnew=%s\nold=%s\nold-not-after=%lld\ngenerating=%s\n"
+		     "known=%s\n",
 		     step_names[j->step], j->bootstrap ? "bootstrap" : "renew",
 		     j->new_key[0] != '\0' ? j->new_key : "-",
-		     j->old_key[0] != '\0' ? j->old_key : "-", j->old_not_after, j->known);
+		     j->old_key[0] != '\0' ? j->old_key : "-", j->old_not_after,
+		     j->generating[0] != '\0' ? j->generating : "-", j->known);
 	if (n > 0 && (size_t)n < sizeof(text) && write_file_atomic(path, text, (size_t)n, 0600) == 0) {
 		r = 0;
 		test_crash_point(step_names[j->step]);
@@ -234,6 +268,8 @@ static int journal_read(struct identity_rt *id, struct journal *j)
 			snprintf(j->known, sizeof(j->known), "%s", line + 6);
 		} else if (strncmp(line, "old=", 4) == 0 && strcmp(line + 4, "-") != 0) {
 			snprintf(j->old_key, sizeof(j->old_key), "%s", line + 4);
+		} else if (strncmp(line, "generating=", 11) == 0 && strcmp(line + 11, "-") != 0) {
+			snprintf(j->generating, sizeof(j->generating), "%s", line + 11);
 		} else if (strncmp(line, "old-not-after=", 14) == 0) {
 			j->old_not_after = strtoll(line + 14, NULL, 10);
 		}
@@ -512,6 +548,58 @@ static int has_unrecorded_key(struct identity_rt *id, const struct journal *j)
 }
 
 /*
+ * The key reference for generating a key with a CKA_ID chosen here: PKCS#11 keystores only
+ * (tpm2 writes a key file at once), and only when the configured reference leaves the id
+ * open. Fills hex (the id) and returns the reference (free it), or NULL to let the keystore
+ * choose.
+ */
+static char *keygen_ref(struct identity_rt *id, char *hex, size_t hexlen)
+{
+	uint8_t raw[16];
+	char *ref;
+	size_t len, i;
+
+	hex[0] = '\0';
+	if (strcmp(ks_type(id->ks), "pkcs11") != 0 || strstr(id->cfg->key, "id=") != NULL ||
+	    hexlen < 2 * sizeof(raw) + 1 || RAND_bytes(raw, sizeof(raw)) != 1)
+		return NULL;
+	len = strlen(id->cfg->key) + 4 + 3 * sizeof(raw) + 1;
+	if ((ref = malloc(len)) == NULL)
+		return NULL;
+	snprintf(ref, len, "%s;id=", id->cfg->key);
+	for (i = 0; i < sizeof(raw); i++)
+		snprintf(ref + strlen(ref), len - strlen(ref), "%%%02x", raw[i]);
+	hex_encode(raw, sizeof(raw), hex);
+	return ref;
+}
+
+/* Removes what a key generation interrupted by a crash left of the key with id hex. */
+static void purge_half_key(struct identity_rt *id, const char *hex)
+{
+	char *ref, err[256];
+	unsigned purged = 0;
+	size_t len, i;
+
+	if (hex[0] == '\0' || strlen(hex) % 2 != 0)
+		return;
+	len = strlen(id->cfg->key) + 4 + 3 * (strlen(hex) / 2) + 1;
+	if ((ref = malloc(len)) == NULL)
+		return;
+	snprintf(ref, len, "%s;id=", id->cfg->key);
+	for (i = 0; hex[i] != '\0'; i += 2)
+		snprintf(ref + strlen(ref), len - strlen(ref), "%%%c%c", hex[i], hex[i + 1]);
+	if (ks_purge_half(id->ks, ref, &purged, err, sizeof(err)) != 0)
+		log_warn("identity \"%s\": cannot remove what an interrupted key generation left "
+			 "(id %.16s...): %s",
+			 id->cfg->name, hex, err);
+	else if (purged > 0)
+		log_info("identity \"%s\": removed %u object(s) of key %.16s... that an interrupted "
+			 "key generation left without its private key",
+			 id->cfg->name, purged, hex);
+	free(ref);
+}
+
+/*
  * Finishes or rolls back what the journal says was interrupted. Returns 0
  * when no journal is left, -1 when it must stay (keystore unreachable, a key
  * that cannot be recorded yet).
@@ -535,6 +623,9 @@ static int reconcile(struct identity_rt *id)
 		pthread_mutex_unlock(&id->lock);
 		return -1;
 	}
+	/* A crash inside the key generation: a public key without its private key. */
+	if (j.step == STEP_PREPARING && j.generating[0] != '\0')
+		purge_half_key(id, j.generating);
 	if (id->current != NULL) {
 		hex_encode(id->current->id, id->current->id_len, cur_hex);
 		/* tpm2: the key file's first block must be the key the certificate names. */
@@ -1003,7 +1094,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	struct txn t = {0};
 	char err[400], *trust = NULL;
 	time_t now = time(NULL);
-	int outcome = ENROLL_LOCAL;
+	int outcome = ENROLL_LOCAL, r;
 
 	*hint = -1;
 	/* A journal left by a failed attempt (a key that could not be recorded) comes first. */
@@ -1046,22 +1137,32 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 			 cfg->name, RENEW_MAX_GENERATIONS);
 		new_key = snap.cur;
 	} else {
+		/* The journal names the key (its id) before it exists: see purge_half_key. */
+		char *ref = keygen_ref(id, j.generating, sizeof(j.generating));
+
 		j.step = STEP_PREPARING;
 		j.bootstrap = bootstrap;
 		if (list_keys(id, j.known, sizeof(j.known)) != 0 || journal_write(id, &j) != 0) {
+			free(ref);
 			snprintf(msg, msglen, "cannot write the renewal journal");
 			goto out;
 		}
-		if (identity_keygen(id, keygen_type(cfg, snap.cur), &new_key, err, sizeof(err)) !=
-		    0) {
+		r = identity_keygen_ref(id, ref, keygen_type(cfg, snap.cur), &new_key, err,
+					sizeof(err));
+		free(ref);
+		if (r != 0) {
 			snprintf(msg, msglen, "cannot make a new key: %s", err);
 			/* A key made but neither recorded nor deleted: the journal keeps it known. */
 			if (has_unrecorded_key(id, &j))
 				goto out;
+			pthread_mutex_lock(&id->lock);
+			purge_half_key(id, j.generating);
+			pthread_mutex_unlock(&id->lock);
 			goto out_journal;
 		}
 	}
 	j.known[0] = '\0';
+	j.generating[0] = '\0';
 	if (new_key != snap.cur && new_key != snap.pending)
 		log_info("identity \"%s\": new key %u-bit %s made in keystore \"%s\"", cfg->name,
 			 new_key->bits, new_key->type == MTLS_AGENT_KEY_RSA ? "RSA" : "EC",

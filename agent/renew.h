@@ -53,5 +53,11 @@ int renew_now(const char *name, unsigned wait_s, char *msg, size_t msglen);
  * the step under test.
  */
 void test_crash_point(const char *step);
+/*
+ * MTLS_AGENT_TEST_CRASH_AT=keygen-inside: SIGKILL a random 0..MTLS_AGENT_TEST_CRASH_DELAY_MS
+ * (default 100) ms after the key generation started, so that it lands inside the
+ * keystore's call (C_GenerateKeyPair) as often as the timing allows.
+ */
+void test_crash_during_keygen(void);
 
 #endif

@@ -19,6 +19,7 @@ RENEW_TESTS = \
 	tests/integration/renew-bootstrap-warn.sh \
 	tests/integration/renew-auth.sh \
 	tests/integration/renew-verify.sh \
-	tests/integration/renew-clock.sh
+	tests/integration/renew-clock.sh \
+	tests/integration/renew-keygen-crash.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

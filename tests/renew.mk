@@ -23,3 +23,10 @@ RENEW_TESTS = \
 	tests/integration/renew-keygen-crash.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)
+
+# A longer run of the keygen crash soak (not part of `make check`): SOAK_KILLS kills
+# (default 1000) timed inside key generation on SoftHSM.
+soak:
+	SOAK_KILLS=$${SOAK_KILLS:-1000} $(MAKE) $(AM_MAKEFLAGS) check \
+		TESTS='tests/integration/renew-keygen-crash.sh'
+.PHONY: soak

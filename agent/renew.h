@@ -47,7 +47,7 @@ int renew_now(const char *name, unsigned wait_s, char *msg, size_t msglen);
 
 /*
  * Crash-safety tests stop the agent with SIGKILL right after a given step
- * (MTLS_AGENT_TEST_CRASH_AT=preparing|unrecorded|keygen|requested|issued|
+ * (MTLS_AGENT_TEST_CRASH_AT=preparing|unrecorded|keygen|requested|verifying|issued|
  * installed|queued; "unrecorded": a new key exists but is not yet recorded
  * as pending). A real crash needs no permission; this only makes it land on
  * the step under test.

@@ -188,6 +188,25 @@ static void describe_failure(const struct conn_state *cs, SSL *ssl, const char *
 		 e != 0 ? detail : "connection closed or timed out");
 }
 
+/*
+ * With TLS 1.3 a server that refuses the client certificate says so right after the
+ * client's Finished and may then close, so that a request written later fails with a
+ * broken connection. Looks at what arrives within ms first (SSL_peek: session tickets are
+ * processed, an alert is noted, application data stays).
+ */
+static void look_for_alert(SSL *ssl, int fd, const struct conn_state *cs, unsigned ms)
+{
+	uint64_t until = monotonic_ms() + ms;
+	char c;
+	int r;
+
+	while (cs->fatal_alert < 0) {
+		r = SSL_peek(ssl, &c, 1);
+		if (r > 0 || ssl_wait(ssl, fd, r, until) != 0)
+			return;
+	}
+}
+
 /* Writes all of buf; 0 or -1. */
 static int ssl_write_all(SSL *ssl, int fd, const void *buf, size_t len, uint64_t deadline)
 {
@@ -291,6 +310,11 @@ int renew_verify(const char *url, const char *trust_file, OSSL_LIB_CTX *libctx, 
 		}
 	}
 	/* The server may refuse the certificate after the handshake (TLS 1.3): ask something. */
+	look_for_alert(ssl, fd, &cs, 300);
+	if (cs.fatal_alert >= 0) {
+		describe_failure(&cs, ssl, "after the handshake", err, errlen);
+		goto out;
+	}
 	if (u.mqtt) {
 		/* MQTT 3.1.1 CONNECT, clean session, keepalive 10 s, client id mtls-agent-verify. */
 		static const char id[] = "mtls-agent-verify";
@@ -317,6 +341,11 @@ int renew_verify(const char *url, const char *trust_file, OSSL_LIB_CTX *libctx, 
 		reqlen = (size_t)r;
 	}
 	if (ssl_write_all(ssl, fd, req, reqlen, deadline) != 0) {
+		/* A server that refused the certificate may have closed after its alert: read it. */
+		uint64_t grace = monotonic_ms() + 1000;
+
+		if (cs.fatal_alert < 0)
+			ssl_read_some(ssl, fd, resp, sizeof(resp) - 1, grace < deadline ? grace : deadline);
 		describe_failure(&cs, ssl, "sending the request", err, errlen);
 		goto out;
 	}

@@ -49,21 +49,24 @@ DELAY_MS=${SOAK_DELAY_MS:-$((ms > 50 ? ms : 50))}
 log "one renewal took $ms ms; crash delays 0..$DELAY_MS ms"
 agent_stop
 
-# The invariant after a restart: private keys = what the agent records, public keys = the
-# same ids (no half pair), and the served certificate matches a working handshake.
+# The invariant after a restart: every private key on the token is the current one or
+# recorded (pending, queued for retirement), and every public key has its private key.
 check_token() { # WHAT
-	local priv pub retired pending expect
+	local priv pub known extra missing
 	priv=$(token_ids privkey)
 	pub=$(token_ids pubkey)
-	retired=0
-	[ ! -s "$STATE_DIR/gw.retire" ] || retired=$(wc -l <"$STATE_DIR/gw.retire")
-	pending=0
-	[ ! -s "$STATE_DIR/gw.pending" ] || pending=1
-	expect=$((1 + pending + retired))
-	[ "$(printf '%s\n' "$priv" | grep -c .)" -eq "$expect" ] || {
+	# What the agent records besides the current key: pending and queued for retirement.
+	known=$({
+		[ ! -s "$STATE_DIR/gw.pending" ] || cat "$STATE_DIR/gw.pending"
+		[ ! -s "$STATE_DIR/gw.retire" ] || cut -d' ' -f1 "$STATE_DIR/gw.retire"
+	} | grep . | sort -u)
+	extra=$(comm -23 <(printf '%s\n' "$priv") <(printf '%s\n' "$known") | grep -c . || true)
+	missing=$(comm -13 <(printf '%s\n' "$priv") <(printf '%s\n' "$known") | grep . || true)
+	[ "$extra" -eq 1 ] || {
 		show_log "$AGENT_LOG" 30
-		fail "$1: $(printf '%s\n' "$priv" | grep -c .) private keys on the token, the agent knows $expect (1 current + $pending pending + $retired queued)"
+		fail "$1: $extra private keys on the token are neither pending nor queued for retirement (expected 1, the current key): $(printf '%s\n' "$priv" | grep -c .) on the token, recorded: $(printf '%s\n' "$known" | tr '\n' ' ')"
 	}
+	[ -z "$missing" ] || log "$1: recorded but already gone from the token: $missing"
 	[ "$pub" = "$priv" ] || {
 		show_log "$AGENT_LOG" 30
 		fail "$1: public keys on the token differ from the private keys: half pairs left: $(comm -3 <(printf '%s\n' "$pub") <(printf '%s\n' "$priv") | tr '\n' ' ')"

@@ -120,5 +120,33 @@ handshake "after the verified renewal"
 ctl cert gw >"$WORK/new.pem"
 openssl x509 -in "$WORK/new.pem" -noout -issuer | grep -q 'intermediate 2' ||
 	fail "the installed certificate is not from the new intermediate"
+
+# --- 4. mqtts://: the same against mosquitto (an MQTT CONNECT after the handshake) --------------
+if command -v mosquitto >/dev/null 2>&1; then
+	set_verify() { # URL
+		sed -i "s|^renew-verify = .*|renew-verify = $1|" "$CONF"
+		ctl reload >/dev/null || fail "reload failed"
+	}
+	# A broker that trusts neither intermediate refuses the new certificate.
+	mosquitto_start --client-ca "$SRV_CA"
+	set_verify "mqtts://127.0.0.1:$MQTT_PORT"
+	rc=0
+	ctl renew gw >"$WORK/renew.out" 2>&1 || rc=$?
+	[ "$rc" -ne 0 ] || fail "mqtts: renewal committed although the broker refuses the certificate"
+	assert_contains "$(cat "$WORK/renew.out")" "renew-verify mqtts://127.0.0.1:$MQTT_PORT: the server refused the new certificate" \
+		"mqtts: renew's error"
+	assert_eq "$(current_serial gw)" "$s1" "mqtts: serial after a refusal"
+	mosquitto_stop
+	# A broker that trusts the CA accepts it: CONNACK, committed.
+	mosquitto_start
+	set_verify "mqtts://127.0.0.1:$MQTT_PORT"
+	out=$(ctl renew gw 2>&1) || fail "mqtts: renewal with a broker that trusts the CA failed: $out"
+	s2=$(current_serial gw)
+	[ "$s2" != "$s1" ] || fail "mqtts: the serial did not change after a verified renewal"
+	grep -q 'mtls-agent-verify' "$MQTT_LOG" || fail "mqtts: the broker saw no CONNECT from the agent"
+	mosquitto_stop
+else
+	log "mosquitto not installed: mqtts:// not exercised"
+fi
 agent_stop
 log "ok: refused verification kept serial $s0, crash at verifying rolled back, verified renewal installed $s1"

@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <signal.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "agent/acl.h"
+#include "common/log.h"
 
 /* Linux 6.5+; Debian 12's headers predate it. 77 on the architectures using asm-generic's
  * numbering (others define their own, and get it from their headers or not at all). */
@@ -46,11 +47,25 @@ int acl_allows(const uid_t *users, size_t n_users, const gid_t *groups, size_t n
 	return 0;
 }
 
-int acl_cgroup_has_unit(const char *cgroup_text, const char *unit)
+/* Whether the n bytes at c end in suffix. */
+static int ends_with(const char *c, size_t n, const char *suffix)
 {
-	const char *line = cgroup_text, *p, *end, *c;
-	size_t ulen = strlen(unit);
+	size_t sl = strlen(suffix);
 
+	return n >= sl && memcmp(c + n - sl, suffix, sl) == 0;
+}
+
+int acl_cgroup_unit(const char *cgroup_text, char *out, size_t outlen)
+{
+	const char *line = cgroup_text, *end, *p, *path = NULL, *path_end = NULL, *c;
+
+	if (outlen == 0)
+		return 0;
+	out[0] = '\0';
+	/*
+	 * The unified hierarchy ("0::path") is systemd's record; on cgroup v1 the
+	 * name=systemd hierarchy is. Other v1 controllers' paths are not consulted.
+	 */
 	while (line != NULL && *line != '\0') {
 		end = strchr(line, '\n');
 		if (end == NULL)
@@ -58,17 +73,53 @@ int acl_cgroup_has_unit(const char *cgroup_text, const char *unit)
 		/* hierarchy-ID:controllers:path; the path is after the second colon. */
 		p = memchr(line, ':', (size_t)(end - line));
 		p = p != NULL ? memchr(p + 1, ':', (size_t)(end - p - 1)) : NULL;
-		for (c = p != NULL ? p + 1 : end; c < end;) {
-			const char *slash = memchr(c, '/', (size_t)(end - c));
-			const char *cend = slash != NULL ? slash : end;
+		if (p != NULL) {
+			size_t hl = (size_t)(p - line);
 
-			if ((size_t)(cend - c) == ulen && memcmp(c, unit, ulen) == 0)
-				return 1;
-			c = cend + 1;
+			if (hl == 2 && memcmp(line, "0::", 3) == 0 && end - p > 2) {
+				path = p + 1;
+				path_end = end;
+				break; /* authoritative when it is not the root */
+			}
+			if (path == NULL && hl > 13 && memcmp(p - 13, ":name=systemd", 13) == 0) {
+				path = p + 1;
+				path_end = end;
+			}
 		}
 		line = *end == '\n' ? end + 1 : NULL;
 	}
+	if (path == NULL)
+		return 0;
+	/*
+	 * As sd_pid_get_unit: slices are skipped from the root; the first
+	 * component that is not a slice is the process's unit in the system
+	 * manager. Everything a user's own manager runs lies under its
+	 * user@UID.service, so that is the unit it gets, never the names the user
+	 * chose for units of its own.
+	 */
+	for (c = path; c < path_end;) {
+		const char *slash = memchr(c, '/', (size_t)(path_end - c));
+		const char *cend = slash != NULL ? slash : path_end;
+		size_t n = (size_t)(cend - c);
+
+		if (n == 0 || ends_with(c, n, ".slice")) {
+			c = cend + 1;
+			continue;
+		}
+		if (n < 2 || n >= outlen || memchr(c, '.', n) == NULL)
+			return 0;
+		memcpy(out, c, n);
+		out[n] = '\0';
+		return 1;
+	}
 	return 0;
+}
+
+int acl_cgroup_has_unit(const char *cgroup_text, const char *unit)
+{
+	char u[256];
+
+	return acl_cgroup_unit(cgroup_text, u, sizeof(u)) && strcmp(u, unit) == 0;
 }
 
 /* Reads a small /proc file into buf (NUL-terminated); -1 on error. */
@@ -98,11 +149,37 @@ static pid_t pidfd_pid(int pidfd)
 	return (pid_t)strtol(p + 5, NULL, 10);
 }
 
+unsigned long long acl_proc_starttime(pid_t pid)
+{
+	char path[64], stat[1024], *p;
+	unsigned long long v = 0;
+	int field;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	/* The command name (field 2) may hold spaces and ')': fields count from its last ')'. */
+	if (pid <= 0 || read_proc(path, stat, sizeof(stat)) != 0 ||
+	    (p = strrchr(stat, ')')) == NULL)
+		return 0;
+	for (field = 2; field < 22 && p != NULL; field++)
+		p = strchr(p + 1, ' ');
+	if (p != NULL)
+		v = strtoull(p + 1, NULL, 10);
+	return v;
+}
+
+/* Whether the process a pidfd refers to has exited: a pidfd polls readable then. */
+static int pidfd_exited(int pidfd)
+{
+	struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
+
+	return poll(&pfd, 1, 0) != 0;
+}
+
 int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
 		       const struct peer *peer, char *why, size_t whylen)
 {
-	char path[64], exe[PATH_MAX], cgroup[4096];
-	int pidfd = -1, own = 0, ok = 0;
+	char path[64], exe[PATH_MAX], safe[400], cgroup[4096], unit[256];
+	int pidfd = -1, own = 0, ok = 0, by_pid = 0, err;
 	pid_t pid = -1;
 	ssize_t n;
 	size_t i;
@@ -124,27 +201,76 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 	} else {
 		pid = peer->pid;
 		pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+		by_pid = 1;
 	}
 	own = 1;
-	if (pid <= 0 || pidfd < 0) {
+	if (pid <= 0 || pidfd < 0 || pidfd_exited(pidfd)) {
 		snprintf(why, whylen, "the calling process (pid %ld) is gone", (long)peer->pid);
+		goto out;
+	}
+	/*
+	 * Without SO_PEERPIDFD the pid was looked up only now: the process that
+	 * connected may have exited and its pid gone to another program. Its
+	 * start time, recorded at accept, tells them apart.
+	 */
+	if (by_pid && peer->starttime == 0 && acl_proc_starttime(pid) == 0) {
+		/* ProtectProc=invisible hides other users' processes, stat included. */
+		snprintf(why, whylen,
+			 "cannot read /proc/%ld/stat: allow-exe and allow-unit need an agent "
+			 "that can read /proc/PID of other users: run it as root or with "
+			 "CAP_SYS_PTRACE and ProtectProc=default",
+			 (long)pid);
+		goto out;
+	}
+	if (by_pid && (peer->starttime == 0 || acl_proc_starttime(pid) != peer->starttime)) {
+		snprintf(why, whylen,
+			 peer->starttime == 0
+			     ? "the start time of pid %ld was not recorded when it connected"
+			     : "pid %ld is not the process that connected (it started later)",
+			 (long)pid);
 		goto out;
 	}
 	snprintf(path, sizeof(path), "/proc/%ld/exe", (long)pid);
 	if ((n = readlink(path, exe, sizeof(exe) - 1)) < 0) {
-		snprintf(why, whylen, "cannot read the program of pid %ld: %s", (long)pid,
-			 strerror(errno));
+		err = errno;
+		if (pidfd_exited(pidfd))
+			snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
+				 (long)pid);
+		else if (err == EACCES || err == EPERM || err == ENOENT)
+			/* Another uid's process: ptrace-read access denied, or /proc hides it. */
+			snprintf(why, whylen,
+				 "cannot read /proc/%ld/exe (%s): allow-exe and allow-unit need an "
+				 "agent that can read /proc/PID/exe of other users: run it as root or "
+				 "with CAP_SYS_PTRACE and ProtectProc=default",
+				 (long)pid, strerror(err));
+		else
+			snprintf(why, whylen, "cannot read the program of pid %ld: %s", (long)pid,
+				 strerror(err));
 		goto out;
 	}
 	exe[n] = '\0';
+	/* A caller chooses its program's path: it is data in messages and logs. */
+	log_sanitize(exe, safe, sizeof(safe));
 	snprintf(path, sizeof(path), "/proc/%ld/cgroup", (long)pid);
 	if (n_units > 0 && read_proc(path, cgroup, sizeof(cgroup)) != 0) {
-		snprintf(why, whylen, "cannot read the cgroup of pid %ld: %s", (long)pid,
-			 strerror(errno));
+		err = errno;
+		if (pidfd_exited(pidfd))
+			snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
+				 (long)pid);
+		else
+			snprintf(why, whylen,
+				 "cannot read /proc/%ld/cgroup (%s): allow-unit needs an agent that "
+				 "can read /proc/PID of other users: run it as root or with "
+				 "CAP_SYS_PTRACE and ProtectProc=default",
+				 (long)pid, strerror(err));
 		goto out;
 	}
-	/* Still the same process after the reads: the pid was not reused meanwhile. */
-	if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) != 0) {
+	/*
+	 * Still the same process after the reads: the pid was not reused
+	 * meanwhile. Polling the pidfd needs no permission over the process
+	 * (a signal 0 would, and fail with EPERM for another uid).
+	 */
+	if (pidfd_exited(pidfd)) {
 		snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
 			 (long)pid);
 		goto out;
@@ -153,17 +279,21 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 		for (i = 0; i < n_exes && strcmp(exe, exes[i]) != 0; i++)
 			;
 		if (i == n_exes) {
-			snprintf(why, whylen, "program %.200s (pid %ld) is not in allow-exe", exe,
+			snprintf(why, whylen, "program %.200s (pid %ld) is not in allow-exe", safe,
 				 (long)pid);
 			goto out;
 		}
 	}
 	if (n_units > 0) {
-		for (i = 0; i < n_units && !acl_cgroup_has_unit(cgroup, units[i]); i++)
+		if (!acl_cgroup_unit(cgroup, unit, sizeof(unit)))
+			snprintf(unit, sizeof(unit), "none");
+		for (i = 0; i < n_units && strcmp(unit, units[i]) != 0; i++)
 			;
 		if (i == n_units) {
-			snprintf(why, whylen, "pid %ld (%.200s) runs in no unit named in allow-unit",
-				 (long)pid, exe);
+			snprintf(why, whylen,
+				 "pid %ld (%.200s) runs in system unit %.100s, not one named in "
+				 "allow-unit",
+				 (long)pid, safe, unit);
 			goto out;
 		}
 	}

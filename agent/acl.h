@@ -21,6 +21,10 @@ struct peer {
 	 */
 	int sock;
 	int has_sock;
+	/* Executable at connect time, for the audit trail only (never a decision); "" unknown. */
+	char exe[256];
+	/* Start time of pid (/proc/PID/stat field 22) at accept; 0 unknown. */
+	unsigned long long starttime;
 };
 
 /*
@@ -35,13 +39,26 @@ int acl_allows(const uid_t *users, size_t n_users, const gid_t *groups, size_t n
  * allow-unit lists (empty lists: no condition). The process is pinned by
  * its pidfd (SO_PEERPIDFD on the socket, else pidfd_open of the SO_PEERCRED pid) and
  * checked still alive after /proc/PID/exe and /proc/PID/cgroup were read, so
- * what was read belongs to it and not to a process that reused the pid.
+ * what was read belongs to it and not to a process that reused the pid. Without
+ * SO_PEERPIDFD the pid's start time must equal peer->starttime (recorded at
+ * accept), else the pid may since have gone to another process: refused.
  * Returns 1 if allowed; 0 with why (the rule that failed) otherwise.
  */
 int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
 		       const struct peer *peer, char *why, size_t whylen);
 
-/* True when a path in cgroup_text (the text of /proc/PID/cgroup) has a component named unit. */
+/*
+ * The system unit of a process from the text of its /proc/PID/cgroup, as
+ * sd_pid_get_unit() finds it: slices skipped, the first other component. A
+ * process of a user's own systemd instance gets user@UID.service, never the
+ * unit names the user chose. 1 with the name in out, 0 when there is none.
+ */
+int acl_cgroup_unit(const char *cgroup_text, char *out, size_t outlen);
+
+/* True when acl_cgroup_unit() of cgroup_text is unit. */
 int acl_cgroup_has_unit(const char *cgroup_text, const char *unit);
+
+/* Start time of a process (/proc/PID/stat field 22, clock ticks after boot); 0 on error. */
+unsigned long long acl_proc_starttime(pid_t pid);
 
 #endif

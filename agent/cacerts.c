@@ -84,33 +84,113 @@ static int in_stack(STACK_OF(X509) *s, X509 *x)
 	return 0;
 }
 
-/* ca-trust followed by the accepted successors; NULL when ca-trust does not load. */
-static STACK_OF(X509) *anchors_in_force(struct identity_rt *id, STACK_OF(X509) **successors)
+/*
+ * Whether link certifies root's key under root's name ("NewWithOld") and was
+ * issued directly by one of anchors: exactly [link, anchor], nothing in
+ * between. A chain through intermediates would let the holder of any
+ * intermediate key under ca-trust make itself a root. The validity period is
+ * checked only when a root is first accepted (now): the link of a root
+ * accepted long ago may since have expired with the old root.
+ */
+static int link_issued_by(STACK_OF(X509) *anchors, X509 *link, X509 *root, int check_time)
 {
-	STACK_OF(X509) *all = load_pem(id->cfg->ca_trust, 0), *next = NULL;
-	char *path = state_file(id->rt, id, "ca-next");
+	if (X509_self_signed(link, 0) == 1 ||
+	    X509_NAME_cmp(X509_get_subject_name(link), X509_get_subject_name(root)) != 0 ||
+	    EVP_PKEY_eq(X509_get0_pubkey(link), X509_get0_pubkey(root)) != 1 ||
+	    X509_check_ca(link) == 0)
+		return 0;
+	if (check_time && (X509_cmp_current_time(X509_get0_notBefore(link)) >= 0 ||
+			   X509_cmp_current_time(X509_get0_notAfter(link)) <= 0))
+		return 0;
+	for (int i = 0; i < sk_X509_num(anchors); i++) {
+		X509 *a = sk_X509_value(anchors, i);
+		EVP_PKEY *k = X509_get0_pubkey(a);
 
-	*successors = NULL;
-	if (all == NULL || path == NULL || (next = load_pem(path, 1)) == NULL) {
-		if (all != NULL && path != NULL)
-			log_warn("identity \"%s\": cannot read %s; using ca-trust alone",
-				 id->cfg->name, path);
-		free(path);
-		if (all != NULL && (next = sk_X509_new_null()) == NULL) {
-			sk_X509_pop_free(all, X509_free);
-			return NULL;
+		if (X509_check_issued(a, link) == X509_V_OK && k != NULL &&
+		    X509_verify(link, k) == 1) {
+			ERR_clear_error();
+			return 1;
 		}
-		*successors = next;
-		return all;
 	}
-	free(path);
-	for (int i = 0; i < sk_X509_num(next); i++) {
-		X509 *x = sk_X509_value(next, i);
+	ERR_clear_error();
+	return 0;
+}
 
-		if (!in_stack(all, x) && X509_up_ref(x) && !sk_X509_push(all, x))
-			X509_free(x);
+/*
+ * ca-trust followed by the accepted successors whose link certificates
+ * (kept in ca-links) still come from an anchor in force: re-checked on every
+ * load, so removing a root from ca-trust drops the successors it vouched for.
+ * successors and links get the kept roots and their links, in the same order.
+ * NULL when ca-trust does not load.
+ */
+static STACK_OF(X509) *anchors_in_force(struct identity_rt *id, STACK_OF(X509) **successors,
+					STACK_OF(X509) **links)
+{
+	STACK_OF(X509) *all = load_pem(id->cfg->ca_trust, 0), *next = NULL, *lks = NULL;
+	char *path = state_file(id->rt, id, "ca-next"), *lpath = state_file(id->rt, id, "ca-links");
+	int progress = 1;
+
+	*successors = sk_X509_new_null();
+	*links = sk_X509_new_null();
+	if (all == NULL || *successors == NULL || *links == NULL) {
+		sk_X509_pop_free(all, X509_free);
+		sk_X509_free(*successors);
+		sk_X509_free(*links);
+		*successors = *links = NULL;
+		free(path);
+		free(lpath);
+		return NULL;
 	}
-	*successors = next;
+	if (path == NULL || lpath == NULL || (next = load_pem(path, 1)) == NULL ||
+	    (lks = load_pem(lpath, 1)) == NULL) {
+		log_warn("identity \"%s\": cannot read %s or %s; using ca-trust alone",
+			 id->cfg->name, path != NULL ? path : "ca-next",
+			 lpath != NULL ? lpath : "ca-links");
+		goto out;
+	}
+	/* Successors in any order: one may be vouched for by another accepted before it. */
+	while (progress) {
+		progress = 0;
+		for (int i = 0; i < sk_X509_num(next); i++) {
+			X509 *r = sk_X509_value(next, i), *l = NULL;
+			int k;
+
+			if (r == NULL || in_stack(all, r))
+				continue;
+			for (k = 0; k < sk_X509_num(lks); k++)
+				if (link_issued_by(all, (l = sk_X509_value(lks, k)), r, 0))
+					break;
+			if (k == sk_X509_num(lks))
+				continue;
+			if (!X509_up_ref(r))
+				continue;
+			if (!sk_X509_push(all, r)) {
+				X509_free(r);
+				continue;
+			}
+			if (X509_up_ref(r) && !sk_X509_push(*successors, r))
+				X509_free(r);
+			if (X509_up_ref(l) && !sk_X509_push(*links, l))
+				X509_free(l);
+			progress = 1;
+		}
+	}
+	for (int i = 0; i < sk_X509_num(next); i++) {
+		char name[256];
+
+		if (in_stack(*successors, sk_X509_value(next, i)))
+			continue;
+		X509_NAME_oneline(X509_get_subject_name(sk_X509_value(next, i)), name, sizeof(name));
+		log_warn("identity \"%s\": the CA root %s accepted earlier is no longer trusted: "
+			 "its link certificate does not come from ca-trust %s (or an accepted "
+			 "root) any more",
+			 id->cfg->name, name, id->cfg->ca_trust);
+	}
+out:
+	sk_X509_pop_free(next, X509_free);
+	sk_X509_pop_free(lks, X509_free);
+	free(path);
+	free(lpath);
 	return all;
 }
 
@@ -130,7 +210,8 @@ static X509_STORE *store_of(STACK_OF(X509) *anchors)
 
 X509_STORE *cacerts_trust_store(struct identity_rt *id, char *err, size_t errlen)
 {
-	STACK_OF(X509) *successors = NULL, *anchors = anchors_in_force(id, &successors);
+	STACK_OF(X509) *successors = NULL, *links = NULL;
+	STACK_OF(X509) *anchors = anchors_in_force(id, &successors, &links);
 	X509_STORE *store = anchors != NULL ? store_of(anchors) : NULL;
 
 	if (anchors == NULL)
@@ -139,40 +220,39 @@ X509_STORE *cacerts_trust_store(struct identity_rt *id, char *err, size_t errlen
 		snprintf(err, errlen, "out of memory");
 	sk_X509_pop_free(anchors, X509_free);
 	sk_X509_pop_free(successors, X509_free);
+	sk_X509_pop_free(links, X509_free);
 	return store;
 }
 
 char *cacerts_trust_file(struct identity_rt *id)
 {
-	char *next = state_file(id->rt, id, "ca-next"), *combined = NULL;
+	STACK_OF(X509) *successors = NULL, *links = NULL;
+	STACK_OF(X509) *anchors = anchors_in_force(id, &successors, &links);
+	char *combined = NULL;
 
-	if (next != NULL && access(next, F_OK) == 0 &&
-	    (combined = state_file(id->rt, id, "trust")) != NULL && access(combined, R_OK) == 0) {
-		free(next);
-		return combined;
+	/*
+	 * Rewritten from the anchors in force each time, so that a successor
+	 * dropped at load (its vouching root left ca-trust) leaves this file too.
+	 */
+	if (anchors != NULL && (combined = state_file(id->rt, id, "trust")) != NULL) {
+		if (sk_X509_num(successors) == 0) {
+			/* None (left): no stale copy for anyone to trust. */
+			if (unlink(combined) != 0 && errno != ENOENT)
+				log_warn("identity \"%s\": cannot remove %s: %s", id->cfg->name,
+					 combined, strerror(errno));
+			free(combined);
+			combined = NULL;
+		} else if (write_pem(combined, anchors, NULL) != 0) {
+			log_error("identity \"%s\": cannot write %s: %s; using ca-trust alone",
+				  id->cfg->name, combined, strerror(errno));
+			free(combined);
+			combined = NULL;
+		}
 	}
-	free(next);
-	free(combined);
-	return strdup(id->cfg->ca_trust);
-}
-
-/* Whether link certifies root's key under root's name ("NewWithOld") and verifies to store. */
-static int link_verifies(X509_STORE *store, STACK_OF(X509) *untrusted, X509 *link, X509 *root)
-{
-	X509_STORE_CTX *ctx;
-	int ok = 0;
-
-	if (X509_self_signed(link, 0) == 1 ||
-	    X509_NAME_cmp(X509_get_subject_name(link), X509_get_subject_name(root)) != 0 ||
-	    EVP_PKEY_eq(X509_get0_pubkey(link), X509_get0_pubkey(root)) != 1 ||
-	    X509_check_ca(link) == 0)
-		return 0;
-	if ((ctx = X509_STORE_CTX_new()) != NULL &&
-	    X509_STORE_CTX_init(ctx, store, link, untrusted) == 1)
-		ok = X509_verify_cert(ctx) == 1;
-	X509_STORE_CTX_free(ctx);
-	ERR_clear_error();
-	return ok;
+	sk_X509_pop_free(anchors, X509_free);
+	sk_X509_pop_free(successors, X509_free);
+	sk_X509_pop_free(links, X509_free);
+	return combined != NULL ? combined : strdup(id->cfg->ca_trust);
 }
 
 static void name_of(X509 *x, char *out, size_t len)
@@ -183,8 +263,8 @@ static void name_of(X509 *x, char *out, size_t len)
 STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
 {
 	const struct cfg_identity *cfg = id->cfg;
-	STACK_OF(X509) *certs = NULL, *anchors = NULL, *successors = NULL, *inter = NULL;
-	X509_STORE *store = NULL;
+	STACK_OF(X509) *certs = NULL, *anchors = NULL, *successors = NULL, *links = NULL;
+	STACK_OF(X509) *inter = NULL;
 	char err[512], name[256], *trust = cacerts_trust_file(id), *path = NULL;
 	int i, k, added = 0, self;
 
@@ -195,25 +275,26 @@ STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
 			 err);
 		goto out;
 	}
-	if ((anchors = anchors_in_force(id, &successors)) == NULL ||
-	    (store = store_of(anchors)) == NULL || (inter = sk_X509_new_null()) == NULL) {
+	if ((anchors = anchors_in_force(id, &successors, &links)) == NULL ||
+	    (inter = sk_X509_new_null()) == NULL) {
 		log_warn("identity \"%s\": cannot load ca-trust %s", cfg->name, cfg->ca_trust);
 		goto out;
 	}
-	/* New roots: trusted only through a link certificate from an anchor in force. */
+	/* New roots: trusted only through a link certificate issued by an anchor in force. */
 	for (i = 0; i < sk_X509_num(certs); i++) {
-		X509 *root = sk_X509_value(certs, i);
+		X509 *root = sk_X509_value(certs, i), *link = NULL;
 
 		if (X509_self_signed(root, 1) != 1 || X509_check_ca(root) == 0 ||
 		    in_stack(anchors, root))
 			continue;
 		name_of(root, name, sizeof(name));
 		for (k = 0; k < sk_X509_num(certs); k++)
-			if (link_verifies(store, certs, sk_X509_value(certs, k), root))
+			if (link_issued_by(anchors, (link = sk_X509_value(certs, k)), root, 1))
 				break;
 		if (k == sk_X509_num(certs)) {
 			log_warn("identity \"%s\": EST cacerts: refused the new CA root %s: no "
-				 "certificate in the answer links it to ca-trust %s",
+				 "certificate in the answer is its link issued directly by ca-trust "
+				 "%s or an accepted root",
 				 cfg->name, name, cfg->ca_trust);
 			continue;
 		}
@@ -229,30 +310,38 @@ STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
 			X509_free(root);
 			continue;
 		}
-		X509_STORE_add_cert(store, root);
+		if (!X509_up_ref(link))
+			continue;
+		if (!sk_X509_push(links, link)) {
+			X509_free(link);
+			continue;
+		}
 		if (X509_up_ref(root) && !sk_X509_push(anchors, root))
 			X509_free(root);
 		added++;
 		log_info("identity \"%s\": EST cacerts: accepted the new CA root %s (its link "
-			 "certificate verifies to ca-trust)",
+			 "certificate was issued by an anchor in force)",
 			 cfg->name, name);
 	}
-	if ((path = state_file(id->rt, id, "ca-next")) == NULL)
-		goto out;
-	if (added > 0 && write_pem(path, successors, NULL) != 0) {
-		log_error("identity \"%s\": cannot write %s: %s", cfg->name, path, strerror(errno));
-		goto out;
-	}
-	/* The combined file follows ca-trust too, whenever successors exist. */
-	if (sk_X509_num(successors) > 0) {
-		STACK_OF(X509) *configured = load_pem(cfg->ca_trust, 0);
-
+	/*
+	 * The links first: a root written without its link is dropped at the
+	 * next load, never trusted without one. The combined trust file follows
+	 * at the next cacerts_trust_file().
+	 */
+	if (added > 0) {
+		if ((path = state_file(id->rt, id, "ca-links")) == NULL ||
+		    write_pem(path, links, NULL) != 0) {
+			log_error("identity \"%s\": cannot write %s: %s", cfg->name,
+				  path != NULL ? path : "ca-links", strerror(errno));
+			goto out;
+		}
 		free(path);
-		if ((path = state_file(id->rt, id, "trust")) != NULL && configured != NULL &&
-		    write_pem(path, configured, successors) != 0)
-			log_error("identity \"%s\": cannot write %s: %s", cfg->name, path,
-				  strerror(errno));
-		sk_X509_pop_free(configured, X509_free);
+		if ((path = state_file(id->rt, id, "ca-next")) == NULL ||
+		    write_pem(path, successors, NULL) != 0) {
+			log_error("identity \"%s\": cannot write %s: %s", cfg->name,
+				  path != NULL ? path : "ca-next", strerror(errno));
+			goto out;
+		}
 	}
 	/* Intermediates: CA certificates that are neither roots nor link certificates. */
 	for (i = 0; i < sk_X509_num(certs); i++) {
@@ -279,10 +368,10 @@ out:
 		sk_X509_free(inter);
 		inter = NULL;
 	}
-	X509_STORE_free(store);
 	sk_X509_pop_free(certs, X509_free);
 	sk_X509_pop_free(anchors, X509_free);
 	sk_X509_pop_free(successors, X509_free);
+	sk_X509_pop_free(links, X509_free);
 	free(trust);
 	free(path);
 	return inter;

@@ -6,8 +6,11 @@
  *
  * A new root (self-signed CA certificate) in /cacerts is accepted only when
  * the same answer holds its link certificate, "NewWithOld": same subject,
- * same public key, issued by an anchor already in force and verifying to it.
- * Anything else is refused with a warning and never trusted. The CA's
+ * same public key, issued directly by an anchor already in force (no
+ * intermediate in between: an intermediate's key must not be able to make a
+ * root). Anything else is refused with a warning and never trusted. The link
+ * is kept beside the root (<identity>.ca-links) and re-checked at every load,
+ * so a root removed from ca-trust takes the successors it vouched for along. The CA's
  * intermediates are returned for the chain of the next certificate, so an
  * installed chain holds the intermediates in force even when the CA's
  * enrollment answer carries the issued certificate alone.
@@ -29,9 +32,9 @@ X509_STORE *cacerts_trust_store(struct identity_rt *id, char *err, size_t errlen
 
 /*
  * A PEM file holding the anchors in force, for libcurl and OpenSSL's CMP
- * client: ca-trust itself while no successor was accepted, else
- * <state-dir>/<identity>.trust (ca-trust + successors). Caller frees; NULL
- * without memory.
+ * client: ca-trust itself while no successor is in force, else
+ * <state-dir>/<identity>.trust (ca-trust + successors), rewritten from them
+ * at each call. Caller frees; NULL without memory.
  */
 char *cacerts_trust_file(struct identity_rt *id);
 

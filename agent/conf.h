@@ -105,6 +105,8 @@ struct config {
 	unsigned max_clients_per_uid; /* default 128 */
 	unsigned admin_reserve;  /* of max_clients, only for admins; default 16, < max_clients */
 	unsigned idle_timeout;   /* seconds without progress before a close; 0 never; default 300 */
+	char *metrics_listen;    /* NULL: off; a socket path or loopback HOST:PORT */
+	int metrics_identities;  /* TCP scrapers see per-identity series; default 0 */
 
 	struct cfg_keystore *keystores;
 	size_t n_keystores;
@@ -129,6 +131,13 @@ const struct cfg_identity *config_identity(const struct config *cfg, const char 
 
 /* Estimated strength in bits of a secret (see config.c); for the bootstrap warnings. */
 double config_secret_bits(const char *s, size_t len);
+
+/*
+ * Whether an agent with effective uid euid and /proc/self/status text
+ * status_text may read /proc/PID/exe of other users' processes (root, or
+ * CAP_SYS_PTRACE in CapEff), as allow-exe and allow-unit need.
+ */
+int config_can_inspect_others(uid_t euid, const char *status_text);
 
 const char *sign_policy_name(int policy);
 const char *renew_method_name(int method);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <openssl/x509.h>
 
 #include "agent/conf.h"
+#include "agent/metrics-http.h"
 #include "agent/renew-verify.h"
 #include "agent/sched.h"
 #include "common/log.h"
@@ -50,6 +52,8 @@ enum agent_key {
 	A_MAX_CLIENTS_PER_UID,
 	A_ADMIN_RESERVE,
 	A_IDLE_TIMEOUT,
+	A_METRICS_LISTEN,
+	A_METRICS_IDENTITIES,
 	A_NKEYS
 };
 
@@ -88,7 +92,7 @@ enum identity_key {
 static const char *const agent_keys[A_NKEYS] = {
 	"socket",	"socket-mode", "socket-group", "state-dir",	     "admin-users",
 	"admin-groups", "workers",     "max-clients",  "max-clients-per-uid", "admin-reserve",
-	"idle-timeout",
+	"idle-timeout", "metrics-listen", "metrics-identities",
 };
 
 static const char *const keystore_keys[K_NKEYS] = {
@@ -255,6 +259,7 @@ void config_free(struct config *cfg)
 	free(cfg->path);
 	free(cfg->socket);
 	free(cfg->state_dir);
+	free(cfg->metrics_listen);
 	free(cfg->admin_users);
 	free(cfg->admin_groups);
 	for (i = 0; i < cfg->n_problems; i++)
@@ -517,6 +522,31 @@ static int set_groups(struct parser *p, gid_t **dst, size_t *n, const char *valu
 
 /* ---- sections and keys ----------------------------------------------------------------- */
 
+/*
+ * metrics-listen = /path/to/socket | 127.0.0.1:PORT | [::1]:PORT. Only loopback
+ * addresses: the listener has no TLS and no authentication, so anything
+ * wider belongs behind a reverse proxy that has both.
+ */
+static int set_metrics_listen(struct parser *p, const char *value)
+{
+	struct sockaddr_storage ss;
+	char err[200];
+
+	if (value[0] == '/') {
+		if (strlen(value) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+			fail(p, p->lineno, "metrics-listen path too long (max %zu bytes)",
+			     sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+			return -1;
+		}
+		return set_path(p, "metrics-listen", &p->cfg->metrics_listen, value);
+	}
+	if (metrics_parse_addr(value, &ss, err, sizeof(err)) != 0) {
+		fail(p, p->lineno, "bad metrics-listen \"%s\": %s", value, err);
+		return -1;
+	}
+	return set_string(p, &p->cfg->metrics_listen, value);
+}
+
 static int agent_value(struct parser *p, int k, const char *value)
 {
 	struct config *cfg = p->cfg;
@@ -556,6 +586,15 @@ static int agent_value(struct parser *p, int k, const char *value)
 	case A_IDLE_TIMEOUT:
 		/* 0: never. A day at most: past that it is a leak, not a timeout. */
 		return set_uint(p, agent_keys[k], &cfg->idle_timeout, value, 0, 86400);
+	case A_METRICS_LISTEN:
+		return set_metrics_listen(p, value);
+	case A_METRICS_IDENTITIES:
+		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
+			fail(p, p->lineno, "bad metrics-identities \"%s\": want yes or no", value);
+			return -1;
+		}
+		cfg->metrics_identities = strcmp(value, "yes") == 0;
+		return 0;
 	}
 	return -1;
 }
@@ -656,6 +695,43 @@ static int set_cert_out(struct parser *p, struct cfg_identity *id, const char *v
  * configured /usr/bin/python3 matches the python3.11 it links to.
  * allow-unit = myapp.service [unit ...]: systemd unit names.
  */
+int config_can_inspect_others(uid_t euid, const char *status_text)
+{
+	const char *c;
+	unsigned long long eff;
+
+	if (euid == 0)
+		return 1;
+	if (status_text == NULL || (c = strstr(status_text, "\nCapEff:")) == NULL)
+		return 0;
+	eff = strtoull(c + 8, NULL, 16);
+	return (eff >> 19) & 1; /* CAP_SYS_PTRACE */
+}
+
+/*
+ * allow-exe and allow-unit read /proc/PID/exe and /proc/PID/cgroup of the
+ * callers, other users' processes: that takes root or CAP_SYS_PTRACE (and
+ * ProtectProc=default under systemd). Said at load, not first at a refusal.
+ */
+static void warn_cannot_inspect(struct parser *p, const char *key)
+{
+	char status[4096] = "";
+	FILE *f = fopen("/proc/self/status", "re");
+	size_t n = 0;
+
+	if (f != NULL) {
+		n = fread(status, 1, sizeof(status) - 1, f);
+		fclose(f);
+	}
+	status[n] = '\0';
+	if (!config_can_inspect_others(geteuid(), status))
+		log_warn("%s:%d: %s: this agent runs without root or CAP_SYS_PTRACE, so it "
+			 "cannot read /proc/PID/exe of other users' processes: they will be "
+			 "refused. Run it as root or with CAP_SYS_PTRACE and ProtectProc=default "
+			 "(see mtls-agent.conf(5))",
+			 p->path, p->lineno, key);
+}
+
 static int set_caller_list(struct parser *p, const char *key, int is_unit, char ***dst, size_t *n,
 			   const char *value)
 {
@@ -808,11 +884,14 @@ static int identity_value(struct parser *p, int k, const char *value)
 	case I_CERT_OUT:
 		return set_cert_out(p, id, value);
 	case I_ALLOW_EXE:
-		return set_caller_list(p, identity_keys[k], 0, &id->allow_exe, &id->n_allow_exe,
-				       value);
 	case I_ALLOW_UNIT:
-		return set_caller_list(p, identity_keys[k], 1, &id->allow_unit, &id->n_allow_unit,
-				       value);
+		if (set_caller_list(p, identity_keys[k], k == I_ALLOW_UNIT,
+				    k == I_ALLOW_UNIT ? &id->allow_unit : &id->allow_exe,
+				    k == I_ALLOW_UNIT ? &id->n_allow_unit : &id->n_allow_exe,
+				    value) != 0)
+			return -1;
+		warn_cannot_inspect(p, identity_keys[k]);
+		return 0;
 	case I_SUBJECT:
 		return set_subject(p, id, value);
 	case I_KEY_TYPE:

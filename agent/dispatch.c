@@ -7,7 +7,9 @@
 
 #include <openssl/x509.h>
 
+#include "agent/audit.h"
 #include "agent/dispatch.h"
+#include "agent/metrics.h"
 #include "agent/policy.h"
 #include "agent/renew.h"
 #include "common/log.h"
@@ -99,7 +101,7 @@ static void log_refusal(const struct dispatch_env *env, const struct peer *peer,
 	time_t flushed_secs = 0;
 	int emit = 0;
 	size_t i;
-	char safe[256];
+	char safe[256], safe_why[800];
 
 	pthread_mutex_lock(&refusal_lock);
 	for (i = 0; i < REFUSAL_SLOTS && slot == NULL; i++) {
@@ -147,7 +149,8 @@ static void log_refusal(const struct dispatch_env *env, const struct peer *peer,
 	if (emit)
 		log_info("refused uid %ld gid %ld pid %ld: %s: %s", (long)peer->uid,
 			 (long)peer->gid, (long)peer->pid, log_sanitize(what, safe, sizeof(safe)),
-			 why);
+			 /* It can quote the caller: its program's path is the caller's choice. */
+			 log_sanitize(why, safe_why, sizeof(safe_why)));
 	else if (suppressed_now == 1)
 		log_info("refused uid %ld: more than %d refusals in %d s: further ones are counted, "
 			 "not logged",
@@ -186,6 +189,8 @@ static int get_identity(const struct dispatch_env *env, const struct peer *peer,
 		     (long)peer->uid);
 		log_refusal(env, peer, safe,
 			    id == NULL ? "no such identity" : "not in allow-users/allow-groups");
+		audit_event(peer, "access", safe, NULL, "refused",
+			    id == NULL ? "no such identity" : "not in allow-users/allow-groups");
 		if (id != NULL)
 			atomic_fetch_add(&id->n_refused, 1);
 		free(name);
@@ -202,6 +207,7 @@ static int get_identity(const struct dispatch_env *env, const struct peer *peer,
 				id->cfg->n_allow_unit, peer, why, sizeof(why))) {
 		fail(res, MTLS_AGENT_ERR_DENIED, "identity \"%s\": %s", id->cfg->name, why);
 		log_refusal(env, peer, id->cfg->name, why);
+		audit_event(peer, "access", id->cfg->name, NULL, "refused", why);
 		atomic_fetch_add(&id->n_refused, 1);
 		return res->code;
 	}
@@ -344,7 +350,11 @@ static int op_get_identity(const struct dispatch_env *env, const struct peer *pe
 	if ((r = rd_done(rd)) != 0)
 		return fail(res, r, "trailing bytes after the identity name");
 	if (chain_only) {
+		char err[256];
+
 		pthread_mutex_lock(&id->lock);
+		/* The certificate file as it is now (replaced by another tool?). */
+		identity_refresh(id, 0, err, sizeof(err));
 		r = put_chain(out, id->chain);
 		pthread_mutex_unlock(&id->lock);
 	} else {
@@ -366,6 +376,7 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 	char err[256];
 	uint16_t code;
 	uint8_t flags;
+	uint64_t t0;
 	int r;
 
 	if ((r = get_identity(env, peer, rd, 0, &id, res)) != 0)
@@ -408,6 +419,7 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 			 &reason) != 0) {
 		atomic_fetch_add(&id->n_refused, 1);
 		log_refusal(env, peer, id->cfg->name, reason);
+		audit_event(peer, "sign", id->cfg->name, scheme->name, "refused", reason);
 		return fail(res, MTLS_AGENT_ERR_POLICY, "identity \"%s\" (sign-policy %s): %s",
 			    id->cfg->name, sign_policy_name(id->cfg->sign_policy), reason);
 	}
@@ -429,13 +441,18 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 		input = digest;
 		input_len = scheme->hash_len;
 	}
+	t0 = metrics_now_ns();
 	r = ks_sign(id->ks, key, scheme, input, input_len, &sig, &sig_len, err, sizeof(err));
 	wipe(digest, sizeof(digest));
 	if (r != 0) {
+		atomic_fetch_add(&id->metrics.n_error, 1);
 		log_warn("identity \"%s\": sign failed: %s", id->cfg->name, err);
+		audit_event(peer, "sign", id->cfg->name, scheme->name, "error", err);
 		return fail(res, r, "identity \"%s\": %s", id->cfg->name, err);
 	}
+	metrics_observe_sign(&id->metrics, metrics_now_ns() - t0);
 	atomic_fetch_add(&id->n_signed, 1);
+	audit_event(peer, "sign", id->cfg->name, scheme->name, "ok", NULL);
 	r = buf_put_string(out, sig, sig_len);
 	free(sig);
 	return r != 0 ? fail(res, r, "reply too large") : 0;
@@ -716,6 +733,51 @@ static int op_reload(const struct dispatch_env *env, const struct peer *peer, st
 	return 0;
 }
 
+static int metrics_may_see(const struct identity_rt *id, void *arg)
+{
+	const struct peer *peer = arg;
+
+	return peer == NULL || may_use(id, peer);
+}
+
+/* METRICS: the Prometheus text; administrators see everything, others their identities. */
+static int op_metrics(const struct dispatch_env *env, const struct peer *peer, struct reader *rd,
+		      struct buf *out, struct result *res)
+{
+	struct buf text;
+	int admin = is_admin(env, peer), r;
+
+	if ((r = rd_done(rd)) != 0)
+		return fail(res, r, "METRICS takes no arguments");
+	buf_init(&text, PROTO_MAX_REPLY / 2);
+	r = metrics_render(&text, env->rt, metrics_may_see, admin ? NULL : (void *)peer, admin,
+			   env->now);
+	if (r == 0)
+		r = buf_put_string(out, text.data, text.len);
+	buf_free(&text);
+	return r != 0 ? fail(res, r, "metrics too large") : 0;
+}
+
+/* One audit entry for an administrative request, whatever its outcome. */
+static void audit_admin(const struct peer *peer, uint8_t type, const struct reader *req,
+			const struct result *res)
+{
+	static const char *const ops[] = {"keygen", "csr", "import-cert", "reload", "renew"};
+	struct reader rd = *req;
+	char *name = NULL;
+
+	/* Every administrative request but RELOAD starts with the identity name. */
+	rd.off = 0;
+	if (type != MSG_RELOAD && rd_cstring(&rd, PROTO_MAX_NAME, &name) != 0)
+		name = NULL;
+	audit_event(peer, ops[type - MSG_KEYGEN], name, NULL,
+		    res->code == 0			     ? "ok"
+		    : res->code == MTLS_AGENT_ERR_DENIED ? "refused"
+							     : "error",
+		    res->code == 0 ? NULL : res->msg);
+	free(name);
+}
+
 int dispatch(const struct dispatch_env *env, struct conn_ctx *conn, const uint8_t *frame,
 	     size_t len, struct buf *reply)
 {
@@ -770,10 +832,15 @@ int dispatch(const struct dispatch_env *env, struct conn_ctx *conn, const uint8_
 	case MSG_RENEW:
 		op_renew(env, &conn->peer, &rd, &payload, &res);
 		break;
+	case MSG_METRICS:
+		op_metrics(env, &conn->peer, &rd, &payload, &res);
+		break;
 	default:
 		fail(&res, MTLS_AGENT_ERR_UNSUPPORTED, "unknown request type %u", type);
 		break;
 	}
+	if (type >= MSG_KEYGEN && type <= MSG_RENEW)
+		audit_admin(&conn->peer, type, &rd, &res);
 reply:
 	if (res.code == 0) {
 		if ((r = proto_frame_begin(reply, MSG_REPLY_OK, id)) != 0 ||

@@ -74,11 +74,16 @@ static int check_secrets(const struct config *cfg)
  * Detaches from the terminal. The parent waits until the child reports that
  * it is serving (or why it is not), so `mtls-agent` exits non-zero when
  * start-up fails. Returns the write end of the report pipe in the child.
+ * The child's start-up errors come through the same pipe (log_mirror_errors)
+ * and the parent prints them, so a failed start says why on the terminal even
+ * when syslog is not there; report_ready() ends the pipe with a status byte.
  */
 static int daemonize(void)
 {
 	int fds[2], devnull;
-	char status = 1;
+	char buf[512], status = 1;
+	int have_status = 0;
+	ssize_t n;
 	pid_t pid;
 
 	if (pipe2(fds, O_CLOEXEC) != 0)
@@ -87,11 +92,25 @@ static int daemonize(void)
 		return -1;
 	if (pid > 0) {
 		close(fds[1]);
-		if (read(fds[0], &status, 1) != 1)
-			status = 1;
-		_exit(status == 0 ? 0 : 1);
+		/* Text, then the status byte (0 = serving) as the last byte. */
+		while ((n = read(fds[0], buf, sizeof(buf))) != 0) {
+			if (n < 0) {
+				if (errno == EINTR)
+					continue;
+				break;
+			}
+			if (have_status)
+				(void)!write(2, &status, 1);
+			(void)!write(2, buf, (size_t)n - 1);
+			status = buf[n - 1];
+			have_status = 1;
+		}
+		if (!have_status)
+			fprintf(stderr, "mtls-agent: start-up failed (see the system log)\n");
+		_exit(have_status && status == 0 ? 0 : 1);
 	}
 	close(fds[0]);
+	log_mirror_errors(fds[1]);
 	if (setsid() < 0)
 		return -1;
 	if (chdir("/") != 0)
@@ -209,6 +228,7 @@ static int block_loop_signals(void)
 
 static void report_ready(int fd, char status)
 {
+	log_mirror_errors(-1);
 	if (fd >= 0) {
 		(void)!write(fd, &status, 1);
 		close(fd);
@@ -279,6 +299,9 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_init("mtls-agent", !foreground, verbosity);
+	/* Until it serves, a daemon that cannot start says why on stderr too. */
+	if (!foreground)
+		log_mirror_errors(2);
 	/* Before daemonize(): LISTEN_PID names this process. */
 	if ((listen_fd = activated_socket(err, sizeof(err))) == -2) {
 		log_error("%s", err);

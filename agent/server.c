@@ -26,7 +26,10 @@
 #endif
 
 #include "agent/acl.h"
+#include "agent/audit.h"
 #include "agent/dispatch.h"
+#include "agent/metrics-http.h"
+#include "agent/metrics.h"
 #include "agent/renew.h"
 #include "agent/server.h"
 
@@ -345,6 +348,7 @@ static void conn_close(struct server *s, struct conn *c)
 		}
 	}
 	s->n_conns--;
+	metrics_client_disconnected();
 	if ((u = uid_slot(s, c->ctx.peer.uid, 0)) != NULL && u->n > 0)
 		u->n--;
 	pthread_mutex_unlock(&s->lock);
@@ -482,6 +486,12 @@ static int peer_credentials(int fd, struct peer *peer)
 	peer->gid = uc.gid;
 	peer->pid = uc.pid;
 	/*
+	 * When it connected, to tell it from a later process given the same pid
+	 * (allow-exe on kernels without SO_PEERPIDFD). The connecting process is
+	 * still blocked in or just past connect() here, seldom gone.
+	 */
+	peer->starttime = acl_proc_starttime(uc.pid);
+	/*
 	 * Supplementary groups as they were at connect(). A peer with more
 	 * groups than we keep is judged without them: that can refuse it
 	 * wrongly but never admit it wrongly.
@@ -505,6 +515,7 @@ static void refuse_busy(int fd, const char *why)
 {
 	struct buf b;
 
+	metrics_client_refused();
 	buf_init(&b, 1024);
 	if (dispatch_error_reply(&b, 0, MTLS_AGENT_ERR_BUSY, why) == 0)
 		(void)!send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -646,6 +657,8 @@ static int accept_clients(struct server *s)
 			close(fd);
 			continue;
 		}
+		/* Once per connection, not per audited request. */
+		audit_peer_exe(peer.pid, peer.exe, sizeof(peer.exe));
 		if ((c = calloc(1, sizeof(*c))) == NULL) {
 			refuse_busy(fd, "connection refused: the agent is out of memory");
 			continue;
@@ -670,6 +683,7 @@ static int accept_clients(struct server *s)
 		c->next = s->conns;
 		s->conns = c;
 		s->n_conns++;
+		metrics_client_connected();
 		pthread_mutex_unlock(&s->lock);
 		/* From here another thread may own c: do not touch it again. */
 		ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
@@ -919,6 +933,7 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	       const char *config_path, struct runtime *rt)
 {
 	struct itimerspec tick;
+	struct metrics_http *metrics = NULL;
 	pthread_t *threads = NULL;
 	unsigned n_threads = 0, i, workers;
 	size_t n_ids;
@@ -978,6 +993,16 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	/* Once other threads run, a reload may free rt: read what we need now. */
 	workers = rt->cfg->workers;
 	n_ids = rt->n_ids;
+	/* Read once, here: changing metrics-listen takes a restart. */
+	if (rt->cfg->metrics_listen != NULL) {
+		char err[256];
+
+		if (metrics_http_start(rt->cfg->metrics_listen, renew_runtime, &s, &metrics, err,
+				       sizeof(err)) != 0) {
+			log_error("%s", err);
+			goto out;
+		}
+	}
 	/* This thread is one of the `workers` serving threads. */
 	if ((threads = calloc(workers, sizeof(*threads))) == NULL)
 		goto out;
@@ -1013,6 +1038,7 @@ out:
 	for (i = 0; i < n_threads; i++)
 		pthread_join(threads[i], NULL);
 	free(threads);
+	metrics_http_stop(metrics);
 	renew_stop();
 	if (unlink_socket)
 		unlink(socket_path);

@@ -111,6 +111,84 @@ char *state_file(const struct runtime *rt, const struct identity_rt *id, const c
 	return path;
 }
 
+/* Records what the certificate file is now (all zero when absent). */
+static void cert_stat_record(struct identity_rt *id)
+{
+	if (stat(id->cfg->cert, &id->cert_st) != 0)
+		memset(&id->cert_st, 0, sizeof(id->cert_st));
+}
+
+/* Whether the certificate file is another file, or was rewritten, since it was read. */
+static int cert_file_changed(const struct identity_rt *id)
+{
+	const struct stat *o = &id->cert_st;
+	struct stat st;
+
+	if (stat(id->cfg->cert, &st) != 0)
+		memset(&st, 0, sizeof(st));
+	return st.st_dev != o->st_dev || st.st_ino != o->st_ino || st.st_size != o->st_size ||
+	       st.st_mtim.tv_sec != o->st_mtim.tv_sec || st.st_mtim.tv_nsec != o->st_mtim.tv_nsec;
+}
+
+/*
+ * The certificate file was replaced by another tool (config management, a copy by
+ * hand) since it was read: re-read and re-validate it. A removed file means no
+ * certificate; a file that does not parse, or whose key is none of the identity's,
+ * is reported (cert_problem) and the certificate read before keeps serving, as a
+ * working credential is never replaced by a broken one. Returns 1 if the file
+ * changed (the caller then re-matches keys), else 0. Lock held.
+ */
+static int cert_file_reread(struct identity_rt *id)
+{
+	STACK_OF(X509) *chain = NULL;
+	uint8_t *data = NULL;
+	size_t len = 0;
+	char err[200];
+
+	if (!cert_file_changed(id))
+		return 0;
+	cert_stat_record(id);
+	id->cert_problem[0] = '\0';
+	if (read_file(id->cfg->cert, 1024 * 1024, &data, &len) != 0) {
+		if (errno == ENOENT) {
+			log_warn("identity \"%s\": certificate file %s was removed", id->cfg->name,
+				 id->cfg->cert);
+			sk_X509_pop_free(id->chain, X509_free);
+			id->chain = NULL;
+			id->not_after = 0;
+		} else {
+			snprintf(id->cert_problem, sizeof(id->cert_problem),
+				 "cannot read %s: %s (still serving the certificate read before)",
+				 id->cfg->cert, strerror(errno));
+		}
+		return 1;
+	}
+	if (certcheck_parse_chain(data, len, &chain, err, sizeof(err)) != 0) {
+		snprintf(id->cert_problem, sizeof(id->cert_problem),
+			 "%s changed on disk and cannot be used: %s (still serving the certificate "
+			 "read before)",
+			 id->cfg->cert, err);
+	} else if (id->n_keys > 0 && identity_key_by_cert(id, sk_X509_value(chain, 0)) == NULL) {
+		snprintf(id->cert_problem, sizeof(id->cert_problem),
+			 "%s changed on disk to a certificate for none of the identity's keys "
+			 "(still serving the certificate read before)",
+			 id->cfg->cert);
+	} else {
+		sk_X509_pop_free(id->chain, X509_free);
+		id->chain = chain;
+		chain = NULL;
+		id->not_after = certcheck_not_after(sk_X509_value(id->chain, 0));
+		log_info("identity \"%s\": certificate file %s changed on disk: re-read",
+			 id->cfg->name, id->cfg->cert);
+	}
+	if (id->cert_problem[0] != '\0')
+		log_warn("identity \"%s\": %s", id->cfg->name, id->cert_problem);
+	sk_X509_pop_free(chain, X509_free);
+	free(data);
+	ERR_clear_error();
+	return 1;
+}
+
 /* Reads the identity's certificate file; a missing file just means "no certificate yet". */
 static void identity_load_cert(struct identity_rt *id)
 {
@@ -122,6 +200,8 @@ static void identity_load_cert(struct identity_rt *id)
 	sk_X509_pop_free(id->chain, X509_free);
 	id->chain = NULL;
 	id->not_after = 0;
+	id->cert_problem[0] = '\0';
+	cert_stat_record(id);
 	if (read_file(id->cfg->cert, 1024 * 1024, &data, &len) != 0) {
 		if (errno != ENOENT)
 			snprintf(id->problem, sizeof(id->problem), "cannot read %s: %s",
@@ -197,6 +277,9 @@ int identity_refresh(struct identity_rt *id, int force, char *err, size_t errlen
 	char *pending_hex = NULL;
 	int r;
 
+	/* Each use looks at the certificate file as it is now (one stat). */
+	if (cert_file_reread(id))
+		force = 1;
 	if (id->keys_loaded && !force)
 		return 0;
 	if ((r = ks_find_keys(id->ks, id->cfg->key, &keys, &n, err, errlen)) != 0) {
@@ -244,6 +327,8 @@ int identity_refresh(struct identity_rt *id, int force, char *err, size_t errlen
 			  id->cfg->name, n, a, b, pending_hex != NULL ? pending_hex : "-");
 	}
 	(void)prev_current;
+	if (id->problem[0] == '\0' && id->cert_problem[0] != '\0')
+		snprintf(id->problem, sizeof(id->problem), "%s", id->cert_problem);
 	OPENSSL_free(leaf_spki);
 	free(pending_hex);
 	return 0;
@@ -360,6 +445,8 @@ static int install_chain_locked(struct identity_rt *id, STACK_OF(X509) *chain, s
 		return r;
 	if ((r = chain_write_pem(id->cfg->cert, chain, 0644, err, errlen)) != 0)
 		return r;
+	cert_stat_record(id); /* our own write is no outside change */
+	id->cert_problem[0] = '\0';
 	sk_X509_pop_free(id->chain, X509_free);
 	id->chain = chain;
 	id->not_after = certcheck_not_after(sk_X509_value(id->chain, 0));

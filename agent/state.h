@@ -15,12 +15,14 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 
 #include <openssl/x509.h>
 
 #include "agent/conf.h"
+#include "agent/metrics.h"
 #include "keystore/keystore.h"
 
 struct runtime;
@@ -38,8 +40,13 @@ struct identity_rt {
 	STACK_OF(X509) *chain;     /* leaf first; NULL when no certificate */
 	time_t not_after;
 	char problem[512];         /* "" when healthy */
+	/* The certificate file as last read (all zero: absent), so that a file another
+	 * tool replaced is noticed at the next use (identity_refresh). */
+	struct stat cert_st;
+	char cert_problem[400];    /* why a changed certificate file was not taken */
 	atomic_uint_fast64_t n_signed;
 	atomic_uint_fast64_t n_refused;
+	struct id_metrics metrics;  /* errors, sign-time histogram (agent/metrics.h) */
 };
 
 struct runtime {

@@ -1098,6 +1098,40 @@ static int parse_status_record(struct reader *rd, struct mtls_agent_status_recor
 	return 0;
 }
 
+int mtls_agent_metrics(mtls_agent *a, char **text)
+{
+	const uint8_t *p;
+	struct buf req, rep;
+	struct reader rd;
+	size_t n;
+	int r;
+
+	last_error[0] = '\0';
+	if (text != NULL)
+		*text = NULL;
+	if (a == NULL || text == NULL)
+		return invalid_arg(__func__);
+	r = frame_begin(&req, MSG_METRICS);
+	buf_init(&rep, REPLY_MAX);
+	if ((r = frame_end(&req, r)) != 0 || (r = call(a, &req, &rep, &rd, 1)) != 0)
+		goto out;
+	if ((r = rd_string(&rd, &p, &n)) != 0 || (r = rd_done(&rd)) != 0 ||
+	    memchr(p, '\0', n) != NULL) {
+		r = bad_reply(r != 0 ? r : MTLS_AGENT_ERR_BAD_MESSAGE, "METRICS");
+		goto out;
+	}
+	if ((*text = malloc(n + 1)) == NULL) {
+		r = MTLS_AGENT_ERR_NOMEM;
+		goto out;
+	}
+	memcpy(*text, p, n);
+	(*text)[n] = '\0';
+out:
+	buf_free(&req);
+	buf_free(&rep);
+	return r;
+}
+
 int mtls_agent_status(mtls_agent *a, struct mtls_agent_status **status)
 {
 	struct mtls_agent_status *st = NULL;

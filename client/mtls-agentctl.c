@@ -698,6 +698,40 @@ static int cmd_status(struct ctx *c, int argc, char **argv)
 	return EXIT_OK;
 }
 
+/* ---- metrics ---------------------------------------------------------------------------- */
+
+static int cmd_metrics(struct ctx *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	char *text = NULL;
+	int ch, r;
+
+	while ((ch = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'h':
+			return command_help(find_command(c->cmd));
+		default:
+			return bad_option(c, ch, argv);
+		}
+	}
+	if (optind != argc)
+		return usage_error(c, "unexpected argument '%s'", argv[optind]);
+	if ((r = connect_agent(c)) != 0)
+		return r;
+	if ((r = mtls_agent_metrics(c->agent, &text)) != 0)
+		return agent_error(c, r);
+	fputs(text, stdout);
+	free(text);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "mtls-agentctl: metrics: cannot write: %s\n", strerror(errno));
+		return EXIT_FAIL;
+	}
+	return EXIT_OK;
+}
+
 /* ---- cert ------------------------------------------------------------------------------- */
 
 static int cmd_cert(struct ctx *c, int argc, char **argv)
@@ -2398,6 +2432,14 @@ static void check_identity(struct doctor *d, struct findings *fd,
 				    "the agent offers no signature scheme for this key — check the "
 				    "key type and the keystore ('" PROG " status')");
 	}
+	/* The certificate file on disk was replaced by something the agent would not
+	 * take (it keeps serving the certificate it read before): the file is wrong. */
+	if (id->chain_len > 0 && state != NULL &&
+	    strstr(state, "still serving the certificate read before") != NULL)
+		add_finding(fd, 0,
+			    "%s — put a valid certificate there, or import one with '" PROG
+			    " import-cert NAME FILE'",
+			    state);
 	if (id->chain_len == 0) {
 		if (state != NULL && strcmp(state, "ok") != 0 &&
 		    strcmp(state, "no certificate installed") != 0)
@@ -2778,6 +2820,11 @@ static const struct command commands[] = {
      "Shows the agent's version and uptime and the state of each identity (and, for\n"
      "administrators, each keystore).\n\n"
      "  --json      print a JSON object\n"},
+    {"metrics", cmd_metrics, "", "metrics in the Prometheus text format",
+     "Prints the agent's metrics in the Prometheus text exposition format (for\n"
+     "node_exporter's textfile collector, or a check). Administrators see every\n"
+     "series; others the agent-wide ones and those of the identities they may use.\n"
+     "docs/METRICS.md lists them.\n"},
     {"cert", cmd_cert, "NAME [--json]", "certificate chain of an identity, as PEM",
      "Prints the certificate chain of identity NAME as PEM, leaf first.\n\n"
      "  --json      print {\"name\":..,\"chain\":[PEM strings]}\n"},

@@ -13,6 +13,10 @@ enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN = 1, LOG_LVL_INFO = 2, LOG_LVL_
 /* ident: program name; to_syslog: 0 = stderr; level: most verbose level printed. */
 void log_init(const char *ident, int to_syslog, int level);
 void log_set_level(int level);
+/* While logging to syslog, also write error messages to fd (-1: stop). The daemon
+ * uses it during start-up, so that a start that fails says why on the terminal
+ * even where there is no syslog. */
+void log_mirror_errors(int fd);
 int log_get_level(void);
 void log_msg(int level, const char *func, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -33,5 +37,13 @@ void log_msg(int level, const char *func, const char *fmt, ...)
 const char *log_escape(const void *s, size_t len, char *out, size_t outlen);
 /* log_escape() of a NUL-terminated string (NULL gives ""). */
 const char *log_sanitize(const char *s, char *out, size_t outlen);
+
+/*
+ * True when stderr is connected to the systemd journal (JOURNAL_STREAM names
+ * stderr's device and inode, as systemd sets it for StandardError=journal).
+ * Lines written to stderr then start with a syslog priority "<N>" that
+ * journald strips and records, so `journalctl -p warning` filters them.
+ */
+int log_to_journal(void);
 
 #endif

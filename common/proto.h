@@ -32,6 +32,7 @@ enum proto_msg {
 	MSG_SIGN = 4,
 	MSG_STATUS = 5,
 	MSG_GET_IDENTITY = 6,
+	MSG_METRICS = 7, /* reply: string, Prometheus text exposition format */
 	/* administrator operations */
 	MSG_KEYGEN = 16,
 	MSG_CSR = 17,

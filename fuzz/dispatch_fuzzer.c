@@ -11,6 +11,7 @@
  */
 #include "config.h"
 
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 static struct runtime *fuzz_rt;
+/* The scratch directory (SoftHSM token dir, config, state): removed at exit so
+ * that neither `make check` nor a fuzzing session leaves it behind in /tmp. */
+static char fuzz_dir[] = "/tmp/mtls-fuzz-XXXXXX";
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)st;
+	(void)type;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
+static void remove_fuzz_dir(void)
+{
+	nftw(fuzz_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 static int write_text(const char *path, const char *text, mode_t mode)
 {
@@ -40,7 +58,7 @@ static int write_text(const char *path, const char *text, mode_t mode)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	char dir[] = "/tmp/mtls-fuzz-XXXXXX", path[512], text[2048], err[512];
+	char *dir = fuzz_dir, path[512], text[2048], err[512];
 	const char *module = getenv("SOFTHSM_MODULE");
 	struct config *cfg = NULL;
 
@@ -51,6 +69,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		module = "/usr/lib/softhsm/libsofthsm2.so";
 	if (mkdtemp(dir) == NULL)
 		abort();
+	atexit(remove_fuzz_dir);
 	snprintf(path, sizeof(path), "%s/tokens", dir);
 	mkdir(path, 0700);
 	snprintf(text, sizeof(text), "directories.tokendir = %s/tokens\nobjectstore.backend = file\n",

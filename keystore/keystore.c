@@ -103,6 +103,11 @@ const char *ks_name(const struct keystore *ks)
 	return ks->name;
 }
 
+uint64_t ks_reconnects(struct keystore *ks)
+{
+	return atomic_load(&ks->reconnects);
+}
+
 const char *ks_type(const struct keystore *ks)
 {
 	return ks->backend->type;

@@ -11,6 +11,7 @@
 #ifndef MTLS_KEYSTORE_H
 #define MTLS_KEYSTORE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -128,6 +129,7 @@ int ks_sign(struct keystore *ks, struct ks_key *key, const struct scheme *scheme
 void ks_state(struct keystore *ks, char *buf, size_t len);
 const char *ks_name(const struct keystore *ks);
 const char *ks_type(const struct keystore *ks);
+uint64_t ks_reconnects(struct keystore *ks);
 
 /* Backend vtable; keystore.c routes the functions above through it. */
 struct ks_backend {
@@ -156,6 +158,8 @@ struct ks_backend {
 struct keystore {
 	const struct ks_backend *backend;
 	char *name;
+	/* Sessions/connections lost and re-established (metrics); backends bump it. */
+	atomic_uint_fast64_t reconnects;
 };
 
 extern const struct ks_backend ks_pkcs11_backend;

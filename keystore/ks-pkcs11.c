@@ -1031,6 +1031,7 @@ static void teardown_locked(struct p11_ks *ks, CK_RV why)
 	snprintf(ks->state, sizeof(ks->state), "token %s: session lost (%s); re-establishing",
 		 ks->token_desc, ckr_name(why, &b));
 	log_info("keystore %s: %s", ks->base.name, ks->state);
+	atomic_fetch_add(&ks->base.reconnects, 1);
 	pthread_cond_broadcast(&ks->cond);
 }
 

@@ -751,9 +751,11 @@ static int retry_after(struct tpm_ks *ks, TSS2_RC rc, int attempt, int was_conne
 {
 	if (rc_kind(rc) != RCK_RESET)
 		return 0;
-	if (ks->ectx != NULL && attempt == 0 && was_connected)
+	if (ks->ectx != NULL && attempt == 0 && was_connected) {
 		log_info("keystore %s: TPM connection lost (%s: %s); reconnecting", ks->base.name,
 			 ks->what != NULL ? ks->what : "TPM", rc_text(rc));
+		atomic_fetch_add(&ks->base.reconnects, 1);
+	}
 	teardown(ks, 0);
 	return attempt == 0 && was_connected;
 }

@@ -561,19 +561,26 @@ static CK_RV mt_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, void *app, CK_NOTIF
 	(void)notify;
 	if (out == NULL)
 		return CKR_ARGUMENTS_BAD;
-	pthread_mutex_lock(&lock);
-	CHECK_INIT();
-	pthread_mutex_unlock(&lock);
-	if (slot != P11_SLOT_ID)
-		return CKR_SLOT_ID_INVALID;
-	if (!(flags & CKF_SERIAL_SESSION))
-		return CKR_SESSION_PARALLEL_NOT_SUPPORTED;
-	/* Nothing on this token can be written. */
-	if (flags & CKF_RW_SESSION)
-		return CKR_TOKEN_WRITE_PROTECTED;
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return CKR_HOST_MEMORY;
+	/*
+	 * One lock hold from the initialized check to the insertion: a
+	 * C_Finalize in between would otherwise leave a session alive after it.
+	 */
 	pthread_mutex_lock(&lock);
+	if (!initialized) {
+		pthread_mutex_unlock(&lock);
+		free(s);
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	}
+	if (slot != P11_SLOT_ID || !(flags & CKF_SERIAL_SESSION) || (flags & CKF_RW_SESSION)) {
+		pthread_mutex_unlock(&lock);
+		free(s);
+		/* Nothing on this token can be written. */
+		return slot != P11_SLOT_ID		  ? CKR_SLOT_ID_INVALID
+		       : !(flags & CKF_SERIAL_SESSION) ? CKR_SESSION_PARALLEL_NOT_SUPPORTED
+						       : CKR_TOKEN_WRITE_PROTECTED;
+	}
 	if ((grown = realloc(sessions, (n_sessions + 1) * sizeof(*sessions))) == NULL) {
 		pthread_mutex_unlock(&lock);
 		free(s);

@@ -4,8 +4,12 @@
 # `make distcheck`. The log of every failed test is printed. Every stage runs
 # even when an earlier one failed; the exit status is non-zero if any failed.
 #
+# Then the Debian packages (dpkg-buildpackage, lintian) and, with them, the
+# system test (tests/system/run.sh: a fresh Debian 12 booted with systemd-nspawn).
+#
 # Environment: JOBS (default 2), STRICT=0 (no --enable-strict), SKIP_ASAN=1,
-# SKIP_DISTCHECK=1, SKIP_FUZZ=1, FUZZ_SECONDS (default 60).
+# SKIP_DISTCHECK=1, SKIP_FUZZ=1, FUZZ_SECONDS (default 60), SKIP_DEB=1, SKIP_SYSTEM=1 (neither
+# system test), SKIP_QUICKSTART=1.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 TOP=$(pwd)
@@ -13,7 +17,12 @@ JOBS=${JOBS:-2}
 FAILED=()
 RESULTS=()
 
-stage() { printf '\n======== %s ========\n' "$*"; }
+# shellcheck source=../.ci/lib.sh
+. "$TOP/.ci/lib.sh"
+stage() { printf '\n======== [+%ss] %s ========\n' "$(progress_elapsed)" "$*"; }
+# While a make check runs: which tests are running (set CHECK_DIR).
+CHECK_DIR=
+progress_detail() { [ -z "$CHECK_DIR" ] || progress_running_tests "$CHECK_DIR"; }
 
 # Prints the .log of each test whose .trs says FAIL, ERROR or XPASS under DIR.
 print_failed_logs() { # DIR
@@ -42,6 +51,17 @@ print_summary() { # DIR
 		done
 }
 
+# The system directories a build's `make install`/`uninstall` could touch, and the
+# entries of /tmp and /var/tmp: make check and make distcheck must change none of them
+# (distcheck installs under its own prefix; tests clean up their temp dirs).
+SYSTEM_DIRS=(/usr/lib /usr/local /usr/bin /usr/sbin /usr/include /usr/share/man /etc)
+snapshot_system() { # FILE
+	{
+		find "${SYSTEM_DIRS[@]}" -xdev -printf '%p\t%y\t%m\t%u:%g\t%s\t%TY-%Tm-%Td %TH:%TM\n' 2>/dev/null
+		find /tmp /var/tmp -mindepth 1 -maxdepth 1 -printf '%p\t%y\n' 2>/dev/null
+	} | LC_ALL=C sort >"$1"
+}
+
 record() { # NAME STATUS
 	if [ "$2" -eq 0 ]; then
 		RESULTS+=("PASS  $1")
@@ -64,14 +84,16 @@ build_and_check() {
 	[ "$rc" -eq 0 ] || { tail -n 60 "$TOP/$dir/config.log" 2>/dev/null; return 1; }
 
 	stage "$name: make -j$JOBS"
-	make -C "$TOP/$dir" -j"$JOBS"
+	progress_run "$name: make" make -C "$TOP/$dir" -j"$JOBS"
 	rc=$?
 	record "$name: make" "$rc"
 	[ "$rc" -eq 0 ] || return 1
 
 	stage "$name: make -j$JOBS check"
-	make -C "$TOP/$dir" -j"$JOBS" check
+	CHECK_DIR=$TOP/$dir
+	progress_run "$name: make check" make -C "$TOP/$dir" -j"$JOBS" check
 	rc=$?
+	CHECK_DIR=
 	record "$name: make check" "$rc"
 	if [ "$rc" -ne 0 ]; then
 		stage "$name: logs of failed tests"
@@ -94,12 +116,17 @@ clang --version 2>/dev/null | head -n 1 || true
 if command -v shellcheck >/dev/null; then
 	stage "shellcheck"
 	# -S warning: info-level notes (e.g. SC2119 on optional-argument helpers) do not fail CI.
-	shellcheck -S warning -x -P SCRIPTDIR tests/lib.sh tests/integration/*.sh tests/ci.sh .ci/run
+	progress_run shellcheck shellcheck -S warning -x -P SCRIPTDIR tests/lib.sh tests/integration/*.sh \
+		tests/ci.sh .ci/run .ci/lib.sh demo/run demo/demo.sh tests/system/*.sh
 	record "shellcheck" $?
 fi
 
+SNAP_DIR=$(mktemp -d /tmp/mtls-ci-snap.XXXXXX)
+trap 'rm -rf "$SNAP_DIR"' EXIT
+snapshot_system "$SNAP_DIR/before"
+
 stage "autoreconf -fi"
-autoreconf -fi
+progress_run "autoreconf -fi" autoreconf -fi
 rc=$?
 record "autoreconf" "$rc"
 if [ "$rc" -ne 0 ]; then
@@ -117,7 +144,8 @@ build_and_check build "default build" ${STRICT_FLAG:+"$STRICT_FLAG"}
 if [ "${SKIP_FUZZ:-0}" != 1 ] && [ -f "$TOP/build/Makefile" ]; then
 	stage "fuzz: make fuzz, ${FUZZ_SECONDS:-60} s per target"
 	if command -v clang >/dev/null; then
-		make -C "$TOP/build" fuzz && "$TOP/fuzz/run-fuzzers.sh" "$TOP/build" "${FUZZ_SECONDS:-60}"
+		progress_run "make fuzz" make -C "$TOP/build" fuzz &&
+			progress_run "fuzzers" "$TOP/fuzz/run-fuzzers.sh" "$TOP/build" "${FUZZ_SECONDS:-60}"
 		record "fuzz (make fuzz + run-fuzzers.sh)" $?
 	else
 		record "fuzz (clang missing: it is in .ci/packages)" 1
@@ -147,8 +175,10 @@ fi
 if [ "${SKIP_DISTCHECK:-0}" != 1 ]; then
 	if [ -f "$TOP/build/Makefile" ]; then
 		stage "make distcheck"
-		make -C "$TOP/build" -j"$JOBS" distcheck
+		CHECK_DIR=$TOP/build
+		progress_run "make distcheck" make -C "$TOP/build" -j"$JOBS" distcheck
 		rc=$?
+		CHECK_DIR=
 		record "make distcheck" "$rc"
 		if [ "$rc" -ne 0 ]; then
 			stage "distcheck: logs of failed tests"
@@ -161,6 +191,17 @@ if [ "${SKIP_DISTCHECK:-0}" != 1 ]; then
 	fi
 fi
 
+# Everything above (both make check runs and distcheck) stayed inside the tree.
+stage "system directories and /tmp unchanged since the start"
+snapshot_system "$SNAP_DIR/after"
+# The snapshot directory itself is in both lists.
+if diff -u "$SNAP_DIR/before" "$SNAP_DIR/after"; then
+	echo "unchanged: ${SYSTEM_DIRS[*]} /tmp /var/tmp ($(wc -l <"$SNAP_DIR/after") entries)"
+	record "system unchanged by make check/distcheck" 0
+else
+	record "system unchanged by make check/distcheck" 1
+fi
+
 # The Debian packages, built from a copy of the tree (dpkg-buildpackage writes
 # its results into the parent directory), then lintian: no errors allowed.
 if [ "${SKIP_DEB:-0}" != 1 ] && command -v dpkg-buildpackage >/dev/null; then
@@ -169,7 +210,8 @@ if [ "${SKIP_DEB:-0}" != 1 ] && command -v dpkg-buildpackage >/dev/null; then
 	mkdir -p "$debdir/src"
 	tar --exclude='./build*' --exclude=./.git --exclude=./autom4te.cache -cf - . |
 		tar -xf - -C "$debdir/src"
-	(cd "$debdir/src" && dpkg-buildpackage -b -us -uc) >"$debdir/build.log" 2>&1
+	progress_run "dpkg-buildpackage (log: $debdir/build.log)" \
+		bash -c 'cd "$1/src" && dpkg-buildpackage -b -us -uc >"$1/build.log" 2>&1' _ "$debdir"
 	rc=$?
 	[ "$rc" -eq 0 ] || tail -n 80 "$debdir/build.log"
 	record "dpkg-buildpackage" "$rc"
@@ -177,6 +219,28 @@ if [ "${SKIP_DEB:-0}" != 1 ] && command -v dpkg-buildpackage >/dev/null; then
 		ls -l "$debdir"/*.deb
 		lintian --fail-on error "$debdir"/*.changes
 		record "lintian (no errors)" $?
+		# The packages in a fresh Debian 12 booted with systemd as PID 1.
+		if [ "${SKIP_SYSTEM:-0}" != 1 ]; then
+			stage "system test: the packages under a real systemd (tests/system/run.sh)"
+			progress_run "system test" timeout 1800 "$TOP/tests/system/run.sh" "$debdir"
+			rc=$?
+			if [ "$rc" -eq 77 ]; then
+				RESULTS+=("SKIP  system test (see its SKIP line)")
+			else
+				record "system test (systemd-nspawn --boot)" "$rc"
+			fi
+		fi
+		# The README's Quickstart pasted into a fresh Debian 12 booted the same way.
+		if [ "${SKIP_SYSTEM:-0}" != 1 ] && [ "${SKIP_QUICKSTART:-0}" != 1 ]; then
+			stage "README Quickstart in a fresh Debian 12 under systemd (tests/system/quickstart.sh)"
+			progress_run "quickstart test" timeout 2400 "$TOP/tests/system/quickstart.sh"
+			rc=$?
+			if [ "$rc" -eq 77 ]; then
+				RESULTS+=("SKIP  quickstart test (see its SKIP line)")
+			else
+				record "README Quickstart (systemd-nspawn --boot)" "$rc"
+			fi
+		fi
 	fi
 	rm -rf "$debdir"
 fi

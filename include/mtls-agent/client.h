@@ -182,6 +182,14 @@ int mtls_agent_status(mtls_agent *agent, struct mtls_agent_status **status);
 void mtls_agent_status_free(struct mtls_agent_status *status);
 
 /*
+ * The agent's metrics in the Prometheus text exposition format, as a
+ * NUL-terminated string (caller frees with free()). Administrators get
+ * every series; other callers the agent-wide ones and those of the
+ * identities they may use.
+ */
+int mtls_agent_metrics(mtls_agent *agent, char **text);
+
+/*
  * Administrator operations (the caller must be in admin-users/admin-groups).
  * key_type: "ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519".
  * Outputs are the caller's to free().

@@ -10,7 +10,12 @@
 #     /cacerts: the agent keeps the new root in <state-dir>/gw.ca-next and
 #     installs leaf + intermediate 3, which verifies against the new root;
 #  4. a CA offering a root whose "link" is not signed by any anchor in force:
-#     refused, the renewal fails, nothing replaced, ca-next unchanged.
+#     refused, the renewal fails, nothing replaced, ca-next unchanged;
+#  5. a rogue root whose link is signed by an intermediate under the old root
+#     (the holder of any intermediate key): the link must be issued directly
+#     by an anchor in force, so it is refused and nothing is written;
+#  6. the old root removed from ca-trust: the new root it vouched for (its
+#     link is kept in <state-dir>/gw.ca-links) is no longer trusted either.
 set -eu
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -55,12 +60,23 @@ root1_subject=$(openssl x509 -in "$D/root.crt" -noout -subject -nameopt compat |
 	ca_sign "$D/root3.csr" "$D/root3-by-fake.crt" "$D/fake-root1.crt" "$D/root3.key" v3_root 24
 	new_key_csr inter4 "/CN=mtls-agent test intermediate 4$ORG"
 	ca_sign "$D/inter4.csr" "$D/inter4.crt" "$D/root3.crt" "$D/root3.key" v3_inter 25
+	# 5: a rogue root whose link is signed by intermediate 1 (under the old root).
+	new_key_csr root5 "/CN=mtls-agent test rogue root 5$ORG"
+	self_signed root5 "/CN=mtls-agent test rogue root 5$ORG" "$D/root5.key"
+	ca_sign "$D/root5.csr" "$D/root5-by-inter1.crt" "$D/inter.crt" "$D/inter.key" v3_root 26
+	new_key_csr inter5 "/CN=mtls-agent test intermediate 5$ORG"
+	ca_sign "$D/inter5.csr" "$D/inter5.crt" "$D/root5.crt" "$D/root5.key" v3_inter 27
 } || {
 	cat "$WORK/pki.log" >&2
 	fail "cannot make the test PKI"
 }
 cat "$D/inter3.crt" "$D/root2.crt" "$D/root2-by-root1.crt" "$D/root.crt" >"$D/cacerts3.pem"
 cat "$D/inter4.crt" "$D/root3.crt" "$D/root3-by-fake.crt" >"$D/cacerts4.pem"
+cat "$D/inter5.crt" "$D/root5.crt" "$D/root5-by-inter1.crt" "$D/inter.crt" >"$D/cacerts5.pem"
+# The rogue link does verify to the old root through intermediate 1: only
+# "issued directly by an anchor" tells it apart.
+openssl verify -CAfile "$D/root.crt" -untrusted "$D/inter.crt" "$D/root5-by-inter1.crt" >/dev/null 2>&1 ||
+	fail "test PKI: the rogue link does not verify through intermediate 1"
 # Like a real CA across its own changes, the test CA keeps accepting the
 # certificates it issued before (EST simplereenroll authenticates with them).
 cat "$D/inter.crt" "$D/inter2.crt" "$D/inter3.crt" >"$D/client-anchors.pem"
@@ -133,5 +149,38 @@ assert_contains "$(cat "$AGENT_LOG")" "refused the new CA root" "agent log"
 cmp -s "$STATE_DIR/gw.crt" "$WORK/before.crt" || fail "the certificate file changed"
 cmp -s "$STATE_DIR/gw.ca-next" "$WORK/ca-next.before" || fail "the untrusted root was kept"
 log "4: untrusted root refused: $LAST_ERR"
+
+# 5. A root whose link an intermediate signed: refused, nothing written.
+cp "$STATE_DIR/gw.ca-links" "$WORK/ca-links.before"
+refusals_before=$(grep -c "refused the new CA root" "$AGENT_LOG")
+est_ca_as "$D/inter5.crt" "$D/inter5.key" --cacerts "$D/cacerts5.pem"
+assert_fails ctl renew gw
+assert_contains "$LAST_ERR" "does not verify" "renew with a root linked by an intermediate"
+[ "$(grep -c "refused the new CA root" "$AGENT_LOG")" -gt "$refusals_before" ] ||
+	fail "the agent did not refuse the root whose link an intermediate signed"
+grep -q "refused the new CA root.*rogue root 5" "$AGENT_LOG" || fail "the refusal does not name the rogue root"
+cmp -s "$STATE_DIR/gw.crt" "$WORK/before.crt" || fail "the certificate file changed"
+cmp -s "$STATE_DIR/gw.ca-next" "$WORK/ca-next.before" || fail "the root linked by an intermediate was kept"
+cmp -s "$STATE_DIR/gw.ca-links" "$WORK/ca-links.before" || fail "ca-links changed"
+! grep -q "rogue root 5" <(openssl crl2pkcs7 -nocrl -certfile "$STATE_DIR/gw.trust" | openssl pkcs7 -print_certs) ||
+	fail "the root linked by an intermediate reached gw.trust"
+log "5: root linked by an intermediate refused: $LAST_ERR"
+
+# 6. The old root leaves ca-trust: the new root it vouched for goes with it.
+est_ca_as "$D/inter3.crt" "$D/inter3.key" --cacerts "$D/cacerts3.pem"
+cp "$CA_TRUST" "$WORK/est-trust.full"
+cp "$SRV_CA" "$CA_TRUST"
+assert_fails ctl renew gw
+assert_contains "$LAST_ERR" "does not verify" "renew after the old root left ca-trust"
+assert_contains "$(cat "$AGENT_LOG")" "is no longer trusted" "agent log"
+cmp -s "$STATE_DIR/gw.crt" "$WORK/before.crt" || fail "the certificate file changed"
+[ ! -e "$STATE_DIR/gw.trust" ] ||
+	! grep -q "test root 2" <(openssl crl2pkcs7 -nocrl -certfile "$STATE_DIR/gw.trust" | openssl pkcs7 -print_certs) ||
+	fail "gw.trust still holds the new root after the old root left ca-trust"
+# Back in ca-trust: the kept link vouches for the new root again.
+cp "$WORK/est-trust.full" "$CA_TRUST"
+assert_ok ctl renew gw
+check_chain "new root again" "$D/inter3.crt" "$D/root2.crt"
+log "6: the new root is trusted exactly while the root that issued its link is in ca-trust"
 agent_stop
 ca_stop

@@ -50,12 +50,36 @@ make_cv13 "$WORK/cv" 32
 assert_fails ctl sign viacurl --scheme ecdsa_secp256r1_sha256 --in "$WORK/cv" --out "$WORK/sig"
 assert_contains "$LAST_ERR" "is not in allow-exe" "mtls-agentctl sign viacurl"
 
+# A caller's program path is its own choice: one holding a newline and an
+# escape sequence is refused, and logged escaped on one line (no forged line,
+# no raw ESC for a terminal).
+ctl_real=$MTLS_AGENTCTL
+if [ "$(head -c 4 "$ctl_real" | od -An -c | tr -d ' ')" != '177ELF' ]; then
+	for ctl_real in "$(dirname "$MTLS_AGENTCTL")/.libs/lt-mtls-agentctl" \
+		"$(dirname "$MTLS_AGENTCTL")/.libs/mtls-agentctl" ""; do
+		[ -z "$ctl_real" ] || [ -x "$ctl_real" ] && break
+	done
+	[ -n "$ctl_real" ] || fail "cannot find the real binary behind libtool wrapper $MTLS_AGENTCTL"
+fi
+evil_dir="$WORK/evil"$'\n'"forged line"$'\e'"[31m"
+mkdir -p "$evil_dir"
+cp "$ctl_real" "$evil_dir/mtls-agentctl"
+assert_fails env LD_LIBRARY_PATH="$(dirname "$MTLS_AGENTCTL")/.libs" \
+	"$evil_dir/mtls-agentctl" -s "$SOCK" sign viacurl --scheme ecdsa_secp256r1_sha256 \
+	--in "$WORK/cv" --out "$WORK/sig"
+assert_contains "$LAST_ERR" "is not in allow-exe" "the CLI from a path with a newline and ESC"
+! grep -q $'\e' "$AGENT_LOG" || fail "the agent log holds a raw ESC from a caller's program path"
+! grep -q '^forged line' "$AGENT_LOG" || fail "a caller's program path forged a line in the agent log"
+grep -q 'refused .*evil\\*n*forged line\\*x1b\[31m/mtls-agentctl (pid [0-9]*) is not in allow-exe' \
+	"$AGENT_LOG" || fail "the agent log does not show the program path escaped on one line"
+log "ok: $(grep -m1 'evil.*is not in allow-exe' "$AGENT_LOG")"
+
 # allow-unit: curl does not run in that unit.
 if s_server_get --cert "$TLS_DIR/viaunit.chain.pem" --key "$TLS_DIR/viaunit.keyref.pem"; then
 	grep -q '^Client certificate' "$TLS_DIR/page.txt" &&
 		fail "curl outside the unit got a verified handshake with an allow-unit identity"
 fi
-grep -q "runs in no unit named in allow-unit" "$AGENT_LOG" || fail "the agent log does not name allow-unit"
+grep -q "not one named in allow-unit" "$AGENT_LOG" || fail "the agent log does not name allow-unit"
 s_server_stop
 agent_stop
 log "PASS"

@@ -45,11 +45,18 @@ log "while down: $LAST_ERR"
 assert_ok ctl status
 assert_match "$(sed -n '/^keystore tpm/,/^$/p' <<<"$LAST_OUT")" 'state: TPM not reachable' "keystore state while down"
 agent_alive || fail "the agent died while the TPM was down"
+assert_ok ctl metrics
+assert_contains "$LAST_OUT" 'mtls_agent_keystore_up{keystore="tpm",type="tpm2"} 0' "keystore_up metric while down"
 swtpm_start
 sign_both
 assert_eq "$AGENT_PID" "$PID0" "agent pid after the TPM came back"
 assert_ok ctl status
 assert_match "$(sed -n '/^keystore tpm/,/^$/p' <<<"$LAST_OUT")" 'state: ok' "keystore state after the TPM came back"
+assert_ok ctl metrics
+assert_contains "$LAST_OUT" 'mtls_agent_keystore_up{keystore="tpm",type="tpm2"} 1' "keystore_up metric after the TPM came back"
+assert_contains "$LAST_OUT" 'mtls_agent_keystore_tpm_lockout{keystore="tpm"} 0' "TPM lockout metric"
+[ "$(awk '$1 == "mtls_agent_keystore_reconnects_total{keystore=\"tpm\"}" { print $2 }' <<<"$LAST_OUT")" -ge 1 ] ||
+	fail "no keystore reconnect counted after the TPM came back: $(grep reconnects <<<"$LAST_OUT")"
 log "clean stop/start: recovered"
 
 # --- kill -9, start: the TPM lost every transient object --------------------------------------------

@@ -196,7 +196,9 @@ static void test_full(void **state)
 		      "max-clients = 65536\n"
 		      "max-clients-per-uid = 1\n"
 		      "admin-reserve = 65535\n"
-		      "idle-timeout = 0\n");
+		      "idle-timeout = 0\n"
+		      "metrics-listen = 127.0.0.1:9464\n"
+		      "metrics-identities = yes\n");
 
 	assert_non_null(cfg->path);
 	assert_string_equal(cfg->socket, "/run/test/agent.sock");
@@ -214,6 +216,8 @@ static void test_full(void **state)
 	assert_int_equal(cfg->max_clients_per_uid, 1);
 	assert_int_equal(cfg->admin_reserve, 65535);
 	assert_int_equal(cfg->idle_timeout, 0);
+	assert_string_equal(cfg->metrics_listen, "127.0.0.1:9464");
+	assert_int_equal(cfg->metrics_identities, 1);
 
 	assert_int_equal(cfg->n_keystores, 2);
 	hsm = config_keystore(cfg, "hsm");
@@ -281,6 +285,8 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->max_clients_per_uid, 128);
 	assert_int_equal(cfg->admin_reserve, 16);
 	assert_int_equal(cfg->idle_timeout, 300);
+	assert_null(cfg->metrics_listen);
+	assert_int_equal(cfg->metrics_identities, 0);
 	ks = config_keystore(cfg, "k");
 	assert_non_null(ks);
 	assert_string_equal(ks->tcti, "device:/dev/tpmrm0");
@@ -539,6 +545,18 @@ static void test_err_renewal(void **state)
 		     "identity \"i\": \"ca-signer\" needs renew = cmp or est");
 }
 
+/* Whether allow-exe/allow-unit can work (root, or CAP_SYS_PTRACE = bit 19 of CapEff). */
+static void test_can_inspect_others(void **state)
+{
+	(void)state;
+	assert_true(config_can_inspect_others(0, ""));
+	assert_false(config_can_inspect_others(
+	    998, "Name:\tmtls-agent\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\n"));
+	assert_true(config_can_inspect_others(998, "Name:\tx\nCapEff:\t0000000000080000\n"));
+	assert_false(config_can_inspect_others(998, "Name:\tx\nCapEff:\t0000000000040000\n"));
+	assert_false(config_can_inspect_others(998, NULL));
+}
+
 /* The estimate behind the short-bootstrap-secret warning: length x log2(classes used). */
 static void test_secret_bits(void **state)
 {
@@ -564,6 +582,27 @@ static void test_err_unknown_key(void **state)
 		     "unknown key \"sokcet\" in [agent]");
 	expect_error("[keystore \"hsm\"]\ntype = tpm2\nmodul = /x\n", 3,
 		     "unknown key \"modul\" in [keystore \"hsm\"]");
+}
+
+static void test_err_metrics(void **state)
+{
+	(void)state;
+	expect_error("[agent]\nmetrics-listen = 0.0.0.0:9464\n", 2,
+		     "bad metrics-listen \"0.0.0.0:9464\": only loopback addresses (127.0.0.0/8, "
+		     "[::1]) are allowed (the listener has no TLS or authentication: put a proxy in "
+		     "front)");
+	expect_error("[agent]\nmetrics-listen = [2001:db8::1]:9464\n", 2,
+		     "bad metrics-listen \"[2001:db8::1]:9464\": only the loopback address [::1] is "
+		     "allowed (the listener has no TLS or authentication: put a proxy in front)");
+	expect_error("[agent]\nmetrics-listen = 127.0.0.1:0\n", 2,
+		     "bad metrics-listen \"127.0.0.1:0\": bad port \"0\" (1..65535)");
+	expect_error("[agent]\nmetrics-listen = localhost:9464\n", 2,
+		     "bad metrics-listen \"localhost:9464\": bad address \"localhost\" (numeric "
+		     "127.x.y.z or [::1])");
+	expect_error("[agent]\nmetrics-listen = 9464\n", 2,
+		     "bad metrics-listen \"9464\": want HOST:PORT or an absolute socket path");
+	expect_error("[agent]\nmetrics-identities = true\n", 2,
+		     "bad metrics-identities \"true\": want yes or no");
 }
 
 static void test_err_unknown_section(void **state)
@@ -898,6 +937,7 @@ static void test_err_first_only(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_can_inspect_others),
 		cmocka_unit_test(test_full),
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_empty_file),
@@ -910,6 +950,7 @@ int main(void)
 		cmocka_unit_test(test_secret_bits),
 		cmocka_unit_test(test_err_unknown_key),
 		cmocka_unit_test(test_err_unknown_section),
+		cmocka_unit_test(test_err_metrics),
 		cmocka_unit_test(test_err_long_name),
 		cmocka_unit_test(test_err_socket_mode),
 		cmocka_unit_test(test_err_numbers),

@@ -68,6 +68,15 @@ struct cfg_identity {
 	char *bootstrap_ref;      /* BOOTSTRAP_SECRET: reference value */
 	char *bootstrap_file;     /* BOOTSTRAP_SECRET/BASIC: the secret's file */
 	char *bootstrap_identity; /* BOOTSTRAP_IDENTITY */
+	/*
+	 * renew-auth = identity:NAME: the identity whose key and certificate authenticate
+	 * renewals (EST TLS client, CMP protection) instead of the key being renewed, so that an
+	 * application allowed to sign with that key cannot re-enroll it. NULL: the current key.
+	 */
+	char *renew_auth;
+	/* renew-verify: a server the new credential must be accepted by before it is installed
+	 * (https://HOST[:PORT]/PATH or mqtts://HOST:PORT; agent/renew-verify.h). NULL: none. */
+	char *renew_verify;
 	char *post_renew;         /* shell command run after a renewal */
 	char **cert_out;          /* extra paths the chain is written to */
 	size_t n_cert_out;

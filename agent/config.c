@@ -18,6 +18,7 @@
 
 #include "agent/conf.h"
 #include "agent/metrics-http.h"
+#include "agent/renew-verify.h"
 #include "agent/sched.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -81,10 +82,12 @@ enum identity_key {
 	I_CA_SIGNER,
 	I_CA_SENDER,
 	I_IMPLICIT_CONFIRM,
+	I_RENEW_AUTH,
+	I_RENEW_VERIFY,
 	I_NKEYS
 };
 
-#define MAX_KEYS 24
+#define MAX_KEYS 32
 
 static const char *const agent_keys[A_NKEYS] = {
 	"socket",	"socket-mode", "socket-group", "state-dir",	     "admin-users",
@@ -100,7 +103,8 @@ static const char *const identity_keys[I_NKEYS] = {
 	"keystore", "key",	  "cert",	"allow-users", "allow-groups", "sign-policy",
 	"renew",    "ca-url",	  "ca-trust",	"renew-at",    "rotate-key",   "bootstrap",
 	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",   "allow-exe",
-	"allow-unit", "ca-signer", "ca-sender",	"implicit-confirm",
+	"allow-unit", "ca-signer", "ca-sender",	"implicit-confirm", "renew-auth",
+	"renew-verify",
 };
 
 static const char *const policy_names[] = {
@@ -235,6 +239,8 @@ void config_free(struct config *cfg)
 		free(id->bootstrap_ref);
 		free(id->bootstrap_file);
 		free(id->bootstrap_identity);
+		free(id->renew_auth);
+		free(id->renew_verify);
 		free(id->post_renew);
 		for (size_t j = 0; j < id->n_cert_out; j++)
 			free(id->cert_out[j]);
@@ -857,6 +863,22 @@ static int identity_value(struct parser *p, int k, const char *value)
 		return 0;
 	case I_BOOTSTRAP:
 		return set_bootstrap(p, id, value);
+	case I_RENEW_AUTH:
+		if (strncmp(value, "identity:", 9) != 0 || value[9] == '\0') {
+			fail(p, p->lineno, "bad renew-auth \"%s\": want identity:NAME", value);
+			return -1;
+		}
+		return set_string(p, &id->renew_auth, value + 9);
+	case I_RENEW_VERIFY: {
+		struct renew_verify_url u;
+		char verr[128];
+
+		if (renew_verify_parse(value, &u, verr, sizeof(verr)) != 0) {
+			fail(p, p->lineno, "bad renew-verify \"%s\": %s", value, verr);
+			return -1;
+		}
+		return set_string(p, &id->renew_verify, value);
+	}
 	case I_POST_RENEW:
 		return set_string(p, &id->post_renew, value);
 	case I_CERT_OUT:
@@ -1273,6 +1295,37 @@ static int finish_keystore(struct parser *p, size_t i)
 }
 
 /*
+ * renew-auth must name an identity no application may use: otherwise whoever may sign with
+ * it can re-enroll, which is what renew-auth exists to prevent. The allow-lists' lines count,
+ * not what is left of them, so a deleted account does not make the identity look private.
+ */
+static int check_renew_auth(struct parser *p, const struct cfg_identity *id, int line)
+{
+	const struct cfg_identity *auth = config_identity(p->cfg, id->renew_auth);
+	const struct key_lines *akl;
+	int au, ag;
+
+	if (auth == NULL || auth == id) {
+		fail(p, line, "identity \"%s\": renew-auth identity \"%s\" %s", id->name,
+		     id->renew_auth, auth == id ? "is itself" : "is not configured");
+		return -1;
+	}
+	akl = &p->ids[auth - p->cfg->identities];
+	au = akl->line[I_ALLOW_USERS];
+	ag = akl->line[I_ALLOW_GROUPS];
+	if (au != 0 || ag != 0 || auth->n_allow_users > 0 || auth->n_allow_groups > 0) {
+		fail(p, line,
+		     "identity \"%s\": renew-auth identity \"%s\" is usable by applications "
+		     "(%s at line %d): a renewal credential must have no allow-users or "
+		     "allow-groups, or whoever may use it can re-enroll",
+		     id->name, id->renew_auth, au != 0 ? "allow-users" : "allow-groups",
+		     au != 0 ? au : ag);
+		return -1;
+	}
+	return 0;
+}
+
+/*
  * Strength of a secret in bits, as if its characters were drawn at random
  * from the character classes it uses: length x log2(class sizes summed),
  * classes lower (26), upper (26), digits (10), other printable (33), and
@@ -1347,7 +1400,8 @@ static int finish_renewal(struct parser *p, size_t i)
 	const struct cfg_identity *boot;
 	static const int renew_only[] = {I_CA_URL, I_CA_TRUST, I_RENEW_AT, I_ROTATE_KEY,
 					 I_BOOTSTRAP, I_POST_RENEW, I_CERT_OUT, I_SUBJECT,
-					 I_CA_TIMEOUT, I_CA_SIGNER, I_CA_SENDER, I_IMPLICIT_CONFIRM};
+					 I_CA_TIMEOUT, I_CA_SIGNER, I_CA_SENDER, I_IMPLICIT_CONFIRM,
+					 I_RENEW_AUTH, I_RENEW_VERIFY};
 	size_t j;
 
 	if (id->renew_permille == 0 && id->renew_before == 0)
@@ -1407,6 +1461,8 @@ static int finish_renewal(struct parser *p, size_t i)
 			return -1;
 		}
 	}
+	if (id->renew_auth != NULL)
+		return check_renew_auth(p, id, kl->line[I_RENEW_AUTH]);
 	return 0;
 }
 

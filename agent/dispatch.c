@@ -497,6 +497,8 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 			FIELD("last-renewed", renewed);
 			if (rs.action[0] != '\0')
 				FIELD("action", rs.action);
+			if (rs.waiting[0] != '\0')
+				FIELD("waiting", rs.waiting);
 		}
 	}
 #undef FIELD

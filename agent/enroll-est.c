@@ -562,8 +562,11 @@ int enroll_est(const struct enroll_request *req, struct enroll_result *res)
 		goto out;
 	}
 
-	/* The credential: the current key, or one of the bootstrap credentials. */
-	if (req->kind == ENROLL_RENEW) {
+	/* The credential: renew-auth's, the current key, or one of the bootstrap credentials. */
+	if (req->kind == ENROLL_RENEW && req->auth_key != NULL) {
+		t.tls.key = req->auth_key;
+		t.tls.chain = req->auth_chain;
+	} else if (req->kind == ENROLL_RENEW) {
 		t.tls.key = req->cur_key;
 		t.tls.chain = req->cur_chain;
 	} else if (req->basic_user != NULL && req->basic_pass != NULL) {

@@ -56,6 +56,15 @@ struct enroll_request {
 	EVP_PKEY *cur_key;
 	STACK_OF(X509) *cur_chain;
 
+	/*
+	 * ENROLL_RENEW with renew-auth (EST): the TLS client key and chain of simplereenroll
+	 * instead of cur_key. NULL: the current credential authenticates itself. (CMP: a KUR
+	 * must be signed by the certificate it updates, so renew-auth makes the renewal an
+	 * ENROLL_BOOTSTRAP IR with boot_key; agent/renew.c.)
+	 */
+	EVP_PKEY *auth_key;
+	STACK_OF(X509) *auth_chain;
+
 	/* The key to certify (proof of possession, CSR). Equal to cur_key when not rotating. */
 	EVP_PKEY *new_key;
 	const X509_NAME *subject;        /* the subject to request */

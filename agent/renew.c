@@ -35,6 +35,7 @@
 #include <glob.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,8 +51,10 @@
 
 #include "agent/cacerts.h"
 #include "agent/certcheck.h"
+#include "agent/clock.h"
 #include "agent/enroll.h"
 #include "agent/renew-prov.h"
+#include "agent/renew-verify.h"
 #include "agent/renew.h"
 #include "agent/testhook.h"
 #include "agent/sched.h"
@@ -63,6 +66,8 @@
 extern char **environ;
 
 #define MAX_SLEEP_S (24 * 3600)
+/* While the clock is not known good (agent/clock.h), how often it is looked at again. */
+#define CLOCK_RECHECK_S 15
 /*
  * Key generations an identity may hold before a renewal that stalls
  * (record_progress) stops making new keys: current, pending and those
@@ -82,10 +87,13 @@ enum step {
 	STEP_ISSUED,
 	STEP_CONFIRMING,
 	STEP_CONFIRMED,
-	STEP_INSTALLED
+	STEP_INSTALLED,
+	/* renew-verify: a connection with the new credential, before it is staged */
+	STEP_VERIFYING,
 };
 static const char *const step_names[] = {"none",	"preparing", "keygen",	  "requested",
-					 "issued",	"confirming", "confirmed", "installed"};
+					 "issued",	"confirming", "confirmed", "installed",
+					 "verifying"};
 
 /* Per identity, by name, surviving reloads. */
 struct rstate {
@@ -158,6 +166,9 @@ struct journal {
 	char new_key[2 * KS_MAX_ID + 1];
 	char old_key[2 * KS_MAX_ID + 1]; /* "" when there was none */
 	long long old_not_after;
+	/* STEP_PREPARING: the CKA_ID chosen for the key being generated ("" if the keystore
+	 * chooses), so that what a crash inside key generation leaves is known for sure. */
+	char generating[2 * KS_MAX_ID + 1];
 };
 
 static int journal_write(struct identity_rt *id, const struct journal *j)
@@ -168,10 +179,12 @@ static int journal_write(struct identity_rt *id, const struct journal *j)
 	if (path == NULL)
 		return -1;
 	n = snprintf(text, sizeof(text),
-		     "step=%s\nkind=%s\nnew=%s\nold=%s\nold-not-after=%lld\nknown=%s\n",
+		     "step=%s\nkind=%s\nnew=%s\nold=%s\nold-not-after=%lld\ngenerating=%s\n"
+		     "known=%s\n",
 		     step_names[j->step], j->bootstrap ? "bootstrap" : "renew",
 		     j->new_key[0] != '\0' ? j->new_key : "-",
-		     j->old_key[0] != '\0' ? j->old_key : "-", j->old_not_after, j->known);
+		     j->old_key[0] != '\0' ? j->old_key : "-", j->old_not_after,
+		     j->generating[0] != '\0' ? j->generating : "-", j->known);
 	if (n > 0 && (size_t)n < sizeof(text) && write_file_atomic(path, text, (size_t)n, 0600) == 0) {
 		r = 0;
 		test_crash_point(step_names[j->step]);
@@ -218,6 +231,8 @@ static int journal_read(struct identity_rt *id, struct journal *j)
 			snprintf(j->known, sizeof(j->known), "%s", line + 6);
 		} else if (strncmp(line, "old=", 4) == 0 && strcmp(line + 4, "-") != 0) {
 			snprintf(j->old_key, sizeof(j->old_key), "%s", line + 4);
+		} else if (strncmp(line, "generating=", 11) == 0 && strcmp(line + 11, "-") != 0) {
+			snprintf(j->generating, sizeof(j->generating), "%s", line + 11);
 		} else if (strncmp(line, "old-not-after=", 14) == 0) {
 			j->old_not_after = strtoll(line + 14, NULL, 10);
 		}
@@ -496,6 +511,58 @@ static int has_unrecorded_key(struct identity_rt *id, const struct journal *j)
 }
 
 /*
+ * The key reference for generating a key with a CKA_ID chosen here: PKCS#11 keystores only
+ * (tpm2 writes a key file at once), and only when the configured reference leaves the id
+ * open. Fills hex (the id) and returns the reference (free it), or NULL to let the keystore
+ * choose.
+ */
+static char *keygen_ref(struct identity_rt *id, char *hex, size_t hexlen)
+{
+	uint8_t raw[16];
+	char *ref;
+	size_t len, i;
+
+	hex[0] = '\0';
+	if (strcmp(ks_type(id->ks), "pkcs11") != 0 || strstr(id->cfg->key, "id=") != NULL ||
+	    hexlen < 2 * sizeof(raw) + 1 || RAND_bytes(raw, sizeof(raw)) != 1)
+		return NULL;
+	len = strlen(id->cfg->key) + 4 + 3 * sizeof(raw) + 1;
+	if ((ref = malloc(len)) == NULL)
+		return NULL;
+	snprintf(ref, len, "%s;id=", id->cfg->key);
+	for (i = 0; i < sizeof(raw); i++)
+		snprintf(ref + strlen(ref), len - strlen(ref), "%%%02x", raw[i]);
+	hex_encode(raw, sizeof(raw), hex);
+	return ref;
+}
+
+/* Removes what a key generation interrupted by a crash left of the key with id hex. */
+static void purge_half_key(struct identity_rt *id, const char *hex)
+{
+	char *ref, err[256];
+	unsigned purged = 0;
+	size_t len, i;
+
+	if (hex[0] == '\0' || strlen(hex) % 2 != 0)
+		return;
+	len = strlen(id->cfg->key) + 4 + 3 * (strlen(hex) / 2) + 1;
+	if ((ref = malloc(len)) == NULL)
+		return;
+	snprintf(ref, len, "%s;id=", id->cfg->key);
+	for (i = 0; hex[i] != '\0'; i += 2)
+		snprintf(ref + strlen(ref), len - strlen(ref), "%%%c%c", hex[i], hex[i + 1]);
+	if (ks_purge_half(id->ks, ref, &purged, err, sizeof(err)) != 0)
+		log_warn("identity \"%s\": cannot remove what an interrupted key generation left "
+			 "(id %.16s...): %s",
+			 id->cfg->name, hex, err);
+	else if (purged > 0)
+		log_info("identity \"%s\": removed %u object(s) of key %.16s... that an interrupted "
+			 "key generation left without its private key",
+			 id->cfg->name, purged, hex);
+	free(ref);
+}
+
+/*
  * Finishes or rolls back what the journal says was interrupted. Returns 0
  * when no journal is left, -1 when it must stay (keystore unreachable, a key
  * that cannot be recorded yet).
@@ -519,6 +586,9 @@ static int reconcile(struct identity_rt *id)
 		pthread_mutex_unlock(&id->lock);
 		return -1;
 	}
+	/* A crash inside the key generation: a public key without its private key. */
+	if (j.step == STEP_PREPARING && j.generating[0] != '\0')
+		purge_half_key(id, j.generating);
 	if (id->current != NULL) {
 		hex_encode(id->current->id, id->current->id_len, cur_hex);
 		/* tpm2: the key file's first block must be the key the certificate names. */
@@ -552,6 +622,8 @@ static int reconcile(struct identity_rt *id)
 struct txn {
 	struct identity_rt *id;
 	struct ks_key *new_key;
+	EVP_PKEY *new_pkey; /* new_key as an EVP_PKEY, for renew-verify's handshake */
+	const char *trust;  /* the CA trust file, also for renew-verify's server */
 	const X509_NAME *subject;
 	struct journal *journal;
 	STACK_OF(X509) *extra; /* the CA's intermediates from /cacerts (EST), or NULL */
@@ -641,6 +713,27 @@ static int stage_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err, 
 	/* The anchor stays out of the file: peers have it (or must not learn it from us). */
 	if (path != NULL && sk_X509_num(path) > 1)
 		X509_free(sk_X509_pop(path));
+	/*
+	 * renew-verify: the new credential must be accepted by the server before it is even
+	 * staged (CMP: a refusal is a negative certConf). The journal says so first; a crash
+	 * during the connection rolls back.
+	 */
+	if (id->cfg->renew_verify != NULL) {
+		t->journal->step = STEP_VERIFYING;
+		if (journal_write(id, t->journal) != 0) {
+			snprintf(err, errlen, "cannot write the renewal journal");
+			*local = 1;
+			goto out;
+		}
+		if (renew_verify(id->cfg->renew_verify, t->trust, renew_prov_libctx(), t->new_pkey,
+				 path, id->cfg->ca_timeout, cerr, sizeof(cerr)) != 0) {
+			snprintf(err, errlen, "renew-verify %s: %s; the old certificate stays",
+				 id->cfg->renew_verify, cerr);
+			goto out;
+		}
+		log_info("identity \"%s\": renew-verify %s accepted the new certificate",
+			 id->cfg->name, id->cfg->renew_verify);
+	}
 	if ((staged = state_file(id->rt, id, "issued")) == NULL ||
 	    chain_write_pem(staged, path, 0600, cerr, sizeof(cerr)) != 0) {
 		snprintf(err, errlen, "cannot stage the new certificate: %s",
@@ -790,12 +883,38 @@ static void boot_free(struct boot *b)
 	memset(b, 0, sizeof(*b));
 }
 
-static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct boot *b,
+/* Another identity's key and chain as a credential (bootstrap, renew-auth). */
+static int cred_load(struct runtime *rt, const char *name, const char *what, struct boot *b,
 		     char *err, size_t errlen)
 {
 	char kerr[256];
 	struct ks_key *key;
-	char *colon;
+
+	if ((b->boot_id = runtime_identity(rt, name)) == NULL) {
+		snprintf(err, errlen, "%s identity \"%s\" is not configured", what, name);
+		return -1;
+	}
+	pthread_mutex_lock(&b->boot_id->lock);
+	identity_refresh(b->boot_id, 0, kerr, sizeof(kerr));
+	key = b->boot_id->current;
+	b->chain = chain_copy(b->boot_id->chain);
+	pthread_mutex_unlock(&b->boot_id->lock);
+	if (key == NULL || b->chain == NULL) {
+		snprintf(err, errlen, "%s identity \"%s\" has no key and certificate", what, name);
+		boot_free(b);
+		return -1;
+	}
+	if ((b->key = renew_prov_key(b->boot_id, key, err, errlen)) == NULL) {
+		boot_free(b);
+		return -1;
+	}
+	return 0;
+}
+
+static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct boot *b,
+		     char *err, size_t errlen)
+{
+	char kerr[256], *colon;
 
 	memset(b, 0, sizeof(*b));
 	switch (cfg->bootstrap) {
@@ -818,27 +937,7 @@ static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct 
 		}
 		return 0;
 	case BOOTSTRAP_IDENTITY:
-		if ((b->boot_id = runtime_identity(rt, cfg->bootstrap_identity)) == NULL) {
-			snprintf(err, errlen, "bootstrap identity \"%s\" is not configured",
-				 cfg->bootstrap_identity);
-			return -1;
-		}
-		pthread_mutex_lock(&b->boot_id->lock);
-		identity_refresh(b->boot_id, 0, kerr, sizeof(kerr));
-		key = b->boot_id->current;
-		b->chain = chain_copy(b->boot_id->chain);
-		pthread_mutex_unlock(&b->boot_id->lock);
-		if (key == NULL || b->chain == NULL) {
-			snprintf(err, errlen, "bootstrap identity \"%s\" has no key and certificate",
-				 cfg->bootstrap_identity);
-			boot_free(b);
-			return -1;
-		}
-		if ((b->key = renew_prov_key(b->boot_id, key, err, errlen)) == NULL) {
-			boot_free(b);
-			return -1;
-		}
-		return 0;
+		return cred_load(rt, cfg->bootstrap_identity, "bootstrap", b, err, errlen);
 	}
 	snprintf(err, errlen, "no valid certificate to renew with and no bootstrap configured: "
 			      "import a certificate (mtls-agentctl import-cert) or set bootstrap");
@@ -948,7 +1047,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	struct enroll_result res = {0};
 	struct journal j = {0};
 	struct snapshot snap = {0};
-	struct boot boot = {0};
+	struct boot boot = {0}, auth = {0};
 	struct ks_key *new_key = NULL;
 	EVP_PKEY *cur_pkey = NULL, *new_pkey = NULL;
 	X509_NAME *subject = NULL, *signer_name = NULL;
@@ -958,7 +1057,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	struct txn t = {0};
 	char err[400], *trust = NULL;
 	time_t now = time(NULL);
-	int outcome = ENROLL_LOCAL;
+	int outcome = ENROLL_LOCAL, r;
 
 	*hint = -1;
 	/* A journal left by a failed attempt (a key that could not be recorded) comes first. */
@@ -971,6 +1070,13 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	if (!bootstrap && (snap.chain == NULL || snap.not_after <= now))
 		bootstrap = 1;
 	if (bootstrap && boot_load(rt, cfg, &boot, err, sizeof(err)) != 0) {
+		snprintf(msg, msglen, "%s", err);
+		outcome = ENROLL_NOT_AUTHORIZED;
+		goto out;
+	}
+	/* renew-auth: the enrollment credential, not the key applications use, authenticates. */
+	if (!bootstrap && cfg->renew_auth != NULL &&
+	    cred_load(rt, cfg->renew_auth, "renew-auth", &auth, err, sizeof(err)) != 0) {
 		snprintf(msg, msglen, "%s", err);
 		outcome = ENROLL_NOT_AUTHORIZED;
 		goto out;
@@ -994,22 +1100,32 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 			 cfg->name, RENEW_MAX_GENERATIONS);
 		new_key = snap.cur;
 	} else {
+		/* The journal names the key (its id) before it exists: see purge_half_key. */
+		char *ref = keygen_ref(id, j.generating, sizeof(j.generating));
+
 		j.step = STEP_PREPARING;
 		j.bootstrap = bootstrap;
 		if (list_keys(id, j.known, sizeof(j.known)) != 0 || journal_write(id, &j) != 0) {
+			free(ref);
 			snprintf(msg, msglen, "cannot write the renewal journal");
 			goto out;
 		}
-		if (identity_keygen(id, keygen_type(cfg, snap.cur), &new_key, err, sizeof(err)) !=
-		    0) {
+		r = identity_keygen_ref(id, ref, keygen_type(cfg, snap.cur), &new_key, err,
+					sizeof(err));
+		free(ref);
+		if (r != 0) {
 			snprintf(msg, msglen, "cannot make a new key: %s", err);
 			/* A key made but neither recorded nor deleted: the journal keeps it known. */
 			if (has_unrecorded_key(id, &j))
 				goto out;
+			pthread_mutex_lock(&id->lock);
+			purge_half_key(id, j.generating);
+			pthread_mutex_unlock(&id->lock);
 			goto out_journal;
 		}
 	}
 	j.known[0] = '\0';
+	j.generating[0] = '\0';
 	if (new_key != snap.cur && new_key != snap.pending)
 		log_info("identity \"%s\": new key %u-bit %s made in keystore \"%s\"", cfg->name,
 			 new_key->bits, new_key->type == MTLS_AGENT_KEY_RSA ? "RSA" : "EC",
@@ -1062,6 +1178,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	}
 	t.id = id;
 	t.new_key = new_key;
+	t.new_pkey = new_pkey;
 	t.subject = subject;
 	t.journal = &j;
 	req.kind = bootstrap ? ENROLL_BOOTSTRAP : ENROLL_RENEW;
@@ -1073,6 +1190,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		goto out_journal;
 	}
 	req.trust_file = trust;
+	t.trust = trust;
 	req.libctx = renew_prov_libctx();
 	req.timeout_s = cfg->ca_timeout;
 	req.cur_key = cur_pkey;
@@ -1091,6 +1209,19 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	} else if (bootstrap) {
 		req.boot_key = boot.key;
 		req.boot_chain = boot.chain;
+	} else if (auth.key != NULL && cfg->renew == RENEW_CMP) {
+		/*
+		 * A KUR must be signed with the certificate it updates (RFC 9483 4.1.3), which is
+		 * what an allowed application could do too: with renew-auth the renewal is an IR
+		 * signed by the enrollment credential, for the current subject.
+		 */
+		req.kind = ENROLL_BOOTSTRAP;
+		req.cur_chain = NULL;
+		req.boot_key = auth.key;
+		req.boot_chain = auth.chain;
+	} else if (auth.key != NULL) {
+		req.auth_key = auth.key;
+		req.auth_chain = auth.chain;
 	}
 	req.stage = stage_chain;
 	req.progress = confirm_step;
@@ -1132,6 +1263,7 @@ out:
 	EVP_PKEY_free(cur_pkey);
 	EVP_PKEY_free(new_pkey);
 	boot_free(&boot);
+	boot_free(&auth);
 	snapshot_free(&snap);
 	return outcome;
 }
@@ -1283,8 +1415,8 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 	const struct cfg_identity *cfg = id->cfg;
 	struct snapshot snap;
 	struct rstate *st;
-	time_t due, retire_next, next;
-	char msg[512], when[32];
+	time_t due, retire_next, next, prev_good;
+	char msg[512], when[32], why[384];
 	int outcome, forced;
 	long hint;
 
@@ -1302,9 +1434,45 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 		pthread_mutex_lock(&g.lock);
 	}
 	pthread_mutex_unlock(&g.lock);
-	retire_next = retire_due(id, now);
 
+	/* Nothing that depends on the date before the clock is known good (agent/clock.h). */
 	snapshot_take(id, &snap);
+	prev_good = clock_last_good();
+	if (!clock_good(rt->cfg->state_dir, now, snap.not_before, why, sizeof(why))) {
+		snapshot_free(&snap);
+		pthread_mutex_lock(&g.lock);
+		if (st->st.waiting[0] == '\0') /* once per wait, not at every look */
+			log_warn("identity \"%s\": %s", cfg->name, why);
+		snprintf(st->st.waiting, sizeof(st->st.waiting), "%s", why);
+		st->st.next = 0;
+		if (st->forced) {
+			snprintf(st->st.last_result, sizeof(st->st.last_result),
+				 "renewal not attempted: %s", why);
+			st->last_rc = MTLS_AGENT_ERR_RENEWAL;
+			st->forced = 0;
+			st->done_gen++;
+			pthread_cond_broadcast(&g.done);
+		}
+		pthread_mutex_unlock(&g.lock);
+		return now + CLOCK_RECHECK_S;
+	}
+	pthread_mutex_lock(&g.lock);
+	if (st->st.waiting[0] != '\0')
+		log_info("identity \"%s\": the clock is good again; the schedule resumes",
+			 cfg->name);
+	st->st.waiting[0] = '\0';
+	pthread_mutex_unlock(&g.lock);
+	/*
+	 * Keys retire by the earlier of this clock and the previous good one when the clock
+	 * moved more than a normal wake-up apart: a jump is acted on only once it is seen
+	 * again, and never deletes a key whose certificate was valid by the previous clock.
+	 */
+	retire_next = retire_due(id, prev_good != 0 && now - prev_good > MAX_SLEEP_S + 3600 &&
+					     prev_good < now
+					 ? prev_good
+					 : now);
+	if (retire_next != 0 && retire_next <= now)
+		retire_next = now + 60;
 	pthread_mutex_lock(&g.lock);
 	due = compute_due(cfg, &snap, st, now);
 	forced = st->forced;

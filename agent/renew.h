@@ -32,6 +32,7 @@ struct renew_status {
 	unsigned failures;     /* consecutive */
 	time_t last_renewed;   /* last success */
 	char action[256];      /* what an operator must do, "" if nothing */
+	char waiting[384];     /* why nothing date-dependent is done now (agent/clock.h), or "" */
 };
 
 /* Fills st for identity name; returns -1 if the renewal thread is not running. */

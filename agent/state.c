@@ -342,13 +342,21 @@ struct ks_key *identity_newest_key(struct identity_rt *id)
 int identity_keygen(struct identity_rt *id, int gen_type, struct ks_key **out, char *err,
 		    size_t errlen)
 {
+	return identity_keygen_ref(id, NULL, gen_type, out, err, errlen);
+}
+
+int identity_keygen_ref(struct identity_rt *id, const char *key_ref, int gen_type,
+			struct ks_key **out, char *err, size_t errlen)
+{
 	char hex[2 * KS_MAX_ID + 2], *path = NULL;
 	struct ks_key *key = NULL;
 	int r;
 
 	*out = NULL;
 	pthread_mutex_lock(&id->lock);
-	if ((r = ks_keygen(id->ks, id->cfg->key, gen_type, &key, err, errlen)) != 0)
+	test_crash_during_keygen();
+	if ((r = ks_keygen(id->ks, key_ref != NULL ? key_ref : id->cfg->key, gen_type, &key, err,
+			   errlen)) != 0)
 		goto out;
 	test_crash_point("unrecorded");
 	/*

@@ -82,6 +82,13 @@ struct ks_key *identity_key_by_hash(struct identity_rt *id, const uint8_t *spki_
 /* Administrator operations; each takes id->lock itself. */
 int identity_keygen(struct identity_rt *id, int gen_type,
 		    struct ks_key **out, char *err, size_t errlen);
+/*
+ * identity_keygen with another reference than the configured key (NULL: that one): the
+ * renewal names the new key's CKA_ID in advance (pkcs11:object=NAME;id=...) so that its
+ * journal knows it before the key exists (agent/renew.c, half key pairs).
+ */
+int identity_keygen_ref(struct identity_rt *id, const char *key_ref, int gen_type,
+			struct ks_key **out, char *err, size_t errlen);
 int identity_import_cert(struct identity_rt *id, const uint8_t *data,
 			 size_t len, time_t now, time_t *not_after, char *err, size_t errlen);
 /*

@@ -1282,6 +1282,8 @@ struct dconf_identity {
 	char *keystore;
 	char *allow_users;
 	char *allow_groups;
+	char *renew;	  /* renew = cmp / est */
+	char *renew_auth; /* renew-auth = identity:NAME */
 };
 
 struct dconf {
@@ -1311,6 +1313,8 @@ static void dconf_free(struct dconf *dc)
 		free(dc->ids[i].keystore);
 		free(dc->ids[i].allow_users);
 		free(dc->ids[i].allow_groups);
+		free(dc->ids[i].renew);
+		free(dc->ids[i].renew_auth);
 	}
 	free(dc->ks);
 	free(dc->ids);
@@ -1434,6 +1438,10 @@ static int dconf_read(const char *path, struct dconf **out)
 			r = dconf_set(&dc->ids[dc->n_ids - 1].allow_users, val);
 		else if (sec == S_ID && strcmp(key, "allow-groups") == 0)
 			r = dconf_set(&dc->ids[dc->n_ids - 1].allow_groups, val);
+		else if (sec == S_ID && strcmp(key, "renew") == 0)
+			r = dconf_set(&dc->ids[dc->n_ids - 1].renew, val);
+		else if (sec == S_ID && strcmp(key, "renew-auth") == 0)
+			r = dconf_set(&dc->ids[dc->n_ids - 1].renew_auth, val);
 		if (r != 0)
 			goto out;
 	}
@@ -1646,6 +1654,41 @@ static void check_config_file(struct doctor *d)
 		    fd, 0,
 		    "owned by %s: the agent accepts only root or its own user — chown root %s",
 		    user_name(st.st_uid, who, sizeof(who)), path);
+}
+
+/*
+ * EST re-enrollment is authenticated by a TLS handshake with the key being renewed, and a
+ * TLS handshake is what an allowed application may do with it: without renew-auth such an
+ * application can ask the CA for a certificate for a key of its own. One warning for all
+ * identities concerned, as the remedy is the same.
+ */
+static void check_renew_auth(struct doctor *d)
+{
+	char names[256] = "";
+	size_t i, n = 0, len = 0;
+
+	for (i = 0; i < d->conf->n_ids; i++) {
+		const struct dconf_identity *id = &d->conf->ids[i];
+
+		if (id->renew == NULL || strcmp(id->renew, "est") != 0 || id->renew_auth != NULL ||
+		    (id->allow_users == NULL && id->allow_groups == NULL))
+			continue;
+		if (d->only != NULL && strcmp(id->name, d->only) != 0)
+			continue;
+		if (len < sizeof(names))
+			len += (size_t)snprintf(names + len, sizeof(names) - len, "%s\"%s\"",
+						n > 0 ? ", " : "", id->name);
+		n++;
+	}
+	if (n == 0)
+		return;
+	add_finding(subject(d, "config", d->conf->path), 1,
+		    "identit%s %s renew%s over EST with %s own key: any application allowed to "
+		    "use %s can also re-enroll it and obtain a certificate for a key of its own — "
+		    "set renew-auth = identity:NAME (an enrollment identity no application may "
+		    "use) and have the CA accept re-enrollment only from that credential",
+		    n == 1 ? "y" : "ies", names, n == 1 ? "s" : "", n == 1 ? "its" : "their",
+		    n == 1 ? "it" : "them");
 }
 
 /* --- who must be able to open the socket --- */
@@ -2642,8 +2685,10 @@ static int cmd_check(struct ctx *c, int argc, char **argv)
 		agent_error(c, r);
 		goto out;
 	}
-	if (d.conf != NULL)
+	if (d.conf != NULL) {
 		check_config_file(&d);
+		check_renew_auth(&d);
+	}
 	check_socket(&d);
 	if (d.conf != NULL)
 		check_pin_files(&d);

@@ -213,6 +213,15 @@ out:
 	return ret;
 }
 
+int ks_purge_half(struct keystore *ks, const char *key_ref, unsigned *purged, char *err,
+		  size_t errlen)
+{
+	*purged = 0;
+	if (ks->backend->purge_half == NULL)
+		return 0;
+	return ks->backend->purge_half(ks, key_ref, purged, err, errlen);
+}
+
 int ks_delete(struct keystore *ks, struct ks_key *key, char *err, size_t errlen)
 {
 	if (key == NULL || key->ks != ks) {

@@ -149,6 +149,9 @@ struct ks_backend {
 	int (*activate)(struct keystore *ks, struct ks_key *key, char *err, size_t errlen);
 	/* See ks_delete(). */
 	int (*delete_key)(struct keystore *ks, struct ks_key *key, char *err, size_t errlen);
+	/* Optional (NULL: nothing can be half made); see ks_purge_half(). */
+	int (*purge_half)(struct keystore *ks, const char *key_ref, unsigned *purged, char *err,
+			  size_t errlen);
 };
 
 /* Every backend's keystore struct starts with this header. */
@@ -224,5 +227,16 @@ static inline int ks_activate(struct keystore *ks, struct ks_key *key, char *err
  * success. Returns 0 or a negative MTLS_AGENT_ERR_* code with a line in err.
  */
 int ks_delete(struct keystore *ks, struct ks_key *key, char *err, size_t errlen);
+
+/*
+ * After a crash inside key generation: key_ref names exactly one key (PKCS#11: object= and
+ * id=) that was being generated. If no private key with that label and id exists, the
+ * objects left with them (a public key without its private key) are destroyed; a complete
+ * key pair is left alone. *purged counts what was destroyed. Keystores whose key creation
+ * is atomic (tpm2: a key file written at once) have nothing to do. Returns 0 or a negative
+ * MTLS_AGENT_ERR_* code with a line in err.
+ */
+int ks_purge_half(struct keystore *ks, const char *key_ref, unsigned *purged, char *err,
+		  size_t errlen);
 
 #endif

@@ -1981,6 +1981,72 @@ out:
 }
 
 /* clang-format off */
+/*
+ * A crash inside C_GenerateKeyPair can leave the public key object without its private key
+ * (SoftHSM writes one object file after the other). key_ref names the key that was being
+ * made, by label and the id chosen before the call, so only its objects are looked at.
+ */
+static int p11_purge_half(struct keystore *base, const char *key_ref, unsigned *purged, char *err,
+			  size_t errlen)
+{
+	static const CK_OBJECT_CLASS leftovers[] = {CKO_PUBLIC_KEY, CKO_CERTIFICATE};
+	struct p11_ks *ks = to_p11(base);
+	CK_SESSION_HANDLE rw = CK_INVALID_HANDLE;
+	CK_OBJECT_HANDLE *hs = NULL;
+	size_t nh = 0, c, i;
+	struct keyref kr;
+	struct lease l;
+	char what[160];
+	int ret;
+	CK_RV rv;
+
+	*purged = 0;
+	if ((ret = keyref_parse(key_ref, &kr, err, errlen)) != 0)
+		return ret;
+	if (kr.label == NULL || kr.id == NULL) {
+		snprintf(err, errlen, "a half-made key is named by object= and id=");
+		keyref_clear(&kr);
+		return MTLS_AGENT_ERR_INVALID_ARG;
+	}
+	pthread_mutex_lock(&ks->keygen_lock);
+	if ((ret = lease_get(ks, NULL, &l, err, errlen)) != 0)
+		goto out_unlock;
+	rv = ks->mod->C_OpenSession(l.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw);
+	if (rv == CKR_OK)
+		rv = find_objects(ks->mod, rw, CKO_PRIVATE_KEY, NULL, kr.label->pValue,
+				  kr.label->ulValueLen, kr.id->pValue, kr.id->ulValueLen, &hs, &nh);
+	free(hs);
+	hs = NULL;
+	/* The private key exists: a complete pair, adopted by the caller, never purged. */
+	for (c = 0; rv == CKR_OK && nh == 0 && c < sizeof(leftovers) / sizeof(leftovers[0]); c++) {
+		size_t n = 0;
+
+		rv = find_objects(ks->mod, rw, leftovers[c], NULL, kr.label->pValue,
+				  kr.label->ulValueLen, kr.id->pValue, kr.id->ulValueLen, &hs, &n);
+		for (i = 0; rv == CKR_OK && i < n; i++) {
+			rv = ks->mod->C_DestroyObject(rw, hs[i]);
+			if (rv == CKR_OBJECT_HANDLE_INVALID)
+				rv = CKR_OK;
+			else if (rv == CKR_OK)
+				(*purged)++;
+		}
+		free(hs);
+		hs = NULL;
+	}
+	if (rw != CK_INVALID_HANDLE)
+		ks->mod->C_CloseSession(rw);
+	lease_put(ks, &l, rv);
+	if (rv != CKR_OK) {
+		snprintf(what, sizeof(what), "removing a half-made key from token %s",
+			 ks->token_desc);
+		ret = ckr_fail(err, errlen, rv, what);
+	}
+out_unlock:
+	pthread_mutex_unlock(&ks->keygen_lock);
+	keyref_clear(&kr);
+	return ret;
+}
+
 const struct ks_backend ks_pkcs11_backend = {
 	.type = "pkcs11",
 	.open = p11_open,
@@ -1991,5 +2057,6 @@ const struct ks_backend ks_pkcs11_backend = {
 	.sign = p11_sign,
 	.state = p11_state,
 	.delete_key = p11_delete_key,
+	.purge_half = p11_purge_half,
 };
 /* clang-format on */

@@ -11,6 +11,14 @@
  * mismatch). The TLS handshake accepts any client certificate so that these are HTTP answers.
  * --client-ca adds anchors for client certificates (certificates issued by an earlier CA).
  *
+ * Policy "renewal only from the enrollment credential" (--renew-from ENROLL-CA.pem): the
+ * CA then accepts simplereenroll only when the TLS client certificate chains to one of these
+ * anchors (the CA that issues enrollment credentials, e.g. the manufacturer's), still with
+ * the CSR's subject; a client presenting the operational certificate being renewed gets 403.
+ * RFC 7030 leaves the authorization of a re-enrollment to the CA (sections 3.3.2 and 4.2.2);
+ * this is the policy under which an application that may only make TLS handshakes with the
+ * operational key cannot obtain a certificate for a key of its own.
+ *
  * CA changes (tests/integration/renew-cacerts.sh): --cacerts FILE is what cacerts serves
  * instead of the CA certificate and --chain (e.g. new intermediate, new root and its link
  * certificates); --leaf-only 1 answers enrollments with the issued certificate alone, as
@@ -75,6 +83,7 @@ struct ca {
 	EVP_PKEY *key;
 	STACK_OF(X509) *extra; /* --chain: sent after the CA certificate */
 	STACK_OF(X509) *cacerts; /* --cacerts: what /cacerts serves instead of cert + extra */
+	STACK_OF(X509) *renew_from; /* --renew-from: anchors of enrollment credentials */
 	int leaf_only;           /* --leaf-only: enrollment answers carry the issued certificate alone */
 	X509 *rogue_cert;	/* the "untrusted" fault's self-signed CA */
 	EVP_PKEY *rogue_key;
@@ -574,6 +583,22 @@ static const char *client_cert_problem(SSL *ssl)
 	return result == X509_V_OK ? NULL : X509_verify_cert_error_string(result);
 }
 
+/* Whether the verified client chain ends in one of anchors (the enrollment credential's CA). */
+static int chain_ends_in(SSL *ssl, STACK_OF(X509) *anchors)
+{
+	STACK_OF(X509) *chain = SSL_get0_verified_chain(ssl);
+	X509 *top;
+	int i;
+
+	if (chain == NULL || sk_X509_num(chain) < 2)
+		return 0; /* a self-signed client certificate is never an enrollment credential */
+	top = sk_X509_value(chain, sk_X509_num(chain) - 1);
+	for (i = 0; i < sk_X509_num(anchors); i++)
+		if (X509_cmp(top, sk_X509_value(anchors, i)) == 0)
+			return 1;
+	return 0;
+}
+
 static int basic_matches(struct ca *ca, const char *authorization)
 {
 	unsigned char *decoded;
@@ -707,6 +732,18 @@ static int serve_enroll(struct ca *ca, struct conn *c, struct request *r, const 
 	if (reenroll && problem != NULL) {
 		log_line(ca, "%s unauthorized: %s", op, problem);
 		ret = respond_text(c, 401, NULL, "client certificate required\n", keep);
+		goto out;
+	}
+	if (reenroll && ca->renew_from != NULL && !chain_ends_in(c->ssl, ca->renew_from)) {
+		char peer[256];
+
+		name_text(X509_get_subject_name(SSL_get0_peer_certificate(c->ssl)), peer,
+			  sizeof(peer));
+		log_line(ca, "%s forbidden: renewal only from the enrollment credential (client "
+			     "certificate %s is not one)",
+			 op, peer);
+		ret = respond_text(c, 403, NULL, "renewal only from the enrollment credential\n",
+				   keep);
 		goto out;
 	}
 	if (reenroll && X509_NAME_cmp(X509_get_subject_name(SSL_get0_peer_certificate(c->ssl)),
@@ -905,7 +942,7 @@ static EVP_PKEY *load_key(const char *path)
 }
 
 static SSL_CTX *tls_setup(const char *cert, const char *key, const char *ca_cert,
-			  const char *client_ca)
+			  const char *client_ca, const char *renew_from)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
 	STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_cert);
@@ -916,6 +953,7 @@ static SSL_CTX *tls_setup(const char *cert, const char *key, const char *ca_cert
 	    SSL_CTX_check_private_key(ctx) != 1 ||
 	    SSL_CTX_load_verify_locations(ctx, ca_cert, NULL) != 1 ||
 	    (client_ca != NULL && SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1) ||
+	    (renew_from != NULL && SSL_CTX_load_verify_locations(ctx, renew_from, NULL) != 1) ||
 	    !SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"est-ca", 6)) {
 		fprintf(stderr, "est-ca: TLS setup (%s, %s, %s): %s\n", cert, key, ca_cert,
 			ssl_error());
@@ -987,7 +1025,7 @@ static void usage(void)
 	      "              --ca-cert CA.pem --ca-key CA.key [--chain EXTRA.pem]\n"
 	      "              --lifetime SECONDS [--fault-file FAULTS] [--basic USER:PASSFILE]\n"
 	      "              [--log FILE] [--port N] [--cacerts CERTS.pem] [--leaf-only 1]\n"
-	      "              [--client-ca MORE-ANCHORS.pem]\n",
+	      "              [--client-ca MORE-ANCHORS.pem] [--renew-from ENROLL-CA.pem]\n",
 	      stderr);
 	exit(2);
 }
@@ -1003,13 +1041,13 @@ int main(int argc, char **argv)
 	    {"basic", required_argument, NULL, 0},     {"log", required_argument, NULL, 0},
 	    {"port", required_argument, NULL, 0},      {"cacerts", required_argument, NULL, 0},
 	    {"leaf-only", required_argument, NULL, 0}, {"client-ca", required_argument, NULL, 0},
-	    {NULL, 0, NULL, 0},
+	    {"renew-from", required_argument, NULL, 0}, {NULL, 0, NULL, 0},
 	};
 	/* clang-format off */
 	enum { PORT_FILE, TLS_CERT, TLS_KEY, CA_CERT, CA_KEY, CHAIN, LIFETIME, FAULTS, BASIC, LOG,
-	       PORT, CACERTS, LEAF_ONLY, CLIENT_CA };
+	       PORT, CACERTS, LEAF_ONLY, CLIENT_CA, RENEW_FROM };
 	/* clang-format on */
-	const char *arg[CLIENT_CA + 1] = {NULL};
+	const char *arg[RENEW_FROM + 1] = {NULL};
 	struct ca ca = {0};
 	STACK_OF(X509) *ca_certs = NULL;
 	struct sigaction sa = {.sa_handler = on_stop_signal};
@@ -1049,12 +1087,17 @@ int main(int argc, char **argv)
 		fprintf(stderr, "est-ca: no certificate in %s\n", arg[CACERTS]);
 		goto out;
 	}
+	if (arg[RENEW_FROM] != NULL && (ca.renew_from = load_certs(arg[RENEW_FROM])) == NULL) {
+		fprintf(stderr, "est-ca: no certificate in %s\n", arg[RENEW_FROM]);
+		goto out;
+	}
 	if (!make_rogue_ca(&ca)) {
 		fprintf(stderr, "est-ca: cannot make the untrusted CA: %s\n", ssl_error());
 		goto out;
 	}
 	if ((arg[BASIC] != NULL && load_basic(&ca, arg[BASIC]) != 0) ||
-	    (ctx = tls_setup(arg[TLS_CERT], arg[TLS_KEY], arg[CA_CERT], arg[CLIENT_CA])) == NULL)
+	    (ctx = tls_setup(arg[TLS_CERT], arg[TLS_KEY], arg[CA_CERT], arg[CLIENT_CA],
+				   arg[RENEW_FROM])) == NULL)
 		goto out;
 
 	signal(SIGPIPE, SIG_IGN);
@@ -1084,6 +1127,7 @@ out:
 	sk_X509_pop_free(ca_certs, X509_free);
 	sk_X509_pop_free(ca.extra, X509_free);
 	sk_X509_pop_free(ca.cacerts, X509_free);
+	sk_X509_pop_free(ca.renew_from, X509_free);
 	EVP_PKEY_free(ca.key);
 	X509_free(ca.rogue_cert);
 	EVP_PKEY_free(ca.rogue_key);

@@ -16,6 +16,17 @@ RENEW_TESTS = \
 	tests/integration/renew-blackhole.sh \
 	tests/integration/renew-cacerts.sh \
 	tests/integration/renew-crash-cmp.sh \
-	tests/integration/renew-bootstrap-warn.sh
+	tests/integration/renew-bootstrap-warn.sh \
+	tests/integration/renew-auth.sh \
+	tests/integration/renew-verify.sh \
+	tests/integration/renew-clock.sh \
+	tests/integration/renew-keygen-crash.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)
+
+# A longer run of the keygen crash soak (not part of `make check`): SOAK_KILLS kills
+# (default 1000) timed inside key generation on SoftHSM.
+soak:
+	SOAK_KILLS=$${SOAK_KILLS:-1000} $(MAKE) $(AM_MAKEFLAGS) check \
+		TESTS='tests/integration/renew-keygen-crash.sh'
+.PHONY: soak

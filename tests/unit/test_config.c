@@ -425,7 +425,8 @@ static void test_renewal(void **state)
 		      "implicit-confirm = yes\n"
 		      "[identity \"b\"]\nkeystore = k\nkey = handle:0x81000011\n"
 		      "renew = est\nca-url = https://est.example/.well-known/est\n"
-		      "ca-trust = /etc/ca.pem\nbootstrap = identity:a\n"
+		      "ca-trust = /etc/ca.pem\nbootstrap = identity:a\nrenew-auth = identity:c\n"
+		      "renew-verify = mqtts://broker.example:8883\n"
 		      "[identity \"c\"]\nkeystore = k\nkey = handle:0x81000012\n");
 	id = config_identity(cfg, "a");
 	assert_non_null(id);
@@ -454,6 +455,8 @@ static void test_renewal(void **state)
 	assert_int_equal(id->renew, RENEW_EST);
 	assert_int_equal(id->bootstrap, BOOTSTRAP_IDENTITY);
 	assert_string_equal(id->bootstrap_identity, "a");
+	assert_string_equal(id->renew_auth, "c");
+	assert_string_equal(id->renew_verify, "mqtts://broker.example:8883");
 	assert_int_equal(id->renew_permille, 660); /* default 66% */
 	assert_int_equal(id->rotate_key, 1);
 	assert_int_equal(id->ca_timeout, 60);
@@ -483,6 +486,36 @@ static void test_err_renewal(void **state)
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
 				"bootstrap = identity:nobody\n",
 		     9, "identity \"i\": bootstrap identity \"nobody\" is not configured");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"renew-auth = identity:i\n",
+		     9, "identity \"i\": renew-auth identity \"i\" is itself");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"renew-auth = basic:/x\n",
+		     9, "bad renew-auth \"basic:/x\": want identity:NAME");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"renew-verify = mqtts://broker\n",
+		     9, "bad renew-verify \"mqtts://broker\": mqtts:// needs a port (mqtts://HOST:8883)");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"renew-verify = http://x/\n",
+		     9, "bad renew-verify \"http://x/\": want https://HOST[:PORT]/PATH or "
+			"mqtts://HOST:PORT");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"renew-verify = https://x:99999/\n",
+		     9, "bad renew-verify \"https://x:99999/\": want https://HOST[:PORT]/PATH or "
+			"mqtts://HOST:PORT");
+	expect_error(RENEW_HEAD "renew-verify = https://x/\n", 6,
+		     "identity \"i\": \"renew-verify\" needs renew = cmp or est");
+	expect_error(RENEW_HEAD "renew-auth = identity:e\n", 6,
+		     "identity \"i\": \"renew-auth\" needs renew = cmp or est");
+	/* The renewal credential must be one no application may use. */
+	expect_error(RENEW_HEAD "renew = est\nca-url = https://x/.well-known/est\nca-trust = /c\n"
+				"renew-auth = identity:e\n"
+				"[identity \"e\"]\nkeystore = k\nkey = handle:0x81000011\n"
+				"allow-users = root\n",
+		     9,
+		     "identity \"i\": renew-auth identity \"e\" is usable by applications "
+		     "(allow-users at line 13): a renewal credential must have no allow-users or "
+		     "allow-groups, or whoever may use it can re-enroll");
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\nbootstrap = pin:1\n", 9,
 		     "bad bootstrap \"pin:1\": want secret:REFERENCE:/path (CMP), basic:/path (EST) or "
 		     "identity:NAME");

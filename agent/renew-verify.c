@@ -1,0 +1,377 @@
+/*
+ * renew-verify: one mTLS connection with a renewed credential before it is installed
+ * (see agent/renew-verify.h). Plain sockets and libssl: libcurl has no MQTT, and a
+ * handshake plus one request is all that is needed.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "agent/renew-verify.h"
+#include "common/util.h"
+
+int renew_verify_parse(const char *url, struct renew_verify_url *out, char *err, size_t errlen)
+{
+	const char *p, *host, *host_end, *port = NULL, *port_end = NULL;
+	size_t n;
+
+	memset(out, 0, sizeof(*out));
+	if (strncmp(url, "https://", 8) == 0) {
+		p = url + 8;
+	} else if (strncmp(url, "mqtts://", 8) == 0) {
+		out->mqtt = 1;
+		p = url + 8;
+	} else {
+		snprintf(err, errlen, "want https://HOST[:PORT]/PATH or mqtts://HOST:PORT");
+		return -1;
+	}
+	if (*p == '[') { /* [IPv6] */
+		host = p + 1;
+		if ((host_end = strchr(host, ']')) == NULL)
+			goto bad;
+		p = host_end + 1;
+	} else {
+		host = p;
+		host_end = p + strcspn(p, ":/");
+		p = host_end;
+	}
+	if (*p == ':') {
+		port = p + 1;
+		port_end = port + strspn(port, "0123456789");
+		p = port_end;
+	}
+	n = (size_t)(host_end - host);
+	if (n == 0 || n >= sizeof(out->host) || (port != NULL && port_end == port))
+		goto bad;
+	memcpy(out->host, host, n);
+	if (port != NULL) {
+		long v = strtol(port, NULL, 10);
+
+		if ((size_t)(port_end - port) > 5 || v < 1 || v > 65535)
+			goto bad;
+		snprintf(out->port, sizeof(out->port), "%ld", v);
+	} else if (out->mqtt) {
+		snprintf(err, errlen, "mqtts:// needs a port (mqtts://HOST:8883)");
+		return -1;
+	} else {
+		snprintf(out->port, sizeof(out->port), "443");
+	}
+	if (out->mqtt) {
+		if (*p != '\0' && strcmp(p, "/") != 0)
+			goto bad;
+		return 0;
+	}
+	if (*p == '\0')
+		p = "/";
+	if (*p != '/' || strlen(p) >= sizeof(out->path) || strpbrk(p, " \r\n\t") != NULL)
+		goto bad;
+	snprintf(out->path, sizeof(out->path), "%s", p);
+	return 0;
+bad:
+	snprintf(err, errlen, "want https://HOST[:PORT]/PATH or mqtts://HOST:PORT");
+	return -1;
+}
+
+struct conn_state {
+	int fatal_alert; /* received from the server, -1 if none */
+};
+
+static void note_alert(int write_p, int version, int content_type, const void *buf, size_t len,
+		       SSL *ssl, void *arg)
+{
+	const unsigned char *alert = buf;
+	struct conn_state *cs = arg;
+
+	(void)version;
+	(void)ssl;
+	if (!write_p && content_type == SSL3_RT_ALERT && len >= 2 && alert[0] == SSL3_AL_FATAL)
+		cs->fatal_alert = alert[1];
+}
+
+static int remaining_ms(uint64_t deadline)
+{
+	uint64_t now = monotonic_ms();
+
+	return now >= deadline ? 0 : (int)(deadline - now > 60000 ? 60000 : deadline - now);
+}
+
+/* A connected, non-blocking TCP socket, or -1 with err. */
+static int tcp_connect(const struct renew_verify_url *u, uint64_t deadline, char *err,
+		       size_t errlen)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL, *a;
+	int fd = -1, r, soerr = 0;
+	socklen_t sl = sizeof(soerr);
+
+	if ((r = getaddrinfo(u->host, u->port, &hints, &ai)) != 0) {
+		snprintf(err, errlen, "cannot resolve %s: %s", u->host, gai_strerror(r));
+		return -1;
+	}
+	snprintf(err, errlen, "cannot connect to %s port %s", u->host, u->port);
+	for (a = ai; a != NULL; a = a->ai_next) {
+		struct pollfd pfd;
+
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+			    a->ai_protocol);
+		if (fd < 0)
+			continue;
+		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
+			break;
+		if (errno == EINPROGRESS) {
+			pfd.fd = fd;
+			pfd.events = POLLOUT;
+			if (poll(&pfd, 1, remaining_ms(deadline)) == 1 &&
+			    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
+				break;
+			errno = soerr != 0 ? soerr : ETIMEDOUT;
+		}
+		snprintf(err, errlen, "cannot connect to %s port %s: %s", u->host, u->port,
+			 strerror(errno));
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	return fd;
+}
+
+/* Waits for the socket as SSL wants it; 0 when it may go on, -1 on timeout. */
+static int ssl_wait(SSL *ssl, int fd, int r, uint64_t deadline)
+{
+	struct pollfd pfd = {.fd = fd};
+	int e = SSL_get_error(ssl, r);
+
+	if (e == SSL_ERROR_WANT_READ)
+		pfd.events = POLLIN;
+	else if (e == SSL_ERROR_WANT_WRITE)
+		pfd.events = POLLOUT;
+	else
+		return -2; /* a real error */
+	return poll(&pfd, 1, remaining_ms(deadline)) == 1 ? 0 : -1;
+}
+
+/* Why the connection failed, preferring what the server said. */
+static void describe_failure(const struct conn_state *cs, SSL *ssl, const char *stage,
+			     char *err, size_t errlen)
+{
+	char detail[200];
+	unsigned long e = ERR_peek_last_error();
+	long vr = SSL_get_verify_result(ssl);
+
+	if (cs->fatal_alert >= 0) {
+		snprintf(err, errlen, "the server refused the new certificate (%s): TLS alert %s",
+			 stage,
+			 cs->fatal_alert == 116 /* certificate_required, unnamed in 3.0 */
+			     ? "certificate required"
+			     : SSL_alert_desc_string_long(cs->fatal_alert));
+		return;
+	}
+	if (vr != X509_V_OK) {
+		snprintf(err, errlen, "the server's own certificate does not verify: %s",
+			 X509_verify_cert_error_string(vr));
+		return;
+	}
+	ERR_error_string_n(e, detail, sizeof(detail));
+	snprintf(err, errlen, "%s failed: %s", stage,
+		 e != 0 ? detail : "connection closed or timed out");
+}
+
+/*
+ * With TLS 1.3 a server that refuses the client certificate says so right after the
+ * client's Finished and may then close, so that a request written later fails with a
+ * broken connection. Looks at what arrives within ms first (SSL_peek: session tickets are
+ * processed, an alert is noted, application data stays).
+ */
+static void look_for_alert(SSL *ssl, int fd, const struct conn_state *cs, unsigned ms)
+{
+	uint64_t until = monotonic_ms() + ms;
+	char c;
+	int r;
+
+	while (cs->fatal_alert < 0) {
+		r = SSL_peek(ssl, &c, 1);
+		if (r > 0 || ssl_wait(ssl, fd, r, until) != 0)
+			return;
+	}
+}
+
+/* Writes all of buf; 0 or -1. */
+static int ssl_write_all(SSL *ssl, int fd, const void *buf, size_t len, uint64_t deadline)
+{
+	size_t done = 0;
+	int r;
+
+	while (done < len) {
+		r = SSL_write(ssl, (const char *)buf + done, (int)(len - done));
+		if (r > 0) {
+			done += (size_t)r;
+			continue;
+		}
+		if (ssl_wait(ssl, fd, r, deadline) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Reads until want bytes or the deadline; returns the count read (0: none), -1 on error. */
+static int ssl_read_some(SSL *ssl, int fd, char *buf, size_t want, uint64_t deadline)
+{
+	size_t got = 0;
+	int r;
+
+	while (got < want) {
+		r = SSL_read(ssl, buf + got, (int)(want - got));
+		if (r > 0) {
+			got += (size_t)r;
+			if (memchr(buf, '\n', got) != NULL)
+				break; /* an HTTP status line is enough */
+			continue;
+		}
+		if (SSL_get_error(ssl, r) == SSL_ERROR_ZERO_RETURN)
+			break;
+		if (ssl_wait(ssl, fd, r, deadline) != 0)
+			return got > 0 ? (int)got : -1;
+	}
+	return (int)got;
+}
+
+int renew_verify(const char *url, const char *trust_file, OSSL_LIB_CTX *libctx, EVP_PKEY *key,
+		 STACK_OF(X509) *chain, unsigned timeout_s, char *err, size_t errlen)
+{
+	struct renew_verify_url u;
+	struct conn_state cs = {.fatal_alert = -1};
+	uint64_t deadline = monotonic_ms() + (uint64_t)(timeout_s ? timeout_s : 30) * 1000;
+	SSL_CTX *ctx = NULL;
+	SSL *ssl = NULL;
+	char req[1024], resp[512];
+	unsigned char ipbuf[16];
+	int fd = -1, r, ret = -1, is_ip, i;
+	size_t reqlen;
+
+	if (renew_verify_parse(url, &u, err, errlen) != 0)
+		return -1;
+	ERR_clear_error();
+	is_ip = inet_pton(AF_INET, u.host, ipbuf) == 1 || inet_pton(AF_INET6, u.host, ipbuf) == 1;
+	if ((ctx = SSL_CTX_new_ex(libctx, NULL, TLS_client_method())) == NULL ||
+	    !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)) {
+		snprintf(err, errlen, "cannot set up TLS");
+		goto out;
+	}
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if ((trust_file != NULL && SSL_CTX_load_verify_locations(ctx, trust_file, NULL) != 1) ||
+	    SSL_CTX_set_default_verify_paths(ctx) != 1) {
+		snprintf(err, errlen, "cannot load the trust anchors %s",
+			 trust_file ? trust_file : "(default)");
+		goto out;
+	}
+	if (SSL_CTX_use_certificate(ctx, sk_X509_value(chain, 0)) != 1) {
+		snprintf(err, errlen, "the new certificate is not usable for TLS");
+		goto out;
+	}
+	for (i = 1; i < sk_X509_num(chain); i++) {
+		if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(chain, i)) != 1) {
+			snprintf(err, errlen, "the new chain is not usable for TLS");
+			goto out;
+		}
+	}
+	if (SSL_CTX_use_PrivateKey(ctx, key) != 1) {
+		snprintf(err, errlen, "the new key does not match the new certificate");
+		goto out;
+	}
+	SSL_CTX_set_msg_callback(ctx, note_alert);
+	SSL_CTX_set_msg_callback_arg(ctx, &cs);
+	if ((fd = tcp_connect(&u, deadline, err, errlen)) < 0)
+		goto out;
+	if ((ssl = SSL_new(ctx)) == NULL || SSL_set_fd(ssl, fd) != 1) {
+		snprintf(err, errlen, "cannot set up TLS");
+		goto out;
+	}
+	if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host) != 1
+		  : (SSL_set1_host(ssl, u.host) != 1 || SSL_set_tlsext_host_name(ssl, u.host) != 1)) {
+		snprintf(err, errlen, "cannot set the server name %s", u.host);
+		goto out;
+	}
+	while ((r = SSL_connect(ssl)) != 1) {
+		if (ssl_wait(ssl, fd, r, deadline) != 0) {
+			describe_failure(&cs, ssl, "TLS handshake", err, errlen);
+			goto out;
+		}
+	}
+	/* The server may refuse the certificate after the handshake (TLS 1.3): ask something. */
+	look_for_alert(ssl, fd, &cs, 300);
+	if (cs.fatal_alert >= 0) {
+		describe_failure(&cs, ssl, "after the handshake", err, errlen);
+		goto out;
+	}
+	if (u.mqtt) {
+		/* MQTT 3.1.1 CONNECT, clean session, keepalive 10 s, client id mtls-agent-verify. */
+		static const char id[] = "mtls-agent-verify";
+		size_t idlen = sizeof(id) - 1;
+
+		reqlen = 0;
+		req[reqlen++] = 0x10;
+		req[reqlen++] = (char)(10 + 2 + idlen);
+		memcpy(req + reqlen, "\0\4MQTT\4\2\0\12", 10);
+		reqlen += 10;
+		req[reqlen++] = 0;
+		req[reqlen++] = (char)idlen;
+		memcpy(req + reqlen, id, idlen);
+		reqlen += idlen;
+	} else {
+		r = snprintf(req, sizeof(req),
+			     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: mtls-agent renew-verify\r\n"
+			     "Connection: close\r\n\r\n",
+			     u.path, u.host);
+		if (r < 0 || (size_t)r >= sizeof(req)) {
+			snprintf(err, errlen, "request too long");
+			goto out;
+		}
+		reqlen = (size_t)r;
+	}
+	if (ssl_write_all(ssl, fd, req, reqlen, deadline) != 0) {
+		/* A server that refused the certificate may have closed after its alert: read it. */
+		uint64_t grace = monotonic_ms() + 1000;
+
+		if (cs.fatal_alert < 0)
+			ssl_read_some(ssl, fd, resp, sizeof(resp) - 1, grace < deadline ? grace : deadline);
+		describe_failure(&cs, ssl, "sending the request", err, errlen);
+		goto out;
+	}
+	r = ssl_read_some(ssl, fd, resp, u.mqtt ? 4 : sizeof(resp) - 1, deadline);
+	if (r <= 0 || cs.fatal_alert >= 0) {
+		describe_failure(&cs, ssl, "reading the answer", err, errlen);
+		goto out;
+	}
+	if (u.mqtt ? (unsigned char)resp[0] != 0x20
+		   : (r < 12 || strncmp(resp, "HTTP/1.", 7) != 0)) {
+		snprintf(err, errlen, "the server's answer is not %s",
+			 u.mqtt ? "an MQTT CONNACK" : "HTTP");
+		goto out;
+	}
+	if (u.mqtt) {
+		static const char disconnect[2] = {(char)0xe0, 0};
+
+		ssl_write_all(ssl, fd, disconnect, sizeof(disconnect), deadline);
+	}
+	SSL_shutdown(ssl);
+	ret = 0;
+out:
+	SSL_free(ssl);
+	if (fd >= 0)
+		close(fd);
+	SSL_CTX_free(ctx);
+	ERR_clear_error();
+	return ret;
+}

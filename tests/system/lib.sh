@@ -63,11 +63,18 @@ sys_boot() {
 		--machine="mtls-test-$$" >"$W/console.log" 2>&1 </dev/null &
 	NSPAWN_PID=$!
 	# The container's init: the child of systemd-nspawn, itself the child of timeout.
+	# nspawn first forks a short-lived set-up child, which then starts init: only a
+	# child already running systemd is the one (a loaded machine once caught the
+	# set-up child, which was gone a moment later).
 	local nspawn
-	for _ in $(seq 60); do
+	INIT=
+	for _ in $(seq 240); do
 		nspawn=$(ps -o pid= --ppid "$NSPAWN_PID" | tr -d ' ' | head -n 1)
 		[ -z "$nspawn" ] || INIT=$(ps -o pid= --ppid "$nspawn" | tr -d ' ' | head -n 1)
-		[ -z "$INIT" ] || break
+		if [ -n "$INIT" ] && [ "$(cat "/proc/$INIT/comm" 2>/dev/null)" = systemd ]; then
+			break
+		fi
+		INIT=
 		sleep 0.5
 	done
 	[ -n "$INIT" ] || fail "no init process under systemd-nspawn"

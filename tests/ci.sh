@@ -59,7 +59,7 @@ snapshot_system() { # FILE
 	{
 		find "${SYSTEM_DIRS[@]}" -xdev -printf '%p\t%y\t%m\t%u:%g\t%s\t%TY-%Tm-%Td %TH:%TM\n' 2>/dev/null
 		find /tmp /var/tmp -mindepth 1 -maxdepth 1 -printf '%p\t%y\n' 2>/dev/null
-	} | LC_ALL=C sort >"$1"
+	} | LC_ALL=C sort -T "$(dirname "$1")" >"$1" # its temp files: not in /tmp itself
 }
 
 record() { # NAME STATUS

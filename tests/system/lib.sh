@@ -69,8 +69,9 @@ sys_boot() {
 	local nspawn
 	INIT=
 	for _ in $(seq 240); do
-		nspawn=$(ps -o pid= --ppid "$NSPAWN_PID" | tr -d ' ' | head -n 1)
-		[ -z "$nspawn" ] || INIT=$(ps -o pid= --ppid "$nspawn" | tr -d ' ' | head -n 1)
+		# ps fails while there is no child yet (or it just ended): not an error here.
+		nspawn=$(ps -o pid= --ppid "$NSPAWN_PID" | tr -d ' ' | head -n 1) || true
+		[ -z "$nspawn" ] || INIT=$(ps -o pid= --ppid "$nspawn" | tr -d ' ' | head -n 1) || true
 		if [ -n "$INIT" ] && [ "$(cat "/proc/$INIT/comm" 2>/dev/null)" = systemd ]; then
 			break
 		fi

@@ -59,17 +59,18 @@ static int dir_trusted(int dfd)
  */
 static int open_dir_safely(const char *dir)
 {
-	char *todo = NULL, *next = NULL, *comp, *rest, target[PATH_MAX];
+	/* path_left: the components not yet opened (a symlink's target is prepended). */
+	char *path_left = NULL, *next = NULL, *comp, *rest, target[PATH_MAX];
 	unsigned links = 0;
 	struct stat st;
 	ssize_t tl;
 	int dfd, fd, saved;
 
-	if ((todo = strdup(dir)) == NULL)
+	if ((path_left = strdup(dir)) == NULL)
 		return -1;
 	if ((dfd = open(dir[0] == '/' ? "/" : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
 		goto fail;
-	rest = todo;
+	rest = path_left;
 	for (;;) {
 		while (*rest == '/')
 			rest++;
@@ -111,23 +112,23 @@ static int open_dir_safely(const char *dir)
 			next = NULL;
 			goto fail;
 		}
-		free(todo);
-		todo = next;
+		free(path_left);
+		path_left = next;
 		next = NULL;
-		rest = todo;
+		rest = path_left;
 		if (target[0] == '/') {
 			close(dfd);
 			if ((dfd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
 				goto fail;
 		}
 	}
-	free(todo);
+	free(path_left);
 	return dfd;
 fail:
 	saved = errno;
 	if (dfd >= 0)
 		close(dfd);
-	free(todo);
+	free(path_left);
 	errno = saved;
 	return -1;
 }

@@ -774,6 +774,42 @@ static void confirm_step(void *arg, int step)
 }
 
 /* The enroller's install(): the switch. */
+/* CMP IR: a new root among the ip's caPubs is judged like one from /cacerts. */
+static void offer_ca_pubs(void *arg, STACK_OF(X509) *certs)
+{
+	struct txn *t = arg;
+
+	cacerts_offered(t->id, certs, "CMP caPubs");
+}
+
+/*
+ * CMP: before each KUR, ask the CA for a root CA key update (RFC 9480 4.3).
+ * One round trip per renewal, protected and verified like the KUR itself; a
+ * CA without the service answers with an error, which is fine (debug log
+ * only). A new root is kept only when its newWithOld link comes from an
+ * anchor in force (agent/cacerts.c). 1 when a new root was accepted.
+ */
+static int cmp_root_update(struct identity_rt *id, const struct enroll_request *req)
+{
+	X509 *old_root = cacerts_current_root(id), *nwn = NULL, *nwo = NULL;
+	char raw[512], err[512];
+	int r = enroll_cmp_root_update(req, old_root, &nwn, &nwo, raw, sizeof(raw));
+
+	log_sanitize(raw, err, sizeof(err)); /* it may quote the CA */
+
+	if (r == 0)
+		log_debug("identity \"%s\": CMP root CA key update: %s", id->cfg->name, err);
+	else if (r < 0)
+		log_warn("identity \"%s\": CMP root CA key update: refused the answer: %s",
+			 id->cfg->name, err);
+	else
+		r = cacerts_root_update(id, nwn, nwo) > 0 ? 1 : 0;
+	X509_free(old_root);
+	X509_free(nwn);
+	X509_free(nwo);
+	return r;
+}
+
 static int install_chain(void *arg, char *err, size_t errlen)
 {
 	struct txn *t = arg;
@@ -1231,6 +1267,17 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	req.signer_name = signer_name;
 	req.own_chain = snap.chain;
 	req.implicit_confirm = cfg->implicit_confirm;
+	req.ca_pubs = offer_ca_pubs;
+	if (cfg->renew == RENEW_CMP && req.kind == ENROLL_RENEW &&
+	    cmp_root_update(id, &req) > 0) {
+		/* A new root is in force: this KUR's answers may already come under it. */
+		free(trust);
+		if ((trust = cacerts_trust_file(id)) == NULL) {
+			snprintf(msg, msglen, "out of memory");
+			goto out_journal;
+		}
+		req.trust_file = t.trust = trust;
+	}
 	j.step = STEP_REQUESTED;
 	if (journal_write(id, &j) != 0) {
 		snprintf(msg, msglen, "cannot write the renewal journal");

@@ -4,6 +4,7 @@ RENEW_TESTS = \
 	tests/integration/renew-cmp-shapes.sh \
 	tests/integration/renew-cmp-refused.sh \
 	tests/integration/renew-cmp-rollover.sh \
+	tests/integration/renew-cmp-rootca.sh \
 	tests/integration/renew-est.sh \
 	tests/integration/renew-tpm.sh \
 	tests/integration/renew-openssl-cmp.sh \

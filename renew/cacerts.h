@@ -4,7 +4,7 @@
  * since (<state-dir>/<identity>.ca-next). Before each EST renewal the CA's
  * current certificates are fetched from /cacerts (RFC 7030 §4.1.3); before
  * each CMP KUR the CA is asked for a root CA key update (RFC 9480 4.3,
- * agent/enroll-cmp.c), and an IR's caPubs are offered the same way.
+ * renew/enroll-cmp.c), and an IR's caPubs are offered the same way.
  *
  * A new root (self-signed CA certificate) in /cacerts is accepted only when
  * the same answer holds its link certificate, "NewWithOld": same subject,

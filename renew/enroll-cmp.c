@@ -604,7 +604,7 @@ fail:
 
 /*
  * An ip's caPubs (RFC 4210 5.3.2): the CA's certificates, which a new root
- * among them may be, judged by agent/cacerts.c (only through its link from an
+ * among them may be, judged by renew/cacerts.c (only through its link from an
  * anchor in force). After the installation: a refused root must not cost the
  * certificate.
  */

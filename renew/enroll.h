@@ -114,7 +114,7 @@ struct enroll_request {
 	int (*install)(void *arg, char *err, size_t errlen);
 	/*
 	 * CMP IR: called after install() with the ip's caPubs, if any (the
-	 * callee judges them; agent/cacerts.c). May be NULL.
+	 * callee judges them; renew/cacerts.c). May be NULL.
 	 */
 	void (*ca_pubs)(void *arg, STACK_OF(X509) *certs);
 	void *commit_arg;

@@ -787,7 +787,7 @@ static void offer_ca_pubs(void *arg, STACK_OF(X509) *certs)
  * One round trip per renewal, protected and verified like the KUR itself; a
  * CA without the service answers with an error, which is fine (debug log
  * only). A new root is kept only when its newWithOld link comes from an
- * anchor in force (agent/cacerts.c). 1 when a new root was accepted.
+ * anchor in force (renew/cacerts.c). 1 when a new root was accepted.
  */
 static int cmp_root_update(struct identity_rt *id, const struct enroll_request *req)
 {

@@ -15,6 +15,7 @@
 #     renewal installs leaf + new intermediate, which verifies against the new root; the
 #     next genm names the new root. A curl loop through the provider to an s_server that
 #     trusts both roots never fails across all of it.
+#  5. IR caPubs (bootstrap): a new root among them is kept only with its real link.
 set -eu
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -209,4 +210,35 @@ curl_loop_stop
 log "OK: renewals under the new root ($SERIAL, chain leaf + inter2 verifies against root 2); refused shapes changed nothing"
 s_server_stop
 agent_stop
+
+# 5. IR caPubs (bootstrap with a shared secret; a fresh agent per CA): a new root among the
+# caPubs is judged like the root CA key update: refused with a rogue link, kept with the
+# real one. The IR succeeds either way.
+(umask 077 && openssl rand -hex 32 >"$WORK/boot.secret")
+# bootstrap_with NAME CAPUBS: a new agent whose identity NAME bootstraps (IR) from the CA
+# under the old root, whose caPubs are its certificate + CAPUBS.
+bootstrap_with() {
+	ca_as "$D/inter.crt" "$D/inter.key" "$2" --secret "boot:$WORK/boot.secret"
+	agent_config
+	agent_identity "$1" "renew = cmp" "ca-url = $CA_URL" "ca-trust = $CA_TRUST" "ca-timeout = 10" \
+		"bootstrap = secret:boot:$WORK/boot.secret" "subject = /CN=$1$ORG" "key-type = ec-p256"
+	agent_start
+	SERIAL=$(wait_new_serial "$1" "" 30)
+	grep -q "ir issued serial=$SERIAL" "$CA_LOG" || fail "$1: the CA log shows no ir for $SERIAL"
+	agent_stop
+}
+cat "$D/root.crt" "$D/root2.crt" "$D/root2-by-fake.crt" >"$WORK/capubs-rogue.pem"
+bootstrap_with nr "$WORK/capubs-rogue.pem"
+grep -q "identity \"nr\": CMP caPubs: refused the new CA root /CN=mtls-agent test root 2" "$AGENT_LOG" ||
+	fail "caPubs with a rogue link: no refusal in the agent log"
+[ ! -e "$STATE_DIR/nr.ca-next" ] || fail "caPubs with a rogue link: a root was kept"
+cmp -s "$CA_TRUST" "$WORK/ca-trust.orig" || fail "ca-trust changed"
+cat "$D/root.crt" "$D/root2.crt" "$D/root2-by-root1.crt" >"$WORK/capubs-good.pem"
+bootstrap_with nb "$WORK/capubs-good.pem"
+grep -q "identity \"nb\": CMP caPubs: accepted the new CA root /CN=mtls-agent test root 2" "$AGENT_LOG" ||
+	fail "caPubs with the real link: the new root was not accepted"
+cmp -s <(openssl x509 -in "$STATE_DIR/nb.ca-next" -outform DER) <(openssl x509 -in "$D/root2.crt" -outform DER) ||
+	fail "nb.ca-next does not hold the new root"
+cmp -s "$CA_TRUST" "$WORK/ca-trust.orig" || fail "ca-trust changed"
+log "5: IR caPubs: a new root with a rogue link refused, with its real link kept (nb.ca-next)"
 ca_stop

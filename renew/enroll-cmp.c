@@ -547,9 +547,12 @@ static OSSL_CMP_CTX *cmp_setup(const struct enroll_request *req, struct cmp_txn 
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_IMPLICIT_CONFIRM, req->implicit_confirm ? 1 : 0);
 	/*
 	 * PBM (bootstrap secret): HMAC-SHA256 rather than OpenSSL 3.0's default
-	 * HMAC-SHA1 (RFC 9481 4.1.1). The iteration count has no setter in 3.0
-	 * (500): a captured IR is open to offline guessing, hence the config-time
-	 * warnings about short secrets and http://.
+	 * HMAC-SHA1 (RFC 9481 4.1.1). The iteration count stays OpenSSL's fixed
+	 * 500: no release has a public setter, and re-protecting each request in
+	 * the transfer callback would mean rewriting its header's protectionAlg
+	 * and its protection in the DER by hand (no public setters either; see
+	 * README, bootstrap secrets). A captured IR is open to offline guessing,
+	 * hence the config-time warnings about short secrets and http://.
 	 */
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_MAC_ALGNID, NID_hmacWithSHA256);
 	if (req->signer_name != NULL && !OSSL_CMP_CTX_set1_expected_sender(ctx, req->signer_name))

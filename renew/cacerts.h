@@ -2,7 +2,7 @@
  * CA certificate refresh for renewal (issue 10): the trust anchors in force
  * for an identity are its configured ca-trust plus the successors accepted
  * since (<state-dir>/<identity>.ca-next). Before each EST renewal the CA's
- * current certificates are fetched from /cacerts (RFC 7030 §4.1.3); before
+ * current certificates are fetched from /cacerts (RFC 7030 §4.1.3); after
  * each CMP KUR the CA is asked for a root CA key update (RFC 9480 4.3,
  * renew/enroll-cmp.c), and an IR's caPubs are offered the same way.
  *

@@ -628,6 +628,7 @@ struct txn {
 	struct journal *journal;
 	STACK_OF(X509) *extra; /* the CA's intermediates from /cacerts (EST), or NULL */
 	STACK_OF(X509) *staged; /* verified, not yet installed */
+	STACK_OF(X509) *installed; /* a reference to the chain installed, for the root CA update */
 };
 
 static STACK_OF(X509) *chain_copy(STACK_OF(X509) *chain)
@@ -783,11 +784,12 @@ static void offer_ca_pubs(void *arg, STACK_OF(X509) *certs)
 }
 
 /*
- * CMP: before each KUR, ask the CA for a root CA key update (RFC 9480 4.3).
- * One round trip per renewal, protected and verified like the KUR itself; a
- * CA without the service answers with an error, which is fine (debug log
- * only). A new root is kept only when its newWithOld link comes from an
- * anchor in force (renew/cacerts.c). 1 when a new root was accepted.
+ * CMP: after each successful KUR, ask the CA for a root CA key update (RFC
+ * 9480 4.3), so that the next renewal trusts a root the CA is moving to. One
+ * round trip, protected and verified like the KUR itself; a CA without the
+ * service answers with an error, which is fine (debug log only). A new root
+ * is kept only when its newWithOld link comes from an anchor in force
+ * (renew/cacerts.c). 1 when a new root was accepted.
  */
 static int cmp_root_update(struct identity_rt *id, const struct enroll_request *req)
 {
@@ -823,6 +825,8 @@ static int install_chain(void *arg, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot install the new certificate: %s", cerr);
 		return -1;
 	}
+	sk_X509_pop_free(t->installed, X509_free);
+	t->installed = X509_chain_up_ref(t->staged);
 	t->staged = NULL; /* owned by the identity now */
 	t->journal->step = STEP_INSTALLED;
 	journal_write(t->id, t->journal);
@@ -1268,16 +1272,6 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	req.own_chain = snap.chain;
 	req.implicit_confirm = cfg->implicit_confirm;
 	req.ca_pubs = offer_ca_pubs;
-	if (cfg->renew == RENEW_CMP && req.kind == ENROLL_RENEW &&
-	    cmp_root_update(id, &req) > 0) {
-		/* A new root is in force: this KUR's answers may already come under it. */
-		free(trust);
-		if ((trust = cacerts_trust_file(id)) == NULL) {
-			snprintf(msg, msglen, "out of memory");
-			goto out_journal;
-		}
-		req.trust_file = t.trust = trust;
-	}
 	j.step = STEP_REQUESTED;
 	if (journal_write(id, &j) != 0) {
 		snprintf(msg, msglen, "cannot write the renewal journal");
@@ -1288,6 +1282,14 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	else
 		enroll_est(&req, &res);
 	outcome = res.outcome;
+	if (cfg->renew == RENEW_CMP && req.kind == ENROLL_RENEW && outcome == ENROLL_OK &&
+	    t.installed != NULL) {
+		/* Asked with the certificate just installed: the CA may revoke the old one. */
+		req.cur_key = new_pkey;
+		req.cur_chain = t.installed;
+		req.own_chain = t.installed;
+		cmp_root_update(id, &req);
+	}
 	*hint = res.retry_after;
 	snprintf(msg, msglen, "%s", res.msg);
 	if (outcome == ENROLL_OK && j.old_key[0] != '\0' && strcmp(j.old_key, j.new_key) != 0) {
@@ -1300,6 +1302,7 @@ out_journal:
 	journal_remove(id);
 out:
 	sk_X509_pop_free(t.staged, X509_free);
+	sk_X509_pop_free(t.installed, X509_free);
 	X509_NAME_free(signer_name);
 	ERR_clear_error();
 	sk_X509_pop_free(t.extra, X509_free);

@@ -1,15 +1,16 @@
 #!/bin/bash
-# CMP trust-anchor refresh: RFC 9480 4.3 root CA key update. Before each KUR the agent
-# sends a genm (id-it-rootCaCert, value = the root in force) to the test CMP CA (keys in
-# SoftHSM, forced renewals, the CA restarted on one port for each step):
+# CMP trust-anchor refresh: RFC 9480 4.3 root CA key update. After each successful KUR the
+# agent sends a genm (id-it-rootCaCert, value = the root in force) to the test CMP CA (keys
+# in SoftHSM, forced renewals, the CA restarted on one port for each step):
 #  1. a CA without the service answers the genm with an error: the renewal goes on, and
 #     the agent says nothing about it above debug level;
-#  2. refused shapes, each with one precise warning, the renewal itself going on under the
+#  2. refused shapes, each with one precise warning, the renewal itself done under the
 #     old root, nothing kept (no <state-dir>/dev.ca-next), ca-trust byte-identical:
 #     a. no newWithOld;  b. a newWithOld whose signature is not the old root's (a "link"
 #     carrying the old root's name, signed by the new root's own key);
 #  3. the rollover: newWithNew, newWithOld (signed by the old root), oldWithNew: the new
 #     root is kept in dev.ca-next (ca-trust untouched);
+#     (Before that, a control: the CA under the new root is refused.)
 #  4. the CA moves under the new root (a new intermediate, answers signed by an RA with
 #     id-kp-cmcRA under it): the KUR's answers verify only through the accepted root, the
 #     renewal installs leaf + new intermediate, which verifies against the new root; the
@@ -135,7 +136,9 @@ camark=$(($(wc -l <"$CA_LOG") + 1))
 logmark=$(($(wc -l <"$AGENT_LOG") + 1))
 renew_ok "CA without the service"
 ca_log_has "$camark" "genm answered with error (no --root-update)" ||
-	fail "the agent sent no rootCaCert genm before the KUR"
+	fail "the agent sent no rootCaCert genm after the KUR"
+ca_log_since "$camark" | grep -E "kur issued|certConf accepted|genm answered" | tail -n 1 | grep -q "genm answered" ||
+	fail "the genm did not come after the KUR and its confirmation"
 if tail -n +"$logmark" "$AGENT_LOG" | grep "root CA key update" | grep -qv -i debug; then
 	show_log "$AGENT_LOG" 20
 	fail "a CA without the root CA key update service caused a log line above debug level"
@@ -191,7 +194,7 @@ ca_as "$D/inter2.crt" "$D/inter2.key" "$D/root2.crt" --srv-cert "$D/ra2.crt" --s
 camark=$(($(wc -l <"$CA_LOG") + 1))
 renew_ok "the CA under the new root"
 ca_log_has "$camark" "kur issued serial=$SERIAL" || fail "the CA log shows no KUR for $SERIAL"
-ca_log_has "$camark" "genm answered with error" || fail "no genm before the second KUR"
+ca_log_has "$camark" "genm answered with error" || fail "no genm after the KUR under the new root"
 ctl cert dev >"$WORK/now.pem"
 assert_eq "$(count_certs "$WORK/now.pem")" 2 "certificates in the installed chain"
 openssl verify -CAfile "$D/root2.crt" -untrusted "$WORK/now.pem" -purpose sslclient "$WORK/now.pem" >"$WORK/verify.out" 2>&1 ||

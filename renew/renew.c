@@ -1282,14 +1282,6 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	else
 		enroll_est(&req, &res);
 	outcome = res.outcome;
-	if (cfg->renew == RENEW_CMP && req.kind == ENROLL_RENEW && outcome == ENROLL_OK &&
-	    t.installed != NULL) {
-		/* Asked with the certificate just installed: the CA may revoke the old one. */
-		req.cur_key = new_pkey;
-		req.cur_chain = t.installed;
-		req.own_chain = t.installed;
-		cmp_root_update(id, &req);
-	}
 	*hint = res.retry_after;
 	snprintf(msg, msglen, "%s", res.msg);
 	if (outcome == ENROLL_OK && j.old_key[0] != '\0' && strcmp(j.old_key, j.new_key) != 0) {
@@ -1300,6 +1292,18 @@ out_journal:
 	/* Whatever happened, the certificate file now says which key is current. */
 	staged_remove(id);
 	journal_remove(id);
+	if (outcome == ENROLL_OK && cfg->renew == RENEW_CMP && req.kind == ENROLL_RENEW &&
+	    t.installed != NULL) {
+		/*
+		 * Once the renewal is complete and its journal gone (a crash or a
+		 * bad answer here costs the renewal nothing), and asked with the
+		 * certificate just installed: the CA may have revoked the old one.
+		 */
+		req.cur_key = new_pkey;
+		req.cur_chain = t.installed;
+		req.own_chain = t.installed;
+		cmp_root_update(id, &req);
+	}
 out:
 	sk_X509_pop_free(t.staged, X509_free);
 	sk_X509_pop_free(t.installed, X509_free);

@@ -568,7 +568,8 @@ static OSSL_CMP_CTX *cmp_setup(const struct enroll_request *req, struct cmp_txn 
 		X509 *leaf = sk_X509_value(req->cur_chain, 0);
 
 		if (leaf == NULL || req->cur_key == NULL) {
-			set_result(res, ENROLL_LOCAL, "CMP %s: no current certificate to renew", what);
+			set_result(res, ENROLL_LOCAL, "CMP %s: no current certificate to renew",
+				   what);
 			goto fail;
 		}
 		prot_key = req->cur_key;
@@ -777,7 +778,8 @@ int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X50
 	*new_with_new = *new_with_old = NULL;
 	snprintf(err, errlen, "no answer");
 	if (want == NULL || req->kind != ENROLL_RENEW) {
-		snprintf(err, errlen, "not asked (no current certificate)");
+		snprintf(err, errlen, "not asked (%s)",
+			 want == NULL ? "out of memory" : "no current certificate");
 		goto out;
 	}
 	if ((ctx = cmp_setup(req, &t, "genm", &untrusted, &res)) == NULL) {
@@ -824,11 +826,19 @@ int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X50
 	}
 	if (i == sk_OSSL_CMP_ITAV_num(itavs) || value == NULL)
 		goto out; /* absent, or present without a value: no update (RFC 9480 4.3) */
-	if (value->type != V_ASN1_SEQUENCE || value->value.sequence == NULL ||
-	    (p = value->value.sequence->data,
-	     (upd = (ROOTCA_UPDATE *)ASN1_item_d2i(NULL, &p, value->value.sequence->length,
-						   ASN1_ITEM_rptr(ROOTCA_UPDATE))) == NULL) ||
-	    p != value->value.sequence->data + value->value.sequence->length) {
+	if (value->type == V_ASN1_SEQUENCE && value->value.sequence != NULL) {
+		/* ANY holding a SEQUENCE: the string is its whole encoding, and nothing else. */
+		const ASN1_STRING *der = value->value.sequence;
+
+		p = der->data;
+		upd = (ROOTCA_UPDATE *)ASN1_item_d2i(NULL, &p, der->length,
+						     ASN1_ITEM_rptr(ROOTCA_UPDATE));
+		if (upd != NULL && p != der->data + der->length) {
+			ASN1_item_free((ASN1_VALUE *)upd, ASN1_ITEM_rptr(ROOTCA_UPDATE));
+			upd = NULL;
+		}
+	}
+	if (upd == NULL) {
 		snprintf(err, errlen, "the rootCaKeyUpdate value is not a RootCaKeyUpdateContent");
 		r = -1;
 		goto out;

@@ -174,7 +174,7 @@ static struct {
 	const char *extra_mode;
 	int capubs, implicit_confirm;
 	const char *status_text;
-	X509 *root_upd[3]; /* --root-update: newWithNew, newWithOld, oldWithNew (each may be NULL) */
+	X509 *root_upd[3]; /* --root-update: newWithNew, newWithOld, oldWithNew (or NULL) */
 	int root_upd_set;
 } g;
 

@@ -1092,18 +1092,19 @@ static TSS2_RC load_key(struct tpm_ks *ks, struct tpm_key *tk)
 	return TSS2_RC_SUCCESS;
 }
 
+/* The TPM's id of each digest in common/scheme.c (common/ does not know tpm2-tss). */
+static const TPMI_ALG_HASH tpm_hash_alg[SCHEME_N_HASHES] = {
+    [SCHEME_SHA256] = TPM2_ALG_SHA256,
+    [SCHEME_SHA384] = TPM2_ALG_SHA384,
+    [SCHEME_SHA512] = TPM2_ALG_SHA512,
+};
+
+/* The hash of a digest of len bytes, or TPM2_ALG_NULL. */
 static TPMI_ALG_HASH hash_alg(size_t len)
 {
-	switch (len) {
-	case 32:
-		return TPM2_ALG_SHA256;
-	case 48:
-		return TPM2_ALG_SHA384;
-	case 64:
-		return TPM2_ALG_SHA512;
-	default:
-		return TPM2_ALG_NULL;
-	}
+	const struct scheme_md *md = scheme_md_by_len(len);
+
+	return md != NULL ? tpm_hash_alg[md->id] : TPM2_ALG_NULL;
 }
 
 /* TPM2_Sign of a digest the agent computed (allowed: our keys are not restricted). */

@@ -38,7 +38,7 @@
 /* A reply buffer holds the whole frame, length bytes included. */
 #define REPLY_MAX (PROTO_LEN_SIZE + PROTO_MAX_REPLY)
 
-static __thread char last_error[512];
+static __thread char last_error[MTLSA_ERRMSG_MAX];
 
 static void set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -1369,7 +1369,7 @@ static int tpm_open(const struct ks_params *params, struct keystore **out, char 
 	struct tpm_ks *ks = NULL;
 	const char *name = params->name != NULL ? params->name : "";
 	const char *tcti = params->tcti != NULL ? params->tcti : DEFAULT_TCTI;
-	char rerr[256];
+	char rerr[MTLSA_ERRMSG_MAX];
 	TSS2_RC rc;
 	int ret;
 
@@ -1444,7 +1444,7 @@ static void tpm_state(struct keystore *base, char *buf, size_t len)
  */
 static int check_found(struct tpm_ks *ks, struct ks_key **res, size_t *n, char *err, size_t errlen)
 {
-	char why[256] = "";
+	char why[MTLSA_ERRMSG_MAX] = "";
 	TSS2_RC rc;
 	size_t i, kept = 0, total = *n;
 	int attempt, was;

@@ -462,7 +462,7 @@ static int agent_sign(struct sigctx *ctx, unsigned flags, const uint8_t *data, s
 	const struct mtlsa_key *key = ctx->key;
 	uint8_t *out = NULL;
 	size_t out_len = 0;
-	char err[MTLSA_ERR_LEN] = "";
+	char err[MTLSA_ERRMSG_MAX] = "";
 	uint16_t scheme;
 	int r;
 

@@ -28,7 +28,7 @@
 /* What a handler reports back: an error code with a message, or success. */
 struct result {
 	int code;
-	char msg[512];
+	char msg[MTLSA_ERRMSG_MAX];
 };
 
 static int fail(struct result *res, int code, const char *fmt, ...)
@@ -266,7 +266,7 @@ static int put_chain(struct buf *b, STACK_OF(X509) *chain)
 static int put_identity(struct buf *b, struct identity_rt *id)
 {
 	struct ks_key *key;
-	char err[256];
+	char err[MTLSA_ERRMSG_MAX];
 	int r;
 
 	pthread_mutex_lock(&id->lock);
@@ -351,7 +351,7 @@ static int op_get_identity(const struct dispatch_env *env, const struct peer *pe
 	if ((r = rd_done(rd)) != 0)
 		return fail(res, r, "trailing bytes after the identity name");
 	if (chain_only) {
-		char err[256];
+		char err[MTLSA_ERRMSG_MAX];
 
 		pthread_mutex_lock(&id->lock);
 		/* The certificate file as it is now (replaced by another tool?). */
@@ -375,7 +375,7 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 	struct ks_key *key;
 	enum sign_result outcome;
 	const char *reason;
-	char err[256];
+	char err[MTLSA_ERRMSG_MAX];
 	uint16_t code;
 	uint8_t flags;
 	int r;
@@ -640,7 +640,7 @@ static int op_import_cert(const struct dispatch_env *env, const struct peer *pee
 	struct identity_rt *id;
 	const uint8_t *data;
 	time_t not_after;
-	char err[400];
+	char err[MTLSA_ERRMSG_MAX];
 	size_t len;
 	int r;
 
@@ -667,7 +667,7 @@ static int op_renew(const struct dispatch_env *env, const struct peer *peer, str
 {
 	struct identity_rt *id;
 	time_t not_after;
-	char msg[512];
+	char msg[MTLSA_ERRMSG_MAX];
 	int r;
 
 	if ((r = require_admin(env, peer, "renew", res)) != 0 ||
@@ -692,7 +692,7 @@ static int op_renew(const struct dispatch_env *env, const struct peer *peer, str
 static int op_reload(const struct dispatch_env *env, const struct peer *peer, struct reader *rd,
 		     struct result *res)
 {
-	char err[400];
+	char err[MTLSA_ERRMSG_MAX];
 	int r;
 
 	if ((r = require_admin(env, peer, "reload", res)) != 0)

@@ -2369,6 +2369,15 @@ static void check_identity(struct doctor *d, struct findings *fd,
 		state = status_field(rec, "state");
 		ks = status_field(rec, "keystore");
 		/* Automated renewal that needs an operator, or keeps failing. */
+		const char *revocation = status_field(rec, "revocation");
+
+		if (revocation != NULL && strncmp(revocation, "revoked", 7) == 0)
+			add_finding(fd, 0,
+				    "certificate %s — the agent is re-enrolling; see last-result",
+				    revocation);
+		else if (revocation != NULL && strncmp(revocation, "unknown", 7) == 0)
+			add_finding(fd, 1, "revocation status %s — the certificate is still served",
+				    revocation);
 		if (action != NULL)
 			add_finding(fd, 0, "renewal: %s", action);
 		else if (failures != NULL && strcmp(failures, "0") != 0)

@@ -18,9 +18,9 @@
 
 #include "agent/conf.h"
 #include "agent/metrics-http.h"
-#include "agent/renew-verify.h"
-#include "agent/revocation.h"
-#include "agent/sched.h"
+#include "renew/renew-verify.h"
+#include "renew/revocation.h"
+#include "renew/sched.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "keystore/csr.h"

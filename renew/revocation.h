@@ -2,7 +2,7 @@
  * Revocation awareness: the agent asks the OCSP responder (AIA) or fetches the
  * CRL (distribution points) named in its own certificate, over HTTP with
  * libcurl, and verifies the answer with OpenSSL. A revoked certificate makes
- * the identity re-enroll (agent/renew.c); an answer that cannot be had or
+ * the identity re-enroll (renew/renew.c); an answer that cannot be had or
  * trusted is a warning only: the credential keeps being served.
  */
 #ifndef MTLS_AGENT_REVOCATION_H

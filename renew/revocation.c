@@ -1,5 +1,5 @@
 /*
- * Revocation checks of the agent's own certificates (see agent/revocation.h):
+ * Revocation checks of the agent's own certificates (see renew/revocation.h):
  * OCSP (RFC 6960) by POST, CRL (RFC 5280) by GET, both over libcurl with a
  * timeout and a size cap, both verified against the identity's anchors and
  * the issuer in its chain before anything is believed.
@@ -16,8 +16,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include "agent/enroll.h"
-#include "agent/revocation.h"
+#include "renew/enroll.h"
+#include "renew/revocation.h"
 
 /* Clock difference tolerated between us and the responder or CRL issuer. */
 #define REV_SKEW_S 300

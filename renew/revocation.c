@@ -411,6 +411,27 @@ static void crl_check(const char *url, X509 *leaf, X509 *issuer, unsigned timeou
 
 /* ---- both ------------------------------------------------------------------------------ */
 
+/* The responder first (fresher, smaller); a CRL answers when it cannot (auto mode). */
+static void check_sources(const char *ocsp, const char *crl, X509 *leaf, X509 *issuer,
+			  STACK_OF(X509) * chain, X509_STORE *trust, unsigned timeout_s, time_t now,
+			  struct rev_result *out)
+{
+	char first[sizeof(out->msg)] = "", second[sizeof(out->msg)];
+
+	if (ocsp != NULL) {
+		ocsp_check(ocsp, leaf, issuer, chain, trust, timeout_s, out);
+		if (out->status != REV_UNKNOWN || crl == NULL)
+			return;
+		snprintf(first, sizeof(first), "%s", out->msg);
+	}
+	crl_check(crl, leaf, issuer, timeout_s, now, out);
+	if (out->status == REV_UNKNOWN && first[0] != '\0') {
+		/* Neither answered: both reasons, the preferred source's first. */
+		snprintf(second, sizeof(second), "%s", out->msg);
+		snprintf(out->msg, sizeof(out->msg), "%.200s; %.110s", first, second);
+	}
+}
+
 void rev_check(STACK_OF(X509) * chain, X509_STORE *trust, int mode, unsigned timeout_s, time_t now,
 	       struct rev_result *out)
 {
@@ -436,20 +457,7 @@ void rev_check(STACK_OF(X509) * chain, X509_STORE *trust, int mode, unsigned tim
 		set_unknown(out, "", "",
 			    "the certificate's issuer is neither in its chain nor an anchor");
 	} else {
-		if (ocsp != NULL)
-			ocsp_check(ocsp, leaf, issuer, chain, trust, timeout_s, out);
-		/* auto: a CRL answers when the responder cannot. */
-		if (crl != NULL && (ocsp == NULL || out->status == REV_UNKNOWN)) {
-			char first[sizeof(out->msg)];
-
-			snprintf(first, sizeof(first), "%s", ocsp != NULL ? out->msg : "");
-			crl_check(crl, leaf, issuer, timeout_s, now, out);
-			if (out->status == REV_UNKNOWN && first[0] != '\0') {
-				size_t n = strlen(out->msg);
-
-				snprintf(out->msg + n, sizeof(out->msg) - n, "; ocsp: %s", first);
-			}
-		}
+		check_sources(ocsp, crl, leaf, issuer, chain, trust, timeout_s, now, out);
 	}
 	free(ocsp);
 	free(crl);

@@ -791,12 +791,30 @@ revocation_revoke() {
 	revocation_crl
 }
 
-# ocsp_start PORT: the real OCSP responder, `openssl ocsp -index`, signing with the issuing
-# CA (it binds every interface: the revocation tests run in their own network namespace).
+# revocation_rogue: $WORK/rev/rogue.{crt,key}, a self-signed certificate with the issuing
+# CA's name and a key of its own: what signs a forged OCSP response or CRL.
+revocation_rogue() {
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+		-subj "$(openssl x509 -in "$CA_DIR/inter.crt" -noout -subject -nameopt compat | sed 's/^subject=//')" \
+		-keyout "$WORK/rev/rogue.key" -out "$WORK/rev/rogue.crt" 2>"$WORK/rev/rogue.err" ||
+		fail "cannot make the rogue signer: $(cat "$WORK/rev/rogue.err")"
+}
+
+# revocation_crl_forged: publishes a CRL with the issuer's name signed by the rogue key.
+revocation_crl_forged() {
+	openssl ca -batch -config "$REV_CNF" -gencrl -keyfile "$WORK/rev/rogue.key" \
+		-cert "$WORK/rev/rogue.crt" -out "$WORK/rev/forged.pem" 2>"$WORK/rev/gencrl.err" ||
+		fail "openssl ca -gencrl (forged): $(cat "$WORK/rev/gencrl.err")"
+	openssl crl -in "$WORK/rev/forged.pem" -outform DER -out "$REV_CRL_DIR/inter.crl"
+}
+
+# ocsp_start PORT [SIGNER KEY]: the real OCSP responder, `openssl ocsp -index`, signing with
+# the issuing CA or SIGNER (it binds every interface: the revocation tests run in their own
+# network namespace).
 OCSP_PID=
 ocsp_start() {
-	openssl ocsp -index "$REV_INDEX" -port "$1" -rsigner "$CA_DIR/inter.crt" \
-		-rkey "$CA_DIR/inter.key" -CA "$CA_DIR/inter.crt" -ignore_err \
+	openssl ocsp -index "$REV_INDEX" -port "$1" -rsigner "${2:-$CA_DIR/inter.crt}" \
+		-rkey "${3:-$CA_DIR/inter.key}" -CA "$CA_DIR/inter.crt" -ignore_err \
 		>>"$WORK/ocsp.log" 2>&1 </dev/null &
 	OCSP_PID=$!
 	bg_track "$OCSP_PID"
@@ -817,6 +835,15 @@ crl_server_start() {
 		show_log "$WORK/crl-http.log"
 		fail "the CRL's HTTP server did not listen on port $1"
 	}
+}
+
+# ocsp_revoked PORT PEM: whether the responder on PORT says PEM is revoked. `openssl ocsp`
+# reloads a changed index only when it goes back to accept, so the first answer after a
+# change is still the old one; asking until it is current takes that out of the agent's time.
+ocsp_revoked() {
+	openssl ocsp -issuer "$CA_DIR/inter.crt" -cert "$2" -url "http://127.0.0.1:$1/" \
+		-CAfile "$CA_DIR/root.crt" -verify_other "$CA_DIR/inter.crt" 2>/dev/null |
+		grep -q ': revoked'
 }
 
 # pid_stop VAR: stops the process whose pid is in variable VAR and clears it.
@@ -859,16 +886,18 @@ handshake_ok() {
 # names SOURCE (ocsp: an OCSP responder and a CRL; crl: a CRL only), checked every 2 s.
 #  1. good: status says so, from SOURCE;
 #  2. responder (and CRL) down: status warns "unknown (... unreachable ...)", `check`
-#     warns, handshakes go on; back up: good again;
+#     warns, handshakes go on; a forged answer (a responder or CRL signed by a key with the
+#     CA's name but not its certificate) is a warning too, never "good"; back: good again;
 #  3. revoked (openssl ca -revoke, CRL republished): the agent notices within one interval,
 #     logs one error, status and check show it; the CA refuses simplereenroll with the
 #     revoked certificate, the agent bootstraps (simpleenroll); handshakes use the new one.
 revoked_scenario() {
-	local source=$1 ocsp_port crl_port s1 s2 v t0 seen ca_line
+	local source=$1 ocsp_port crl_port s1 s2 v t0 seen ca_line i
 	ocsp_port=$(free_port)
 	crl_port=$(free_port)
 	revocation_setup
 	revocation_crl
+	revocation_rogue
 	(umask 077 && printf 'pw-%s\n' "$(rand_token)" >"$WORK/est.pass" &&
 		printf 'device:%s\n' "$(cat "$WORK/est.pass")" >"$WORK/est.basic")
 	local aia=()
@@ -894,13 +923,25 @@ revoked_scenario() {
 	# 2. Nothing answers: a warning, never an outage.
 	pid_stop OCSP_PID
 	pid_stop CRL_PID
-	v=$(wait_revocation gw "^unknown \(.*unreachable" 10)
+	v=$(wait_revocation gw "^unknown \((responder|CRL) unreachable: " 10)
 	log "sources down: revocation $v"
 	assert_contains "$(ctl check 2>&1 || true)" "revocation status unknown" "check"
 	assert_eq "$(handshake_ok gw)" "$s1" "serial the server saw with the responder down"
 	assert_eq "$(current_serial gw)" "$s1" "serial after the responder went down"
-	[ "$source" = ocsp ] && ocsp_start "$ocsp_port"
-	crl_server_start "$crl_port"
+	if [ "$source" = ocsp ]; then
+		ocsp_start "$ocsp_port" "$WORK/rev/rogue.crt" "$WORK/rev/rogue.key"
+		v=$(wait_revocation gw "^unknown \(bad response: signature not by the issuing CA" 10)
+		pid_stop OCSP_PID
+		ocsp_start "$ocsp_port"
+	else
+		revocation_crl_forged
+		crl_server_start "$crl_port"
+		v=$(wait_revocation gw "^unknown \(bad CRL: not signed by the certificate's issuer" 10)
+		revocation_crl
+	fi
+	log "forged answer: revocation $v"
+	assert_eq "$(handshake_ok gw)" "$s1" "serial the server saw after a forged answer"
+	[ -n "$CRL_PID" ] || crl_server_start "$crl_port"
 	v=$(wait_revocation gw "^good \($source," 15)
 	log "sources back: revocation $v"
 
@@ -909,10 +950,16 @@ revoked_scenario() {
 	ca_fault delay 1 4
 	ctl cert gw >"$WORK/revoked.pem"
 	ca_line=$(($(wc -l <"$CA_LOG") + 1))
-	t0=$SECONDS
 	revocation_revoke "$WORK/revoked.pem" keyCompromise
-	v=$(wait_revocation gw "^revoked \(keyCompromise, revoked [0-9T:-]+Z; $source," 8)
+	if [ "$source" = ocsp ]; then
+		for i in 1 2 3; do ocsp_revoked "$ocsp_port" "$WORK/revoked.pem" && break; done
+		ocsp_revoked "$ocsp_port" "$WORK/revoked.pem" || fail "openssl ocsp does not report the revocation"
+	fi
+	t0=$SECONDS
+	v=$(wait_revocation gw "^revoked \(keyCompromise, revoked [0-9T:-]+Z; $source," 10)
 	seen=$((SECONDS - t0))
+	# One interval (2 s), plus 3 s for a loaded machine.
+	[ "$seen" -le 5 ] || fail "the revocation was noticed after $seen s; the interval is 2 s"
 	log "revoked: noticed within $seen s (interval 2 s): $v"
 	assert_contains "$(ctl check 2>&1 || true)" "certificate revoked (keyCompromise" "check"
 	assert_eq "$(log_count "certificate serial $s1 is REVOKED")" 1 "errors logged for the revocation"

@@ -113,6 +113,8 @@ struct rstate {
 	unsigned rev_failures;  /* checks in a row that got no trustworthy answer */
 	int rev_revoked;        /* rev_serial is revoked: re-enroll at once */
 	char rev_serial[80];    /* the certificate the revocation state is about */
+	int rev_mode;           /* revocation-check and -interval the state was made with */
+	long long rev_interval;
 	pthread_t worker;       /* this identity's renewal thread ... */
 	int has_worker;         /* ... exists (to be joined) */
 	int worker_exited;      /* ... has ended (its identity is gone or renews no more) */
@@ -1471,6 +1473,29 @@ static void rev_record(const struct cfg_identity *cfg, struct rstate *st,
 }
 
 /*
+ * Whether the certificate in snap is due for a revocation check; what was
+ * known is dropped when the certificate or (after a reload) the settings
+ * changed, which makes it due at once. g.lock held.
+ */
+static int rev_is_due(const struct cfg_identity *cfg, const struct snapshot *snap,
+		      struct rstate *st, time_t now)
+{
+	int changed_cfg = st->rev_mode != cfg->revocation_check ||
+			  st->rev_interval != cfg->revocation_interval;
+
+	if (changed_cfg || strcmp(st->rev_serial, snap->serial) != 0) {
+		st->rev_mode = cfg->revocation_check;
+		st->rev_interval = cfg->revocation_interval;
+		snprintf(st->rev_serial, sizeof(st->rev_serial), "%s", snap->serial);
+		st->rev_next = now;
+		st->rev_failures = 0;
+		st->rev_revoked = 0;
+		st->st.revocation[0] = '\0';
+	}
+	return snap->chain != NULL && snap->not_after > now && st->rev_next <= now;
+}
+
+/*
  * Checks the revocation status of the identity's certificate when it is due
  * (a new certificate at once). Runs in the identity's own thread, so a slow
  * responder delays no other identity and never a signature. g.lock not held.
@@ -1479,34 +1504,24 @@ static void rev_visit(struct identity_rt *id, const struct snapshot *snap, struc
 		      time_t now)
 {
 	const struct cfg_identity *cfg = id->cfg;
-	struct rev_result r;
+	unsigned timeout = cfg->ca_timeout < REV_TIMEOUT_MAX_S ? cfg->ca_timeout
+							       : REV_TIMEOUT_MAX_S;
+	struct rev_result r = {.status = REV_UNKNOWN, .source = ""};
 	X509_STORE *trust;
-	unsigned timeout;
 	int due;
 
 	pthread_mutex_lock(&g.lock);
-	if (strcmp(st->rev_serial, snap->serial) != 0) {
-		/* Another certificate: what was known is about the old one. */
-		snprintf(st->rev_serial, sizeof(st->rev_serial), "%s", snap->serial);
-		st->rev_next = now;
-		st->rev_failures = 0;
-		st->rev_revoked = 0;
-		st->st.revocation[0] = '\0';
+	due = rev_is_due(cfg, snap, st, now);
+	/* Nothing to ask about this certificate (off, no source named): until a reload. */
+	if (due && !rev_wanted(sk_X509_value(snap->chain, 0), cfg->revocation_check)) {
+		st->rev_next = now + MAX_SLEEP_S;
+		due = 0;
 	}
-	due = snap->chain != NULL && snap->not_after > now && st->rev_next <= now &&
-	      cfg->revocation_check != REV_OFF;
 	pthread_mutex_unlock(&g.lock);
 	if (!due)
 		return;
-	timeout = cfg->ca_timeout < REV_TIMEOUT_MAX_S ? cfg->ca_timeout : REV_TIMEOUT_MAX_S;
-	if ((trust = cacerts_trust_store(id, r.msg, sizeof(r.msg))) == NULL) {
-		memset(&r, 0, sizeof(r));
-		r.status = REV_UNKNOWN;
-		r.source = "";
-		snprintf(r.msg, sizeof(r.msg), "ca-trust cannot be loaded");
-	} else {
+	if ((trust = cacerts_trust_store(id, r.msg, sizeof(r.msg))) != NULL)
 		rev_check(snap->chain, trust, cfg->revocation_check, timeout, now, &r);
-	}
 	X509_STORE_free(trust);
 	pthread_mutex_lock(&g.lock);
 	rev_record(cfg, st, &r, time(NULL));

@@ -204,6 +204,23 @@ static char *crl_url(X509 *leaf)
 	return url;
 }
 
+int rev_wanted(X509 *leaf, int mode)
+{
+	char *ocsp, *crl;
+	int r;
+
+	if (leaf == NULL || mode == REV_OFF)
+		return 0;
+	if (mode != REV_AUTO)
+		return 1;
+	ocsp = ocsp_url(leaf);
+	crl = crl_url(leaf);
+	r = ocsp != NULL || crl != NULL;
+	free(ocsp);
+	free(crl);
+	return r;
+}
+
 /* The certificate that issued leaf: the next one in the chain, else an anchor. */
 static X509 *find_issuer(STACK_OF(X509) * chain, X509_STORE *trust, X509 *leaf)
 {

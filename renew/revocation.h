@@ -51,6 +51,12 @@ int rev_mode_from_name(const char *name);
 void rev_check(STACK_OF(X509) * chain, X509_STORE *trust, int mode, unsigned timeout_s, time_t now,
 	       struct rev_result *out);
 
+/*
+ * Whether rev_check has anything to do for leaf: an explicit mode always (a certificate
+ * without the source is a warning), auto when the certificate names a source.
+ */
+int rev_wanted(X509 *leaf, int mode);
+
 /* The name of an RFC 5280 reason code ("keyCompromise"), "unspecified" for unknown codes. */
 const char *rev_reason_name(int reason);
 

@@ -873,6 +873,12 @@ wait_revocation() {
 	done
 }
 
+# revocation_metric NAME STATE: the value of mtls_agent_revocation_state for NAME and STATE.
+revocation_metric() {
+	curl -fsS --max-time 10 --unix-socket "$WORK/metrics.sock" http://localhost/metrics |
+		sed -n "s/^mtls_agent_revocation_state{identity=\"$1\",state=\"$2\"} //p"
+}
+
 # handshake_ok NAME: one curl through the provider with NAME's current credentials to the
 # latest s_server, which must verify the client certificate; prints the serial it saw.
 handshake_ok() {
@@ -906,7 +912,7 @@ revoked_scenario() {
 		"${aia[@]}" --cdp "http://127.0.0.1:$crl_port/inter.crl"
 	[ "$source" = ocsp ] && ocsp_start "$ocsp_port"
 	crl_server_start "$crl_port"
-	agent_config
+	agent_config "metrics-listen = $WORK/metrics.sock"
 	renew_lines est "bootstrap = basic:$WORK/est.basic" "subject = /CN=gw/O=mtls-agent tests" \
 		"key-type = ec-p256" "revocation-interval = 2s"
 	agent_identity gw "${RENEW_LINES[@]}"
@@ -918,6 +924,7 @@ revoked_scenario() {
 	s1=$(wait_new_serial gw "" 30)
 	v=$(wait_revocation gw "^good \($source," 15)
 	log "serial $s1: revocation $v"
+	assert_eq "$(revocation_metric gw good)" 1 "mtls_agent_revocation_state good"
 	assert_eq "$(handshake_ok gw)" "$s1" "serial the server saw"
 
 	# 2. Nothing answers: a warning, never an outage.
@@ -926,6 +933,7 @@ revoked_scenario() {
 	v=$(wait_revocation gw "^unknown \((responder|CRL) unreachable: " 10)
 	log "sources down: revocation $v"
 	assert_contains "$(ctl check 2>&1 || true)" "revocation status unknown" "check"
+	assert_eq "$(revocation_metric gw unknown)" 1 "mtls_agent_revocation_state unknown"
 	assert_eq "$(handshake_ok gw)" "$s1" "serial the server saw with the responder down"
 	assert_eq "$(current_serial gw)" "$s1" "serial after the responder went down"
 	if [ "$source" = ocsp ]; then
@@ -962,6 +970,7 @@ revoked_scenario() {
 	[ "$seen" -le 5 ] || fail "the revocation was noticed after $seen s; the interval is 2 s"
 	log "revoked: noticed within $seen s (interval 2 s): $v"
 	assert_contains "$(ctl check 2>&1 || true)" "certificate revoked (keyCompromise" "check"
+	assert_eq "$(revocation_metric gw revoked)" 1 "mtls_agent_revocation_state revoked"
 	assert_eq "$(log_count "certificate serial $s1 is REVOKED")" 1 "errors logged for the revocation"
 	s2=$(wait_new_serial gw "$s1" 30)
 	ca_log_has "$ca_line" "simplereenroll forbidden: the client certificate is revoked" ||

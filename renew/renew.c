@@ -1339,11 +1339,16 @@ static time_t compute_due(const struct cfg_identity *cfg, const struct snapshot 
 		}
 		return st->failures > 0 ? st->next_retry : now;
 	}
+	/* A revoked certificate is worth nothing to the servers: re-enroll now. */
+	if (st->rev_revoked && strcmp(st->rev_serial, snap->serial) == 0) {
+		if (st->failures > 0 && cfg->bootstrap == BOOTSTRAP_NONE)
+			snprintf(st->st.action, sizeof(st->st.action),
+				 "certificate revoked and its renewal failed: import a new "
+				 "certificate (mtls-agentctl import-cert) or configure bootstrap");
+		return st->failures > 0 ? st->next_retry : now;
+	}
 	if (st->failures > 0)
 		return st->next_retry;
-	/* A revoked certificate is worth nothing to the servers: re-enroll now. */
-	if (st->rev_revoked && strcmp(st->rev_serial, snap->serial) == 0)
-		return now;
 	due = (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
 					  device_jitter(cfg->name, snap->serial));
 	if (st->stalls > 0 && strcmp(st->stall_serial, snap->serial) != 0)

@@ -888,6 +888,27 @@ handshake_ok() {
 	cert_serial "$TLS_DIR/peer.pem"
 }
 
+# status_has TEXT: whether `mtls-agentctl status` shows TEXT.
+status_has() { ctl status 2>/dev/null | grep -qF -- "$1"; }
+
+# revoked_without_bootstrap SERIAL: gw (serving SERIAL) loses its bootstrap by a reload and
+# is revoked again: the CA refuses the renewal, status says what the operator must do, and
+# the revoked certificate is still served (it is all the device has).
+revoked_without_bootstrap() {
+	local v
+	sed -i '/^bootstrap = /d' "$CONF"
+	ctl reload >/dev/null || fail "reload without bootstrap failed"
+	ctl cert gw >"$WORK/revoked2.pem"
+	revocation_revoke "$WORK/revoked2.pem" superseded
+	v=$(wait_revocation gw "^revoked \(superseded, " 10)
+	wait_until 15 status_has "certificate revoked and its renewal failed" ||
+		fail "status shows no action for a revoked certificate without bootstrap: $(ctl status)"
+	assert_contains "$(ctl check 2>&1 || true)" "renewal: certificate revoked and its renewal failed" "check"
+	assert_eq "$(current_serial gw)" "$1" "serial served after the refused renewal"
+	assert_eq "$(handshake_ok gw)" "$1" "serial the server saw after the refused renewal"
+	log "OK: revoked without bootstrap: action shown, still serving $1 ($v)"
+}
+
 # revoked_scenario SOURCE: the identity gw, enrolled by the EST CA with a certificate that
 # names SOURCE (ocsp: an OCSP responder and a CRL; crl: a CRL only), checked every 2 s.
 #  1. good: status says so, from SOURCE;
@@ -980,5 +1001,6 @@ revoked_scenario() {
 	v=$(wait_revocation gw "^good \($source," 15)
 	assert_eq "$(handshake_ok gw)" "$s2" "serial the server saw after re-enrollment"
 	log "OK ($source): good, unreachable = warning with service, revoked noticed in $seen s, re-enrolled by bootstrap as $s2 ($v)"
+	[ "$source" = crl ] && revoked_without_bootstrap "$s2"
 	agent_stop
 }

@@ -1537,10 +1537,14 @@ static void rev_visit(struct identity_rt *id, const struct snapshot *snap, struc
 static time_t rev_due(const struct cfg_identity *cfg, const struct snapshot *snap,
 		      const struct rstate *st, time_t now)
 {
-	if (snap->chain == NULL || cfg->revocation_check == REV_OFF)
+	/* An expired certificate is the renewal's business (rev_is_due skips it). */
+	if (snap->chain == NULL || cfg->revocation_check == REV_OFF || snap->not_after <= now)
 		return 0;
 	/* A certificate installed since the last check is checked at once. */
-	return strcmp(st->rev_serial, snap->serial) != 0 ? now : st->rev_next;
+	if (strcmp(st->rev_serial, snap->serial) != 0)
+		return now;
+	/* Never a wake-up in the past: the worker would spin. */
+	return st->rev_next > now ? st->rev_next : now + 1;
 }
 
 /* Visits one identity: reconcile, retire, renew if due. Returns its next wake-up (0: none). */

@@ -799,6 +799,30 @@ static int set_subject(struct parser *p, struct cfg_identity *id, const char *va
 	return set_string(p, &id->subject, value);
 }
 
+/* revocation-check = auto|ocsp|crl|off; revocation-interval = a duration, 1 s to 30 d. */
+static int set_revocation(struct parser *p, struct cfg_identity *id, int k, const char *value)
+{
+	struct sched_policy sp;
+
+	if (k == I_REVOCATION_CHECK) {
+		if ((id->revocation_check = rev_mode_from_name(value)) >= 0)
+			return 0;
+		fail(p, p->lineno, "bad revocation-check \"%s\": want auto, ocsp, crl or off", value);
+		return -1;
+	}
+	/* A duration like renew-at's; a share of the lifetime means nothing here. */
+	if (sched_parse_renew_at(value, &sp) != 0 || sp.renew_before == 0 ||
+	    sp.renew_before > 30LL * 86400) {
+		fail(p, p->lineno,
+		     "bad revocation-interval \"%s\": want a duration from 1s to 30d (\"1h\", "
+		     "\"30m\", \"45s\")",
+		     value);
+		return -1;
+	}
+	id->revocation_interval = sp.renew_before;
+	return 0;
+}
+
 static int identity_value(struct parser *p, int k, const char *value)
 {
 	struct cfg_identity *id = &p->cfg->identities[p->idx];
@@ -883,24 +907,8 @@ static int identity_value(struct parser *p, int k, const char *value)
 		return set_string(p, &id->renew_verify, value);
 	}
 	case I_REVOCATION_CHECK:
-		if ((id->revocation_check = rev_mode_from_name(value)) < 0) {
-			fail(p, p->lineno, "bad revocation-check \"%s\": want auto, ocsp, crl or off",
-			     value);
-			return -1;
-		}
-		return 0;
 	case I_REVOCATION_INTERVAL:
-		/* A duration like renew-at's; a share of the lifetime means nothing here. */
-		if (sched_parse_renew_at(value, &sp) != 0 || sp.renew_before == 0 ||
-		    sp.renew_before > 30LL * 86400) {
-			fail(p, p->lineno,
-			     "bad revocation-interval \"%s\": want a duration from 1s to 30d "
-			     "(\"1h\", \"30m\", \"45s\")",
-			     value);
-			return -1;
-		}
-		id->revocation_interval = sp.renew_before;
-		return 0;
+		return set_revocation(p, id, k, value);
 	case I_POST_RENEW:
 		return set_string(p, &id->post_renew, value);
 	case I_CERT_OUT:

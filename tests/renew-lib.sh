@@ -987,8 +987,9 @@ revoked_scenario() {
 	t0=$SECONDS
 	v=$(wait_revocation gw "^revoked \(keyCompromise, revoked [0-9T:-]+Z; $source," 10)
 	seen=$((SECONDS - t0))
-	# One interval (2 s), plus 3 s for a loaded machine.
-	[ "$seen" -le 5 ] || fail "the revocation was noticed after $seen s; the interval is 2 s"
+	# One interval (2 s), plus 5 s for a loaded machine (ASan, status polled every 0.2 s
+	# through mtls-agentctl and python, whole seconds); with no check the default is 1 h.
+	[ "$seen" -le 7 ] || fail "the revocation was noticed after $seen s; the interval is 2 s"
 	log "revoked: noticed within $seen s (interval 2 s): $v"
 	assert_contains "$(ctl check 2>&1 || true)" "certificate revoked (keyCompromise" "check"
 	assert_eq "$(revocation_metric gw revoked)" 1 "mtls_agent_revocation_state revoked"

@@ -974,9 +974,9 @@ revoked_scenario() {
 	v=$(wait_revocation gw "^good \($source," 15)
 	log "sources back: revocation $v"
 
-	# 3. Revoked. The bootstrap enrollment is held 4 s by the CA so that status and check
+	# 3. Revoked. The bootstrap enrollment is held 8 s by the CA so that status and check
 	# can be read while the agent re-enrolls.
-	ca_fault delay 1 4
+	ca_fault delay 1 8
 	ctl cert gw >"$WORK/revoked.pem"
 	ca_line=$(($(wc -l <"$CA_LOG") + 1))
 	revocation_revoke "$WORK/revoked.pem" keyCompromise

@@ -445,7 +445,7 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 {
 	char state[600], keydesc[64], nb[32], na[32], ns[32], nr[32], err[256];
 	char next[32], last[32], fails[32], renewed[32];
-	const char *fields[2 * 16];
+	const char *fields[2 * 17];
 	struct renew_status rs;
 	size_t gens, n = 0, i;
 	int r;
@@ -499,6 +499,8 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 				FIELD("action", rs.action);
 			if (rs.waiting[0] != '\0')
 				FIELD("waiting", rs.waiting);
+			if (rs.revocation[0] != '\0')
+				FIELD("revocation", rs.revocation);
 		}
 	}
 #undef FIELD

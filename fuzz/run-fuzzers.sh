@@ -9,7 +9,15 @@ secs=${2:-60}
 shift $(($# >= 2 ? 2 : 1))
 src=$(cd "$(dirname "$0")/.." && pwd)
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(dispatch policy keyref config client)
+if [ "${#targets[@]}" -eq 0 ]; then
+	targets=(dispatch policy keyref config client decoder)
+	# The TSS2 key file codec is built only with the TPM keystore.
+	if grep -q '^#define HAVE_TPM2 1' "$build/config.h" 2>/dev/null; then
+		targets+=(tpm2keyfile)
+	else
+		echo "run-fuzzers: tpm2keyfile skipped (built without the TPM keystore)"
+	fi
+fi
 work=$(mktemp -d /tmp/mtls-fuzz-run.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 failed=()

@@ -10,7 +10,7 @@ shift $(($# >= 2 ? 2 : 1))
 src=$(cd "$(dirname "$0")/.." && pwd)
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-	targets=(dispatch policy keyref config client decoder)
+	targets=(dispatch policy keyref config client decoder est_answer cmp_answer)
 	# The TSS2 key file codec is built only with the TPM keystore.
 	if grep -q '^#define HAVE_TPM2 1' "$build/config.h" 2>/dev/null; then
 		targets+=(tpm2keyfile)
@@ -35,7 +35,7 @@ for t in "${targets[@]}"; do
 		corpus) >"$work/$t/log" 2>&1 || rc=$?
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t/log" | tail -n 1)
 	cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$work/$t/log" | tail -n 1)
-	printf 'fuzz %-9s %ss: %s executions, %s, corpus %s files, exit %s\n' "$t" "$secs" \
+	printf 'fuzz %-11s %ss: %s executions, %s, corpus %s files, exit %s\n' "$t" "$secs" \
 		"${execs:-?}" "${cov:-cov: ?}" "$(find "$work/$t/corpus" -type f | wc -l)" "$rc"
 	if [ "$rc" -ne 0 ]; then
 		failed+=("$t")

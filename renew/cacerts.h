@@ -45,4 +45,21 @@ char *cacerts_trust_file(struct identity_rt *id);
  */
 STACK_OF(X509) *cacerts_refresh(struct identity_rt *id);
 
+/*
+ * The decisions cacerts_refresh() takes on an answer (certs, in the order the
+ * CA sent them), without files or the network, for fuzz/est_answer_fuzzer.c:
+ * whether x is a new root (self-signed CA certificate not among anchors); the
+ * certificate of certs that links root to anchors (NewWithOld, as
+ * cacerts_link_issued_by(): not self-signed, root's subject and key, a CA,
+ * issued and signed directly by an anchor; its validity at the current time
+ * when check_time), or NULL; and the intermediates (CA certificates neither
+ * self-signed nor named like a root of the answer), appended to inter with a
+ * reference each.
+ */
+int cacerts_is_new_root(X509 *x, STACK_OF(X509) *anchors);
+int cacerts_link_issued_by(STACK_OF(X509) *anchors, X509 *link, X509 *root, int check_time);
+X509 *cacerts_find_link(STACK_OF(X509) *certs, STACK_OF(X509) *anchors, X509 *root,
+			int check_time);
+void cacerts_add_intermediates(STACK_OF(X509) *certs, STACK_OF(X509) *inter);
+
 #endif

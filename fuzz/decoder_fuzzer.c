@@ -37,6 +37,12 @@ static OSSL_LIB_CTX *libctx;
 static OSSL_PROVIDER *prov_ours;
 static uint8_t *agent_spki;
 static int agent_spki_len;
+/*
+ * One decoder context per input type (any, PEM, DER), made once: building one
+ * costs more than most decodes. Each decode writes its key into decoded.
+ */
+static EVP_PKEY *decoded;
+static OSSL_DECODER_CTX *dctx[3];
 
 static int fuzz_get_identity(struct mtlsa_prov *prov, const char *name,
 			     struct mtls_agent_identity **out, char *err, size_t errlen)
@@ -94,7 +100,9 @@ static int fuzz_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATC
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
+	static const char *const input_types[] = {NULL, "PEM", "DER"};
 	EVP_PKEY *k;
+	int i;
 
 	(void)argc;
 	(void)argv;
@@ -106,6 +114,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	    (prov_ours = OSSL_PROVIDER_load(libctx, MTLSA_PROV_NAME)) == NULL)
 		abort();
 	EVP_PKEY_free(k);
+	for (i = 0; i < 3; i++)
+		if ((dctx[i] = OSSL_DECODER_CTX_new_for_pkey(&decoded, input_types[i], NULL, NULL,
+							     OSSL_KEYMGMT_SELECT_KEYPAIR, libctx,
+							     NULL)) == NULL)
+			abort();
 	return 0;
 }
 
@@ -120,9 +133,7 @@ static uint8_t *pub_der(EVP_PKEY *pkey, int *len)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static const char *const input_types[] = {NULL, "PEM", "DER"};
-	OSSL_DECODER_CTX *dctx;
-	EVP_PKEY *pkey = NULL;
+	EVP_PKEY *pkey;
 	const unsigned char *p;
 	uint8_t *copy, *spki = NULL, *der = NULL;
 	size_t len, spki_len = 0;
@@ -133,19 +144,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(copy, data, size);
 	for (i = 0; i < 3; i++) {
-		/* PEM only for PEM-looking input, DER only for DER-looking: as OpenSSL tries them.
-		 */
+		/* As applications ask: any input type; PEM for PEM text; DER for a SEQUENCE. */
 		if ((i == 1 && (size == 0 || copy[0] != '-')) ||
 		    (i == 2 && (size == 0 || copy[0] != 0x30)))
 			continue;
-		dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, input_types[i], NULL, NULL,
-						     OSSL_KEYMGMT_SELECT_KEYPAIR, libctx, NULL);
-		if (dctx == NULL)
-			abort();
 		p = copy;
 		len = size;
-		(void)OSSL_DECODER_from_data(dctx, &p, &len);
-		OSSL_DECODER_CTX_free(dctx);
+		decoded = NULL;
+		(void)OSSL_DECODER_from_data(dctx[i], &p, &len);
+		pkey = decoded;
+		decoded = NULL;
 		if (pkey != NULL && EVP_PKEY_get0_provider(pkey) == prov_ours) {
 			if (keyref_decode(copy, size, &name, &spki, &spki_len) == 0) {
 				/* The file's key, unless the agent holds another for the name. */
@@ -169,7 +177,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			spki = NULL;
 		}
 		EVP_PKEY_free(pkey);
-		pkey = NULL;
 		ERR_clear_error();
 	}
 	free(copy);

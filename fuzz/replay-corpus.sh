@@ -9,3 +9,12 @@ c=${top_srcdir:-.}/fuzz/corpus
 "$b/keyref_replay" "$c/keyref"
 "$b/config_replay" "$c/config"
 "$b/client_replay" "$c/client"
+"$b/decoder_replay" "$c/decoder"
+"$b/est_answer_replay" "$c/est_answer"
+"$b/cmp_answer_replay" "$c/cmp_answer"
+# Built only with the TPM keystore (configure finds tss2-esys).
+if [ -x "$b/tpm2keyfile_replay" ]; then
+	"$b/tpm2keyfile_replay" "$c/tpm2keyfile"
+else
+	echo "tpm2keyfile: not built (no TPM keystore in this build)"
+fi

@@ -9,7 +9,15 @@ secs=${2:-60}
 shift $(($# >= 2 ? 2 : 1))
 src=$(cd "$(dirname "$0")/.." && pwd)
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(dispatch policy keyref config client)
+if [ "${#targets[@]}" -eq 0 ]; then
+	targets=(dispatch policy keyref config client decoder est_answer cmp_answer)
+	# The TSS2 key file codec is built only with the TPM keystore.
+	if grep -q '^#define HAVE_TPM2 1' "$build/config.h" 2>/dev/null; then
+		targets+=(tpm2keyfile)
+	else
+		echo "run-fuzzers: tpm2keyfile skipped (built without the TPM keystore)"
+	fi
+fi
 work=$(mktemp -d /tmp/mtls-fuzz-run.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 failed=()
@@ -27,7 +35,7 @@ for t in "${targets[@]}"; do
 		corpus) >"$work/$t/log" 2>&1 || rc=$?
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t/log" | tail -n 1)
 	cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$work/$t/log" | tail -n 1)
-	printf 'fuzz %-9s %ss: %s executions, %s, corpus %s files, exit %s\n' "$t" "$secs" \
+	printf 'fuzz %-11s %ss: %s executions, %s, corpus %s files, exit %s\n' "$t" "$secs" \
 		"${execs:-?}" "${cov:-cov: ?}" "$(find "$work/$t/corpus" -type f | wc -l)" "$rc"
 	if [ "$rc" -ne 0 ]; then
 		failed+=("$t")

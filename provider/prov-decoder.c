@@ -30,6 +30,7 @@
 #include <openssl/err.h>
 #include <openssl/params.h>
 #include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "common/keyref.h"
 #include "provider/prov.h"
@@ -231,6 +232,21 @@ static int read_all(struct decctx *ctx, OSSL_CORE_BIO *cin, uint8_t **data, size
 	return 1;
 }
 
+/* Whether key->spki is the DER OpenSSL writes for key->pub. */
+static int spki_is_canonical(const struct mtlsa_key *key)
+{
+	unsigned char *der = NULL;
+	int len, same;
+
+	ERR_set_mark();
+	len = i2d_PUBKEY(key->pub, &der);
+	ERR_pop_to_mark();
+	same = len > 0 && (size_t)len == key->spki_len &&
+	       memcmp(der, key->spki, key->spki_len) == 0;
+	OPENSSL_free(der);
+	return same;
+}
+
 static int dec_der2key_decode(void *vctx, OSSL_CORE_BIO *cin, int selection,
 			      OSSL_CALLBACK *data_cb, void *data_cbarg,
 			      OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
@@ -267,6 +283,18 @@ static int dec_der2key_decode(void *vctx, OSSL_CORE_BIO *cin, int selection,
 	/* Another of our decoders (EC, RSA or ED25519) takes it. */
 	if (key->type != ctx->key_type)
 		goto out;
+	/*
+	 * The SPKI's hash selects the key generation at SIGN time and the agent
+	 * hashes the DER it holds, which is canonical: a file whose public key
+	 * decodes but re-encodes differently (found by fuzzing: a BIT STRING with
+	 * unused bits) would load, then fail every signature as "key gone".
+	 */
+	if (!spki_is_canonical(key)) {
+		MTLSA_RAISE(ctx->prov, MTLSA_R_BAD_KEYREF,
+			    "key reference \"%s\": its public key is not canonical DER", name);
+		ok = 0;
+		goto out;
+	}
 
 	if (mtlsa_key_from_agent(ctx->prov, name, 0, &current, NULL) == 0) {
 		if (current->spki_len != key->spki_len ||

@@ -92,7 +92,7 @@ static int in_stack(STACK_OF(X509) *s, X509 *x)
  * checked only when a root is first accepted (now): the link of a root
  * accepted long ago may since have expired with the old root.
  */
-static int link_issued_by(STACK_OF(X509) *anchors, X509 *link, X509 *root, int check_time)
+int cacerts_link_issued_by(STACK_OF(X509) *anchors, X509 *link, X509 *root, int check_time)
 {
 	if (X509_self_signed(link, 0) == 1 ||
 	    X509_NAME_cmp(X509_get_subject_name(link), X509_get_subject_name(root)) != 0 ||
@@ -158,7 +158,7 @@ static STACK_OF(X509) *anchors_in_force(struct identity_rt *id, STACK_OF(X509) *
 			if (r == NULL || in_stack(all, r))
 				continue;
 			for (k = 0; k < sk_X509_num(lks); k++)
-				if (link_issued_by(all, (l = sk_X509_value(lks, k)), r, 0))
+				if (cacerts_link_issued_by(all, (l = sk_X509_value(lks, k)), r, 0))
 					break;
 			if (k == sk_X509_num(lks))
 				continue;
@@ -260,6 +260,45 @@ static void name_of(X509 *x, char *out, size_t len)
 	X509_NAME_oneline(X509_get_subject_name(x), out, (int)len);
 }
 
+int cacerts_is_new_root(X509 *x, STACK_OF(X509) *anchors)
+{
+	return X509_self_signed(x, 1) == 1 && X509_check_ca(x) != 0 && !in_stack(anchors, x);
+}
+
+X509 *cacerts_find_link(STACK_OF(X509) *certs, STACK_OF(X509) *anchors, X509 *root,
+			int check_time)
+{
+	for (int k = 0; k < sk_X509_num(certs); k++)
+		if (cacerts_link_issued_by(anchors, sk_X509_value(certs, k), root, check_time))
+			return sk_X509_value(certs, k);
+	return NULL;
+}
+
+/* Intermediates: CA certificates that are neither roots nor link certificates. */
+void cacerts_add_intermediates(STACK_OF(X509) *certs, STACK_OF(X509) *inter)
+{
+	int i, k, self;
+
+	for (i = 0; i < sk_X509_num(certs); i++) {
+		X509 *x = sk_X509_value(certs, i);
+
+		self = X509_self_signed(x, 0) == 1;
+		if (self || X509_check_ca(x) == 0)
+			continue;
+		for (k = 0; k < sk_X509_num(certs); k++) {
+			X509 *r = sk_X509_value(certs, k);
+
+			if (X509_self_signed(r, 0) == 1 &&
+			    X509_NAME_cmp(X509_get_subject_name(r), X509_get_subject_name(x)) == 0)
+				break;
+		}
+		if (k < sk_X509_num(certs))
+			continue;
+		if (X509_up_ref(x) && !sk_X509_push(inter, x))
+			X509_free(x);
+	}
+}
+
 /*
  * New roots among certs (the CA's answer, named by source in the log):
  * trusted only through a link certificate in the same answer issued directly
@@ -272,7 +311,7 @@ static int accept_new_roots(struct identity_rt *id, STACK_OF(X509) *certs, const
 	const struct cfg_identity *cfg = id->cfg;
 	STACK_OF(X509) *anchors = NULL, *successors = NULL, *links = NULL;
 	char name[256], *path = NULL;
-	int i, k, added = 0;
+	int i, added = 0;
 
 	if ((anchors = anchors_in_force(id, &successors, &links)) == NULL) {
 		log_warn("identity \"%s\": cannot load ca-trust %s", cfg->name, cfg->ca_trust);
@@ -281,14 +320,10 @@ static int accept_new_roots(struct identity_rt *id, STACK_OF(X509) *certs, const
 	for (i = 0; i < sk_X509_num(certs); i++) {
 		X509 *root = sk_X509_value(certs, i), *link = NULL;
 
-		if (X509_self_signed(root, 1) != 1 || X509_check_ca(root) == 0 ||
-		    in_stack(anchors, root))
+		if (!cacerts_is_new_root(root, anchors))
 			continue;
 		name_of(root, name, sizeof(name));
-		for (k = 0; k < sk_X509_num(certs); k++)
-			if (link_issued_by(anchors, (link = sk_X509_value(certs, k)), root, 1))
-				break;
-		if (k == sk_X509_num(certs)) {
+		if ((link = cacerts_find_link(certs, anchors, root, 1)) == NULL) {
 			log_warn("identity \"%s\": %s: refused the new CA root %s: no "
 				 "certificate in the answer is its link issued directly by ca-trust "
 				 "%s or an accepted root",
@@ -356,7 +391,6 @@ STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
 	const struct cfg_identity *cfg = id->cfg;
 	STACK_OF(X509) *certs = NULL, *inter = NULL;
 	char err[512], *trust = cacerts_trust_file(id);
-	int i, k, self;
 
 	if (trust == NULL)
 		return NULL;
@@ -367,25 +401,7 @@ STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
 	}
 	if (accept_new_roots(id, certs, "EST cacerts") < 0 || (inter = sk_X509_new_null()) == NULL)
 		goto out;
-	/* Intermediates: CA certificates that are neither roots nor link certificates. */
-	for (i = 0; i < sk_X509_num(certs); i++) {
-		X509 *x = sk_X509_value(certs, i);
-
-		self = X509_self_signed(x, 0) == 1;
-		if (self || X509_check_ca(x) == 0)
-			continue;
-		for (k = 0; k < sk_X509_num(certs); k++) {
-			X509 *r = sk_X509_value(certs, k);
-
-			if (X509_self_signed(r, 0) == 1 &&
-			    X509_NAME_cmp(X509_get_subject_name(r), X509_get_subject_name(x)) == 0)
-				break;
-		}
-		if (k < sk_X509_num(certs))
-			continue;
-		if (X509_up_ref(x) && !sk_X509_push(inter, x))
-			X509_free(x);
-	}
+	cacerts_add_intermediates(certs, inter);
 out:
 	ERR_clear_error();
 	if (inter != NULL && sk_X509_num(inter) == 0) {
@@ -427,7 +443,7 @@ int cacerts_root_update(struct identity_rt *id, X509 *new_with_new, X509 *new_wi
 		why = "newWithNew is not valid now";
 	else if (new_with_old == NULL)
 		why = "the answer has no newWithOld, the link certificate signed by the old root";
-	else if (!link_issued_by(anchors, new_with_old, new_with_new, 1))
+	else if (!cacerts_link_issued_by(anchors, new_with_old, new_with_new, 1))
 		why = "newWithOld is not the new root's name and key issued (and signed) directly "
 		      "by an anchor in force, or is not valid now";
 	ERR_clear_error();

@@ -57,17 +57,34 @@ STACK_OF(X509) *cacerts_refresh(struct identity_rt *id);
 int cacerts_root_update(struct identity_rt *id, X509 *new_with_new, X509 *new_with_old);
 
 /*
- * CA certificates a CA sent on its own (CMP caPubs, source names it in the
- * log): a new root among them is accepted as from /cacerts above, only
- * through its link certificate among the same certificates.
- */
-/*
  * The root the CA is asked to update (CMP id-it-rootCaCert): the newest
  * successor in force, else the first self-signed certificate of ca-trust;
  * NULL if none. Caller frees.
  */
 X509 *cacerts_current_root(struct identity_rt *id);
 
+/*
+ * CA certificates a CA sent on its own (CMP caPubs, source names it in the
+ * log): a new root among them is accepted as from /cacerts above, only
+ * through its link certificate among the same certificates.
+ */
 void cacerts_offered(struct identity_rt *id, STACK_OF(X509) *certs, const char *source);
+
+/*
+ * The decisions cacerts_refresh() takes on an answer (certs, in the order the
+ * CA sent them), without files or the network, for fuzz/est_answer_fuzzer.c:
+ * whether x is a new root (self-signed CA certificate not among anchors); the
+ * certificate of certs that links root to anchors (NewWithOld, as
+ * cacerts_link_issued_by(): not self-signed, root's subject and key, a CA,
+ * issued and signed directly by an anchor; its validity at the current time
+ * when check_time), or NULL; and the intermediates (CA certificates neither
+ * self-signed nor named like a root of the answer), appended to inter with a
+ * reference each.
+ */
+int cacerts_is_new_root(X509 *x, STACK_OF(X509) *anchors);
+int cacerts_link_issued_by(STACK_OF(X509) *anchors, X509 *link, X509 *root, int check_time);
+X509 *cacerts_find_link(STACK_OF(X509) *certs, STACK_OF(X509) *anchors, X509 *root,
+			int check_time);
+void cacerts_add_intermediates(STACK_OF(X509) *certs, STACK_OF(X509) *inter);
 
 #endif

@@ -31,6 +31,7 @@
 #include <openssl/x509v3.h>
 
 #include "common/certcheck.h"
+#include "renew/enroll-cmp.h"
 #include "renew/enroll.h"
 #include "renew/renew.h"
 #include "common/log.h"
@@ -174,6 +175,33 @@ static int add_certs(STACK_OF(X509) *dst, STACK_OF(X509) *src)
 	return 1;
 }
 
+STACK_OF(X509) *cmp_candidate_chain(X509 *cert, STACK_OF(X509) *extra, STACK_OF(X509) *capubs,
+				    STACK_OF(X509) *own)
+{
+	STACK_OF(X509) *chain;
+
+	if ((chain = sk_X509_new_null()) == NULL || !X509_up_ref(cert)) {
+		sk_X509_free(chain);
+		return NULL;
+	}
+	if (!sk_X509_push(chain, cert)) {
+		X509_free(cert);
+		sk_X509_free(chain);
+		return NULL;
+	}
+	/*
+	 * Candidates for the path: what the CA sent (extraCerts, caPubs) and the
+	 * intermediates we hold, for a CA that sends no chain (RFC 9483 lets it
+	 * omit certificates the device already has). The path installed is the
+	 * verified one, so it carries the intermediates that issued this leaf.
+	 */
+	if (!add_certs(chain, extra) || !add_certs(chain, capubs) || !add_certs(chain, own)) {
+		sk_X509_pop_free(chain, X509_free);
+		return NULL;
+	}
+	return chain;
+}
+
 /* certConf callback: verify and stage, or answer the CA with a failInfo. */
 static int cmp_cert_conf(OSSL_CMP_CTX *ctx, X509 *cert, int fail_info, const char **text)
 {
@@ -190,31 +218,13 @@ static int cmp_cert_conf(OSSL_CMP_CTX *ctx, X509 *cert, int fail_info, const cha
 			 *text != NULL ? *text : "no certificate", fail_info);
 		return fail_info != 0 ? fail_info : 1 << OSSL_CMP_PKIFAILUREINFO_badCertTemplate;
 	}
-	if ((chain = sk_X509_new_null()) == NULL || !X509_up_ref(cert)) {
-		sk_X509_free(chain);
-		goto no_memory;
-	}
-	if (!sk_X509_push(chain, cert)) {
-		X509_free(cert);
-		sk_X509_free(chain);
-		goto no_memory;
-	}
 	extra = OSSL_CMP_CTX_get1_extraCertsIn(ctx);
 	capubs = OSSL_CMP_CTX_get1_caPubs(ctx);
-	/*
-	 * Candidates for the path: what the CA sent (extraCerts, caPubs) and the
-	 * intermediates we hold, for a CA that sends no chain (RFC 9483 lets it
-	 * omit certificates the device already has). The path installed is the
-	 * verified one, so it carries the intermediates that issued this leaf.
-	 */
-	if (!add_certs(chain, extra) || !add_certs(chain, capubs) || !add_certs(chain, own)) {
-		sk_X509_pop_free(extra, X509_free);
-		sk_X509_pop_free(capubs, X509_free);
-		sk_X509_pop_free(chain, X509_free);
-		goto no_memory;
-	}
+	chain = cmp_candidate_chain(cert, extra, capubs, own);
 	sk_X509_pop_free(extra, X509_free);
 	sk_X509_pop_free(capubs, X509_free);
+	if (chain == NULL)
+		goto no_memory;
 	if (t->req->stage(t->req->commit_arg, chain, &local, t->commit_err,
 			  sizeof(t->commit_err)) != 0) {
 		t->commit_failed = 1;
@@ -273,6 +283,14 @@ static int issued_leaf(X509 *cert, STACK_OF(X509) *chain)
 	       X509_verify(leaf, pub) == 1;
 }
 
+int cmp_signer_may_answer(X509 *signer, STACK_OF(X509) *pins, STACK_OF(X509) *own_chain)
+{
+	for (int i = 0; i < sk_X509_num(pins); i++)
+		if (X509_cmp(signer, sk_X509_value(pins, i)) == 0)
+			return 1;
+	return has_cmc_eku(signer) || issued_leaf(signer, own_chain);
+}
+
 /*
  * The trust store's verify callback: OpenSSL's CMP client validates the
  * protection certificate of a response with this store, and at depth 0 that
@@ -285,15 +303,11 @@ static int signer_verify_cb(int ok, X509_STORE_CTX *sctx)
 	struct cmp_txn *t = cur_txn;
 	X509 *signer;
 	char name[256];
-	int i;
 
 	if (!ok || t == NULL || X509_STORE_CTX_get_error_depth(sctx) != 0)
 		return ok;
 	signer = X509_STORE_CTX_get_current_cert(sctx);
-	for (i = 0; i < sk_X509_num(t->pins); i++)
-		if (X509_cmp(signer, sk_X509_value(t->pins, i)) == 0)
-			return 1;
-	if (has_cmc_eku(signer) || issued_leaf(signer, t->req->own_chain))
+	if (cmp_signer_may_answer(signer, t->pins, t->req->own_chain))
 		return 1;
 	X509_NAME_oneline(X509_get_subject_name(signer), name, sizeof(name));
 	snprintf(t->signer_err, sizeof(t->signer_err),
@@ -431,6 +445,18 @@ static int protection_failed(void)
 	return 0;
 }
 
+void cmp_rejected(const char *what, const char *status, int fail_info, struct enroll_result *res)
+{
+	if (status == NULL)
+		status = "rejection";
+	if (fail_info > 0 && (fail_info & AUTH_FAILINFO) != 0)
+		set_result(res, ENROLL_NOT_AUTHORIZED, "CMP %s rejected: %s", what, status);
+	else if (fail_info > 0 && (fail_info & BUSY_FAILINFO) != 0)
+		set_result(res, ENROLL_TRANSIENT, "CMP %s rejected: %s", what, status);
+	else
+		set_result(res, ENROLL_REJECTED, "CMP %s rejected: %s", what, status);
+}
+
 /* Turns a finished (failed) transaction into an outcome. */
 static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 		     struct enroll_result *res)
@@ -461,14 +487,8 @@ static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 		return;
 	}
 	if (st == OSSL_CMP_PKISTATUS_rejection) {
-		if (OSSL_CMP_CTX_snprint_PKIStatus(ctx, status, sizeof(status)) == NULL)
-			snprintf(status, sizeof(status), "rejection");
-		if (fi > 0 && (fi & AUTH_FAILINFO) != 0)
-			set_result(res, ENROLL_NOT_AUTHORIZED, "CMP %s rejected: %s", what, status);
-		else if (fi > 0 && (fi & BUSY_FAILINFO) != 0)
-			set_result(res, ENROLL_TRANSIENT, "CMP %s rejected: %s", what, status);
-		else
-			set_result(res, ENROLL_REJECTED, "CMP %s rejected: %s", what, status);
+		cmp_rejected(what, OSSL_CMP_CTX_snprint_PKIStatus(ctx, status, sizeof(status)), fi,
+			     res);
 		return;
 	}
 	if (protection_failed()) {

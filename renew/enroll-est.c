@@ -96,7 +96,7 @@ static size_t collect_body(char *data, size_t size, size_t count, void *arg)
 }
 
 /* Retry-After: delay-seconds or an HTTP-date (RFC 9110 10.2.3); -1 when neither. */
-static long parse_retry_after(const char *value, size_t len)
+long est_parse_retry_after(const char *value, size_t len)
 {
 	char text[64], *end;
 	time_t when, now;
@@ -128,19 +128,25 @@ static long parse_retry_after(const char *value, size_t len)
 	return when - now > EST_RETRY_AFTER_MAX_S ? EST_RETRY_AFTER_MAX_S : (long)(when - now);
 }
 
-static size_t collect_header(char *data, size_t size, size_t count, void *arg)
+void est_header_line(const char *data, size_t len, long *retry_after_s)
 {
 	static const char retry_after[] = "Retry-After:";
-	struct transfer *t = arg;
-	size_t len = size * count;
 
 	/* A status line starts a new response (after a 100 Continue or a proxy's CONNECT). */
 	if (len >= 5 && strncmp(data, "HTTP/", 5) == 0)
-		t->retry_after = -1;
+		*retry_after_s = -1;
 	else if (len > sizeof(retry_after) - 1 &&
 		 strncasecmp(data, retry_after, sizeof(retry_after) - 1) == 0)
-		t->retry_after = parse_retry_after(data + sizeof(retry_after) - 1,
-						   len - (sizeof(retry_after) - 1));
+		*retry_after_s = est_parse_retry_after(data + sizeof(retry_after) - 1,
+						       len - (sizeof(retry_after) - 1));
+}
+
+static size_t collect_header(char *data, size_t size, size_t count, void *arg)
+{
+	struct transfer *t = arg;
+	size_t len = size * count;
+
+	est_header_line(data, len, &t->retry_after);
 	return len;
 }
 
@@ -300,24 +306,24 @@ static void run_transfer(struct transfer *t)
 /* --- responses -------------------------------------------------------------------------------- */
 
 /* The first line of a response body, capped, escaped: the CA's text is data (log_escape). */
-static void body_first_line(const struct transfer *t, char *out, size_t outlen)
+void est_body_first_line(const char *resp, size_t resp_len, char *out, size_t outlen)
 {
 	size_t start = 0, end;
 
-	while (start < t->resp_len && (t->resp[start] == ' ' || t->resp[start] == '\t' ||
-				       t->resp[start] == '\r' || t->resp[start] == '\n'))
+	while (start < resp_len && (resp[start] == ' ' || resp[start] == '\t' ||
+				    resp[start] == '\r' || resp[start] == '\n'))
 		start++;
-	for (end = start; end < t->resp_len && t->resp[end] != '\r' && t->resp[end] != '\n';)
+	for (end = start; end < resp_len && resp[end] != '\r' && resp[end] != '\n';)
 		end++;
-	while (end > start && t->resp[end - 1] == ' ')
+	while (end > start && resp[end - 1] == ' ')
 		end--;
 	/* Capped at BODY_LINE_MAX characters as printed; log_escape marks a cut with "...". */
-	log_escape(t->resp + start, end - start, out,
+	log_escape(resp + start, end - start, out,
 		   outlen < BODY_LINE_MAX + 4 ? outlen : BODY_LINE_MAX + 4);
 }
 
 /* Certificates of a certs-only PKCS#7, base64 (whitespace tolerated) or, leniently, DER. */
-static STACK_OF(X509) *parse_certs_only(const char *body, size_t len)
+STACK_OF(X509) *est_parse_certs_only(const char *body, size_t len)
 {
 	EVP_ENCODE_CTX *dctx = NULL;
 	unsigned char *der = NULL;
@@ -366,7 +372,7 @@ out:
 }
 
 /* Moves the certificate for pub to the front; 0 when there is none. */
-static int put_leaf_first(STACK_OF(X509) *certs, EVP_PKEY *pub)
+int est_put_leaf_first(STACK_OF(X509) *certs, EVP_PKEY *pub)
 {
 	int i;
 	X509 *leaf;
@@ -449,7 +455,7 @@ static int classify(const struct transfer *t, const char *what, const char *base
 	if (t->status == 200)
 		return ENROLL_OK;
 
-	body_first_line(t, line, sizeof(line));
+	est_body_first_line(t->resp, t->resp_len, line, sizeof(line));
 	if (t->status == 202) {
 		res->retry_after = t->retry_after >= 0 ? t->retry_after : EST_DEFAULT_RETRY_AFTER_S;
 		snprintf(res->msg, sizeof(res->msg), "EST %s: HTTP 202 from %s, retry after %ld s",
@@ -514,7 +520,7 @@ static int finish(struct enroll_result *res, int outcome)
 	return outcome == ENROLL_OK ? 0 : -1;
 }
 
-static void describe_cert(X509 *x, char *out, size_t outlen)
+void est_describe_cert(X509 *x, char *out, size_t outlen)
 {
 	BIGNUM *serial = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
 	char *hex = serial ? BN_bn2hex(serial) : NULL;
@@ -616,15 +622,15 @@ int enroll_est(const struct enroll_request *req, struct enroll_result *res)
 		goto out;
 
 	outcome = ENROLL_TRANSIENT;
-	chain = parse_certs_only(t.resp, t.resp_len);
+	chain = est_parse_certs_only(t.resp, t.resp_len);
 	if (chain == NULL) {
 		snprintf(res->msg, sizeof(res->msg),
 			 "EST %s: response from %s is not a base64 certs-only PKCS#7 (%zu bytes)",
 			 op, base, t.resp_len);
 		goto out;
 	}
-	if (!put_leaf_first(chain, X509_REQ_get0_pubkey(csr))) {
-		describe_cert(sk_X509_value(chain, 0), described, sizeof(described));
+	if (!est_put_leaf_first(chain, X509_REQ_get0_pubkey(csr))) {
+		est_describe_cert(sk_X509_value(chain, 0), described, sizeof(described));
 		snprintf(res->msg, sizeof(res->msg),
 			 "EST %s: none of the %d certificates from %s is for the requested key "
 			 "(first: %s)",
@@ -632,7 +638,7 @@ int enroll_est(const struct enroll_request *req, struct enroll_result *res)
 		outcome = ENROLL_BAD_CERT;
 		goto out;
 	}
-	describe_cert(sk_X509_value(chain, 0), described, sizeof(described));
+	est_describe_cert(sk_X509_value(chain, 0), described, sizeof(described));
 	if (req->stage(req->commit_arg, chain, &local, err, sizeof(err)) != 0) {
 		snprintf(res->msg, sizeof(res->msg), "EST %s: certificate %s from %s refused: %s",
 			 op, described, base, err[0] ? err : "no reason given");
@@ -680,7 +686,7 @@ int est_get_cacerts(const char *url, const char *trust_file, unsigned timeout_s,
 	t.timeout_s = timeout_s ? timeout_s : EST_DEFAULT_TIMEOUT_S;
 	run_transfer(&t);
 	if (classify(&t, "cacerts", base, &res) == ENROLL_OK &&
-	    (*out = parse_certs_only(t.resp, t.resp_len)) == NULL)
+	    (*out = est_parse_certs_only(t.resp, t.resp_len)) == NULL)
 		snprintf(res.msg, sizeof(res.msg),
 			 "EST cacerts: response from %s is not a base64 certs-only PKCS#7", base);
 	if (*out == NULL)

@@ -26,6 +26,7 @@
 
 #include <stddef.h>
 
+#include <openssl/evp.h>
 #include <openssl/x509.h>
 
 #include "renew/enroll.h"
@@ -39,5 +40,30 @@
  */
 int est_get_cacerts(const char *url, const char *trust_file, unsigned timeout_s,
 		    STACK_OF(X509) **out, char *err, size_t errlen);
+
+/*
+ * What enroll_est() and est_get_cacerts() do with the CA's answers, without the
+ * transfer, for fuzz/est_answer_fuzzer.c. The answer is the CA's data: none of
+ * these trusts it.
+ *
+ * est_parse_certs_only: the certificates of a certs-only PKCS#7, base64 (any
+ * whitespace, no header checks: Content-Type and Content-Transfer-Encoding are
+ * not looked at) or, leniently, binary DER; NULL when there are none (free with
+ * sk_X509_pop_free).
+ * est_put_leaf_first: moves the certificate for pub to the front; 0 when none is.
+ * est_describe_cert: "serial HEX for SUBJECT", for messages.
+ * est_body_first_line: the first line of a body, escaped with log_escape and
+ * capped, for the message of a refusal.
+ * est_header_line: one response header line as libcurl hands it over (with
+ * CRLF); updates *retry_after_s (-1: no usable Retry-After).
+ * est_parse_retry_after: a Retry-After value, seconds (capped at 30 days) or
+ * an HTTP-date; -1 when neither.
+ */
+STACK_OF(X509) *est_parse_certs_only(const char *body, size_t len);
+int est_put_leaf_first(STACK_OF(X509) *certs, EVP_PKEY *pub);
+void est_describe_cert(X509 *x, char *out, size_t outlen);
+void est_body_first_line(const char *resp, size_t resp_len, char *out, size_t outlen);
+void est_header_line(const char *data, size_t len, long *retry_after_s);
+long est_parse_retry_after(const char *value, size_t len);
 
 #endif

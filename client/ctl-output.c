@@ -1,0 +1,163 @@
+/* mtls-agentctl's output: JSON strings, text safe for a terminal, times, PEM. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+
+#include "client/ctl.h"
+#include "common/scheme.h"
+
+
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629), or 0. */
+static size_t utf8_len(const unsigned char *p)
+{
+	unsigned char c = p[0];
+
+	if (c >= 0xc2 && c <= 0xdf)
+		return (p[1] & 0xc0) == 0x80 ? 2 : 0;
+	if (c >= 0xe0 && c <= 0xef) {
+		unsigned char lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+
+		return p[1] >= lo && p[1] <= hi && (p[2] & 0xc0) == 0x80 ? 3 : 0;
+	}
+	if (c >= 0xf0 && c <= 0xf4) {
+		unsigned char lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+
+		return p[1] >= lo && p[1] <= hi && (p[2] & 0xc0) == 0x80 && (p[3] & 0xc0) == 0x80
+			   ? 4
+			   : 0;
+	}
+	return 0;
+}
+
+/* A JSON string; bytes that are not valid UTF-8 become U+FFFD so the output always parses. */
+void json_str(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)(s != NULL ? s : "");
+	size_t n;
+
+	putchar('"');
+	while (*p != '\0') {
+		if (*p == '"' || *p == '\\') {
+			printf("\\%c", *p++);
+		} else if (*p == '\n') {
+			fputs("\\n", stdout);
+			p++;
+		} else if (*p < 0x20 || *p == 0x7f) {
+			printf("\\u%04x", *p++);
+		} else if (*p < 0x80) {
+			putchar(*p++);
+		} else if ((n = utf8_len(p)) > 0) {
+			fwrite(p, 1, n, stdout);
+			p += n;
+		} else {
+			fputs("\\ufffd", stdout);
+			p++;
+		}
+	}
+	putchar('"');
+}
+
+void json_str_or_null(const char *s)
+{
+	if (s != NULL)
+		json_str(s);
+	else
+		fputs("null", stdout);
+}
+
+/*
+ * Text from the agent or from certificates, shown to a human: C0/C1 controls
+ * and DEL become '?' so a name cannot drive the terminal.
+ */
+void put_text(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	for (; *p != '\0'; p++) {
+		if (*p < 0x20 || *p == 0x7f) {
+			putchar('?');
+		} else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+			putchar('?');
+			p++;
+		} else {
+			putchar(*p);
+		}
+	}
+}
+
+void fmt_epoch(uint64_t t, char *out, size_t len)
+{
+	struct tm tm;
+	time_t tt = (time_t)t;
+
+	if (t > (uint64_t)INT64_MAX / 2 || (uint64_t)tt != t || gmtime_r(&tt, &tm) == NULL ||
+	    strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(out, len, "@%llu", (unsigned long long)t);
+}
+
+void fmt_asn1_time(const ASN1_TIME *t, char *out, size_t len)
+{
+	struct tm tm;
+
+	if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1 ||
+	    strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(out, len, "(unreadable time)");
+}
+
+void scheme_str(uint16_t code, char *out, size_t len)
+{
+	const char *name = mtls_agent_scheme_name(code);
+
+	if (name != NULL)
+		snprintf(out, len, "%s", name);
+	else
+		snprintf(out, len, "0x%04x", code);
+}
+
+/* Writes DER as PEM with the given label to stdout or a file. Returns 0 or -1 (errno). */
+int write_pem(const char *path, const char *label, const uint8_t *der, size_t len)
+{
+	FILE *f = stdout;
+	int ok;
+
+	errno = 0;
+	if (path != NULL && strcmp(path, "-") != 0 && (f = fopen(path, "w")) == NULL)
+		return -1;
+	ok = PEM_write(f, label, "", der, (long)len) > 0;
+	if (f != stdout) {
+		if (fclose(f) != 0)
+			ok = 0;
+	} else if (fflush(f) != 0) {
+		ok = 0;
+	}
+	if (!ok && errno == 0)
+		errno = EIO;
+	return ok ? 0 : -1;
+}
+
+/* DER as a PEM string (caller frees), or NULL. */
+char *pem_string(const char *label, const uint8_t *der, size_t len)
+{
+	BIO *bio = BIO_new(BIO_s_mem());
+	char *s = NULL, *p;
+	long n;
+
+	if (bio == NULL)
+		return NULL;
+	if (PEM_write_bio(bio, label, "", der, (long)len) > 0 &&
+	    (n = BIO_get_mem_data(bio, &p)) > 0 && (s = malloc((size_t)n + 1)) != NULL) {
+		memcpy(s, p, (size_t)n);
+		s[n] = '\0';
+	}
+	BIO_free(bio);
+	return s;
+}
+

@@ -18,8 +18,8 @@
 
 #include "agent/conf.h"
 #include "agent/metrics-http.h"
-#include "agent/renew-verify.h"
-#include "agent/sched.h"
+#include "renew/renew-verify.h"
+#include "renew/sched.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "keystore/csr.h"

@@ -11,7 +11,7 @@
 #include "agent/dispatch.h"
 #include "agent/metrics.h"
 #include "agent/policy.h"
-#include "agent/renew.h"
+#include "renew/renew.h"
 #include "agent/sign.h"
 #include "common/log.h"
 #include "common/proto.h"

@@ -11,7 +11,7 @@
 
 #include "agent/conf.h"
 #include "agent/metrics.h"
-#include "agent/renew.h"
+#include "renew/renew.h"
 #include "agent/state.h"
 #include "common/util.h"
 #include "keystore/keystore.h"

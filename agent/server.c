@@ -30,7 +30,7 @@
 #include "agent/dispatch.h"
 #include "agent/metrics-http.h"
 #include "agent/metrics.h"
-#include "agent/renew.h"
+#include "renew/renew.h"
 #include "agent/server.h"
 
 #include "common/log.h"

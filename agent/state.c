@@ -10,7 +10,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
-#include "agent/certcheck.h"
+#include "common/certcheck.h"
 #include "agent/testhook.h"
 #include "agent/state.h"
 #include "common/log.h"

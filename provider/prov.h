@@ -28,7 +28,7 @@ struct mtlsa_prov;
  * How a provider instance reaches the agent. Two exist: the socket (the
  * application module, prov-socket.c, the only place that connects) and the
  * agent's own in-daemon transport for certificate renewal
- * (agent/renew-prov.c), which calls the keystore directly. The key
+ * (renew/renew-prov.c), which calls the keystore directly. The key
  * management and signature code sees only this interface, so the daemon links
  * it without the socket code or OSSL_provider_init.
  *

@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "agent/sched.h"
+#include "renew/sched.h"
 
 #define DAY 86400
 #define ISSUED 1700000000 /* an arbitrary not_before, 2023-11-14 */

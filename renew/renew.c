@@ -49,15 +49,15 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "agent/cacerts.h"
-#include "agent/certcheck.h"
-#include "agent/clock.h"
-#include "agent/enroll.h"
-#include "agent/renew-prov.h"
-#include "agent/renew-verify.h"
-#include "agent/renew.h"
+#include "renew/cacerts.h"
+#include "common/certcheck.h"
+#include "renew/clock.h"
+#include "renew/enroll.h"
+#include "renew/renew-prov.h"
+#include "renew/renew-verify.h"
+#include "renew/renew.h"
 #include "agent/testhook.h"
-#include "agent/sched.h"
+#include "renew/sched.h"
 #include "keystore/csr.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -66,7 +66,7 @@
 extern char **environ;
 
 #define MAX_SLEEP_S (24 * 3600)
-/* While the clock is not known good (agent/clock.h), how often it is looked at again. */
+/* While the clock is not known good (renew/clock.h), how often it is looked at again. */
 #define CLOCK_RECHECK_S 15
 /*
  * Key generations an identity may hold before a renewal that stalls
@@ -677,7 +677,7 @@ static int stage_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err, 
 			 want);
 		goto out;
 	}
-	/* ca-trust and the successors accepted from /cacerts (agent/cacerts.c). */
+	/* ca-trust and the successors accepted from /cacerts (renew/cacerts.c). */
 	if ((store = cacerts_trust_store(id, cerr, sizeof(cerr))) == NULL) {
 		snprintf(err, errlen, "%s", cerr);
 		*local = 1;
@@ -1435,7 +1435,7 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 	}
 	pthread_mutex_unlock(&g.lock);
 
-	/* Nothing that depends on the date before the clock is known good (agent/clock.h). */
+	/* Nothing that depends on the date before the clock is known good (renew/clock.h). */
 	snapshot_take(id, &snap);
 	prev_good = clock_last_good();
 	if (!clock_good(rt->cfg->state_dir, now, snap.not_before, why, sizeof(why))) {

@@ -1,6 +1,6 @@
 /*
  * renew-verify: one mTLS connection with a renewed credential before it is installed
- * (see agent/renew-verify.h). Plain sockets and libssl: libcurl has no MQTT, and a
+ * (see renew/renew-verify.h). Plain sockets and libssl: libcurl has no MQTT, and a
  * handshake plus one request is all that is needed.
  */
 #include "config.h"
@@ -20,7 +20,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#include "agent/renew-verify.h"
+#include "renew/renew-verify.h"
 #include "common/util.h"
 
 int renew_verify_parse(const char *url, struct renew_verify_url *out, char *err, size_t errlen)

@@ -6,191 +6,49 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <ctype.h>
 #include <limits.h>
 #include <sys/stat.h>
 
+#include "agent/conf.h"
 #include "client/ctl-check.h"
 
-/* --- the agent's configuration, as far as the doctor needs it --- */
+/* --- the agent's configuration, read by the agent's own reader --- */
 
-/*
- * A small, tolerant reader of the agent's configuration file: sections and
- * "key = value" lines, comments cut as the agent cuts them, only the keys the doctor
- * uses, everything else skipped. Not the agent's parser (agent/config.c): that one stops
- * at the first error and would bring libinih into the CLI, while the doctor wants every
- * finding it can make, also from a file the agent refuses. `mtls-agent -n` is the
- * agent's own verdict on the file.
- */
-
-void dconf_free(struct dconf *dc)
+int check_read_config(struct doctor *d, const char *path, int given)
 {
-	size_t i;
-
-	if (dc == NULL)
-		return;
-	for (i = 0; i < dc->n_ks; i++) {
-		free(dc->ks[i].name);
-		free(dc->ks[i].type);
-		free(dc->ks[i].pin_file);
-	}
-	for (i = 0; i < dc->n_ids; i++) {
-		free(dc->ids[i].name);
-		free(dc->ids[i].keystore);
-		free(dc->ids[i].allow_users);
-		free(dc->ids[i].allow_groups);
-		free(dc->ids[i].renew);
-		free(dc->ids[i].renew_auth);
-	}
-	free(dc->ks);
-	free(dc->ids);
-	free(dc->path);
-	free(dc->socket);
-	free(dc->admin_users);
-	free(dc->admin_groups);
-	free(dc);
-}
-
-static char *trim(char *s)
-{
-	size_t len;
-
-	while (isspace((unsigned char)*s))
-		s++;
-	len = strlen(s);
-	while (len > 0 && isspace((unsigned char)s[len - 1]))
-		s[--len] = '\0';
-	return s;
-}
-
-/* The last of repeated keys wins here; the agent refuses repeats anyway. */
-static int dconf_set(char **slot, const char *value)
-{
-	char *v = strdup(value);
-
-	if (v == NULL)
-		return -1;
-	free(*slot);
-	*slot = v;
-	return 0;
-}
-
-/* NAME of a header `[KW "NAME"]` (caller frees), or NULL. */
-static char *section_name(const char *s, const char *kw)
-{
-	size_t kl = strlen(kw), len = strlen(s);
-
-	if (len < kl + 6 || s[0] != '[' || strncmp(s + 1, kw, kl) != 0 || s[kl + 1] != ' ' ||
-	    s[kl + 2] != '"' || s[len - 2] != '"' || s[len - 1] != ']')
-		return NULL;
-	return strndup(s + kl + 3, len - kl - 5);
-}
-
-/* Returns 0, or -1 with errno. */
-int dconf_read(const char *path, struct dconf **out)
-{
-	enum { S_NONE, S_AGENT, S_KS, S_ID } sec = S_NONE;
-	struct dconf_keystore *nks;
-	struct dconf_identity *nid;
-	struct dconf *dc = NULL;
-	char *line = NULL, *s, *c, *eq, *key, *val, *name;
-	size_t cap = 0, lineno = 0;
-	int ret = -1, r, saved;
+	struct stat st;
 	FILE *f;
+	int e;
 
-	*out = NULL;
-	if ((f = fopen(path, "re")) == NULL)
+	/* Unreadable: a finding of its own, for a file named with -c. */
+	if ((f = fopen(path, "re")) == NULL || fstat(fileno(f), &st) != 0) {
+		e = errno;
+		if (f != NULL)
+			fclose(f);
+		if (given)
+			add_finding(subject(d, "config", path), 0, "cannot read it: %s — %s",
+				    strerror(e),
+				    e == EACCES ? "run check as root"
+						: "give the agent's configuration with -c");
 		return -1;
-	if ((dc = calloc(1, sizeof(*dc))) == NULL || (dc->path = strdup(path)) == NULL)
-		goto out;
-	errno = 0;
-	while (getline(&line, &cap, f) >= 0) {
-		s = line;
-		if (++lineno == 1 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
-			s += 3;
-		for (c = s; *c != '\0'; c++) {
-			if ((*c == ';' || *c == '#') && (c == s || isspace((unsigned char)c[-1]))) {
-				*c = '\0';
-				break;
-			}
-		}
-		s = trim(s);
-		if (*s == '[') {
-			sec = S_NONE;
-			if (strcmp(s, "[agent]") == 0) {
-				sec = S_AGENT;
-			} else if ((name = section_name(s, "keystore")) != NULL) {
-				if ((nks = realloc(dc->ks, (dc->n_ks + 1) * sizeof(*nks))) ==
-				    NULL) {
-					free(name);
-					goto out;
-				}
-				dc->ks = nks;
-				memset(&dc->ks[dc->n_ks], 0, sizeof(*nks));
-				dc->ks[dc->n_ks++].name = name;
-				sec = S_KS;
-			} else if ((name = section_name(s, "identity")) != NULL) {
-				if ((nid = realloc(dc->ids, (dc->n_ids + 1) * sizeof(*nid))) ==
-				    NULL) {
-					free(name);
-					goto out;
-				}
-				dc->ids = nid;
-				memset(&dc->ids[dc->n_ids], 0, sizeof(*nid));
-				dc->ids[dc->n_ids++].name = name;
-				sec = S_ID;
-			}
-			continue;
-		}
-		if ((eq = strchr(s, '=')) == NULL)
-			continue;
-		*eq = '\0';
-		key = trim(s);
-		val = trim(eq + 1);
-		r = 0;
-		if (sec == S_AGENT && strcmp(key, "socket") == 0)
-			r = dconf_set(&dc->socket, val);
-		else if (sec == S_AGENT && strcmp(key, "admin-users") == 0)
-			r = dconf_set(&dc->admin_users, val);
-		else if (sec == S_AGENT && strcmp(key, "admin-groups") == 0)
-			r = dconf_set(&dc->admin_groups, val);
-		else if (sec == S_KS && strcmp(key, "type") == 0)
-			r = dconf_set(&dc->ks[dc->n_ks - 1].type, val);
-		else if (sec == S_KS && strcmp(key, "pin-file") == 0)
-			r = dconf_set(&dc->ks[dc->n_ks - 1].pin_file, val);
-		else if (sec == S_ID && strcmp(key, "keystore") == 0)
-			r = dconf_set(&dc->ids[dc->n_ids - 1].keystore, val);
-		else if (sec == S_ID && strcmp(key, "allow-users") == 0)
-			r = dconf_set(&dc->ids[dc->n_ids - 1].allow_users, val);
-		else if (sec == S_ID && strcmp(key, "allow-groups") == 0)
-			r = dconf_set(&dc->ids[dc->n_ids - 1].allow_groups, val);
-		else if (sec == S_ID && strcmp(key, "renew") == 0)
-			r = dconf_set(&dc->ids[dc->n_ids - 1].renew, val);
-		else if (sec == S_ID && strcmp(key, "renew-auth") == 0)
-			r = dconf_set(&dc->ids[dc->n_ids - 1].renew_auth, val);
-		if (r != 0)
-			goto out;
 	}
-	if (ferror(f)) {
-		errno = EIO;
-		goto out;
-	}
-	*out = dc;
-	dc = NULL;
-	ret = 0;
-out:
-	saved = errno;
-	free(line);
 	fclose(f);
-	dconf_free(dc);
-	errno = saved;
-	return ret;
+	d->conf_path = path;
+	/*
+	 * agent/config.c, as the agent loads it. The owner is judged by
+	 * check_config_file() (root or the agent's user, which check learns from the
+	 * socket), so the reader takes the file's owner as the agent's here.
+	 */
+	if (config_check(path, st.st_uid, &d->conf, d->conf_err, sizeof(d->conf_err)) != 0)
+		return -1;
+	return 0;
 }
 
 void check_config_file(struct doctor *d)
 {
-	struct findings *fd = subject(d, "config", d->conf->path);
-	const char *path = d->conf->path;
+	struct findings *fd = subject(d, "config", d->conf_path);
+	const char *path = d->conf_path;
+	size_t i, before = fd->n_problems;
 	char who[64];
 	struct stat st;
 
@@ -212,6 +70,20 @@ void check_config_file(struct doctor *d)
 		    fd, 0,
 		    "owned by %s: the agent accepts only root or its own user — chown root %s",
 		    user_name(st.st_uid, who, sizeof(who)), path);
+	/* What the agent's reader says, where the file itself is not the reason. */
+	if (d->conf == NULL && fd->n_problems == before)
+		add_finding(fd, 0,
+			    "the agent refuses it: %s — correct that, then check again ('mtls-agent "
+			    "-n -c %s' is the agent's own verdict)",
+			    d->conf_err, path);
+	for (i = 0; d->conf != NULL && i < d->conf->n_problems; i++)
+		add_finding(fd, 0,
+			    "%s — the agent logs this at every load and leaves the entry out; "
+			    "correct or remove it",
+			    d->conf->problems[i]);
+	for (i = 0; d->conf != NULL && i < d->conf->n_warnings; i++)
+		add_finding(fd, 1, "%s — the agent logs this warning at every load",
+			    d->conf->warnings[i]);
 }
 
 /*
@@ -225,10 +97,10 @@ void check_renew_auth(struct doctor *d)
 	char names[256] = "";
 	size_t i, n = 0, len = 0;
 
-	for (i = 0; i < d->conf->n_ids; i++) {
-		const struct dconf_identity *id = &d->conf->ids[i];
+	for (i = 0; i < d->conf->n_identities; i++) {
+		const struct cfg_identity *id = &d->conf->identities[i];
 
-		if (id->renew == NULL || strcmp(id->renew, "est") != 0 || id->renew_auth != NULL ||
+		if (id->renew != RENEW_EST || id->renew_auth != NULL ||
 		    (id->allow_users == NULL && id->allow_groups == NULL))
 			continue;
 		if (d->only != NULL && strcmp(id->name, d->only) != 0)
@@ -240,7 +112,7 @@ void check_renew_auth(struct doctor *d)
 	}
 	if (n == 0)
 		return;
-	add_finding(subject(d, "config", d->conf->path), 1,
+	add_finding(subject(d, "config", d->conf_path), 1,
 		    "identit%s %s renew%s over EST with %s own key: any application allowed to "
 		    "use %s can also re-enroll it and obtain a certificate for a key of its own — "
 		    "set renew-auth = identity:NAME (an enrollment identity no application may "
@@ -320,16 +192,14 @@ void check_pin_files(struct doctor *d)
 	size_t i;
 
 	if (d->only != NULL) {
-		for (i = 0; i < d->conf->n_ids; i++)
-			if (strcmp(d->conf->ids[i].name, d->only) == 0)
-				only_ks = d->conf->ids[i].keystore != NULL
-					      ? d->conf->ids[i].keystore
-					      : "";
+		for (i = 0; i < d->conf->n_identities; i++)
+			if (strcmp(d->conf->identities[i].name, d->only) == 0)
+				only_ks = d->conf->identities[i].keystore;
 		if (only_ks == NULL)
 			return;
 	}
-	for (i = 0; i < d->conf->n_ks; i++) {
-		const struct dconf_keystore *ks = &d->conf->ks[i];
+	for (i = 0; i < d->conf->n_keystores; i++) {
+		const struct cfg_keystore *ks = &d->conf->keystores[i];
 		struct findings *fd;
 		const char *p = ks->pin_file;
 

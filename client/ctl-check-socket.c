@@ -14,6 +14,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "agent/acl.h"
+#include "agent/conf.h"
 #include "client/ctl-check.h"
 
 const char *user_name(uid_t uid, char *buf, size_t len)
@@ -50,31 +52,27 @@ static const char *primary_group(uid_t uid, char *buf, size_t len)
 	return group_name(pw->pw_gid, buf, len);
 }
 
-/* Whether uid's primary or supplementary groups include gid. */
+/*
+ * Whether a process of uid would count as a member of gid, by the agent's own rule
+ * (acl_allows: the primary or a supplementary group) applied to the groups the account
+ * has, as SO_PEERGROUPS reports them for its processes.
+ */
 static int user_in_group(uid_t uid, gid_t gid)
 {
 	struct passwd *pw = getpwuid(uid);
-	gid_t *groups = NULL, *ng;
-	int n = 16, i, found = 0;
+	struct peer peer;
+	int n = PEER_MAX_GROUPS;
 
 	if (pw == NULL)
 		return 0;
-	if (pw->pw_gid == gid)
-		return 1;
-	for (;;) {
-		if ((ng = realloc(groups, (size_t)n * sizeof(*groups))) == NULL)
-			break;
-		groups = ng;
-		if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) >= 0) {
-			for (i = 0; i < n && !found; i++)
-				found = groups[i] == gid;
-			break;
-		}
-		if (n > 65536)
-			break;
-	}
-	free(groups);
-	return found;
+	memset(&peer, 0, sizeof(peer));
+	peer.uid = uid;
+	peer.gid = pw->pw_gid;
+	/* More groups than a peer carries: the agent would see only as many. */
+	if (getgrouplist(pw->pw_name, pw->pw_gid, peer.groups, &n) < 0)
+		n = PEER_MAX_GROUPS;
+	peer.n_groups = (size_t)n;
+	return acl_allows(NULL, 0, &gid, 1, &peer);
 }
 
 /* Whether uid has permission bit (2: write, 1: search) on a file with st's owner, group, mode. */
@@ -169,44 +167,18 @@ static void principal_add(struct principals *ps, int is_group, unsigned long id,
 	ps->n++;
 }
 
-/* Adds the users or groups of a list ("root mosquitto", "0,iot"); unknown names are
- * configuration problems. */
-static void principals_from_list(struct doctor *d, struct principals *ps, const char *list,
-				 int is_group, const char *why, const char *key)
+/* Adds the ids of an allow-list as the agent resolved them (unknown names are left out
+ * there, and reported as configuration problems). */
+static void principals_add(struct principals *ps, int is_group, const void *ids, size_t n,
+			   const char *why)
 {
-	char *copy, *tok, *save = NULL, *end;
-	struct passwd *pw;
-	struct group *gr;
-	unsigned long id;
+	size_t i;
 
-	if (list == NULL)
-		return;
-	if ((copy = strdup(list)) == NULL) {
-		ps->nomem = 1;
-		return;
-	}
-	for (tok = strtok_r(copy, " \t,", &save); tok != NULL;
-	     tok = strtok_r(NULL, " \t,", &save)) {
-		errno = 0;
-		id = strtoul(tok, &end, 10);
-		if (isdigit((unsigned char)tok[0]) && *end == '\0' && errno == 0) {
-			principal_add(ps, is_group, id, why);
-		} else if (!is_group && (pw = getpwnam(tok)) != NULL) {
-			principal_add(ps, 0, pw->pw_uid, why);
-		} else if (is_group && (gr = getgrnam(tok)) != NULL) {
-			principal_add(ps, 1, gr->gr_gid, why);
-		} else {
-			add_finding(
-			    subject(d, "config", d->conf->path), 0,
-			    "unknown %s \"%s\" in %s of %s%s%s — the agent leaves it out of "
-			    "the list (an error in its log); fix or remove the name ('mtls-agent "
-			    "-n -c %s' checks the file)",
-			    is_group ? "group" : "user", tok, key,
-			    why != NULL ? "identity \"" : "[agent]", why != NULL ? why : "",
-			    why != NULL ? "\"" : "", d->conf->path);
-		}
-	}
-	free(copy);
+	for (i = 0; i < n; i++)
+		principal_add(ps, is_group,
+			      is_group ? (unsigned long)((const gid_t *)ids)[i]
+				       : (unsigned long)((const uid_t *)ids)[i],
+			      why);
 }
 
 static void principal_desc(const struct principal *p, char *buf, size_t len)
@@ -252,17 +224,15 @@ static void check_socket_access(struct doctor *d, struct findings *fd, const cha
 			    (unsigned)(ss->st_mode & 07777));
 		return;
 	}
-	if (d->conf->admin_users == NULL)
-		principal_add(&ps, 0, 0, NULL);
-	principals_from_list(d, &ps, d->conf->admin_users, 0, NULL, "admin-users");
-	principals_from_list(d, &ps, d->conf->admin_groups, 1, NULL, "admin-groups");
-	for (i = 0; i < d->conf->n_ids; i++) {
-		const struct dconf_identity *id = &d->conf->ids[i];
+	principals_add(&ps, 0, d->conf->admin_users, d->conf->n_admin_users, NULL);
+	principals_add(&ps, 1, d->conf->admin_groups, d->conf->n_admin_groups, NULL);
+	for (i = 0; i < d->conf->n_identities; i++) {
+		const struct cfg_identity *id = &d->conf->identities[i];
 
 		if (d->only != NULL && strcmp(d->only, id->name) != 0)
 			continue;
-		principals_from_list(d, &ps, id->allow_users, 0, id->name, "allow-users");
-		principals_from_list(d, &ps, id->allow_groups, 1, id->name, "allow-groups");
+		principals_add(&ps, 0, id->allow_users, id->n_allow_users, id->name);
+		principals_add(&ps, 1, id->allow_groups, id->n_allow_groups, id->name);
 	}
 	if (ps.nomem) {
 		d->sink.nomem = 1;

@@ -13,6 +13,7 @@
 
 #include <openssl/x509.h>
 
+#include "agent/conf.h"
 #include "client/ctl-check.h"
 
 void add_finding(struct findings *fd, int warning, const char *fmt, ...)
@@ -164,7 +165,8 @@ static int report_json(const struct findings *fd, const char *name)
 	return 0;
 }
 
-int cmd_check(struct ctx *c, int argc, char **argv)
+/* Options; --ca loaded. CTL_CONTINUE, or the exit status. */
+static int check_options(struct doctor *d, int argc, char **argv)
 {
 	static const struct option opts[] = {
 	    {"json", no_argument, NULL, 'j'},
@@ -173,27 +175,19 @@ int cmd_check(struct ctx *c, int argc, char **argv)
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	struct mtls_agent_identity *ids = NULL, *one = NULL;
-	struct findings fd;
-	struct doctor d;
-	const char *conf_path = NULL, *env, *conf_sock;
-	char label[PATH_MAX + 16];
-	size_t n = 0, i, problems = 0;
-	int ch, r, bad = 0, ret = EXIT_FAIL;
+	struct ctx *c = d->c;
+	int ch;
 
-	memset(&fd, 0, sizeof(fd));
-	memset(&d, 0, sizeof(d));
-	d.c = c;
 	while ((ch = getopt_long(argc, argv, ":hc:", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'j':
 			c->json = 1;
 			break;
 		case 'c':
-			conf_path = optarg;
+			d->conf_given = optarg;
 			break;
 		case 'A':
-			d.ca_file = optarg;
+			d->ca_file = optarg;
 			break;
 		case 'h':
 			return command_help(c);
@@ -202,143 +196,139 @@ int cmd_check(struct ctx *c, int argc, char **argv)
 		}
 	}
 	if (optind < argc)
-		d.only = argv[optind++];
+		d->only = argv[optind++];
 	if (optind != argc)
 		return usage_error(c, "unexpected argument '%s'", argv[optind]);
-	if (d.ca_file != NULL) {
-		if ((d.anchors = X509_STORE_new()) == NULL ||
-		    X509_STORE_load_file(d.anchors, d.ca_file) != 1) {
-			X509_STORE_free(d.anchors);
-			errmsg(c, "cannot load trust anchors from %s", d.ca_file);
-			return EXIT_FAIL;
-		}
+	if (d->ca_file != NULL && ((d->anchors = X509_STORE_new()) == NULL ||
+				   X509_STORE_load_file(d->anchors, d->ca_file) != 1)) {
+		errmsg(c, "cannot load trust anchors from %s", d->ca_file);
+		return EXIT_FAIL;
 	}
+	return CTL_CONTINUE;
+}
 
-	/* The configuration: -c, else the default one if it is about the socket checked. */
-	if (conf_path != NULL && dconf_read(conf_path, &d.conf) != 0) {
-		int e = errno;
-		struct findings *cf = subject(&d, "config", conf_path);
+/* Forgets the configuration read: it is not the checked agent's. */
+static void drop_config(struct doctor *d)
+{
+	config_free(d->conf);
+	d->conf = NULL;
+	d->conf_path = NULL;
+}
 
-		add_finding(cf, 0, "cannot read it: %s — %s", strerror(e),
-			    e == EACCES ? "run check as root"
-					: "give the agent's configuration with -c");
-	}
-	env = getenv("MTLS_AGENT_SOCK");
-	if (c->socket != NULL)
-		d.sock = c->socket;
+/*
+ * The configuration (-c, else the default one when it is about the socket checked) and
+ * the socket: -s, $MTLS_AGENT_SOCK, the configuration's, the default.
+ */
+static void check_find_config(struct doctor *d)
+{
+	const char *env = getenv("MTLS_AGENT_SOCK");
+
+	if (d->conf_given != NULL)
+		(void)check_read_config(d, d->conf_given, 1);
+	if (d->c->socket != NULL)
+		d->sock = d->c->socket;
 	else if (env != NULL && env[0] != '\0')
-		d.sock = env;
-	else if (d.conf != NULL && d.conf->socket != NULL)
-		d.sock = d.conf->socket;
+		d->sock = env;
+	else if (d->conf != NULL)
+		d->sock = d->conf->socket;
 	else
-		d.sock = MTLS_AGENT_DEFAULT_SOCKET;
-	if (conf_path == NULL && dconf_read(MTLS_AGENT_DEFAULT_CONFIG, &d.conf) == 0) {
-		conf_sock = d.conf->socket != NULL ? d.conf->socket : MTLS_AGENT_DEFAULT_SOCKET;
-		if (strcmp(conf_sock, d.sock) != 0) {
-			dconf_free(d.conf);
-			d.conf = NULL;
-		}
+		d->sock = MTLS_AGENT_DEFAULT_SOCKET;
+	if (d->conf_given == NULL) {
+		/* A default file the agent refuses names no socket: the default agent's. */
+		if (check_read_config(d, MTLS_AGENT_DEFAULT_CONFIG, 0) == 0
+			? strcmp(d->conf->socket, d->sock) != 0
+			: strcmp(MTLS_AGENT_DEFAULT_SOCKET, d->sock) != 0)
+			drop_config(d);
+	} else if (d->conf != NULL && strcmp(d->conf->socket, d->sock) != 0) {
+		add_finding(subject(d, "config", d->conf_path), 1,
+			    "its socket is %s, not the one checked (%s) — is this the agent's "
+			    "configuration?",
+			    d->conf->socket, d->sock);
 	}
-	if (d.conf != NULL) {
-		conf_sock = d.conf->socket != NULL ? d.conf->socket : MTLS_AGENT_DEFAULT_SOCKET;
-		if (strcmp(conf_sock, d.sock) != 0)
-			add_finding(subject(&d, "config", d.conf->path), 1,
-				    "its socket is %s, not the one checked (%s) — is this the "
-				    "agent's configuration?",
-				    conf_sock, d.sock);
-	}
+	if (d->conf_path != NULL)
+		(void)subject(d, "config", d->conf_path);
+	(void)subject(d, "socket", d->sock);
+}
 
-	if (d.conf != NULL)
-		(void)subject(&d, "config", d.conf->path);
-	(void)subject(&d, "socket", d.sock);
+/* The agent: reachable? Who listens? 0, or EXIT_FAIL when check NAME cannot go on. */
+static int check_reach_agent(struct doctor *d)
+{
+	const char *detail;
+	int r;
 
-	/* The agent: reachable? Who listens? */
-	if ((r = mtls_agent_connect(d.sock, &c->agent)) == 0) {
-		d.reachable = 1;
+	if (mtls_agent_connect(d->sock, &d->c->agent) == 0) {
+		d->reachable = 1;
+	} else if (strcasestr((detail = mtls_agent_last_error()), "permission denied") != NULL) {
+		add_finding(subject(d, "socket", d->sock), 0,
+			    "%s — uid %ld may not open the socket: ask an administrator to allow "
+			    "this user (socket-group), or run check as root",
+			    detail, (long)getuid());
 	} else {
-		const char *detail = mtls_agent_last_error();
-
-		if (strcasestr(detail, "permission denied") != NULL)
-			add_finding(subject(&d, "socket", d.sock), 0,
-				    "%s — uid %ld may not open the socket: ask an administrator to "
-				    "allow this user (socket-group), or run check as root",
-				    detail, (long)getuid());
-		else
-			add_finding(
-			    subject(&d, "socket", d.sock), 0,
-			    "%s — start the agent ('systemctl start mtls-agent', or "
-			    "'mtls-agent -n' then 'mtls-agent' to see why it does not start), "
-			    "or name its socket with -s",
+		add_finding(subject(d, "socket", d->sock), 0,
+			    "%s — start the agent ('systemctl start mtls-agent', or 'mtls-agent -n' "
+			    "then 'mtls-agent' to see why it does not start), or name its socket "
+			    "with -s",
 			    detail);
 	}
-	if (listener_uid(d.sock, &d.agent_uid) == 0)
-		d.agent_uid_known = 1;
-	if (d.reachable && d.only != NULL &&
-	    (r = mtls_agent_get_identity(c->agent, d.only, &one)) != 0) {
-		agent_error(c, r);
-		goto out;
+	if (listener_uid(d->sock, &d->agent_uid) == 0)
+		d->agent_uid_known = 1;
+	if (d->reachable && d->only != NULL) {
+		if ((r = mtls_agent_get_identity(d->c->agent, d->only, &d->ids)) != 0)
+			return agent_error(d->c, r);
+		d->n_ids = 1;
 	}
-	if (d.conf != NULL) {
-		check_config_file(&d);
-		check_renew_auth(&d);
-	}
-	check_socket(&d);
-	if (d.conf != NULL)
-		check_pin_files(&d);
-	if (d.reachable) {
-		if ((r = mtls_agent_status(c->agent, &d.st)) != 0)
-			add_finding(subject(&d, "agent", ""), 0,
-				    "status request failed: %s — see the agent's log "
-				    "(journalctl -u mtls-agent)",
-				    mtls_agent_last_error());
-		else
-			check_keystore_records(&d);
-		if (one != NULL) {
-			ids = one;
-			n = 1;
-		} else if ((r = mtls_agent_list(c->agent, &ids, &n)) != 0) {
-			add_finding(subject(&d, "agent", ""), 0,
-				    "list request failed: %s — see the agent's log",
-				    mtls_agent_last_error());
-		} else if (n == 0) {
-			add_finding(
-			    subject(&d, "agent", ""), 0,
-			    "no identities for uid %ld (none configured, or none allows this "
-			    "user) — add the user to allow-users or allow-groups of an identity, "
-			    "then '" PROG " reload'",
+	return 0;
+}
+
+/* What the agent says: keystore states, the identities this user may use. */
+static void check_agent_state(struct doctor *d)
+{
+	if (mtls_agent_status(d->c->agent, &d->st) != 0)
+		add_finding(subject(d, "agent", ""), 0,
+			    "status request failed: %s — see the agent's log (journalctl -u "
+			    "mtls-agent)",
+			    mtls_agent_last_error());
+	else
+		check_keystore_records(d);
+	if (d->only != NULL)
+		return;
+	if (mtls_agent_list(d->c->agent, &d->ids, &d->n_ids) != 0)
+		add_finding(subject(d, "agent", ""), 0,
+			    "list request failed: %s — see the agent's log", mtls_agent_last_error());
+	else if (d->n_ids == 0)
+		add_finding(subject(d, "agent", ""), 0,
+			    "no identities for uid %ld (none configured, or none allows this user) — "
+			    "add the user to allow-users or allow-groups of an identity, then '" PROG
+			    " reload'",
 			    (long)getuid());
-		}
-	}
-	if (d.sink.nomem) {
-		errmsg(c, "out of memory");
-		goto out;
-	}
+}
 
-	/* Report: the agent's surroundings, then each identity. */
-	if (c->json) {
+/* The subjects' findings, text or JSON; adds their problems to *problems. -1: no memory. */
+static int report_subjects(struct doctor *d, size_t *problems)
+{
+	char label[PATH_MAX + 16];
+	size_t i;
+
+	if (d->c->json) {
 		fputs("{\"socket\":", stdout);
-		json_str(d.sock);
+		json_str(d->sock);
 		fputs(",\"config\":", stdout);
-		json_str_or_null(d.conf != NULL ? d.conf->path : conf_path);
-		printf(",\"agent_reachable\":%s,\"checks\":[", d.reachable ? "true" : "false");
+		json_str_or_null(d->conf_path != NULL ? d->conf_path : d->conf_given);
+		printf(",\"agent_reachable\":%s,\"checks\":[", d->reachable ? "true" : "false");
 	}
-	for (i = 0; i < d.n_subj; i++) {
-		const struct subject *s = &d.subj[i];
+	for (i = 0; i < d->n_subj; i++) {
+		const struct subject *s = &d->subj[i];
 
-		if (s->fd.nomem) {
-			errmsg(c, "out of memory");
-			goto out;
-		}
-		problems += s->fd.n_problems;
-		if (c->json) {
+		if (s->fd.nomem)
+			return -1;
+		*problems += s->fd.n_problems;
+		if (d->c->json) {
 			fputs(i > 0 ? ",{\"kind\":" : "{\"kind\":", stdout);
 			json_str(s->kind);
 			fputs(",\"name\":", stdout);
 			json_str_or_null(s->name[0] != '\0' ? s->name : NULL);
-			if (report_json(&s->fd, NULL) != 0) {
-				errmsg(c, "out of memory");
-				goto out;
-			}
+			if (report_json(&s->fd, NULL) != 0)
+				return -1;
 			continue;
 		}
 		if (s->name[0] != '\0')
@@ -347,58 +337,110 @@ int cmd_check(struct ctx *c, int argc, char **argv)
 			snprintf(label, sizeof(label), "%s", s->kind);
 		report_text(label, NULL, &s->fd, strcmp(s->kind, "agent") != 0);
 	}
-	if (c->json)
+	return 0;
+}
+
+/* Each identity, checked and reported; *bad counts the unusable ones. -1: no memory. */
+static int report_identities(struct doctor *d, size_t *problems, size_t *bad)
+{
+	struct findings fd;
+	size_t i;
+	int ret = -1;
+
+	memset(&fd, 0, sizeof(fd));
+	if (d->c->json)
 		fputs("],\"identities\":[", stdout);
-	for (i = 0; i < n; i++) {
-		check_identity(&d, &fd, &ids[i]);
-		if (fd.nomem) {
-			errmsg(c, "out of memory");
+	for (i = 0; i < d->n_ids; i++) {
+		const struct mtls_agent_identity *id = &d->ids[i];
+
+		check_identity(d, &fd, id);
+		if (fd.nomem)
 			goto out;
-		}
-		bad += fd.n_problems > 0;
-		problems += fd.n_problems;
-		if (c->json) {
-			fputs(i > 0 ? ",{\"name\":" : "{\"name\":", stdout);
-			json_str(ids[i].name);
-			if (report_json(&fd, ids[i].name) != 0) {
-				errmsg(c, "out of memory");
-				goto out;
-			}
+		*bad += fd.n_problems > 0;
+		*problems += fd.n_problems;
+		if (!d->c->json) {
+			report_text(id->name, id->name, &fd, 1);
 		} else {
-			report_text(ids[i].name, ids[i].name, &fd, 1);
+			fputs(i > 0 ? ",{\"name\":" : "{\"name\":", stdout);
+			json_str(id->name);
+			if (report_json(&fd, id->name) != 0)
+				goto out;
 		}
 		findings_free(&fd);
 	}
-	if (c->json)
-		printf("],\"ok\":%s}\n", problems == 0 ? "true" : "false");
-	ret = EXIT_OK;
-	if (problems > 0) {
-		/* The report is on stdout; this is the one-line verdict of a failure. */
-		if (bad > 0)
-			errmsg(c, "%zu problem%s need%s attention (%d of %zu %s not usable)",
-			       problems, problems == 1 ? "" : "s", problems == 1 ? "s" : "", bad, n,
-			       n == 1 ? "identity is" : "identities are");
-		else
-			errmsg(c, "%zu problem%s need%s attention", problems,
-			       problems == 1 ? "" : "s", problems == 1 ? "s" : "");
-		ret = EXIT_FAIL;
-	}
+	ret = 0;
 out:
 	findings_free(&fd);
-	findings_free(&d.sink);
-	for (i = 0; i < d.n_subj; i++) {
-		findings_free(&d.subj[i].fd);
-		free(d.subj[i].name);
-	}
-	free(d.subj);
-	dconf_free(d.conf);
-	mtls_agent_status_free(d.st);
-	X509_STORE_free(d.anchors);
-	X509_STORE_free(d.system);
-	if (one != NULL)
-		mtls_agent_identity_free(one);
-	else
-		mtls_agent_identities_free(ids, n);
 	return ret;
 }
 
+/* The one-line verdict on stderr (the report is on stdout); the exit status. */
+static int verdict(const struct doctor *d, size_t problems, size_t bad)
+{
+	if (d->c->json)
+		printf("],\"ok\":%s}\n", problems == 0 ? "true" : "false");
+	if (problems == 0)
+		return EXIT_OK;
+	if (bad > 0)
+		errmsg(d->c, "%zu problem%s need%s attention (%zu of %zu %s not usable)", problems,
+		       problems == 1 ? "" : "s", problems == 1 ? "s" : "", bad, d->n_ids,
+		       d->n_ids == 1 ? "identity is" : "identities are");
+	else
+		errmsg(d->c, "%zu problem%s need%s attention", problems, problems == 1 ? "" : "s",
+		       problems == 1 ? "s" : "");
+	return EXIT_FAIL;
+}
+
+static void doctor_free(struct doctor *d)
+{
+	size_t i;
+
+	findings_free(&d->sink);
+	for (i = 0; i < d->n_subj; i++) {
+		findings_free(&d->subj[i].fd);
+		free(d->subj[i].name);
+	}
+	free(d->subj);
+	config_free(d->conf);
+	mtls_agent_status_free(d->st);
+	X509_STORE_free(d->anchors);
+	X509_STORE_free(d->system);
+	if (d->only != NULL)
+		mtls_agent_identity_free(d->ids);
+	else
+		mtls_agent_identities_free(d->ids, d->n_ids);
+}
+
+int cmd_check(struct ctx *c, int argc, char **argv)
+{
+	struct doctor d;
+	size_t problems = 0, bad = 0;
+	int ret;
+
+	memset(&d, 0, sizeof(d));
+	d.c = c;
+	if ((ret = check_options(&d, argc, argv)) != CTL_CONTINUE)
+		goto out;
+	check_find_config(&d);
+	if ((ret = check_reach_agent(&d)) != 0)
+		goto out;
+	if (d.conf_path != NULL)
+		check_config_file(&d);
+	if (d.conf != NULL)
+		check_renew_auth(&d);
+	check_socket(&d);
+	if (d.conf != NULL)
+		check_pin_files(&d);
+	if (d.reachable)
+		check_agent_state(&d);
+	ret = EXIT_FAIL;
+	if (d.sink.nomem || report_subjects(&d, &problems) != 0 ||
+	    report_identities(&d, &problems, &bad) != 0) {
+		errmsg(c, "out of memory");
+		goto out;
+	}
+	ret = verdict(&d, problems, bad);
+out:
+	doctor_free(&d);
+	return ret;
+}

@@ -30,29 +30,7 @@ void add_finding(struct findings *fd, int warning, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void findings_free(struct findings *fd);
 
-struct dconf_keystore {
-	char *name;
-	char *type;
-	char *pin_file;
-};
-struct dconf_identity {
-	char *name;
-	char *keystore;
-	char *allow_users;
-	char *allow_groups;
-	char *renew;	  /* renew = cmp / est */
-	char *renew_auth; /* renew-auth = identity:NAME */
-};
-struct dconf {
-	char *path;
-	char *socket;	   /* NULL: the default */
-	char *admin_users; /* NULL: root */
-	char *admin_groups;
-	struct dconf_keystore *ks;
-	size_t n_ks;
-	struct dconf_identity *ids;
-	size_t n_ids;
-};
+struct config; /* agent/conf.h: the agent's configuration, read by its own reader */
 
 struct subject {
 	const char *kind; /* "config", "socket", "agent", "keystore" */
@@ -67,12 +45,17 @@ struct doctor {
 	X509_STORE *anchors; /* --ca, loaded */
 	X509_STORE *system;  /* OpenSSL's default trust store, loaded on first use */
 	int system_tried;
-	struct dconf *conf; /* NULL: no configuration read */
+	const char *conf_given; /* -c */
+	const char *conf_path;	/* the configuration looked at; NULL: none */
+	struct config *conf;   /* as the agent reads it; NULL: none, or refused (conf_err) */
+	char conf_err[512];    /* the reader's "FILE:LINE: message" */
 	const char *sock;   /* the socket checked */
 	int reachable;
 	int agent_uid_known;
 	uid_t agent_uid; /* uid of whoever listens on the socket */
 	struct mtls_agent_status *st;
+	struct mtls_agent_identity *ids; /* the identities checked (one: check NAME) */
+	size_t n_ids;
 	struct subject *subj;
 	size_t n_subj;
 	struct findings sink; /* where findings go when memory ran out */
@@ -82,8 +65,12 @@ struct doctor {
 struct findings *subject(struct doctor *d, const char *kind, const char *name);
 
 /* ctl-check-config.c */
-int dconf_read(const char *path, struct dconf **out);
-void dconf_free(struct dconf *dc);
+/*
+ * Reads path with the agent's reader into d->conf (d->conf_path set when the file could be
+ * opened). A file that cannot be opened is a finding when given (-c). 0, or -1 without
+ * d->conf (refused: d->conf_err says why, check_config_file() reports it).
+ */
+int check_read_config(struct doctor *d, const char *path, int given);
 void check_config_file(struct doctor *d);
 void check_renew_auth(struct doctor *d);
 void check_pin_files(struct doctor *d);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/asn1.h>
 #include <openssl/err.h>
@@ -13,6 +14,7 @@
 #include <openssl/x509v3.h>
 
 #include "client/ctl-check.h"
+#include "common/certcheck.h"
 
 /* A certificate this close to its end is reported by `check` as a warning. */
 #define EXPIRY_WARN_DAYS 7
@@ -127,14 +129,16 @@ void check_keystore_records(struct doctor *d)
 
 /* --- identities --- */
 
-/* Validity of a certificate against now; pos 0 is the leaf (chooses the advice). */
-static void check_validity(struct findings *fd, X509 *x, size_t pos)
+/* Validity of a certificate at now, by the agent's rule (certcheck); pos 0 is the leaf
+ * (chooses the advice). */
+static void check_validity(struct findings *fd, X509 *x, size_t pos, time_t now)
 {
 	const ASN1_TIME *nb = X509_get0_notBefore(x), *na = X509_get0_notAfter(x);
+	unsigned flaws = certcheck_flaws(x, now);
 	char when[40];
 	int days, secs;
 
-	if (X509_cmp_current_time(nb) > 0) {
+	if ((flaws & CERTCHECK_NOT_YET_VALID) != 0) {
 		fmt_asn1_time(nb, when, sizeof(when));
 		if (pos == 0)
 			add_finding(fd, 0,
@@ -148,7 +152,7 @@ static void check_validity(struct findings *fd, X509 *x, size_t pos)
 				    pos, when);
 	}
 	fmt_asn1_time(na, when, sizeof(when));
-	if (X509_cmp_current_time(na) < 0) {
+	if ((flaws & CERTCHECK_EXPIRED) != 0) {
 		if (pos == 0)
 			add_finding(fd, 0,
 				    "certificate expired on %s — get a new one: '" PROG
@@ -174,21 +178,18 @@ static void check_validity(struct findings *fd, X509 *x, size_t pos)
 	}
 }
 
-/* Each certificate must be issued, and signed, by the one after it. */
-static void check_chain(struct findings *fd, X509 **certs, size_t n)
+/* Each certificate must be issued, and signed, by the one after it (as import-cert wants). */
+static void check_chain(struct findings *fd, X509 **certs, size_t n, time_t now)
 {
-	EVP_PKEY *ipk;
 	size_t i;
 
 	for (i = 1; i < n; i++)
 		if (certs[i] != NULL)
-			check_validity(fd, certs[i], i);
+			check_validity(fd, certs[i], i, now);
 	for (i = 0; i + 1 < n; i++) {
 		if (certs[i] == NULL || certs[i + 1] == NULL)
 			continue;
-		ipk = X509_get0_pubkey(certs[i + 1]);
-		if (X509_check_issued(certs[i + 1], certs[i]) != X509_V_OK || ipk == NULL ||
-		    X509_verify(certs[i], ipk) != 1)
+		if (!certcheck_issued_by(certs[i], certs[i + 1]))
 			add_finding(fd, 0,
 				    "certificate #%zu is not issued by certificate #%zu — "
 				    "import the chain leaf first, each certificate followed "
@@ -267,15 +268,16 @@ static void check_trust(struct doctor *d, struct findings *fd, X509 **certs, siz
 		    "chain again — '" PROG " check --ca ROOT.pem' tells for sure");
 }
 
-static void check_leaf(struct findings *fd, const struct mtls_agent_identity *id, X509 *leaf)
+/* What import-cert (certcheck_leaf) would refuse, each reason with its remedy. */
+static void check_leaf(struct findings *fd, const struct mtls_agent_identity *id, X509 *leaf,
+		       time_t now)
 {
-	unsigned char *der = NULL;
-	uint32_t flags;
-	int len;
+	unsigned flaws = certcheck_flaws(leaf, now);
+	uint8_t *der = NULL;
+	size_t len = 0;
 
 	if (id->key_type != MTLS_AGENT_KEY_NONE) {
-		len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(leaf), &der);
-		if (len <= 0 || (size_t)len != id->spki_len ||
+		if (certcheck_spki(leaf, &der, &len) != 0 || len != id->spki_len ||
 		    memcmp(der, id->spki, id->spki_len) != 0)
 			add_finding(fd, 0,
 				    "certificate is for a different key than the identity's — "
@@ -283,22 +285,20 @@ static void check_leaf(struct findings *fd, const struct mtls_agent_identity *id
 				    "with '" PROG " csr NAME --subject DN'");
 		OPENSSL_free(der);
 	}
-	flags = X509_get_extension_flags(leaf);
-	if ((flags & EXFLAG_INVALID) != 0)
+	if ((flaws & CERTCHECK_BAD_EXTENSIONS) != 0)
 		add_finding(fd, 0,
 			    "certificate has malformed extensions — ask the CA for a new "
 			    "certificate");
-	if ((flags & EXFLAG_XKUSAGE) == 0 ||
-	    (X509_get_extended_key_usage(leaf) & XKU_SSL_CLIENT) == 0)
+	if ((flaws & CERTCHECK_NO_CLIENT_AUTH) != 0)
 		add_finding(fd, 0,
 			    "certificate lacks extendedKeyUsage clientAuth — servers "
 			    "refuse it for client authentication; ask the CA for a TLS "
 			    "client certificate");
-	if ((flags & EXFLAG_KUSAGE) == 0 || (X509_get_key_usage(leaf) & KU_DIGITAL_SIGNATURE) == 0)
+	if ((flaws & CERTCHECK_NO_DIGITAL_SIGNATURE) != 0)
 		add_finding(fd, 0,
 			    "certificate lacks keyUsage digitalSignature — ask the CA for a "
 			    "certificate that allows digitalSignature");
-	check_validity(fd, leaf, 0);
+	check_validity(fd, leaf, 0, now);
 }
 
 static const char *or_unknown(const char *s)
@@ -312,6 +312,7 @@ void check_identity(struct doctor *d, struct findings *fd, const struct mtls_age
 	const char *state = NULL, *ks = NULL, *ks_state;
 	char prefix[128];
 	X509 **certs = NULL;
+	time_t now = time(NULL);
 	EVP_PKEY *pk = NULL;
 	size_t i;
 
@@ -425,8 +426,8 @@ void check_identity(struct doctor *d, struct findings *fd, const struct mtls_age
 				    i);
 	}
 	if (certs[0] != NULL) {
-		check_leaf(fd, id, certs[0]);
-		check_chain(fd, certs, id->chain_len);
+		check_leaf(fd, id, certs[0], now);
+		check_chain(fd, certs, id->chain_len, now);
 		check_trust(d, fd, certs, id->chain_len);
 	}
 	for (i = 0; i < id->chain_len; i++)

@@ -420,7 +420,7 @@ int chain_write_pem(const char *path, STACK_OF(X509) *chain, mode_t mode, char *
 	}
 	pem_len = BIO_get_mem_data(pem, &pem_data);
 	if (write_file_atomic(path, pem_data, (size_t)pem_len, mode) != 0) {
-		snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+		snprintf(err, errlen, "cannot write %s: %s", path, write_file_strerror(errno));
 		r = MTLS_AGENT_ERR_IO;
 	}
 out:

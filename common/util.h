@@ -24,6 +24,12 @@ void wipe(void *p, size_t n);
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 
 /*
+ * strerror() for write_file_atomic's errno, in its terms: ELOOP is a symlink it refused to
+ * follow and EINVAL a path that is not a regular file, not what strerror() calls them.
+ */
+const char *write_file_strerror(int errnum);
+
+/*
  * Reads a whole file of at most max bytes into a new NUL-terminated buffer.
  * Returns 0 or -1 with errno (EFBIG when over max).
  */

@@ -21,6 +21,7 @@
 
 #include "client/ctl.h"
 #include "common/keyref.h"
+#include "common/keytype.h"
 #include "common/proto.h"
 #include "common/scheme.h"
 #include "common/util.h"
@@ -365,9 +366,10 @@ out:
 
 /* ---- sign ------------------------------------------------------------------------------- */
 
-/* A TLS SignatureScheme name or 0xNNNN; 0 when neither. */
+/* A TLS SignatureScheme name (the agent's table, common/scheme.c) or 0xNNNN; 0 when neither. */
 static uint16_t parse_scheme(const char *s)
 {
+	const struct scheme *sch;
 	unsigned long v;
 	char *end;
 
@@ -379,7 +381,7 @@ static uint16_t parse_scheme(const char *s)
 			return 0;
 		return (uint16_t)v;
 	}
-	return mtls_agent_scheme_from_name(s);
+	return (sch = scheme_by_name(s)) != NULL ? sch->code : 0;
 }
 
 int cmd_sign(struct ctx *c, int argc, char **argv)
@@ -474,11 +476,6 @@ out:
 
 /* ---- keygen / csr / import-cert / reload ---------------------------------------------- */
 
-/* As KEYGEN spells them (docs/PROTOCOL.md); checked here so a typo is a usage error. */
-static const char *const key_types[] = {
-    "ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519",
-};
-
 int cmd_keygen(struct ctx *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -488,7 +485,7 @@ int cmd_keygen(struct ctx *c, int argc, char **argv)
 	};
 	const char *name, *type = NULL;
 	uint8_t *spki = NULL;
-	size_t len = 0, i;
+	size_t len = 0;
 	int ch, r, ret = EXIT_FAIL;
 
 	while ((ch = getopt_long(argc, argv, ":ht:", opts, NULL)) != -1) {
@@ -506,10 +503,8 @@ int cmd_keygen(struct ctx *c, int argc, char **argv)
 		return EXIT_USAGE;
 	if (type == NULL)
 		return usage_error(c, "missing --type");
-	for (i = 0; i < sizeof(key_types) / sizeof(key_types[0]); i++)
-		if (strcmp(type, key_types[i]) == 0)
-			break;
-	if (i == sizeof(key_types) / sizeof(key_types[0]))
+	/* The agent's list (common/keytype.c): a typo is a usage error, not a refusal. */
+	if (ks_keygen_type_from_name(type) == 0)
 		return usage_error(c,
 				   "unknown key type '%s': use ec-p256, ec-p384, rsa-2048, "
 				   "rsa-3072, rsa-4096 or ed25519",

@@ -12,6 +12,7 @@
 #include <openssl/pem.h>
 
 #include "client/ctl.h"
+#include "common/log.h"
 #include "common/scheme.h"
 
 
@@ -50,7 +51,7 @@ void json_str(const char *s)
 		} else if (*p == '\n') {
 			fputs("\\n", stdout);
 			p++;
-		} else if (*p < 0x20 || *p == 0x7f) {
+		} else if (log_control_len((const char *)p) == 1) {
 			printf("\\u%04x", *p++);
 		} else if (*p < 0x80) {
 			putchar(*p++);
@@ -79,16 +80,14 @@ void json_str_or_null(const char *s)
  */
 void put_text(const char *s)
 {
-	const unsigned char *p = (const unsigned char *)s;
+	size_t n;
 
-	for (; *p != '\0'; p++) {
-		if (*p < 0x20 || *p == 0x7f) {
+	for (; *s != '\0'; s += n) {
+		if ((n = log_control_len(s)) > 0) {
 			putchar('?');
-		} else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
-			putchar('?');
-			p++;
 		} else {
-			putchar(*p);
+			putchar(*s);
+			n = 1;
 		}
 	}
 }
@@ -114,10 +113,10 @@ void fmt_asn1_time(const ASN1_TIME *t, char *out, size_t len)
 
 void scheme_str(uint16_t code, char *out, size_t len)
 {
-	const char *name = mtls_agent_scheme_name(code);
+	const struct scheme *s = scheme_by_code(code);
 
-	if (name != NULL)
-		snprintf(out, len, "%s", name);
+	if (s != NULL)
+		snprintf(out, len, "%s", s->name);
 	else
 		snprintf(out, len, "0x%04x", code);
 }

@@ -138,3 +138,14 @@ const char *log_sanitize(const char *s, char *out, size_t outlen)
 {
 	return log_escape(s != NULL ? s : "", s != NULL ? strlen(s) : 0, out, outlen);
 }
+
+size_t log_control_len(const char *p)
+{
+	const unsigned char *u = (const unsigned char *)p;
+
+	if (u[0] == '\0')
+		return 0;
+	if (u[0] < 0x20 || u[0] == 0x7f)
+		return 1;
+	return u[0] == 0xc2 && u[1] >= 0x80 && u[1] <= 0x9f ? 2 : 0;
+}

@@ -1,10 +1,9 @@
-/* Key type names (keygen --type, key-type =): kept apart from the backends so that the
- * configuration reader links without them. */
+/* Key type names (keygen --type, key-type =, KEYGEN): common/keytype.h. */
 #include "config.h"
 
 #include <string.h>
 
-#include "keystore/keystore.h"
+#include "common/keytype.h"
 
 int ks_keygen_type_from_name(const char *name)
 {

@@ -306,109 +306,108 @@ static const char *or_unknown(const char *s)
 	return s != NULL ? s : "?";
 }
 
-void check_identity(struct doctor *d, struct findings *fd, const struct mtls_agent_identity *id)
+/* Automated renewal that needs an operator, or keeps failing. */
+static void check_renewal_state(struct findings *fd, const struct mtls_agent_status_record *rec)
 {
-	const struct mtls_agent_status_record *rec, *ksrec;
-	const char *state = NULL, *ks = NULL, *ks_state;
+	const char *action = status_field(rec, "action");
+	const char *failures = status_field(rec, "failures");
+
+	if (action != NULL)
+		add_finding(fd, 0, "renewal: %s", action);
+	else if (failures != NULL && strcmp(failures, "0") != 0)
+		add_finding(fd, 1, "renewal failing (%s attempts in a row): %s — next attempt %s",
+			    failures, or_unknown(status_field(rec, "last-result")),
+			    or_unknown(status_field(rec, "next-renewal")));
+}
+
+/* A keystore that does not work: say that, not what it hides (key "missing"). */
+static void check_keystore_of(struct doctor *d, struct findings *fd, const char *state,
+			      const char *ks)
+{
+	const struct mtls_agent_status_record *ksrec = status_record(d->st, "keystore", ks);
+	const char *ks_state = status_field(ksrec, "state");
 	char prefix[128];
-	X509 **certs = NULL;
-	time_t now = time(NULL);
-	EVP_PKEY *pk = NULL;
-	size_t i;
 
-	if ((rec = status_record(d->st, "identity", id->name)) != NULL) {
-		const char *action = status_field(rec, "action");
-		const char *failures = status_field(rec, "failures");
-
-		state = status_field(rec, "state");
-		ks = status_field(rec, "keystore");
-		/* Automated renewal that needs an operator, or keeps failing. */
-		if (action != NULL)
-			add_finding(fd, 0, "renewal: %s", action);
-		else if (failures != NULL && strcmp(failures, "0") != 0)
-			add_finding(fd, 1,
-				    "renewal failing (%s attempts in a row): %s — next attempt %s",
-				    failures, or_unknown(status_field(rec, "last-result")),
-				    or_unknown(status_field(rec, "next-renewal")));
-	}
-	/* A keystore that does not work: say that, not what it hides (key "missing"). */
-	if (state != NULL && !identity_own_state(state)) {
-		ksrec = status_record(d->st, "keystore", ks);
-		ks_state = status_field(ksrec, "state");
-		if (ks_state != NULL && strcmp(ks_state, "ok") != 0) {
-			add_finding(fd, 0,
-				    "not usable while keystore %s is not (see its line) — fix the "
-				    "keystore first",
-				    ks);
-		} else {
-			snprintf(prefix, sizeof(prefix), "keystore %s: ", ks != NULL ? ks : "?");
-			add_keystore_state(fd, prefix, state, status_field(ksrec, "type"),
-					   ks != NULL ? ks : "?",
-					   d->st != NULL && d->st->caller_is_admin);
-		}
+	if (ks_state != NULL && strcmp(ks_state, "ok") != 0) {
+		add_finding(fd, 0,
+			    "not usable while keystore %s is not (see its line) — fix the keystore "
+			    "first",
+			    ks);
 		return;
 	}
-	if (id->key_type == MTLS_AGENT_KEY_NONE) {
-		if (id->chain_len == 0 || state == NULL ||
-		    strstr(state, "matches none of the identity") == NULL) {
-			add_finding(fd, 0,
-				    "no key%s%s%s — create one with '" PROG " keygen NAME --type "
-				    "ec-p256'",
-				    state != NULL && strncmp(state, "no key ", 7) == 0 ? " (" : "",
-				    state != NULL && strncmp(state, "no key ", 7) == 0 ? state : "",
-				    state != NULL && strncmp(state, "no key ", 7) == 0 ? ")" : "");
-			return;
-		}
-		add_finding(fd, 0,
-			    "certificate and key do not match: %s — import the certificate issued "
-			    "for this identity's key ('" PROG
-			    " import-cert NAME FILE'), or get a new "
-			    "one ('" PROG " csr NAME --subject DN')",
-			    state);
-	} else {
-		int weak = 0;
+	snprintf(prefix, sizeof(prefix), "keystore %s: ", ks != NULL ? ks : "?");
+	add_keystore_state(fd, prefix, state, status_field(ksrec, "type"), ks != NULL ? ks : "?",
+			   d->st != NULL && d->st->caller_is_admin);
+}
 
-		if ((pk = spki_decode(id->spki, id->spki_len)) == NULL) {
-			add_finding(fd, 0,
-				    "the agent reports a public key that does not parse — check "
-				    "the keystore ('" PROG " status')");
-		} else if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA &&
-			   EVP_PKEY_get_bits(pk) < 2048) {
-			add_finding(fd, 0,
-				    "RSA key of %d bits is too weak — make a new key with '" PROG
-				    " keygen NAME --type rsa-2048' (or ec-p256) and get a "
-				    "certificate for it",
-				    EVP_PKEY_get_bits(pk));
-			weak = 1; /* which is also why the agent signs with no scheme */
-		}
-		EVP_PKEY_free(pk);
-		if (id->n_schemes == 0 && !weak)
-			add_finding(fd, 0,
-				    "the agent offers no signature scheme for this key — check the "
-				    "key type and the keystore ('" PROG " status')");
-	}
-	/* The certificate file on disk was replaced by something the agent would not
-	 * take (it keeps serving the certificate it read before): the file is wrong. */
-	if (id->chain_len > 0 && state != NULL &&
-	    strstr(state, "still serving the certificate read before") != NULL)
+/* No key, or one whose certificate does not match it. 0: go on with the certificate. */
+static int check_no_key(struct findings *fd, const struct mtls_agent_identity *id,
+			const char *state)
+{
+	int say = state != NULL && strncmp(state, "no key ", 7) == 0;
+
+	if (id->chain_len == 0 || state == NULL ||
+	    strstr(state, "matches none of the identity") == NULL) {
 		add_finding(fd, 0,
-			    "%s — put a valid certificate there, or import one with '" PROG
+			    "no key%s%s%s — create one with '" PROG " keygen NAME --type ec-p256'",
+			    say ? " (" : "", say ? state : "", say ? ")" : "");
+		return -1;
+	}
+	add_finding(fd, 0,
+		    "certificate and key do not match: %s — import the certificate issued for this "
+		    "identity's key ('" PROG " import-cert NAME FILE'), or get a new one ('" PROG
+		    " csr NAME --subject DN')",
+		    state);
+	return 0;
+}
+
+/* The key the agent reports: parses, strong enough, signs with some scheme. */
+static void check_key(struct findings *fd, const struct mtls_agent_identity *id)
+{
+	EVP_PKEY *pk;
+	int weak = 0;
+
+	if ((pk = spki_decode(id->spki, id->spki_len)) == NULL) {
+		add_finding(fd, 0,
+			    "the agent reports a public key that does not parse — check the keystore "
+			    "('" PROG " status')");
+	} else if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA && EVP_PKEY_get_bits(pk) < 2048) {
+		add_finding(fd, 0,
+			    "RSA key of %d bits is too weak — make a new key with '" PROG
+			    " keygen NAME --type rsa-2048' (or ec-p256) and get a certificate for it",
+			    EVP_PKEY_get_bits(pk));
+		weak = 1; /* which is also why the agent signs with no scheme */
+	}
+	EVP_PKEY_free(pk);
+	if (id->n_schemes == 0 && !weak)
+		add_finding(fd, 0,
+			    "the agent offers no signature scheme for this key — check the key type "
+			    "and the keystore ('" PROG " status')");
+}
+
+/* No certificate: why, and how to get one. */
+static void check_no_certificate(struct findings *fd, const char *state)
+{
+	if (state != NULL && strcmp(state, "ok") != 0 &&
+	    strcmp(state, "no certificate installed") != 0)
+		add_finding(fd, 0,
+			    "certificate not usable: %s — import a valid one with '" PROG
 			    " import-cert NAME FILE'",
 			    state);
-	if (id->chain_len == 0) {
-		if (state != NULL && strcmp(state, "ok") != 0 &&
-		    strcmp(state, "no certificate installed") != 0)
-			add_finding(fd, 0,
-				    "certificate not usable: %s — import a valid one with '" PROG
-				    " import-cert NAME FILE'",
-				    state);
-		else
-			add_finding(fd, 0,
-				    "no certificate — make a CSR with '" PROG " csr NAME --subject "
-				    "DN', have the CA sign it, then '" PROG
-				    " import-cert NAME FILE'");
-		return;
-	}
+	else
+		add_finding(fd, 0,
+			    "no certificate — make a CSR with '" PROG " csr NAME --subject DN', have "
+			    "the CA sign it, then '" PROG " import-cert NAME FILE'");
+}
+
+/* The chain: each certificate parses; the leaf, the order and the trust. */
+static void check_certificates(struct doctor *d, struct findings *fd,
+			       const struct mtls_agent_identity *id)
+{
+	X509 **certs;
+	time_t now = time(NULL);
+	size_t i;
+
 	if ((certs = calloc(id->chain_len, sizeof(*certs))) == NULL) {
 		fd->nomem = 1;
 		return;
@@ -421,8 +420,7 @@ void check_identity(struct doctor *d, struct findings *fd, const struct mtls_age
 				    " import-cert NAME FILE'");
 		else if (certs[i] == NULL)
 			add_finding(fd, 0,
-				    "chain certificate #%zu does not parse — import the "
-				    "chain again",
+				    "chain certificate #%zu does not parse — import the chain again",
 				    i);
 	}
 	if (certs[0] != NULL) {
@@ -433,4 +431,35 @@ void check_identity(struct doctor *d, struct findings *fd, const struct mtls_age
 	for (i = 0; i < id->chain_len; i++)
 		X509_free(certs[i]);
 	free(certs);
+}
+
+void check_identity(struct doctor *d, struct findings *fd, const struct mtls_agent_identity *id)
+{
+	const struct mtls_agent_status_record *rec = status_record(d->st, "identity", id->name);
+	const char *state = status_field(rec, "state");
+
+	if (rec != NULL)
+		check_renewal_state(fd, rec);
+	if (state != NULL && !identity_own_state(state)) {
+		check_keystore_of(d, fd, state, status_field(rec, "keystore"));
+		return;
+	}
+	if (id->key_type == MTLS_AGENT_KEY_NONE) {
+		if (check_no_key(fd, id, state) != 0)
+			return;
+	} else {
+		check_key(fd, id);
+	}
+	/* The certificate file on disk was replaced by something the agent would not
+	 * take (it keeps serving the certificate it read before): the file is wrong. */
+	if (id->chain_len > 0 && state != NULL &&
+	    strstr(state, "still serving the certificate read before") != NULL)
+		add_finding(fd, 0,
+			    "%s — put a valid certificate there, or import one with '" PROG
+			    " import-cert NAME FILE'",
+			    state);
+	if (id->chain_len == 0)
+		check_no_certificate(fd, state);
+	else
+		check_certificates(d, fd, id);
 }

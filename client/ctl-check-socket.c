@@ -200,6 +200,100 @@ static int principal_may_connect(const struct principal *p, const struct stat *s
 	return user_may((uid_t)p->id, ds, ds->st_mode, 1) && user_may((uid_t)p->id, ss, smode, 2);
 }
 
+/* Everyone the configuration allows (administrators, and the identities checked). */
+static void allowed_principals(const struct doctor *d, struct principals *ps)
+{
+	size_t i;
+
+	principals_add(ps, 0, d->conf->admin_users, d->conf->n_admin_users, NULL);
+	principals_add(ps, 1, d->conf->admin_groups, d->conf->n_admin_groups, NULL);
+	for (i = 0; i < d->conf->n_identities; i++) {
+		const struct cfg_identity *id = &d->conf->identities[i];
+
+		if (d->only != NULL && strcmp(d->only, id->name) != 0)
+			continue;
+		principals_add(ps, 0, id->allow_users, id->n_allow_users, id->name);
+		principals_add(ps, 1, id->allow_groups, id->n_allow_groups, id->name);
+	}
+}
+
+/* Why p, allowed to use the agent, cannot reach it, and the remedy that fits. */
+static void why_unreachable(struct findings *fd, const struct principal *p, const char *dir,
+			    const struct stat *ss, const struct stat *ds)
+{
+	char desc[96], owner[64], group[64], pgroup[64], why[96];
+	unsigned smode = (unsigned)(ss->st_mode & 07777), dmode = (unsigned)(ds->st_mode & 07777);
+
+	if (p->why != NULL)
+		snprintf(why, sizeof(why), "identity \"%s\"", p->why);
+	else
+		snprintf(why, sizeof(why), "the administrator commands");
+	principal_desc(p, desc, sizeof(desc));
+	user_name(ss->st_uid, owner, sizeof(owner));
+	group_name(ss->st_gid, group, sizeof(group));
+	if (p->is_group && !group_may((gid_t)p->id, ds, ds->st_mode, 1))
+		add_finding(fd, 0,
+			    "%s may use %s but its members cannot enter the socket's directory %s "
+			    "(mode %04o) — chmod 0755 %s",
+			    desc, why, dir, dmode, dir);
+	else if (p->is_group)
+		add_finding(fd, 0,
+			    "%s may use %s but its members cannot open the socket (mode %04o, group "
+			    "%s) — set socket-group = %s in [agent] (SocketGroup= with socket "
+			    "activation)",
+			    desc, why, smode, group, desc + 6);
+	else if (!user_may((uid_t)p->id, ds, ds->st_mode, 1))
+		add_finding(fd, 0,
+			    "user %s may use %s but cannot enter the socket's directory %s (mode "
+			    "%04o) — chmod 0755 %s",
+			    desc, why, dir, dmode, dir);
+	else if (ss->st_gid != 0)
+		add_finding(fd, 0,
+			    "user %s may use %s but cannot open the socket (mode %04o, owner %s, "
+			    "group %s) — add %s to group %s (usermod -aG %s %s), or set socket-group "
+			    "to a group %s is in",
+			    desc, why, smode, owner, group, desc, group, group, desc, desc);
+	else
+		add_finding(fd, 0,
+			    "user %s may use %s but cannot open the socket (mode %04o, owner %s, "
+			    "group %s) — set socket-group in [agent] to a group %s is in, such as %s "
+			    "(SocketGroup= with socket activation), and socket-mode = 0660",
+			    desc, why, smode, owner, group, desc,
+			    primary_group((uid_t)p->id, pgroup, sizeof(pgroup)));
+}
+
+/* A socket open to everyone: needed only if someone allowed gets in by the "others" bits. */
+static void check_open_to_all(struct findings *fd, const struct principals *ps,
+			      const struct stat *ss, const struct stat *ds)
+{
+	char desc[96], who[256] = "";
+	int all_narrow = 1;
+	size_t i, len;
+
+	for (i = 0; i < ps->n; i++) {
+		if (!principal_may_connect(&ps->p[i], ss, ss->st_mode & ~(mode_t)07, ds))
+			all_narrow = 0;
+		principal_desc(&ps->p[i], desc, sizeof(desc));
+		len = strlen(who);
+		if (i < 6)
+			snprintf(who + len, sizeof(who) - len, "%s%s", i > 0 ? ", " : "", desc);
+		else if (i == 6)
+			snprintf(who + len, sizeof(who) - len, ", ...");
+	}
+	if (all_narrow)
+		add_finding(fd, 0,
+			    "mode %04o lets every local user connect, though only %s may use the "
+			    "agent — set socket-mode = 0660 in [agent] (SocketMode=0660 with socket "
+			    "activation)",
+			    (unsigned)(ss->st_mode & 07777), who[0] != '\0' ? who : "root");
+	else
+		add_finding(fd, 1,
+			    "mode %04o lets every local user connect: the identities' allow-lists "
+			    "are the only wall — put the allowed users in one group and set "
+			    "socket-group to it with socket-mode = 0660",
+			    (unsigned)(ss->st_mode & 07777));
+}
+
 /*
  * With the configuration: every user and group an identity (or administration) allows must
  * be able to open the socket, and a socket every local user may open is too wide when they
@@ -209,9 +303,7 @@ static void check_socket_access(struct doctor *d, struct findings *fd, const cha
 				const struct stat *ss, const struct stat *ds)
 {
 	struct principals ps = {NULL, 0, 0};
-	char desc[96], owner[64], group[64], pgroup[64], who[256];
-	size_t i, len;
-	int all_narrow = 1;
+	size_t i;
 
 	if (d->conf == NULL) {
 		if ((ss->st_mode & S_IWOTH) != 0)
@@ -224,96 +316,17 @@ static void check_socket_access(struct doctor *d, struct findings *fd, const cha
 			    (unsigned)(ss->st_mode & 07777));
 		return;
 	}
-	principals_add(&ps, 0, d->conf->admin_users, d->conf->n_admin_users, NULL);
-	principals_add(&ps, 1, d->conf->admin_groups, d->conf->n_admin_groups, NULL);
-	for (i = 0; i < d->conf->n_identities; i++) {
-		const struct cfg_identity *id = &d->conf->identities[i];
-
-		if (d->only != NULL && strcmp(d->only, id->name) != 0)
-			continue;
-		principals_add(&ps, 0, id->allow_users, id->n_allow_users, id->name);
-		principals_add(&ps, 1, id->allow_groups, id->n_allow_groups, id->name);
-	}
+	allowed_principals(d, &ps);
 	if (ps.nomem) {
 		d->sink.nomem = 1;
 		goto out;
 	}
-	user_name(ss->st_uid, owner, sizeof(owner));
-	group_name(ss->st_gid, group, sizeof(group));
-	for (i = 0; i < ps.n; i++) {
-		const struct principal *p = &ps.p[i];
-		char why[96];
-
-		if (!p->is_group && p->id == 0)
-			continue;
-		if (p->why != NULL)
-			snprintf(why, sizeof(why), "identity \"%s\"", p->why);
-		else
-			snprintf(why, sizeof(why), "the administrator commands");
-		principal_desc(p, desc, sizeof(desc));
-		if (principal_may_connect(p, ss, ss->st_mode, ds))
-			continue;
-		if (p->is_group && !group_may((gid_t)p->id, ds, ds->st_mode, 1))
-			add_finding(fd, 0,
-				    "%s may use %s but its members cannot enter the socket's "
-				    "directory %s (mode %04o) — chmod 0755 %s",
-				    desc, why, dir, (unsigned)(ds->st_mode & 07777), dir);
-		else if (p->is_group)
-			add_finding(fd, 0,
-				    "%s may use %s but its members cannot open the socket (mode "
-				    "%04o, group %s) — set socket-group = %s in [agent] "
-				    "(SocketGroup= with socket activation)",
-				    desc, why, (unsigned)(ss->st_mode & 07777), group, desc + 6);
-		else if (!user_may((uid_t)p->id, ds, ds->st_mode, 1))
-			add_finding(fd, 0,
-				    "user %s may use %s but cannot enter the socket's directory %s "
-				    "(mode %04o) — chmod 0755 %s",
-				    desc, why, dir, (unsigned)(ds->st_mode & 07777), dir);
-		else if (ss->st_gid != 0)
-			add_finding(
-			    fd, 0,
-			    "user %s may use %s but cannot open the socket (mode %04o, owner "
-			    "%s, group %s) — add %s to group %s (usermod -aG %s %s), or set "
-			    "socket-group to a group %s is in",
-			    desc, why, (unsigned)(ss->st_mode & 07777), owner, group, desc, group,
-			    group, desc, desc);
-		else
-			add_finding(
-			    fd, 0,
-			    "user %s may use %s but cannot open the socket (mode %04o, owner "
-			    "%s, group %s) — set socket-group in [agent] to a group %s is in, "
-			    "such as %s (SocketGroup= with socket activation), and socket-mode "
-			    "= 0660",
-			    desc, why, (unsigned)(ss->st_mode & 07777), owner, group, desc,
-			    primary_group((uid_t)p->id, pgroup, sizeof(pgroup)));
-	}
-	if ((ss->st_mode & S_IWOTH) == 0)
-		goto out;
-	/* Open to everyone: needed only if someone allowed gets in by the "others" bits. */
-	who[0] = '\0';
-	for (i = 0; i < ps.n; i++) {
-		if (!principal_may_connect(&ps.p[i], ss, ss->st_mode & ~(mode_t)07, ds))
-			all_narrow = 0;
-		principal_desc(&ps.p[i], desc, sizeof(desc));
-		len = strlen(who);
-		if (i < 6)
-			snprintf(who + len, sizeof(who) - len, "%s%s", i > 0 ? ", " : "", desc);
-		else if (i == 6)
-			snprintf(who + len, sizeof(who) - len, ", ...");
-	}
-	if (all_narrow)
-		add_finding(
-		    fd, 0,
-		    "mode %04o lets every local user connect, though only %s may use the "
-		    "agent — set socket-mode = 0660 in [agent] (SocketMode=0660 with socket "
-		    "activation)",
-		    (unsigned)(ss->st_mode & 07777), who[0] != '\0' ? who : "root");
-	else
-		add_finding(fd, 1,
-			    "mode %04o lets every local user connect: the identities' allow-lists "
-			    "are the only wall — put the allowed users in one group and set "
-			    "socket-group to it with socket-mode = 0660",
-			    (unsigned)(ss->st_mode & 07777));
+	for (i = 0; i < ps.n; i++)
+		if ((ps.p[i].is_group || ps.p[i].id != 0) &&
+		    !principal_may_connect(&ps.p[i], ss, ss->st_mode, ds))
+			why_unreachable(fd, &ps.p[i], dir, ss, ds);
+	if ((ss->st_mode & S_IWOTH) != 0)
+		check_open_to_all(fd, &ps, ss, ds);
 out:
 	free(ps.p);
 }

@@ -384,6 +384,24 @@ static uint16_t parse_scheme(const char *s)
 	return (sch = scheme_by_name(s)) != NULL ? sch->code : 0;
 }
 
+/* The signature to out (NULL or "-": standard output), opened only now so that a refusal
+ * leaves the file untouched. 0, or -1 after the message. */
+static int write_signature(const struct ctx *c, const char *out, const uint8_t *sig, size_t len)
+{
+	int to_file = out != NULL && strcmp(out, "-") != 0, ok, e;
+	FILE *f = to_file ? fopen(out, "wb") : stdout;
+
+	ok = f != NULL && fwrite(sig, 1, len, f) == len;
+	e = errno;
+	if (f != NULL && (to_file ? fclose(f) : fflush(f)) != 0 && ok) {
+		ok = 0;
+		e = errno;
+	}
+	if (!ok)
+		errmsg(c, "cannot write %s: %s", to_file ? out : "standard output", strerror(e));
+	return ok ? 0 : -1;
+}
+
 int cmd_sign(struct ctx *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -399,7 +417,6 @@ int cmd_sign(struct ctx *c, int argc, char **argv)
 	size_t len = 0, sig_len = 0;
 	unsigned flags = 0;
 	uint16_t scheme;
-	FILE *f = NULL;
 	int ch, r, ret = EXIT_FAIL;
 
 	while ((ch = getopt_long(argc, argv, ":hS:i:o:d", opts, NULL)) != -1) {
@@ -450,23 +467,9 @@ int cmd_sign(struct ctx *c, int argc, char **argv)
 		agent_error(c, r);
 		goto out;
 	}
-	/* The output file is opened only now, so a refusal leaves it untouched. */
-	if (out != NULL && strcmp(out, "-") != 0)
-		f = fopen(out, "wb");
-	else
-		f = stdout;
-	if (f == NULL || fwrite(sig, 1, sig_len, f) != sig_len ||
-	    (f != stdout ? fclose(f) : fflush(f)) != 0) {
-		errmsg(c, "cannot write %s: %s", f != stdout ? out : "standard output",
-		       strerror(errno));
-		f = NULL;
-		goto out;
-	}
-	f = NULL;
-	ret = EXIT_OK;
+	if (write_signature(c, out, sig, sig_len) == 0)
+		ret = EXIT_OK;
 out:
-	if (f != NULL && f != stdout)
-		fclose(f);
 	if (data != NULL)
 		wipe(data, len);
 	free(data);

@@ -280,57 +280,38 @@ void config_free(struct config *cfg)
  * kept in cfg->problems for `check`. The entry concerned is left out, so
  * the agent serves everything else and nothing more than before.
  */
-/* Appends line (taken over; NULL: nothing) to a list of FILE:LINE messages. */
-static void keep_line(char ***list, size_t *n, char *line)
-{
-	char **nl;
+static void note(struct parser *p, int line, int level, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
 
-	if (line == NULL)
+/* level LOG_LVL_ERROR: kept in cfg->problems, else in cfg->warnings; logged unless for check. */
+static void note(struct parser *p, int line, int level, const char *fmt, ...)
+{
+	char msg[768], *line_text = NULL, ***list, **nl;
+	size_t *n;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (asprintf(&line_text, "%s:%d: %s", p->path, line, msg) < 0)
+		line_text = NULL;
+	if (!p->for_check)
+		log_msg(level, __func__, "%s", line_text != NULL ? line_text : msg);
+	list = level == LOG_LVL_ERROR ? &p->cfg->problems : &p->cfg->warnings;
+	n = level == LOG_LVL_ERROR ? &p->cfg->n_problems : &p->cfg->n_warnings;
+	if (line_text == NULL)
 		return;
 	if ((nl = realloc(*list, (*n + 1) * sizeof(*nl))) == NULL) {
-		free(line);
+		free(line_text);
 		return;
 	}
-	nl[(*n)++] = line;
+	nl[(*n)++] = line_text;
 	*list = nl;
 }
 
-static void problem(struct parser *p, int line, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void problem(struct parser *p, int line, const char *fmt, ...)
-{
-	char msg[512], *line_text = NULL;
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (asprintf(&line_text, "%s:%d: %s", p->path, line, msg) < 0)
-		line_text = NULL;
-	if (!p->for_check)
-		log_error("%s", line_text != NULL ? line_text : msg);
-	keep_line(&p->cfg->problems, &p->cfg->n_problems, line_text);
-}
-
+#define problem(p, line, ...) note(p, line, LOG_LVL_ERROR, __VA_ARGS__)
 /* A warning (the load goes on, nothing is left out): logged, and kept in cfg->warnings. */
-static void warning(struct parser *p, int line, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void warning(struct parser *p, int line, const char *fmt, ...)
-{
-	char msg[768], *line_text = NULL;
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (asprintf(&line_text, "%s:%d: %s", p->path, line, msg) < 0)
-		line_text = NULL;
-	if (!p->for_check)
-		log_warn("%s", line_text != NULL ? line_text : msg);
-	keep_line(&p->cfg->warnings, &p->cfg->n_warnings, line_text);
-}
+#define warning(p, line, ...) note(p, line, LOG_LVL_WARN, __VA_ARGS__)
 
 /* ---- values ---------------------------------------------------------------------------- */
 

@@ -481,27 +481,13 @@ out:
 
 int cmd_keygen(struct ctx *c, int argc, char **argv)
 {
-	static const struct option opts[] = {
-	    {"type", required_argument, NULL, 't'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
-	};
 	const char *name, *type = NULL;
 	uint8_t *spki = NULL;
 	size_t len = 0;
-	int ch, r, ret = EXIT_FAIL;
+	int r, ret = EXIT_FAIL;
 
-	while ((ch = getopt_long(argc, argv, ":ht:", opts, NULL)) != -1) {
-		switch (ch) {
-		case 't':
-			type = optarg;
-			break;
-		case 'h':
-			return command_help(c);
-		default:
-			return bad_option(c, ch, argv);
-		}
-	}
+	if ((r = ctl_value_option(c, argc, argv, "type", 't', &type)) != CTL_CONTINUE)
+		return r;
 	if ((name = identity_arg(c, argc, argv)) == NULL)
 		return EXIT_USAGE;
 	if (type == NULL)
@@ -592,28 +578,14 @@ out:
 
 int cmd_keyref(struct ctx *c, int argc, char **argv)
 {
-	static const struct option opts[] = {
-	    {"out", required_argument, NULL, 'o'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
-	};
 	struct mtls_agent_identity *id = NULL;
 	const char *name, *out = NULL;
 	char *pem = NULL;
 	size_t pem_len = 0;
-	int ch, r, ret = EXIT_FAIL;
+	int r, ret = EXIT_FAIL;
 
-	while ((ch = getopt_long(argc, argv, ":ho:", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'o':
-			out = optarg;
-			break;
-		case 'h':
-			return command_help(c);
-		default:
-			return bad_option(c, ch, argv);
-		}
-	}
+	if ((r = ctl_value_option(c, argc, argv, "out", 'o', &out)) != CTL_CONTINUE)
+		return r;
 	if ((name = identity_arg(c, argc, argv)) == NULL)
 		return EXIT_USAGE;
 	if ((r = connect_agent(c)) != 0)

@@ -138,6 +138,28 @@ int ctl_simple_options(struct ctx *c, int argc, char **argv, int json)
 	return CTL_CONTINUE;
 }
 
+int ctl_value_option(struct ctx *c, int argc, char **argv, const char *name, int letter,
+		     const char **value)
+{
+	const struct option opts[] = {
+	    {name, required_argument, NULL, letter},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char optstring[] = {':', 'h', (char)letter, ':', '\0'};
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, optstring, opts, NULL)) != -1) {
+		if (ch == letter)
+			*value = optarg;
+		else if (ch == 'h')
+			return command_help(c);
+		else
+			return bad_option(c, ch, argv);
+	}
+	return CTL_CONTINUE;
+}
+
 int ctl_no_operands(struct ctx *c, int argc, char **argv, int json)
 {
 	int r;

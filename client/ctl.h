@@ -61,6 +61,10 @@ const char *identity_arg(const struct ctx *c, int argc, char **argv);
  * CTL_CONTINUE to go on, else the exit status (help printed, or a usage error).
  */
 int ctl_simple_options(struct ctx *c, int argc, char **argv, int json);
+/* The same for a command with one option that takes a value, -LETTER/--NAME VALUE, besides
+ * --help: *value gets it (the last one given). */
+int ctl_value_option(struct ctx *c, int argc, char **argv, const char *name, int letter,
+		     const char **value);
 /* ctl_simple_options(), then no operand allowed. */
 int ctl_no_operands(struct ctx *c, int argc, char **argv, int json);
 

@@ -233,6 +233,14 @@ static void check_find_config(struct doctor *d)
 		d->sock = d->conf->socket;
 	else
 		d->sock = MTLS_AGENT_DEFAULT_SOCKET;
+	/* A file the agent refuses names no socket (a running agent may still use the one of
+	 * the file it loaded before). */
+	if (d->conf_given != NULL && d->conf_path != NULL && d->conf == NULL &&
+	    d->c->socket == NULL && (env == NULL || env[0] == '\0'))
+		add_finding(subject(d, "config", d->conf_path), 1,
+			    "the agent refuses it, so its socket is not known: checking the default "
+			    "%s — name the agent's socket with -s if it is another",
+			    d->sock);
 	if (d->conf_given == NULL) {
 		/* A default file the agent refuses names no socket: the default agent's. */
 		if (check_read_config(d, MTLS_AGENT_DEFAULT_CONFIG, 0) == 0

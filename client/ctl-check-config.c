@@ -2,11 +2,10 @@
 #include "config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <limits.h>
 #include <sys/stat.h>
 
 #include "agent/conf.h"

@@ -7,6 +7,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/*
+ * Room for one error line: the (err, errlen) buffers that keystores,
+ * transports and the dispatcher fill for their caller, and the client
+ * library's last error. Longer text is cut, never overflowed.
+ */
+#define MTLSA_ERRMSG_MAX 512
+
 /* Zeroes memory in a way the compiler cannot drop (secrets, signature inputs). */
 void wipe(void *p, size_t n);
 

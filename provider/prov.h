@@ -49,9 +49,6 @@ struct mtlsa_transport {
 		    size_t *siglen, char *err, size_t errlen);
 };
 
-/* Room for a transport's error line (the client library keeps 512 bytes). */
-#define MTLSA_ERR_LEN 512
-
 /*
  * Creates a provider instance reaching the agent through transport: the body
  * of OSSL_provider_init for both transports.

@@ -16,32 +16,11 @@
 #include "common/scheme.h"
 
 
-/* Length of the well-formed UTF-8 sequence at p (RFC 3629), or 0. */
-static size_t utf8_len(const unsigned char *p)
-{
-	unsigned char c = p[0];
-
-	if (c >= 0xc2 && c <= 0xdf)
-		return (p[1] & 0xc0) == 0x80 ? 2 : 0;
-	if (c >= 0xe0 && c <= 0xef) {
-		unsigned char lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-
-		return p[1] >= lo && p[1] <= hi && (p[2] & 0xc0) == 0x80 ? 3 : 0;
-	}
-	if (c >= 0xf0 && c <= 0xf4) {
-		unsigned char lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-
-		return p[1] >= lo && p[1] <= hi && (p[2] & 0xc0) == 0x80 && (p[3] & 0xc0) == 0x80
-			   ? 4
-			   : 0;
-	}
-	return 0;
-}
-
 /* A JSON string; bytes that are not valid UTF-8 become U+FFFD so the output always parses. */
 void json_str(const char *s)
 {
 	const unsigned char *p = (const unsigned char *)(s != NULL ? s : "");
+	const unsigned char *end = p + strlen((const char *)p);
 	size_t n;
 
 	putchar('"');
@@ -51,11 +30,13 @@ void json_str(const char *s)
 		} else if (*p == '\n') {
 			fputs("\\n", stdout);
 			p++;
-		} else if (log_control_len((const char *)p) == 1) {
-			printf("\\u%04x", *p++);
+		} else if ((n = log_control_len((const char *)p)) > 0) {
+			/* C0, DEL, and C1 (U+0080..U+009F, its second byte) as \u escapes. */
+			printf("\\u%04x", n == 1 ? p[0] : p[1]);
+			p += n;
 		} else if (*p < 0x80) {
 			putchar(*p++);
-		} else if ((n = utf8_len(p)) > 0) {
+		} else if ((n = log_utf8_printable(p, (size_t)(end - p))) > 0) {
 			fwrite(p, 1, n, stdout);
 			p += n;
 		} else {

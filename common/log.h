@@ -53,6 +53,14 @@ const char *log_escape_utf8(const char *s, char *out, size_t outlen);
 size_t log_control_len(const char *p);
 
 /*
+ * Length of the well-formed UTF-8 sequence of a printable non-ASCII character at
+ * s (left bytes remain; RFC 3629: no overlong forms, no surrogates, nothing above
+ * U+10FFFF; C1 controls excluded, some terminals obey them), or 0. What
+ * log_escape_utf8() keeps, and what mtls-agentctl's JSON strings carry as they are.
+ */
+size_t log_utf8_printable(const void *s, size_t left);
+
+/*
  * True when stderr is connected to the systemd journal (JOURNAL_STREAM names
  * stderr's device and inode, as systemd sets it for StandardError=journal).
  * Lines written to stderr then start with a syslog priority "<N>" that

@@ -17,6 +17,7 @@
 #include <openssl/x509.h>
 
 #include "client/ctl.h"
+#include "common/util.h"
 
 struct findings {
 	char **problems;
@@ -48,7 +49,7 @@ struct doctor {
 	const char *conf_given; /* -c */
 	const char *conf_path;	/* the configuration looked at; NULL: none */
 	struct config *conf;   /* as the agent reads it; NULL: none, or refused (conf_err) */
-	char conf_err[512];    /* the reader's "FILE:LINE: message" */
+	char conf_err[MTLSA_ERRMSG_MAX]; /* the reader's "FILE:LINE: message" */
 	const char *sock;   /* the socket checked */
 	int reachable;
 	int agent_uid_known;

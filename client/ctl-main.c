@@ -114,6 +114,28 @@ int command_help(const struct ctx *c)
 	return EXIT_OK;
 }
 
+/*
+ * getopt_long over opts, which hold --help, maybe --json ('j') and maybe one option
+ * whose value goes to *value. CTL_CONTINUE, or the exit status.
+ */
+static int parse_options(struct ctx *c, int argc, char **argv, const char *optstring,
+			 const struct option *opts, const char **value)
+{
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, optstring, opts, NULL)) != -1) {
+		if (ch == 'h')
+			return command_help(c);
+		if (ch == ':' || ch == '?')
+			return bad_option(c, ch, argv);
+		if (ch == 'j')
+			c->json = 1;
+		else
+			*value = optarg;
+	}
+	return CTL_CONTINUE;
+}
+
 int ctl_simple_options(struct ctx *c, int argc, char **argv, int json)
 {
 	static const struct option with_json[] = {
@@ -121,21 +143,9 @@ int ctl_simple_options(struct ctx *c, int argc, char **argv, int json)
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	int ch;
 
 	/* Without json, "--json" is unknown: with_json + 1 is the table without it. */
-	while ((ch = getopt_long(argc, argv, ":h", json ? with_json : with_json + 1, NULL)) != -1) {
-		switch (ch) {
-		case 'j':
-			c->json = 1;
-			break;
-		case 'h':
-			return command_help(c);
-		default:
-			return bad_option(c, ch, argv);
-		}
-	}
-	return CTL_CONTINUE;
+	return parse_options(c, argc, argv, ":h", json ? with_json : with_json + 1, NULL);
 }
 
 int ctl_value_option(struct ctx *c, int argc, char **argv, const char *name, int letter,
@@ -147,17 +157,8 @@ int ctl_value_option(struct ctx *c, int argc, char **argv, const char *name, int
 	    {NULL, 0, NULL, 0},
 	};
 	const char optstring[] = {':', 'h', (char)letter, ':', '\0'};
-	int ch;
 
-	while ((ch = getopt_long(argc, argv, optstring, opts, NULL)) != -1) {
-		if (ch == letter)
-			*value = optarg;
-		else if (ch == 'h')
-			return command_help(c);
-		else
-			return bad_option(c, ch, argv);
-	}
-	return CTL_CONTINUE;
+	return parse_options(c, argc, argv, optstring, opts, value);
 }
 
 int ctl_no_operands(struct ctx *c, int argc, char **argv, int json)

@@ -537,7 +537,7 @@ static int reserve_open(void)
 static int refuse_without_fds(struct server *s, int accept_errno)
 {
 	struct peer peer;
-	char why[160];
+	char why[MTLSA_ERRMSG_MAX];
 	int fd;
 
 	if (s->reserve_fd < 0 && (s->reserve_fd = reserve_open()) < 0)
@@ -626,7 +626,7 @@ static int accept_clients(struct server *s)
 	struct conn *c;
 	struct peer peer;
 	const char *refused;
-	char why[256];
+	char why[MTLSA_ERRMSG_MAX];
 	int fd, r, ret = 0;
 
 	rt = server_runtime(s);
@@ -766,7 +766,7 @@ static void sweep(struct server *s)
 static void handle_signals(struct server *s)
 {
 	struct signalfd_siginfo si;
-	char err[512];
+	char err[MTLSA_ERRMSG_MAX];
 	uint64_t one = 1;
 
 	while (read(s->sig_fd, &si, sizeof(si)) == sizeof(si)) {
@@ -1060,7 +1060,7 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	unsigned n_threads = 0, workers;
 	size_t n_ids;
 	struct server s;
-	char err[256];
+	char err[MTLSA_ERRMSG_MAX];
 	int ret = 1;
 
 	server_init(&s, listen_fd, socket_path, config_path, rt);

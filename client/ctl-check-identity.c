@@ -306,12 +306,24 @@ static const char *or_unknown(const char *s)
 	return s != NULL ? s : "?";
 }
 
-/* Automated renewal that needs an operator, or keeps failing. */
+/* The agent's own revocation check of the certificate (status field "revocation"). */
+static void check_revocation(struct findings *fd, const char *revocation)
+{
+	if (revocation != NULL && strncmp(revocation, "revoked", 7) == 0)
+		add_finding(fd, 0, "certificate %s — the agent is re-enrolling; see last-result",
+			    revocation);
+	else if (revocation != NULL && strncmp(revocation, "unknown", 7) == 0)
+		add_finding(fd, 1, "revocation status %s — the certificate is still served",
+			    revocation);
+}
+
+/* Automated renewal that needs an operator, or keeps failing; a revoked certificate. */
 static void check_renewal_state(struct findings *fd, const struct mtls_agent_status_record *rec)
 {
 	const char *action = status_field(rec, "action");
 	const char *failures = status_field(rec, "failures");
 
+	check_revocation(fd, status_field(rec, "revocation"));
 	if (action != NULL)
 		add_finding(fd, 0, "renewal: %s", action);
 	else if (failures != NULL && strcmp(failures, "0") != 0)

@@ -260,27 +260,24 @@ static void name_of(X509 *x, char *out, size_t len)
 	X509_NAME_oneline(X509_get_subject_name(x), out, (int)len);
 }
 
-STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
+/*
+ * New roots among certs (the CA's answer, named by source in the log):
+ * trusted only through a link certificate in the same answer issued directly
+ * by an anchor in force; each refusal logged once, precisely. The accepted
+ * ones are written to ca-links and ca-next. The number accepted, or -1 when
+ * a root could not be kept (logged).
+ */
+static int accept_new_roots(struct identity_rt *id, STACK_OF(X509) *certs, const char *source)
 {
 	const struct cfg_identity *cfg = id->cfg;
-	STACK_OF(X509) *certs = NULL, *anchors = NULL, *successors = NULL, *links = NULL;
-	STACK_OF(X509) *inter = NULL;
-	char err[512], name[256], *trust = cacerts_trust_file(id), *path = NULL;
-	int i, k, added = 0, self;
+	STACK_OF(X509) *anchors = NULL, *successors = NULL, *links = NULL;
+	char name[256], *path = NULL;
+	int i, k, added = 0;
 
-	if (trust == NULL)
-		return NULL;
-	if (est_get_cacerts(cfg->ca_url, trust, cfg->ca_timeout, &certs, err, sizeof(err)) != 0) {
-		log_warn("identity \"%s\": %s; renewing with the CA certificates known", cfg->name,
-			 err);
-		goto out;
-	}
-	if ((anchors = anchors_in_force(id, &successors, &links)) == NULL ||
-	    (inter = sk_X509_new_null()) == NULL) {
+	if ((anchors = anchors_in_force(id, &successors, &links)) == NULL) {
 		log_warn("identity \"%s\": cannot load ca-trust %s", cfg->name, cfg->ca_trust);
-		goto out;
+		return -1;
 	}
-	/* New roots: trusted only through a link certificate issued by an anchor in force. */
 	for (i = 0; i < sk_X509_num(certs); i++) {
 		X509 *root = sk_X509_value(certs, i), *link = NULL;
 
@@ -292,16 +289,16 @@ STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
 			if (link_issued_by(anchors, (link = sk_X509_value(certs, k)), root, 1))
 				break;
 		if (k == sk_X509_num(certs)) {
-			log_warn("identity \"%s\": EST cacerts: refused the new CA root %s: no "
+			log_warn("identity \"%s\": %s: refused the new CA root %s: no "
 				 "certificate in the answer is its link issued directly by ca-trust "
 				 "%s or an accepted root",
-				 cfg->name, name, cfg->ca_trust);
+				 cfg->name, source, name, cfg->ca_trust);
 			continue;
 		}
 		if (sk_X509_num(successors) >= MAX_SUCCESSORS) {
-			log_warn("identity \"%s\": EST cacerts: %d CA roots accepted already; %s "
+			log_warn("identity \"%s\": %s: %d CA roots accepted already; %s "
 				 "is not kept",
-				 cfg->name, MAX_SUCCESSORS, name);
+				 cfg->name, source, MAX_SUCCESSORS, name);
 			continue;
 		}
 		if (!X509_up_ref(root))
@@ -319,9 +316,9 @@ STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
 		if (X509_up_ref(root) && !sk_X509_push(anchors, root))
 			X509_free(root);
 		added++;
-		log_info("identity \"%s\": EST cacerts: accepted the new CA root %s (its link "
+		log_info("identity \"%s\": %s: accepted the new CA root %s (its link "
 			 "certificate was issued by an anchor in force)",
-			 cfg->name, name);
+			 cfg->name, source, name);
 	}
 	/*
 	 * The links first: a root written without its link is dropped at the
@@ -333,6 +330,7 @@ STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
 		    write_pem(path, links, NULL) != 0) {
 			log_error("identity \"%s\": cannot write %s: %s", cfg->name,
 				  path != NULL ? path : "ca-links", strerror(errno));
+			added = -1;
 			goto out;
 		}
 		free(path);
@@ -340,9 +338,35 @@ STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
 		    write_pem(path, successors, NULL) != 0) {
 			log_error("identity \"%s\": cannot write %s: %s", cfg->name,
 				  path != NULL ? path : "ca-next", strerror(errno));
+			added = -1;
 			goto out;
 		}
 	}
+out:
+	ERR_clear_error();
+	sk_X509_pop_free(anchors, X509_free);
+	sk_X509_pop_free(successors, X509_free);
+	sk_X509_pop_free(links, X509_free);
+	free(path);
+	return added;
+}
+
+STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	STACK_OF(X509) *certs = NULL, *inter = NULL;
+	char err[512], *trust = cacerts_trust_file(id);
+	int i, k, self;
+
+	if (trust == NULL)
+		return NULL;
+	if (est_get_cacerts(cfg->ca_url, trust, cfg->ca_timeout, &certs, err, sizeof(err)) != 0) {
+		log_warn("identity \"%s\": %s; renewing with the CA certificates known", cfg->name,
+			 err);
+		goto out;
+	}
+	if (accept_new_roots(id, certs, "EST cacerts") < 0 || (inter = sk_X509_new_null()) == NULL)
+		goto out;
 	/* Intermediates: CA certificates that are neither roots nor link certificates. */
 	for (i = 0; i < sk_X509_num(certs); i++) {
 		X509 *x = sk_X509_value(certs, i);
@@ -369,10 +393,81 @@ out:
 		inter = NULL;
 	}
 	sk_X509_pop_free(certs, X509_free);
+	free(trust);
+	return inter;
+}
+
+/* Whether x's validity period includes now. */
+static int valid_now(X509 *x)
+{
+	return X509_cmp_current_time(X509_get0_notBefore(x)) < 0 &&
+	       X509_cmp_current_time(X509_get0_notAfter(x)) > 0;
+}
+
+int cacerts_root_update(struct identity_rt *id, X509 *new_with_new, X509 *new_with_old)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	STACK_OF(X509) *anchors, *successors = NULL, *links = NULL, *answer = NULL;
+	const char *why = NULL;
+	char name[256];
+	int r = -1, known;
+
+	if ((anchors = anchors_in_force(id, &successors, &links)) == NULL) {
+		log_warn("identity \"%s\": cannot load ca-trust %s", cfg->name, cfg->ca_trust);
+		return -1;
+	}
+	name_of(new_with_new, name, sizeof(name));
+	known = in_stack(anchors, new_with_new);
+	/* RFC 9480 4.3: the old root's key vouches for the new one; nothing less. */
+	if (known)
+		r = 0;
+	else if (X509_self_signed(new_with_new, 1) != 1 || X509_check_ca(new_with_new) == 0)
+		why = "newWithNew is not a self-signed CA certificate";
+	else if (!valid_now(new_with_new))
+		why = "newWithNew is not valid now";
+	else if (new_with_old == NULL)
+		why = "the answer has no newWithOld, the link certificate signed by the old root";
+	else if (!link_issued_by(anchors, new_with_old, new_with_new, 1))
+		why = "newWithOld is not the new root's name and key issued (and signed) directly "
+		      "by an anchor in force, or is not valid now";
+	ERR_clear_error();
+	if (why != NULL)
+		log_warn("identity \"%s\": CMP root CA key update: refused the new CA root %s: %s "
+			 "(ca-trust %s)",
+			 cfg->name, name, why, cfg->ca_trust);
+	if (!known && why == NULL && (answer = sk_X509_new_null()) != NULL &&
+	    sk_X509_push(answer, new_with_new) && sk_X509_push(answer, new_with_old))
+		r = accept_new_roots(id, answer, "CMP root CA key update") > 0 ? 1 : -1;
+	sk_X509_free(answer);
 	sk_X509_pop_free(anchors, X509_free);
 	sk_X509_pop_free(successors, X509_free);
 	sk_X509_pop_free(links, X509_free);
-	free(trust);
-	free(path);
-	return inter;
+	return r;
+}
+
+void cacerts_offered(struct identity_rt *id, STACK_OF(X509) *certs, const char *source)
+{
+	(void)accept_new_roots(id, certs, source);
+}
+
+X509 *cacerts_current_root(struct identity_rt *id)
+{
+	STACK_OF(X509) *successors = NULL, *links = NULL;
+	STACK_OF(X509) *anchors = anchors_in_force(id, &successors, &links);
+	X509 *root = NULL;
+	int i;
+
+	/* The newest successor, else the first root of ca-trust. */
+	if (sk_X509_num(successors) > 0)
+		root = sk_X509_value(successors, sk_X509_num(successors) - 1);
+	for (i = 0; root == NULL && i < sk_X509_num(anchors); i++)
+		if (X509_self_signed(sk_X509_value(anchors, i), 0) == 1)
+			root = sk_X509_value(anchors, i);
+	if (root != NULL && !X509_up_ref(root))
+		root = NULL;
+	ERR_clear_error();
+	sk_X509_pop_free(anchors, X509_free);
+	sk_X509_pop_free(successors, X509_free);
+	sk_X509_pop_free(links, X509_free);
+	return root;
 }

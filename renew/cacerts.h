@@ -1,8 +1,10 @@
 /*
  * CA certificate refresh for renewal (issue 10): the trust anchors in force
  * for an identity are its configured ca-trust plus the successors accepted
- * since (<state-dir>/<identity>.ca-next), and before each EST renewal the
- * CA's current certificates are fetched from /cacerts (RFC 7030 §4.1.3).
+ * since (<state-dir>/<identity>.ca-next). Before each EST renewal the CA's
+ * current certificates are fetched from /cacerts (RFC 7030 §4.1.3); after
+ * each CMP KUR the CA is asked for a root CA key update (RFC 9480 4.3,
+ * renew/enroll-cmp.c), and an IR's caPubs are offered the same way.
  *
  * A new root (self-signed CA certificate) in /cacerts is accepted only when
  * the same answer holds its link certificate, "NewWithOld": same subject,
@@ -44,5 +46,28 @@ char *cacerts_trust_file(struct identity_rt *id);
  * the CA cannot be reached or sent none (logged; renewal goes on without).
  */
 STACK_OF(X509) *cacerts_refresh(struct identity_rt *id);
+
+/*
+ * A CMP root CA key update (RFC 9480 4.3): new_with_new (the new root) is
+ * accepted only when it is a self-signed CA certificate valid now and
+ * new_with_old (its name and key, signed by the old root) was issued directly
+ * by an anchor in force; then it is kept like an EST successor. 1 accepted,
+ * 0 already in force, -1 refused (one warning says why) or not kept.
+ */
+int cacerts_root_update(struct identity_rt *id, X509 *new_with_new, X509 *new_with_old);
+
+/*
+ * CA certificates a CA sent on its own (CMP caPubs, source names it in the
+ * log): a new root among them is accepted as from /cacerts above, only
+ * through its link certificate among the same certificates.
+ */
+/*
+ * The root the CA is asked to update (CMP id-it-rootCaCert): the newest
+ * successor in force, else the first self-signed certificate of ca-trust;
+ * NULL if none. Caller frees.
+ */
+X509 *cacerts_current_root(struct identity_rt *id);
+
+void cacerts_offered(struct identity_rt *id, STACK_OF(X509) *certs, const char *source);
 
 #endif

@@ -112,6 +112,11 @@ struct enroll_request {
 	void (*progress)(void *arg, int step);
 	/* Makes the staged certificate current. 0, or -1 with one line in err (ENROLL_LOCAL). */
 	int (*install)(void *arg, char *err, size_t errlen);
+	/*
+	 * CMP IR: called after install() with the ip's caPubs, if any (the
+	 * callee judges them; renew/cacerts.c). May be NULL.
+	 */
+	void (*ca_pubs)(void *arg, STACK_OF(X509) *certs);
 	void *commit_arg;
 };
 
@@ -133,5 +138,18 @@ int enroll_curl_progress(void *arg, long long dltotal, long long dlnow, long lon
 /* Run one transaction. Return 0 on ENROLL_OK, -1 otherwise; res is always filled. */
 int enroll_cmp(const struct enroll_request *req, struct enroll_result *res);
 int enroll_est(const struct enroll_request *req, struct enroll_result *res);
+
+/*
+ * CMP root CA key update (RFC 9480 4.3): a genm with id-it-rootCaCert (value
+ * old_root, or none when NULL), protected like req's KUR (req->kind must be
+ * ENROLL_RENEW), its genp verified like any response. 1: the CA sent a
+ * RootCaKeyUpdateContent, *new_with_new set and *new_with_old when present
+ * (caller frees; not yet judged); 0: no update offered or no such service (a
+ * CA without it answers with an error: err says what, for the debug log);
+ * -1: a bad answer (unauthorized signer, bad protection, undecodable
+ * content), err says why.
+ */
+int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X509 **new_with_new,
+			   X509 **new_with_old, char *err, size_t errlen);
 
 #endif

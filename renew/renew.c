@@ -57,6 +57,7 @@
 #include "renew/renew-verify.h"
 #include "renew/renew.h"
 #include "agent/testhook.h"
+#include "renew/revocation.h"
 #include "renew/sched.h"
 #include "keystore/csr.h"
 #include "common/log.h"
@@ -108,6 +109,12 @@ struct rstate {
 	unsigned stalls;        /* consecutive renewals that left the identity due at once */
 	time_t stall_until;     /* no scheduled attempt before this while stalled */
 	char stall_serial[80];  /* the certificate the stall is about */
+	time_t rev_next;        /* next revocation check of rev_serial */
+	unsigned rev_failures;  /* checks in a row that got no trustworthy answer */
+	int rev_revoked;        /* rev_serial is revoked: re-enroll at once */
+	char rev_serial[80];    /* the certificate the revocation state is about */
+	int rev_mode;           /* revocation-check and -interval the state was made with */
+	long long rev_interval;
 	pthread_t worker;       /* this identity's renewal thread ... */
 	int has_worker;         /* ... exists (to be joined) */
 	int worker_exited;      /* ... has ended (its identity is gone or renews no more) */
@@ -628,6 +635,7 @@ struct txn {
 	struct journal *journal;
 	STACK_OF(X509) *extra; /* the CA's intermediates from /cacerts (EST), or NULL */
 	STACK_OF(X509) *staged; /* verified, not yet installed */
+	STACK_OF(X509) *installed; /* a reference to the chain installed, for the root CA update */
 };
 
 static STACK_OF(X509) *chain_copy(STACK_OF(X509) *chain)
@@ -774,6 +782,43 @@ static void confirm_step(void *arg, int step)
 }
 
 /* The enroller's install(): the switch. */
+/* CMP IR: a new root among the ip's caPubs is judged like one from /cacerts. */
+static void offer_ca_pubs(void *arg, STACK_OF(X509) *certs)
+{
+	struct txn *t = arg;
+
+	cacerts_offered(t->id, certs, "CMP caPubs");
+}
+
+/*
+ * CMP: after each successful KUR, ask the CA for a root CA key update (RFC
+ * 9480 4.3), so that the next renewal trusts a root the CA is moving to. One
+ * round trip, protected and verified like the KUR itself; a CA without the
+ * service answers with an error, which is fine (debug log only). A new root
+ * is kept only when its newWithOld link comes from an anchor in force
+ * (renew/cacerts.c). 1 when a new root was accepted.
+ */
+static int cmp_root_update(struct identity_rt *id, const struct enroll_request *req)
+{
+	X509 *old_root = cacerts_current_root(id), *nwn = NULL, *nwo = NULL;
+	char raw[512], err[512];
+	int r = enroll_cmp_root_update(req, old_root, &nwn, &nwo, raw, sizeof(raw));
+
+	log_sanitize(raw, err, sizeof(err)); /* it may quote the CA */
+
+	if (r == 0)
+		log_debug("identity \"%s\": CMP root CA key update: %s", id->cfg->name, err);
+	else if (r < 0)
+		log_warn("identity \"%s\": CMP root CA key update: refused the answer: %s",
+			 id->cfg->name, err);
+	else
+		r = cacerts_root_update(id, nwn, nwo) > 0 ? 1 : 0;
+	X509_free(old_root);
+	X509_free(nwn);
+	X509_free(nwo);
+	return r;
+}
+
 static int install_chain(void *arg, char *err, size_t errlen)
 {
 	struct txn *t = arg;
@@ -787,6 +832,8 @@ static int install_chain(void *arg, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot install the new certificate: %s", cerr);
 		return -1;
 	}
+	sk_X509_pop_free(t->installed, X509_free);
+	t->installed = X509_chain_up_ref(t->staged);
 	t->staged = NULL; /* owned by the identity now */
 	t->journal->step = STEP_INSTALLED;
 	journal_write(t->id, t->journal);
@@ -1231,6 +1278,7 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	req.signer_name = signer_name;
 	req.own_chain = snap.chain;
 	req.implicit_confirm = cfg->implicit_confirm;
+	req.ca_pubs = offer_ca_pubs;
 	j.step = STEP_REQUESTED;
 	if (journal_write(id, &j) != 0) {
 		snprintf(msg, msglen, "cannot write the renewal journal");
@@ -1251,8 +1299,21 @@ out_journal:
 	/* Whatever happened, the certificate file now says which key is current. */
 	staged_remove(id);
 	journal_remove(id);
+	if (outcome == ENROLL_OK && cfg->renew == RENEW_CMP && req.kind == ENROLL_RENEW &&
+	    t.installed != NULL) {
+		/*
+		 * Once the renewal is complete and its journal gone (a crash or a
+		 * bad answer here costs the renewal nothing), and asked with the
+		 * certificate just installed: the CA may have revoked the old one.
+		 */
+		req.cur_key = new_pkey;
+		req.cur_chain = t.installed;
+		req.own_chain = t.installed;
+		cmp_root_update(id, &req);
+	}
 out:
 	sk_X509_pop_free(t.staged, X509_free);
+	sk_X509_pop_free(t.installed, X509_free);
 	X509_NAME_free(signer_name);
 	ERR_clear_error();
 	sk_X509_pop_free(t.extra, X509_free);
@@ -1332,6 +1393,14 @@ static time_t compute_due(const struct cfg_identity *cfg, const struct snapshot 
 		}
 		return st->failures > 0 ? st->next_retry : now;
 	}
+	/* A revoked certificate is worth nothing to the servers: re-enroll now. */
+	if (st->rev_revoked && strcmp(st->rev_serial, snap->serial) == 0) {
+		if (st->failures > 0 && cfg->bootstrap == BOOTSTRAP_NONE)
+			snprintf(st->st.action, sizeof(st->st.action),
+				 "certificate revoked and its renewal failed: import a new "
+				 "certificate (mtls-agentctl import-cert) or configure bootstrap");
+		return st->failures > 0 ? st->next_retry : now;
+	}
 	if (st->failures > 0)
 		return st->next_retry;
 	due = (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
@@ -1409,13 +1478,136 @@ static void record_attempt(struct rstate *st, const struct snapshot *before, int
 	st->last_rc = outcome == ENROLL_BAD_CERT ? MTLS_AGENT_ERR_CERT : MTLS_AGENT_ERR_RENEWAL;
 }
 
+/* ---- revocation ----------------------------------------------------------------------- */
+
+/* A revocation check waits at most this long for one responder, whatever ca-timeout says. */
+#define REV_TIMEOUT_MAX_S 30
+
+/* The status line for what r says about the certificate, checked at now. */
+static void rev_describe(const struct rev_result *r, time_t now, time_t next, char *out,
+			 size_t len)
+{
+	char checked[32], at[32], nxt[32];
+
+	format_utc(now, checked, sizeof(checked));
+	format_utc(next, nxt, sizeof(nxt));
+	if (r->status == REV_GOOD)
+		snprintf(out, len, "good (%s, checked %s, next check %s)", r->source, checked, nxt);
+	else if (r->status == REV_REVOKED) {
+		format_utc(r->revoked_at, at, sizeof(at));
+		snprintf(out, len, "revoked (%s, revoked %s; %s, checked %s)",
+			 rev_reason_name(r->reason), at, r->source, checked);
+	} else if (r->status == REV_UNKNOWN)
+		snprintf(out, len, "unknown (%s; checked %s, next try %s)", r->msg, checked, nxt);
+	else
+		out[0] = '\0';
+}
+
+/*
+ * Records a check's outcome: the status line, the next check, one log line
+ * per change (a revoked certificate is logged once, a responder that stays
+ * down once per streak). g.lock held.
+ */
+static void rev_record(const struct cfg_identity *cfg, struct rstate *st,
+		       const struct rev_result *r, time_t now)
+{
+	char line[sizeof(st->st.revocation)];
+	int was_revoked = st->rev_revoked;
+
+	st->rev_failures = r->status == REV_UNKNOWN ? st->rev_failures + 1 : 0;
+	st->rev_next = rev_next_check(now, r->status, st->rev_failures,
+				      (long)cfg->revocation_interval, r->next_update, random01());
+	rev_describe(r, now, st->rev_next, line, sizeof(line));
+	if (r->status == REV_GOOD || r->status == REV_REVOKED)
+		st->rev_revoked = r->status == REV_REVOKED;
+	if (r->status == REV_REVOKED && !was_revoked)
+		log_error("identity \"%s\": certificate serial %s is REVOKED: %s; re-enrolling now",
+			  cfg->name, st->rev_serial, line);
+	else if (r->status == REV_UNKNOWN && st->rev_failures == 1)
+		log_warn("identity \"%s\": revocation status %s; the certificate is still served",
+			 cfg->name, line);
+	else if (r->status == REV_GOOD && strncmp(st->st.revocation, "good", 4) != 0)
+		log_info("identity \"%s\": revocation status %s", cfg->name, line);
+	snprintf(st->st.revocation, sizeof(st->st.revocation), "%s", line);
+}
+
+/*
+ * Whether the certificate in snap is due for a revocation check; what was
+ * known is dropped when the certificate or (after a reload) the settings
+ * changed, which makes it due at once. g.lock held.
+ */
+static int rev_is_due(const struct cfg_identity *cfg, const struct snapshot *snap,
+		      struct rstate *st, time_t now)
+{
+	int changed_cfg = st->rev_mode != cfg->revocation_check ||
+			  st->rev_interval != cfg->revocation_interval;
+
+	if (changed_cfg || strcmp(st->rev_serial, snap->serial) != 0) {
+		st->rev_mode = cfg->revocation_check;
+		st->rev_interval = cfg->revocation_interval;
+		snprintf(st->rev_serial, sizeof(st->rev_serial), "%s", snap->serial);
+		st->rev_next = now;
+		st->rev_failures = 0;
+		st->rev_revoked = 0;
+		st->st.revocation[0] = '\0';
+	}
+	return snap->chain != NULL && snap->not_after > now && st->rev_next <= now;
+}
+
+/*
+ * Checks the revocation status of the identity's certificate when it is due
+ * (a new certificate at once). Runs in the identity's own thread, so a slow
+ * responder delays no other identity and never a signature. g.lock not held.
+ */
+static void rev_visit(struct identity_rt *id, const struct snapshot *snap, struct rstate *st,
+		      time_t now)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	unsigned timeout = cfg->ca_timeout < REV_TIMEOUT_MAX_S ? cfg->ca_timeout
+							       : REV_TIMEOUT_MAX_S;
+	struct rev_result r = {.status = REV_UNKNOWN, .source = ""};
+	X509_STORE *trust;
+	int due;
+
+	pthread_mutex_lock(&g.lock);
+	due = rev_is_due(cfg, snap, st, now);
+	/* Nothing to ask about this certificate (off, no source named): until a reload. */
+	if (due && !rev_wanted(sk_X509_value(snap->chain, 0), cfg->revocation_check)) {
+		st->rev_next = now + MAX_SLEEP_S;
+		due = 0;
+	}
+	pthread_mutex_unlock(&g.lock);
+	if (!due)
+		return;
+	if ((trust = cacerts_trust_store(id, r.msg, sizeof(r.msg))) != NULL)
+		rev_check(snap->chain, trust, cfg->revocation_check, timeout, now, &r);
+	X509_STORE_free(trust);
+	pthread_mutex_lock(&g.lock);
+	rev_record(cfg, st, &r, time(NULL));
+	pthread_mutex_unlock(&g.lock);
+}
+
+/* When the revocation check of the certificate in snap is next due (0: none). g.lock held. */
+static time_t rev_due(const struct cfg_identity *cfg, const struct snapshot *snap,
+		      const struct rstate *st, time_t now)
+{
+	/* An expired certificate is the renewal's business (rev_is_due skips it). */
+	if (snap->chain == NULL || cfg->revocation_check == REV_OFF || snap->not_after <= now)
+		return 0;
+	/* A certificate installed since the last check is checked at once. */
+	if (strcmp(st->rev_serial, snap->serial) != 0)
+		return now;
+	/* Never a wake-up in the past: the worker would spin. */
+	return st->rev_next > now ? st->rev_next : now + 1;
+}
+
 /* Visits one identity: reconcile, retire, renew if due. Returns its next wake-up (0: none). */
 static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 {
 	const struct cfg_identity *cfg = id->cfg;
 	struct snapshot snap;
 	struct rstate *st;
-	time_t due, retire_next, next, prev_good;
+	time_t due, retire_next, rev_next, next, prev_good;
 	char msg[512], when[32], why[384];
 	int outcome, forced;
 	long hint;
@@ -1462,6 +1654,7 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 			 cfg->name);
 	st->st.waiting[0] = '\0';
 	pthread_mutex_unlock(&g.lock);
+	rev_visit(id, &snap, st, now);
 	/*
 	 * Keys retire by the earlier of this clock and the previous good one when the clock
 	 * moved more than a normal wake-up apart: a jump is acted on only once it is seen
@@ -1530,10 +1723,15 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 				 (long long)(due - now), st->failures);
 		pthread_mutex_unlock(&g.lock);
 	}
+	pthread_mutex_lock(&g.lock);
+	rev_next = rev_due(cfg, &snap, st, now);
+	pthread_mutex_unlock(&g.lock);
 	snapshot_free(&snap);
 	next = due;
 	if (retire_next != 0 && (next == 0 || retire_next < next))
 		next = retire_next;
+	if (rev_next != 0 && (next == 0 || rev_next < next))
+		next = rev_next;
 	return next;
 }
 

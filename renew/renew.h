@@ -33,6 +33,9 @@ struct renew_status {
 	time_t last_renewed;   /* last success */
 	char action[256];      /* what an operator must do, "" if nothing */
 	char waiting[384];     /* why nothing date-dependent is done now (renew/clock.h), or "" */
+	/* The certificate's revocation status: "good (...)", "revoked (...)", "unknown (...)",
+	 * or "" when it is not checked (renew/revocation.h). */
+	char revocation[448];
 };
 
 /* Fills st for identity name; returns -1 if the renewal thread is not running. */

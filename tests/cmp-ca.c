@@ -7,6 +7,7 @@
  *          [--log FILE] [--port N] [--srv-cert CERT.pem --srv-key KEY.pem]
  *          [--extra-certs chain|none|reversed] [--capubs yes|no] [--implicit-confirm]
  *          [--status-text TEXT] [--client-trust CERTS.pem]
+ *          [--root-update NWN.pem[,NWO.pem[,OWN.pem]]]
  *
  * Listens on 127.0.0.1:N (default 0: the kernel picks) and, once listening, writes the port to
  * --port-file (atomically). Serves POST application/pkixcmp (DER, at most 256 KiB), any path.
@@ -16,7 +17,8 @@
  * keyUsage digitalSignature, extendedKeyUsage clientAuth, SKI, AKI, subjectAltName copied from
  * the request, SHA-256 by the CA key (RSA or EC). extraCerts carry CA + --chain, and so do an
  * ip's caPubs. Answers are signed by the CA key, but a MAC-protected transaction is answered
- * with the shared secret (the framework's choice). rr and genm are answered with an error.
+ * with the shared secret (the framework's choice). rr is answered with an error, and so is
+ * genm unless --root-update (below) is given.
  * Authentication: ir/cr/p10cr protected by the --secret (reference value REF, secret = the
  * file minus trailing newlines) or signed by a currently valid certificate that chains to the
  * CA; kur only signed so, by the certificate its oldCertId names. Otherwise the request is
@@ -38,6 +40,11 @@
  *   --capubs yes|no       whether an ip carries caPubs (default yes: CA + --chain).
  *   --client-trust FILE   more certificates that authenticate requests besides the CA's
  *                         own (the CA before a rollover to a new intermediate).
+ *   --root-update NWN[,NWO[,OWN]]  answer a genm asking for id-it-rootCaCert with
+ *                         id-it-rootCaKeyUpdate (RFC 9480 4.3): newWithNew NWN, newWithOld
+ *                         NWO, oldWithNew OWN (PEM files; an empty NWO or OWN is left out,
+ *                         e.g. "new.pem,,own.pem"). Logged: "genm rootCaKeyUpdate answered
+ *                         (rootCaCert <subject of the value, or absent>; ...)".
  *   --status-text TEXT    the statusString of an injected rejection (default
  *                         "injected fault"); the CA's log shows it with control
  *                         characters as \xNN.
@@ -85,6 +92,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include <openssl/asn1t.h>
 #include <openssl/cmp.h>
 #include <openssl/crmf.h>
 #include <openssl/err.h>
@@ -166,6 +174,8 @@ static struct {
 	const char *extra_mode;
 	int capubs, implicit_confirm;
 	const char *status_text;
+	X509 *root_upd[3]; /* --root-update: newWithNew, newWithOld, oldWithNew (or NULL) */
+	int root_upd_set;
 } g;
 
 static volatile sig_atomic_t stop;
@@ -743,6 +753,89 @@ static void on_error(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req, const OSSL_
 }
 
 /*
+ * RFC 9480 4.3 root CA key update, written from the RFC (OpenSSL 3.0 has no helper):
+ *   RootCaKeyUpdateContent ::= SEQUENCE { newWithNew CMPCertificate,
+ *      newWithOld [0] EXPLICIT CMPCertificate OPTIONAL, oldWithNew [1] EXPLICIT ... OPTIONAL }
+ */
+typedef struct {
+	X509 *nwn, *nwo, *own;
+} ROOT_UPDATE;
+
+ASN1_SEQUENCE(ROOT_UPDATE) = {
+	ASN1_SIMPLE(ROOT_UPDATE, nwn, X509),
+	ASN1_EXP_OPT(ROOT_UPDATE, nwo, X509, 0),
+	ASN1_EXP_OPT(ROOT_UPDATE, own, X509, 1),
+} static_ASN1_SEQUENCE_END(ROOT_UPDATE)
+
+#define OID_ROOTCA_KEY_UPDATE "1.3.6.1.5.5.7.4.18"
+#define OID_ROOTCA_CERT "1.3.6.1.5.5.7.4.20"
+
+/*
+ * genm: with --root-update, id-it-rootCaCert is answered with id-it-rootCaKeyUpdate carrying
+ * the configured certificates; anything else (or no --root-update) with an error message.
+ */
+static int on_genm(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req,
+		   const STACK_OF(OSSL_CMP_ITAV) *in, STACK_OF(OSSL_CMP_ITAV) **out)
+{
+	ASN1_OBJECT *want = OBJ_txt2obj(OID_ROOTCA_CERT, 1), *type = NULL;
+	ROOT_UPDATE upd = {g.root_upd[0], g.root_upd[1], g.root_upd[2]};
+	const OSSL_CMP_ITAV *itav = NULL;
+	ASN1_TYPE *value = NULL, *v;
+	ASN1_STRING *str = NULL;
+	OSSL_CMP_ITAV *reply = NULL;
+	unsigned char *der = NULL;
+	char asked[256] = "absent";
+	int i, len, ok = 0;
+
+	(void)srv;
+	(void)req;
+	for (i = 0; want != NULL && i < sk_OSSL_CMP_ITAV_num(in); i++)
+		if (OBJ_cmp(OSSL_CMP_ITAV_get0_type(sk_OSSL_CMP_ITAV_value(in, i)), want) == 0)
+			itav = sk_OSSL_CMP_ITAV_value(in, i);
+	if (itav == NULL || !g.root_upd_set) {
+		logline("genm answered with error (%s)",
+			itav == NULL ? "no id-it-rootCaCert" : "no --root-update");
+		goto out;
+	}
+	if ((v = OSSL_CMP_ITAV_get0_value(itav)) != NULL) {
+		const unsigned char *p;
+		X509 *old;
+
+		snprintf(asked, sizeof(asked), "not a certificate");
+		if (v->type == V_ASN1_SEQUENCE && (p = v->value.sequence->data) != NULL &&
+		    (old = d2i_X509(NULL, &p, v->value.sequence->length)) != NULL) {
+			X509_NAME_oneline(X509_get_subject_name(old), asked, sizeof(asked));
+			X509_free(old);
+		}
+	}
+	if ((len = ASN1_item_i2d((ASN1_VALUE *)&upd, &der, ASN1_ITEM_rptr(ROOT_UPDATE))) <= 0 ||
+	    (str = ASN1_STRING_new()) == NULL || !ASN1_STRING_set(str, der, len) ||
+	    (value = ASN1_TYPE_new()) == NULL || !ASN1_TYPE_set1(value, V_ASN1_SEQUENCE, str) ||
+	    (type = OBJ_txt2obj(OID_ROOTCA_KEY_UPDATE, 1)) == NULL ||
+	    (reply = OSSL_CMP_ITAV_create(type, value)) == NULL ||
+	    (*out = sk_OSSL_CMP_ITAV_new_null()) == NULL || !sk_OSSL_CMP_ITAV_push(*out, reply)) {
+		logline("genm: cannot make the rootCaKeyUpdate answer");
+		sk_OSSL_CMP_ITAV_free(*out);
+		*out = NULL;
+		if (reply == NULL) {
+			ASN1_OBJECT_free(type);
+			ASN1_TYPE_free(value);
+		}
+		OSSL_CMP_ITAV_free(reply);
+		goto out;
+	}
+	logline("genm rootCaKeyUpdate answered (rootCaCert %s; newWithOld %s, oldWithNew %s)",
+		asked, upd.nwo != NULL ? "present" : "absent",
+		upd.own != NULL ? "present" : "absent");
+	ok = 1;
+out:
+	ASN1_STRING_free(str);
+	OPENSSL_free(der);
+	ASN1_OBJECT_free(want);
+	return ok;
+}
+
+/*
  * A fresh server context per transaction: nothing (polling state, cached sender cert,
  * collected extraCerts) leaks from an abandoned transaction into the next one.
  */
@@ -760,7 +853,7 @@ static int new_transaction(const unsigned char *der, long len)
 	    (ctx = OSSL_CMP_SRV_CTX_get0_cmp_ctx(g.srv)) == NULL)
 		return 0;
 	/* The secret only for a MAC-protected transaction: it would also protect the answers. */
-	return OSSL_CMP_SRV_CTX_init(g.srv, NULL, on_cert_request, NULL, NULL, on_error,
+	return OSSL_CMP_SRV_CTX_init(g.srv, NULL, on_cert_request, NULL, on_genm, on_error,
 				     on_cert_conf, on_poll_req) &&
 	       OSSL_CMP_SRV_CTX_set_grant_implicit_confirm(g.srv, g.implicit_confirm) &&
 	       OSSL_CMP_CTX_set_log_cb(ctx, openssl_log) &&
@@ -1137,15 +1230,39 @@ static int load_pem(const char *path, X509 **cert, EVP_PKEY **key, STACK_OF(X509
 	return ok;
 }
 
+/* --root-update NWN[,NWO[,OWN]]: an empty element leaves that certificate out. */
+static int load_root_update(const char *spec)
+{
+	char *copy = OPENSSL_strdup(spec), *p = copy, *next;
+	int k;
+
+	for (k = 0; p != NULL && k < 3; k++, p = next) {
+		if ((next = strchr(p, ',')) != NULL)
+			*next++ = '\0';
+		if (*p != '\0' && !load_pem(p, &g.root_upd[k], NULL, NULL))
+			break;
+	}
+	OPENSSL_free(copy);
+	/* p is left set by a file that did not load, or by a fourth element. */
+	if (copy == NULL || g.root_upd[0] == NULL || p != NULL) {
+		fprintf(stderr, "cmp-ca: --root-update wants NWN.pem[,NWO.pem[,OWN.pem]]\n");
+		return 0;
+	}
+	g.root_upd_set = 1;
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	/* clang-format off */
 	enum { PORT_FILE, CA_CERT, CA_KEY, CHAIN, LIFETIME, DAYS, FAULT_FILE, SECRET, LOG, PORT,
-	       SRV_CERT, SRV_KEY, EXTRA_CERTS, CAPUBS, IMPLICIT, STATUS_TEXT, CLIENT_TRUST, N };
+	       SRV_CERT, SRV_KEY, EXTRA_CERTS, CAPUBS, IMPLICIT, STATUS_TEXT, CLIENT_TRUST,
+	       ROOT_UPDATE_OPT, N };
 	static const char *const names[N] = { "port-file", "ca-cert", "ca-key", "chain", "lifetime",
 					      "days", "fault-file", "secret", "log", "port",
 					      "srv-cert", "srv-key", "extra-certs", "capubs",
-					      "implicit-confirm", "status-text", "client-trust" };
+					      "implicit-confirm", "status-text", "client-trust",
+					      "root-update" };
 	/* clang-format on */
 	const char *arg[N] = {NULL}, *colon;
 	struct option opts[N + 1] = {{NULL, 0, NULL, 0}};
@@ -1184,7 +1301,7 @@ int main(int argc, char **argv)
 		    "[--fault-file FAULTS] [--secret REF:SECRETFILE] [--log FILE] [--port N] "
 		    "[--srv-cert CERT.pem --srv-key KEY.pem] [--extra-certs chain|none|reversed] "
 		    "[--capubs yes|no] [--implicit-confirm] [--status-text TEXT] "
-		    "[--client-trust CERTS.pem]\n");
+		    "[--client-trust CERTS.pem] [--root-update NWN.pem[,NWO.pem[,OWN.pem]]]\n");
 		return 2;
 	}
 	g.log = stderr;
@@ -1218,6 +1335,8 @@ int main(int argc, char **argv)
 			arg[CLIENT_TRUST] != NULL ? arg[CLIENT_TRUST] : "");
 		goto out;
 	}
+	if (arg[ROOT_UPDATE_OPT] != NULL && !load_root_update(arg[ROOT_UPDATE_OPT]))
+		goto out;
 	if (arg[SECRET] != NULL) {
 		if ((colon = strchr(arg[SECRET], ':')) == NULL || colon == arg[SECRET] ||
 		    (g.ref = OPENSSL_strndup(arg[SECRET], (size_t)(colon - arg[SECRET]))) == NULL ||
@@ -1267,6 +1386,8 @@ out:
 	OSSL_CMP_SRV_CTX_free(g.srv);
 	OSSL_CMP_MSG_free(g.pending);
 	X509_free(g.issued);
+	for (c = 0; c < 3; c++)
+		X509_free(g.root_upd[c]);
 	X509_free(g.ca_cert);
 	X509_free(g.srv_cert);
 	EVP_PKEY_free(g.srv_key);

@@ -4,6 +4,7 @@ RENEW_TESTS = \
 	tests/integration/renew-cmp-shapes.sh \
 	tests/integration/renew-cmp-refused.sh \
 	tests/integration/renew-cmp-rollover.sh \
+	tests/integration/renew-cmp-rootca.sh \
 	tests/integration/renew-est.sh \
 	tests/integration/renew-tpm.sh \
 	tests/integration/renew-openssl-cmp.sh \
@@ -20,7 +21,9 @@ RENEW_TESTS = \
 	tests/integration/renew-auth.sh \
 	tests/integration/renew-verify.sh \
 	tests/integration/renew-clock.sh \
-	tests/integration/renew-keygen-crash.sh
+	tests/integration/renew-keygen-crash.sh \
+	tests/integration/renew-revoked.sh \
+	tests/integration/renew-revoked-crl.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)
 

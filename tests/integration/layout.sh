@@ -6,7 +6,8 @@
 #   check (client/ctl-check*.c), which links them through libagentconf;
 # - mtls-agentctl links no keystore, TPM, renewal or systemd library;
 # - the daemon (agent/) reaches renewal only through its interface renew/renew.h
-#   (config.c also uses the pure parsers renew/sched.h and renew/renew-verify.h);
+#   (config.c also uses the pure parsers renew/sched.h, renew/renew-verify.h and
+#   renew/revocation.h's rev_mode_from_name);
 # - the daemon holds no provider entry point and no client socket code (it
 #   links the provider's internal library, not the module).
 set -u
@@ -47,7 +48,7 @@ fi
 
 bad=$(cd "$top_srcdir" &&
 	grep -rnE '#[[:space:]]*include[[:space:]]+"renew/' agent 2>/dev/null |
-	grep -vE '"renew/renew\.h"|^agent/config\.c:.*"renew/(sched|renew-verify)\.h"')
+	grep -vE '"renew/renew\.h"|^agent/config\.c:.*"renew/(sched|renew-verify|revocation)\.h"')
 if [ -n "$bad" ]; then
 	echo "FAIL: the daemon reaches into renewal past renew/renew.h:" >&2
 	echo "$bad" >&2

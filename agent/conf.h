@@ -120,6 +120,9 @@ struct config {
 	 * longer exist, left out of their allow-list); logged as errors by config_load. */
 	char **problems;
 	size_t n_problems;
+	/* "FILE:LINE: message" for what the agent logs as warnings at load. */
+	char **warnings;
+	size_t n_warnings;
 };
 
 /*
@@ -127,6 +130,13 @@ struct config {
  * err ("FILE:LINE: message", or "FILE: message" for whole-file problems).
  */
 int config_load(const char *path, struct config **out, char *err, size_t errlen);
+/*
+ * config_load() on the agent's behalf, for mtls-agentctl check: the same reader and
+ * verdict, except that the file may be owned by root or agent_uid (the agent's, not this
+ * process's uid), nothing is logged (cfg->problems and cfg->warnings hold what the agent
+ * would log), and what depends on the reading process's own rights is not judged.
+ */
+int config_check(const char *path, uid_t agent_uid, struct config **out, char *err, size_t errlen);
 void config_free(struct config *cfg);
 
 const struct cfg_keystore *config_keystore(const struct config *cfg, const char *name);

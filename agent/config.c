@@ -142,6 +142,9 @@ struct parser {
 	int failed;
 	char *err;
 	size_t errlen;
+
+	uid_t agent_uid; /* besides root, the owner the file may have */
+	int for_check;	 /* read by mtls-agentctl check: log nothing, judge no process rights */
 };
 
 static void fail(struct parser *p, int line, const char *fmt, ...)
@@ -268,6 +271,9 @@ void config_free(struct config *cfg)
 	for (i = 0; i < cfg->n_problems; i++)
 		free(cfg->problems[i]);
 	free(cfg->problems);
+	for (i = 0; i < cfg->n_warnings; i++)
+		free(cfg->warnings[i]);
+	free(cfg->warnings);
 	free(cfg);
 }
 
@@ -277,12 +283,14 @@ void config_free(struct config *cfg)
  * kept in cfg->problems for `check`. The entry concerned is left out, so
  * the agent serves everything else and nothing more than before.
  */
-static void problem(struct parser *p, int line, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+static void note(struct parser *p, int line, int level, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
 
-static void problem(struct parser *p, int line, const char *fmt, ...)
+/* level LOG_LVL_ERROR: kept in cfg->problems, else in cfg->warnings; logged unless for check. */
+static void note(struct parser *p, int line, int level, const char *fmt, ...)
 {
-	char msg[512], *line_text = NULL, **np;
+	char msg[768], *line_text = NULL, ***list, **nl;
+	size_t *n;
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -290,16 +298,23 @@ static void problem(struct parser *p, int line, const char *fmt, ...)
 	va_end(ap);
 	if (asprintf(&line_text, "%s:%d: %s", p->path, line, msg) < 0)
 		line_text = NULL;
-	log_error("%s", line_text != NULL ? line_text : msg);
+	if (!p->for_check)
+		log_msg(level, __func__, "%s", line_text != NULL ? line_text : msg);
+	list = level == LOG_LVL_ERROR ? &p->cfg->problems : &p->cfg->warnings;
+	n = level == LOG_LVL_ERROR ? &p->cfg->n_problems : &p->cfg->n_warnings;
 	if (line_text == NULL)
 		return;
-	if ((np = realloc(p->cfg->problems, (p->cfg->n_problems + 1) * sizeof(*np))) == NULL) {
+	if ((nl = realloc(*list, (*n + 1) * sizeof(*nl))) == NULL) {
 		free(line_text);
 		return;
 	}
-	p->cfg->problems = np;
-	p->cfg->problems[p->cfg->n_problems++] = line_text;
+	nl[(*n)++] = line_text;
+	*list = nl;
 }
+
+#define problem(p, line, ...) note(p, line, LOG_LVL_ERROR, __VA_ARGS__)
+/* A warning (the load goes on, nothing is left out): logged, and kept in cfg->warnings. */
+#define warning(p, line, ...) note(p, line, LOG_LVL_WARN, __VA_ARGS__)
 
 /* ---- values ---------------------------------------------------------------------------- */
 
@@ -719,20 +734,23 @@ int config_can_inspect_others(uid_t euid, const char *status_text)
 static void warn_cannot_inspect(struct parser *p, const char *key)
 {
 	char status[4096] = "";
-	FILE *f = fopen("/proc/self/status", "re");
+	FILE *f;
 	size_t n = 0;
 
-	if (f != NULL) {
+	/* The rights of the process reading the file: for check, not the agent's. */
+	if (p->for_check)
+		return;
+	if ((f = fopen("/proc/self/status", "re")) != NULL) {
 		n = fread(status, 1, sizeof(status) - 1, f);
 		fclose(f);
 	}
 	status[n] = '\0';
 	if (!config_can_inspect_others(geteuid(), status))
-		log_warn("%s:%d: %s: this agent runs without root or CAP_SYS_PTRACE, so it "
-			 "cannot read /proc/PID/exe of other users' processes: they will be "
-			 "refused. Run it as root or with CAP_SYS_PTRACE and ProtectProc=default "
-			 "(see mtls-agent.conf(5))",
-			 p->path, p->lineno, key);
+		warning(p, p->lineno,
+			"%s: this agent runs without root or CAP_SYS_PTRACE, so it cannot read "
+			"/proc/PID/exe of other users' processes: they will be refused. Run it as "
+			"root or with CAP_SYS_PTRACE and ProtectProc=default (see mtls-agent.conf(5))",
+			key);
 }
 
 static int set_caller_list(struct parser *p, const char *key, int is_unit, char ***dst, size_t *n,
@@ -1405,20 +1423,22 @@ static void warn_bootstrap_secret(struct parser *p, const struct cfg_identity *i
 	double bits;
 
 	if (id->ca_url != NULL && strncmp(id->ca_url, "http://", 7) == 0)
-		log_warn("%s:%d: identity \"%s\": the bootstrap secret protects an IR sent over "
-			 "http://: anyone who captures it can guess the secret offline; use an "
-			 "https:// ca-url or bootstrap = identity:NAME",
-			 p->path, line, id->name);
+		warning(p, line,
+			"identity \"%s\": the bootstrap secret protects an IR sent over http://: "
+			"anyone who captures it can guess the secret offline; use an https:// ca-url "
+			"or bootstrap = identity:NAME",
+			id->name);
 	/* Unreadable here (mtls-agent -n as another user): the enrollment reports it. */
 	if (read_secret_file(id->bootstrap_file, &secret, why, sizeof(why)) != 0)
 		return;
 	bits = config_secret_bits(secret, strlen(secret));
 	if (bits < 128)
-		log_warn("%s:%d: identity \"%s\": the bootstrap secret in %s is short: %zu "
-			 "characters, about %.0f bits at best (length x log2 of the character "
-			 "classes used), under 128; anyone who captures the IR can guess it offline. "
-			 "Use 32 random hex digits or more, or bootstrap = identity:NAME",
-			 p->path, line, id->name, id->bootstrap_file, strlen(secret), bits);
+		warning(p, line,
+			"identity \"%s\": the bootstrap secret in %s is short: %zu characters, "
+			"about %.0f bits at best (length x log2 of the character classes used), "
+			"under 128; anyone who captures the IR can guess it offline. Use 32 random "
+			"hex digits or more, or bootstrap = identity:NAME",
+			id->name, id->bootstrap_file, strlen(secret), bits);
 	wipe(secret, strlen(secret));
 	free(secret);
 }
@@ -1592,7 +1612,7 @@ static int check_file(struct parser *p)
 		     (unsigned)(st.st_mode & 07777));
 		return -1;
 	}
-	if (st.st_uid != 0 && st.st_uid != geteuid()) {
+	if (st.st_uid != 0 && st.st_uid != p->agent_uid) {
 		fail(p, 0,
 		     "refusing a config file owned by uid %lu (neither root nor the agent's uid)",
 		     (unsigned long)st.st_uid);
@@ -1601,7 +1621,8 @@ static int check_file(struct parser *p)
 	return 0;
 }
 
-int config_load(const char *path, struct config **out, char *err, size_t errlen)
+static int load(const char *path, uid_t agent_uid, int for_check, struct config **out, char *err,
+		size_t errlen)
 {
 	struct parser p;
 	struct config *cfg = NULL;
@@ -1611,6 +1632,8 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
 	p.path = path != NULL ? path : "(null)";
 	p.err = err;
 	p.errlen = errlen;
+	p.agent_uid = agent_uid;
+	p.for_check = for_check;
 	if (err != NULL && errlen > 0)
 		err[0] = '\0';
 	if (out != NULL)
@@ -1658,4 +1681,14 @@ out:
 	free(p.ids);
 	config_free(cfg);
 	return ret;
+}
+
+int config_load(const char *path, struct config **out, char *err, size_t errlen)
+{
+	return load(path, geteuid(), 0, out, err, errlen);
+}
+
+int config_check(const char *path, uid_t agent_uid, struct config **out, char *err, size_t errlen)
+{
+	return load(path, agent_uid, 1, out, err, errlen);
 }

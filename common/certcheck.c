@@ -62,49 +62,66 @@ out:
 	return ret;
 }
 
+unsigned certcheck_flaws(X509 *cert, time_t now)
+{
+	/* X509_get_extension_flags() caches the parsed extensions. */
+	uint32_t flags = X509_get_extension_flags(cert);
+	unsigned flaws = 0;
+
+	if ((flags & EXFLAG_INVALID) != 0)
+		flaws |= CERTCHECK_BAD_EXTENSIONS;
+	if ((flags & EXFLAG_XKUSAGE) == 0 || (X509_get_extended_key_usage(cert) & XKU_SSL_CLIENT) == 0)
+		flaws |= CERTCHECK_NO_CLIENT_AUTH;
+	if ((flags & EXFLAG_KUSAGE) == 0 || (X509_get_key_usage(cert) & KU_DIGITAL_SIGNATURE) == 0)
+		flaws |= CERTCHECK_NO_DIGITAL_SIGNATURE;
+	if (X509_cmp_time(X509_get0_notBefore(cert), &now) > 0)
+		flaws |= CERTCHECK_NOT_YET_VALID;
+	if (X509_cmp_time(X509_get0_notAfter(cert), &now) < 0)
+		flaws |= CERTCHECK_EXPIRED;
+	return flaws;
+}
+
 int certcheck_leaf(X509 *leaf, time_t now, char *err, size_t errlen)
 {
-	uint32_t xku, ku;
+	static const struct {
+		unsigned flaw;
+		const char *why;
+	} reasons[] = {
+	    {CERTCHECK_BAD_EXTENSIONS, "certificate has invalid extensions"},
+	    {CERTCHECK_NO_CLIENT_AUTH, "certificate lacks the clientAuth extended key usage"},
+	    {CERTCHECK_NO_DIGITAL_SIGNATURE, "certificate lacks the digitalSignature key usage"},
+	    {CERTCHECK_NOT_YET_VALID, "certificate is not valid yet"},
+	    {CERTCHECK_EXPIRED, "certificate has expired"},
+	};
+	unsigned flaws = certcheck_flaws(leaf, now);
+	size_t i;
 
-	/* X509_get_extension_flags() caches the parsed extensions. */
-	if ((X509_get_extension_flags(leaf) & EXFLAG_INVALID) != 0) {
-		snprintf(err, errlen, "certificate has invalid extensions");
-		return MTLS_AGENT_ERR_CERT;
-	}
-	xku = X509_get_extended_key_usage(leaf);
-	if ((X509_get_extension_flags(leaf) & EXFLAG_XKUSAGE) == 0 || (xku & XKU_SSL_CLIENT) == 0) {
-		snprintf(err, errlen, "certificate lacks the clientAuth extended key usage");
-		return MTLS_AGENT_ERR_CERT;
-	}
-	ku = X509_get_key_usage(leaf);
-	if ((X509_get_extension_flags(leaf) & EXFLAG_KUSAGE) == 0 ||
-	    (ku & KU_DIGITAL_SIGNATURE) == 0) {
-		snprintf(err, errlen, "certificate lacks the digitalSignature key usage");
-		return MTLS_AGENT_ERR_CERT;
-	}
-	if (X509_cmp_time(X509_get0_notBefore(leaf), &now) > 0) {
-		snprintf(err, errlen, "certificate is not valid yet");
-		return MTLS_AGENT_ERR_CERT;
-	}
-	if (X509_cmp_time(X509_get0_notAfter(leaf), &now) < 0) {
-		snprintf(err, errlen, "certificate has expired");
-		return MTLS_AGENT_ERR_CERT;
+	for (i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++) {
+		if ((flaws & reasons[i].flaw) != 0) {
+			snprintf(err, errlen, "%s", reasons[i].why);
+			return MTLS_AGENT_ERR_CERT;
+		}
 	}
 	return 0;
 }
 
-int certcheck_chain_order(STACK_OF(X509) *chain, char *err, size_t errlen)
+int certcheck_issued_by(X509 *subject, X509 *issuer)
 {
 	EVP_PKEY *issuer_key;
+	int ok;
+
+	ok = X509_check_issued(issuer, subject) == X509_V_OK &&
+	     (issuer_key = X509_get0_pubkey(issuer)) != NULL && X509_verify(subject, issuer_key) == 1;
+	ERR_clear_error();
+	return ok;
+}
+
+int certcheck_chain_order(STACK_OF(X509) *chain, char *err, size_t errlen)
+{
 	int i, n = sk_X509_num(chain);
 
 	for (i = 0; i + 1 < n; i++) {
-		X509 *subject = sk_X509_value(chain, i), *issuer = sk_X509_value(chain, i + 1);
-
-		if (X509_check_issued(issuer, subject) != X509_V_OK ||
-		    (issuer_key = X509_get0_pubkey(issuer)) == NULL ||
-		    X509_verify(subject, issuer_key) != 1) {
-			ERR_clear_error();
+		if (!certcheck_issued_by(sk_X509_value(chain, i), sk_X509_value(chain, i + 1))) {
 			snprintf(err, errlen,
 				 "chain out of order: certificate %d is not issued by certificate %d",
 				 i + 1, i + 2);

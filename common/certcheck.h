@@ -23,8 +23,25 @@ int certcheck_parse_chain(const uint8_t *data, size_t len, STACK_OF(X509) **chai
  */
 int certcheck_leaf(X509 *leaf, time_t now, char *err, size_t errlen);
 
+/* Each reason certcheck_leaf() refuses a certificate for, as a bit of certcheck_flaws(). */
+#define CERTCHECK_BAD_EXTENSIONS 0x01u
+#define CERTCHECK_NO_CLIENT_AUTH 0x02u
+#define CERTCHECK_NO_DIGITAL_SIGNATURE 0x04u
+#define CERTCHECK_NOT_YET_VALID 0x08u
+#define CERTCHECK_EXPIRED 0x10u
+#define CERTCHECK_TIME_FLAWS (CERTCHECK_NOT_YET_VALID | CERTCHECK_EXPIRED)
+
+/*
+ * All the reasons at once (certcheck_leaf() says the first), for a report that lists
+ * every one (mtls-agentctl check); 0 when the certificate is fit at time now.
+ */
+unsigned certcheck_flaws(X509 *cert, time_t now);
+
 /* Each certificate of the chain is issued (name and signature) by the next. */
 int certcheck_chain_order(STACK_OF(X509) *chain, char *err, size_t errlen);
+
+/* Whether issuer issued subject: names and signature (the rule of certcheck_chain_order). */
+int certcheck_issued_by(X509 *subject, X509 *issuer);
 
 /* DER SubjectPublicKeyInfo of a certificate (caller frees with OPENSSL_free). */
 int certcheck_spki(X509 *cert, uint8_t **der, size_t *len);

@@ -91,13 +91,9 @@ void log_msg(int level, const char *func, const char *fmt, ...)
 	}
 }
 
-/*
- * Length of the well-formed UTF-8 sequence of a printable character at p
- * (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF; C1
- * controls U+0080..U+009F excluded, some terminals obey them), or 0.
- */
-static size_t utf8_printable(const unsigned char *p, size_t left)
+size_t log_utf8_printable(const void *s, size_t left)
 {
+	const unsigned char *p = s;
 	size_t n, i;
 
 	if (p[0] >= 0xc2 && p[0] <= 0xdf)
@@ -135,7 +131,7 @@ static size_t escape_at(const unsigned char *p, size_t left, int keep_utf8, char
 		esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : '\\';
 		return 2;
 	}
-	if (keep_utf8 && c >= 0x80 && (n = utf8_printable(p, left)) != 0) {
+	if (keep_utf8 && c >= 0x80 && (n = log_utf8_printable(p, left)) != 0) {
 		memcpy(esc, p, n);
 		*used = n;
 		return n;
@@ -188,4 +184,15 @@ const char *log_escape_utf8(const char *s, char *out, size_t outlen)
 const char *log_sanitize(const char *s, char *out, size_t outlen)
 {
 	return log_escape(s != NULL ? s : "", s != NULL ? strlen(s) : 0, out, outlen);
+}
+
+size_t log_control_len(const char *p)
+{
+	const unsigned char *u = (const unsigned char *)p;
+
+	if (u[0] == '\0')
+		return 0;
+	if (u[0] < 0x20 || u[0] == 0x7f)
+		return 1;
+	return u[0] == 0xc2 && u[1] >= 0x80 && u[1] <= 0x9f ? 2 : 0;
 }

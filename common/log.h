@@ -45,6 +45,22 @@ const char *log_sanitize(const char *s, char *out, size_t outlen);
 const char *log_escape_utf8(const char *s, char *out, size_t outlen);
 
 /*
+ * Length of the control character at p: 1 for a C0 control (not NUL) or DEL, 2 for a C1
+ * control as UTF-8 encodes it (0xc2 0x80..0x9f), 0 for anything else. These are what text
+ * from outside must not carry to a terminal: log_escape() escapes them (with every other
+ * non-ASCII byte), mtls-agentctl shows them as '?' and escapes them in JSON.
+ */
+size_t log_control_len(const char *p);
+
+/*
+ * Length of the well-formed UTF-8 sequence of a printable non-ASCII character at
+ * s (left bytes remain; RFC 3629: no overlong forms, no surrogates, nothing above
+ * U+10FFFF; C1 controls excluded, some terminals obey them), or 0. What
+ * log_escape_utf8() keeps, and what mtls-agentctl's JSON strings carry as they are.
+ */
+size_t log_utf8_printable(const void *s, size_t left);
+
+/*
  * True when stderr is connected to the systemd journal (JOURNAL_STREAM names
  * stderr's device and inode, as systemd sets it for StandardError=journal).
  * Lines written to stderr then start with a syslog priority "<N>" that

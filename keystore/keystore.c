@@ -21,24 +21,6 @@ static const struct ks_backend *const backends[] = {
 #endif
 };
 
-int ks_keygen_type_from_name(const char *name)
-{
-	static const struct {
-		const char *name;
-		int type;
-	} types[] = {
-		{"ec-p256", KS_GEN_EC_P256},   {"ec-p384", KS_GEN_EC_P384},
-		{"rsa-2048", KS_GEN_RSA_2048}, {"rsa-3072", KS_GEN_RSA_3072},
-		{"rsa-4096", KS_GEN_RSA_4096}, {"ed25519", KS_GEN_ED25519},
-	};
-	size_t i;
-
-	for (i = 0; name != NULL && i < sizeof(types) / sizeof(types[0]); i++)
-		if (strcmp(types[i].name, name) == 0)
-			return types[i].type;
-	return 0;
-}
-
 int ks_open(const struct ks_params *params, struct keystore **out, char *err, size_t errlen)
 {
 	size_t i;

@@ -17,6 +17,7 @@
 
 #include <openssl/evp.h>
 
+#include "common/keytype.h"
 #include "common/scheme.h"
 
 #define KS_MAX_ID 64
@@ -62,17 +63,7 @@ struct ks_params {
 	const char *srk;        /* tpm2: "handle:0x81000001" (persistent SRK), NULL: TCG template */
 };
 
-/* Key types for ks_keygen. */
-enum ks_keygen_type {
-	KS_GEN_EC_P256 = 1,
-	KS_GEN_EC_P384,
-	KS_GEN_RSA_2048,
-	KS_GEN_RSA_3072,
-	KS_GEN_RSA_4096,
-	KS_GEN_ED25519,
-};
-/* "ec-p256" ... "ed25519" -> enum, 0 if unknown. */
-int ks_keygen_type_from_name(const char *name);
+/* Key types for ks_keygen: enum ks_keygen_type, common/keytype.h. */
 
 /*
  * Opens a keystore. Fails only for errors an operator must fix in the

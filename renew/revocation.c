@@ -24,18 +24,6 @@
 /* An OCSP response with neither our nonce nor a nextUpdate must be this fresh. */
 #define REV_OCSP_MAXAGE_S 3600
 
-static const char *const mode_names[] = {"auto", "ocsp", "crl", "off"};
-
-int rev_mode_from_name(const char *name)
-{
-	size_t i;
-
-	for (i = 0; i < sizeof(mode_names) / sizeof(mode_names[0]); i++)
-		if (strcmp(name, mode_names[i]) == 0)
-			return (int)i;
-	return -1;
-}
-
 const char *rev_reason_name(int reason)
 {
 	static const char *const names[] = {

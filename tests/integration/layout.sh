@@ -1,7 +1,10 @@
 #!/bin/bash
 # The dependency rule of docs/HACKING.md, checked on the tree and the binary:
 # - no header of the daemon (agent/) or of renewal (renew/) is included from
-#   common/, keystore/, provider/, engine/, client/ or pkcs11/;
+#   common/, keystore/, provider/, engine/, client/ or pkcs11/, except the agent's
+#   configuration reader and access rule (agent/conf.h, agent/acl.h) in mtls-agentctl
+#   check (client/ctl-check*.c), which links them through libagentconf;
+# - mtls-agentctl links no keystore, TPM, renewal or systemd library;
 # - the daemon (agent/) reaches renewal only through its interface renew/renew.h
 #   (config.c also uses the pure parsers renew/sched.h, renew/renew-verify.h and
 #   renew/revocation.h's rev_mode_from_name);
@@ -13,13 +16,34 @@ status=0
 
 bad=$(cd "$top_srcdir" &&
 	grep -rnE '#[[:space:]]*include[[:space:]]+"(agent|renew)/' \
-		common keystore provider engine client pkcs11 2>/dev/null)
+		common keystore provider engine client pkcs11 2>/dev/null |
+	grep -vE '^client/ctl-check[a-z-]*\.c:[0-9]+:#include "agent/(conf|acl)\.h"')
 if [ -n "$bad" ]; then
 	echo "FAIL: a library folder includes a daemon or renewal header:" >&2
 	echo "$bad" >&2
 	status=1
 else
 	echo "ok: common/ keystore/ provider/ engine/ client/ pkcs11/ include no agent/ or renew/ header"
+fi
+
+# The doctor shares the agent's configuration reader, not its keystores: libagentconf must
+# not drag libp11-kit, tpm2-tss, libcurl, libssl or libsystemd into the CLI.
+ctl=$top_builddir/.libs/mtls-agentctl
+[ -x "$ctl" ] || ctl=$top_builddir/mtls-agentctl
+if ! command -v readelf >/dev/null; then
+	echo "SKIP part: readelf (binutils) not installed, mtls-agentctl's libraries are not checked" >&2
+elif [ ! -x "$ctl" ]; then
+	echo "FAIL: $ctl not built" >&2
+	status=1
+else
+	bad=$(readelf -d "$ctl" | grep -E 'NEEDED.*(p11-kit|tss2|curl|libssl|systemd)')
+	if [ -n "$bad" ]; then
+		echo "FAIL: mtls-agentctl links a keystore, renewal or systemd library:" >&2
+		echo "$bad" >&2
+		status=1
+	else
+		echo "ok: mtls-agentctl links no p11-kit, tpm2-tss, libcurl, libssl or libsystemd"
+	fi
 fi
 
 bad=$(cd "$top_srcdir" &&

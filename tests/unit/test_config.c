@@ -948,6 +948,59 @@ static void test_err_config_owner(void **state)
 	assert_string_equal(err, want);
 }
 
+/*
+ * config_check (mtls-agentctl check) is config_load for the agent: the same verdict and
+ * messages, the file owned by the agent's uid accepted, warnings kept in cfg->warnings.
+ */
+static void test_config_check(void **state)
+{
+	char secret[PATH_MAX], text[2 * PATH_MAX], err1[1024], err2[1024];
+	struct config *cfg = NULL;
+	uid_t nobody = uid_of("nobody");
+	int fd;
+
+	(void)state;
+	snprintf(secret, sizeof(secret), "%s/boot.XXXXXX", tmpdir);
+	assert_true((fd = mkstemp(secret)) >= 0);
+	assert_int_equal(write(fd, "short", 5), 5);
+	assert_int_equal(close(fd), 0);
+	snprintf(text, sizeof(text),
+		 "%s[identity \"r\"]\nkeystore = k\nkey = handle:0x81000011\nrenew = cmp\n"
+		 "ca-url = http://127.0.0.1:8080/pkix/\nca-trust = /etc/ca.pem\n"
+		 "bootstrap = secret:dev-17:%s\n",
+		 minimal_tail, secret);
+	write_conf(text, 0600);
+	assert_int_equal(config_check(last_path, geteuid(), &cfg, err1, sizeof(err1)), 0);
+	assert_int_equal(cfg->n_warnings, 2);
+	/* FILE:LINE: as the agent logs them. */
+	assert_int_equal(strncmp(cfg->warnings[0], last_path, strlen(last_path)), 0);
+	assert_true(cfg->warnings[0][strlen(last_path)] == ':');
+	assert_non_null(strstr(cfg->warnings[0], ": identity \"r\": the bootstrap secret protects "
+						 "an IR sent over http://"));
+	assert_non_null(strstr(cfg->warnings[1], ": identity \"r\": the bootstrap secret in "));
+	assert_non_null(strstr(cfg->warnings[1], "is short: 5 characters"));
+	config_free(cfg);
+	cfg = NULL;
+	if (geteuid() == 0) {
+		/* Owned by the agent's user: config_load as root refuses it, the agent would not. */
+		assert_int_equal(chown(last_path, nobody, (gid_t)-1), 0);
+		assert_int_equal(config_load(last_path, &cfg, err1, sizeof(err1)), -1);
+		assert_int_equal(config_check(last_path, nobody, &cfg, err1, sizeof(err1)), 0);
+		config_free(cfg);
+		cfg = NULL;
+	}
+	unlink(last_path);
+	unlink(secret);
+	/* (uid_t)-1 is refused by both, in the same words. */
+	write_conf("[agent]\nadmin-users = 4294967295\n", 0600);
+	assert_int_equal(config_load(last_path, &cfg, err1, sizeof(err1)), -1);
+	assert_int_equal(config_check(last_path, geteuid(), &cfg, err2, sizeof(err2)), -1);
+	unlink(last_path);
+	assert_null(cfg);
+	assert_string_equal(err1, err2);
+	assert_non_null(strstr(err1, ":2: bad user id \"4294967295\""));
+}
+
 /* The first error wins, even when a later line is also wrong. */
 static void test_err_first_only(void **state)
 {
@@ -978,6 +1031,7 @@ int main(void)
 		cmocka_unit_test(test_err_numbers),
 		cmocka_unit_test(test_err_unknown_user),
 		cmocka_unit_test(test_missing_accounts_left_out),
+		cmocka_unit_test(test_config_check),
 		cmocka_unit_test(test_allow_exe_unit),
 		cmocka_unit_test(test_err_duplicates),
 		cmocka_unit_test(test_err_missing_and_refs),

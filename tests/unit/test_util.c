@@ -291,6 +291,22 @@ static void test_log_escape_utf8(void **state)
 	assert_string_equal(log_escape_utf8("ab\xe2\x82\xac", out, 8), "ab\xe2\x82\xac");
 }
 
+/* The characters mtls-agentctl defuses: C0 (not NUL), DEL, and C1 in UTF-8; not UTF-8 text. */
+static void test_log_control_len(void **state)
+{
+	(void)state;
+	assert_int_equal(log_control_len(""), 0);
+	assert_int_equal(log_control_len("a"), 0);
+	assert_int_equal(log_control_len("\x1b[2J"), 1);
+	assert_int_equal(log_control_len("\n"), 1);
+	assert_int_equal(log_control_len("\x7f"), 1);
+	assert_int_equal(log_control_len("\xc2\x9b" "2J"), 2); /* CSI */
+	assert_int_equal(log_control_len("\xc2\x80"), 2);
+	assert_int_equal(log_control_len("\xc2\xa0"), 0); /* no-break space */
+	assert_int_equal(log_control_len("\xc3\xa9"), 0); /* é */
+	assert_int_equal(log_control_len("\xc2"), 0);	/* truncated: not a control */
+}
+
 /* The one scheme table answers the provider's and the engine's digest questions. */
 static void test_scheme_for_digest(void **state)
 {
@@ -322,6 +338,7 @@ int main(void)
 	    cmocka_unit_test(test_secret_file),
 	    cmocka_unit_test(test_spawn_clean),
 	    cmocka_unit_test(test_log_escape),
+	    cmocka_unit_test(test_log_control_len),
 	    cmocka_unit_test(test_log_escape_utf8),
 	    cmocka_unit_test(test_scheme_for_digest),
 	};

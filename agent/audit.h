@@ -11,7 +11,7 @@
 #ifndef MTLS_AGENT_AUDIT_H
 #define MTLS_AGENT_AUDIT_H
 
-#include "agent/acl.h"
+#include "conf/acl.h"
 
 /* Refusal entries allowed per second on average, and in one burst. */
 #define AUDIT_REFUSALS_PER_S 10u

@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#include "agent/acl.h"
+#include "conf/acl.h"
 #include "agent/state.h"
 #include "common/buf.h"
 

@@ -22,7 +22,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "agent/server.h"
 #include "agent/state.h"
 #include "common/log.h"

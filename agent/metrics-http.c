@@ -14,7 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent/acl.h"
+#include "conf/acl.h"
 #include "agent/metrics-http.h"
 #include "agent/metrics.h"
 #include "common/buf.h"

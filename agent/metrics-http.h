@@ -16,12 +16,10 @@
 #include <sys/socket.h>
 
 #include "agent/state.h"
+#include "conf/metrics-addr.h"
 
 #define METRICS_HTTP_MAX_REQUEST 8192u
 #define METRICS_HTTP_TIMEOUT_MS 5000
-
-/* Parses a loopback HOST:PORT (IPv4 "127.x.y.z:P", IPv6 "[::1]:P"); refuses other hosts. */
-int metrics_parse_addr(const char *value, struct sockaddr_storage *ss, char *err, size_t errlen);
 
 struct metrics_http;
 

@@ -9,7 +9,7 @@
 #include <openssl/asn1.h>
 #include <openssl/x509.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "agent/metrics.h"
 #include "renew/renew.h"
 #include "agent/state.h"

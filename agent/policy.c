@@ -2,7 +2,7 @@
 
 #include <string.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "agent/policy.h"
 #include "mtls-agent/client.h"
 

@@ -25,7 +25,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
-#include "agent/acl.h"
+#include "conf/acl.h"
 #include "agent/audit.h"
 #include "agent/dispatch.h"
 #include "agent/metrics-http.h"

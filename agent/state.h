@@ -21,7 +21,7 @@
 
 #include <openssl/x509.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "agent/metrics.h"
 #include "keystore/keystore.h"
 

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "client/ctl-check.h"
 
 /* --- the agent's configuration, read by the agent's own reader --- */
@@ -34,7 +34,7 @@ int check_read_config(struct doctor *d, const char *path, int given)
 	fclose(f);
 	d->conf_path = path;
 	/*
-	 * agent/config.c, as the agent loads it. The owner is judged by
+	 * conf/config.c, as the agent loads it. The owner is judged by
 	 * check_config_file() (root or the agent's user, which check learns from the
 	 * socket), so the reader takes the file's owner as the agent's here.
 	 */

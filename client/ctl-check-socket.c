@@ -12,8 +12,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "agent/acl.h"
-#include "agent/conf.h"
+#include "conf/acl.h"
+#include "conf/conf.h"
 #include "client/ctl-check.h"
 
 const char *user_name(uid_t uid, char *buf, size_t len)

@@ -12,7 +12,7 @@
 
 #include <openssl/x509.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "client/ctl-check.h"
 
 void add_finding(struct findings *fd, int warning, const char *fmt, ...)

@@ -31,7 +31,7 @@ void add_finding(struct findings *fd, int warning, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void findings_free(struct findings *fd);
 
-struct config; /* agent/conf.h: the agent's configuration, read by its own reader */
+struct config; /* conf/conf.h: the agent's configuration, read by its own reader */
 
 struct subject {
 	const char *kind; /* "config", "socket", "agent", "keystore" */

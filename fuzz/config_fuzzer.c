@@ -1,5 +1,5 @@
 /*
- * Fuzz target: the configuration reader (agent/config.c), the same one the
+ * Fuzz target: the configuration reader (conf/config.c), the same one the
  * daemon, `mtls-agent -n` and reloads use. The input is the file's text,
  * held in a memfd (mode 0600) named through /proc/self/fd. Either the file
  * loads, or there is exactly one non-empty error line.
@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "common/log.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -18,7 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "agent/dispatch.h"
 #include "common/log.h"
 #include "common/proto.h"

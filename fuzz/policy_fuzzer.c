@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "agent/policy.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

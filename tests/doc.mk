@@ -5,7 +5,7 @@
 #   man-lint.sh     mandoc -T lint -W warning on every page (skipped, loudly,
 #                   without mandoc); the pages name every mtls-agentctl
 #                   command, every mtls-agent option and every configuration
-#                   key of agent/config.c
+#                   key of conf/config.c
 #   check-doctor.sh mtls-agentctl check finds each problem of a prepared bad
 #                   setup with one line, and reports a good setup as good
 DOC_TESTS = \

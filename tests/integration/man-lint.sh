@@ -3,7 +3,7 @@
 # them (the test is skipped, loudly, when mandoc is not installed), each one
 # renders, and together they name what the programs have: every mtls-agentctl
 # command (from its --help), every mtls-agent long option (from its --help)
-# and every configuration key (from the key tables of agent/config.c).
+# and every configuration key (from the key tables of conf/config.c).
 #
 # Stand-alone (no token, no agent): needs top_srcdir, and MTLS_AGENT and
 # MTLS_AGENTCTL for the cross-checks (set by `make check`).
@@ -81,10 +81,10 @@ else
 	printf '%s: MTLS_AGENT not set or not built: options not cross-checked\n' "$NAME" >&2
 fi
 
-# Every key of the configuration, from the tables of agent/config.c.
+# Every key of the configuration, from the tables of conf/config.c.
 keys=$(sed -n '/^static const char \*const \(agent\|keystore\|identity\)_keys\[/,/^};/p' \
-	"$top_srcdir/agent/config.c" | grep -oE '"[a-z][a-z0-9-]*"' | tr -d '"' | sort -u)
-[ -n "$keys" ] || fail "no configuration keys found in agent/config.c"
+	"$top_srcdir/conf/config.c" | grep -oE '"[a-z][a-z0-9-]*"' | tr -d '"' | sort -u)
+[ -n "$keys" ] || fail "no configuration keys found in conf/config.c"
 for k in $keys; do
 	grep -qE "^\.It Cm $k( |$)" "$MAN_DIR/mtls-agent.conf.5" ||
 		fail "mtls-agent.conf.5 has no entry for the key '$k'"

@@ -17,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "agent/acl.h"
+#include "conf/acl.h"
 
 static struct peer make_peer(uid_t uid, gid_t gid, const gid_t *groups, size_t n)
 {

@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "renew/revocation.h"
 #include "keystore/keystore.h"
 

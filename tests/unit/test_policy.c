@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "agent/conf.h"
+#include "conf/conf.h"
 #include "agent/policy.h"
 #include "mtls-agent/client.h"
 

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "agent/metrics-http.h"
+#include "conf/metrics-addr.h"
 
 int metrics_parse_addr(const char *value, struct sockaddr_storage *ss, char *err, size_t errlen)
 {

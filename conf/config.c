@@ -16,15 +16,14 @@
 
 #include <openssl/x509.h>
 
-#include "agent/conf.h"
-#include "agent/metrics-http.h"
+#include "conf/conf.h"
+#include "conf/metrics-addr.h"
 #include "renew/renew-verify.h"
 #include "renew/revocation.h"
 #include "renew/sched.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "keystore/csr.h"
-#include "keystore/keystore.h"
 
 #ifndef MTLS_AGENT_DEFAULT_SOCKET
 #define MTLS_AGENT_DEFAULT_SOCKET "/run/mtls-agent/agent.sock"

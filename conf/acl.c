@@ -11,7 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "agent/acl.h"
+#include "conf/acl.h"
 #include "common/log.h"
 
 /* Linux 6.5+; Debian 12's headers predate it. 77 on the architectures using asm-generic's

@@ -1082,6 +1082,147 @@ static size_t count_keys(struct identity_rt *id)
 	return n;
 }
 
+/* How a step of renew_once() that failed leaves the journal (GO_ON: it did not fail). */
+enum { GO_ON, ABANDON /* the attempt is over: journal removed */, KEEP_JOURNAL };
+
+/*
+ * The key to certify: a pending one from an earlier attempt, the current one (rotate-key =
+ * no, a key that never had a certificate, too many generations), or a new one made under
+ * the journal, which names it before it exists (purge_half_key). Returns GO_ON, or how
+ * renew_once() must end, with msg.
+ */
+static int choose_key(struct identity_rt *id, const struct snapshot *snap, int bootstrap,
+		      struct journal *j, struct ks_key **new_key, char *msg, size_t msglen)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	char err[400], *ref; /* a detail, quoted in msg */
+	int r;
+
+	if (snap->pending != NULL && (cfg->rotate_key || snap->chain == NULL)) {
+		*new_key = snap->pending;
+		return GO_ON;
+	}
+	if (snap->cur != NULL && (snap->chain == NULL || !cfg->rotate_key)) {
+		*new_key = snap->cur; /* no rotation, or a key that never had a certificate */
+		return GO_ON;
+	}
+	if (snap->cur != NULL && snap->chain != NULL && !bootstrap && stalled(cfg->name) &&
+	    count_keys(id) >= RENEW_MAX_GENERATIONS) {
+		/*
+		 * Renewals that stall come as often as the backoff allows, and each
+		 * old key stays until its certificate expires: bounded whatever the
+		 * CA answers, the current key is renewed rather than the token filled.
+		 */
+		log_warn("identity \"%s\": %d key generations are in the keystore already; "
+			 "renewing without a new key until old ones retire",
+			 cfg->name, RENEW_MAX_GENERATIONS);
+		*new_key = snap->cur;
+		return GO_ON;
+	}
+	ref = keygen_ref(id, j->generating, sizeof(j->generating));
+	j->step = STEP_PREPARING;
+	j->bootstrap = bootstrap;
+	if (list_keys(id, j->known, sizeof(j->known)) != 0 || journal_write(id, j) != 0) {
+		free(ref);
+		snprintf(msg, msglen, "cannot write the renewal journal");
+		return KEEP_JOURNAL;
+	}
+	r = identity_keygen_ref(id, ref, keygen_type(cfg, snap->cur), new_key, err, sizeof(err));
+	free(ref);
+	if (r == 0)
+		return GO_ON;
+	snprintf(msg, msglen, "cannot make a new key: %s", err);
+	/* A key made but neither recorded nor deleted: the journal keeps it known. */
+	if (has_unrecorded_key(id, j))
+		return KEEP_JOURNAL;
+	pthread_mutex_lock(&id->lock);
+	purge_half_key(id, j->generating);
+	pthread_mutex_unlock(&id->lock);
+	return ABANDON;
+}
+
+/*
+ * The subject to request: the configured one for an enrollment, else the (possibly
+ * expired) certificate's. NULL with msg when there is none.
+ */
+static X509_NAME *request_subject(struct identity_rt *id, int bootstrap,
+				  const struct snapshot *snap, char *msg, size_t msglen)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	X509_NAME *subject = NULL;
+	char err[400]; /* a detail, quoted in msg */
+
+	if (cfg->subject != NULL && (bootstrap || snap->chain == NULL)) {
+		if (csr_parse_subject(cfg->subject, &subject, err, sizeof(err)) != 0)
+			snprintf(msg, msglen, "subject %s: %s", cfg->subject, err);
+		return subject;
+	}
+	pthread_mutex_lock(&id->lock);
+	if (id->chain != NULL)
+		subject = X509_NAME_dup(X509_get_subject_name(sk_X509_value(id->chain, 0)));
+	pthread_mutex_unlock(&id->lock);
+	if (subject == NULL)
+		snprintf(msg, msglen, "no subject to request: set subject = /CN=... for enrollment "
+				      "without a certificate");
+	return subject;
+}
+
+/* Who authenticates the request: the bootstrap credential, renew-auth, or the current key. */
+static void request_credentials(struct enroll_request *req, const struct cfg_identity *cfg,
+				int bootstrap, const struct boot *boot, const struct boot *auth)
+{
+	if (bootstrap && cfg->bootstrap == BOOTSTRAP_SECRET) {
+		req->secret_ref = cfg->bootstrap_ref;
+		req->secret = (const uint8_t *)boot->secret;
+		req->secret_len = strlen(boot->secret);
+	} else if (bootstrap && cfg->bootstrap == BOOTSTRAP_BASIC) {
+		req->basic_user = boot->user;
+		req->basic_pass = boot->pass;
+	} else if (bootstrap) {
+		req->boot_key = boot->key;
+		req->boot_chain = boot->chain;
+	} else if (auth->key != NULL && cfg->renew == RENEW_CMP) {
+		/*
+		 * A KUR must be signed with the certificate it updates (RFC 9483 4.1.3), which is
+		 * what an allowed application could do too: with renew-auth the renewal is an IR
+		 * signed by the enrollment credential, for the current subject.
+		 */
+		req->kind = ENROLL_BOOTSTRAP;
+		req->cur_chain = NULL;
+		req->boot_key = auth->key;
+		req->boot_chain = auth->chain;
+	} else if (auth->key != NULL) {
+		req->auth_key = auth->key;
+		req->auth_chain = auth->chain;
+	}
+}
+
+/* The request's fixed parts: the CA, its trust, the keys, the callbacks that commit. */
+static void request_fill(struct enroll_request *req, struct txn *t, int bootstrap,
+			 const struct snapshot *snap, EVP_PKEY *cur_pkey, X509_NAME *signer_name)
+{
+	const struct cfg_identity *cfg = t->id->cfg;
+
+	req->kind = bootstrap ? ENROLL_BOOTSTRAP : ENROLL_RENEW;
+	req->url = cfg->ca_url;
+	req->trust_file = t->trust;
+	req->libctx = renew_prov_libctx();
+	req->timeout_s = cfg->ca_timeout;
+	req->cur_key = cur_pkey;
+	req->cur_chain = bootstrap ? NULL : snap->chain;
+	req->new_key = t->new_pkey;
+	req->subject = t->subject;
+	req->stage = stage_chain;
+	req->progress = confirm_step;
+	req->install = install_chain;
+	req->commit_arg = t;
+	req->signer_file = cfg->ca_signer;
+	req->signer_name = signer_name;
+	req->own_chain = snap->chain;
+	req->implicit_confirm = cfg->implicit_confirm;
+	req->ca_pubs = offer_ca_pubs;
+}
+
 /*
  * One enrollment transaction. Returns the outcome (enum enroll_outcome) with
  * a line in msg and a server hint in *hint (-1: none).
@@ -1102,9 +1243,9 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	uint8_t *csr = NULL;
 	size_t csr_len = 0;
 	struct txn t = {0};
-	char err[400], *trust = NULL;
+	char err[400], *trust = NULL; /* err: a detail, quoted in msg */
 	time_t now = time(NULL);
-	int outcome = ENROLL_LOCAL, r;
+	int outcome = ENROLL_LOCAL;
 
 	*hint = -1;
 	/* A journal left by a failed attempt (a key that could not be recorded) comes first. */
@@ -1128,48 +1269,11 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		outcome = ENROLL_NOT_AUTHORIZED;
 		goto out;
 	}
-	/* The key to certify: a pending one from an earlier attempt, or a new one. */
-	if (snap.pending != NULL && (cfg->rotate_key || snap.chain == NULL))
-		new_key = snap.pending;
-	else if (snap.chain == NULL && snap.cur != NULL)
-		new_key = snap.cur; /* a key that never had a certificate */
-	else if (!cfg->rotate_key && snap.cur != NULL)
-		new_key = snap.cur;
-	else if (snap.cur != NULL && snap.chain != NULL && !bootstrap && stalled(cfg->name) &&
-		 count_keys(id) >= RENEW_MAX_GENERATIONS) {
-		/*
-		 * Renewals that stall come as often as the backoff allows, and each
-		 * old key stays until its certificate expires: bounded whatever the
-		 * CA answers, the current key is renewed rather than the token filled.
-		 */
-		log_warn("identity \"%s\": %d key generations are in the keystore already; "
-			 "renewing without a new key until old ones retire",
-			 cfg->name, RENEW_MAX_GENERATIONS);
-		new_key = snap.cur;
-	} else {
-		/* The journal names the key (its id) before it exists: see purge_half_key. */
-		char *ref = keygen_ref(id, j.generating, sizeof(j.generating));
-
-		j.step = STEP_PREPARING;
-		j.bootstrap = bootstrap;
-		if (list_keys(id, j.known, sizeof(j.known)) != 0 || journal_write(id, &j) != 0) {
-			free(ref);
-			snprintf(msg, msglen, "cannot write the renewal journal");
-			goto out;
-		}
-		r = identity_keygen_ref(id, ref, keygen_type(cfg, snap.cur), &new_key, err,
-					sizeof(err));
-		free(ref);
-		if (r != 0) {
-			snprintf(msg, msglen, "cannot make a new key: %s", err);
-			/* A key made but neither recorded nor deleted: the journal keeps it known. */
-			if (has_unrecorded_key(id, &j))
-				goto out;
-			pthread_mutex_lock(&id->lock);
-			purge_half_key(id, j.generating);
-			pthread_mutex_unlock(&id->lock);
-			goto out_journal;
-		}
+	switch (choose_key(id, &snap, bootstrap, &j, &new_key, msg, msglen)) {
+	case KEEP_JOURNAL:
+		goto out;
+	case ABANDON:
+		goto out_journal;
 	}
 	j.known[0] = '\0';
 	j.generating[0] = '\0';
@@ -1193,23 +1297,8 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 		snprintf(msg, msglen, "%s", err);
 		goto out_journal;
 	}
-	/* The configured subject for an enrollment; else the (possibly expired) certificate's. */
-	if (cfg->subject != NULL && (bootstrap || snap.chain == NULL)) {
-		if (csr_parse_subject(cfg->subject, &subject, err, sizeof(err)) != 0) {
-			snprintf(msg, msglen, "subject %s: %s", cfg->subject, err);
-			goto out_journal;
-		}
-	} else {
-		pthread_mutex_lock(&id->lock);
-		if (id->chain != NULL)
-			subject = X509_NAME_dup(X509_get_subject_name(sk_X509_value(id->chain, 0)));
-		pthread_mutex_unlock(&id->lock);
-	}
-	if (subject == NULL) {
-		snprintf(msg, msglen, "no subject to request: set subject = /CN=... for enrollment "
-				      "without a certificate");
+	if ((subject = request_subject(id, bootstrap, &snap, msg, msglen)) == NULL)
 		goto out_journal;
-	}
 	if (cfg->ca_sender != NULL &&
 	    csr_parse_subject(cfg->ca_sender, &signer_name, err, sizeof(err)) != 0) {
 		snprintf(msg, msglen, "ca-sender %s: %s", cfg->ca_sender, err);
@@ -1228,57 +1317,17 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	t.new_pkey = new_pkey;
 	t.subject = subject;
 	t.journal = &j;
-	req.kind = bootstrap ? ENROLL_BOOTSTRAP : ENROLL_RENEW;
-	req.url = cfg->ca_url;
 	if (cfg->renew == RENEW_EST)
 		t.extra = cacerts_refresh(id);
 	if ((trust = cacerts_trust_file(id)) == NULL) {
 		snprintf(msg, msglen, "out of memory");
 		goto out_journal;
 	}
-	req.trust_file = trust;
 	t.trust = trust;
-	req.libctx = renew_prov_libctx();
-	req.timeout_s = cfg->ca_timeout;
-	req.cur_key = cur_pkey;
-	req.cur_chain = bootstrap ? NULL : snap.chain;
-	req.new_key = new_pkey;
-	req.subject = subject;
+	request_fill(&req, &t, bootstrap, &snap, cur_pkey, signer_name);
 	req.csr_der = csr;
 	req.csr_len = csr_len;
-	if (bootstrap && cfg->bootstrap == BOOTSTRAP_SECRET) {
-		req.secret_ref = cfg->bootstrap_ref;
-		req.secret = (const uint8_t *)boot.secret;
-		req.secret_len = strlen(boot.secret);
-	} else if (bootstrap && cfg->bootstrap == BOOTSTRAP_BASIC) {
-		req.basic_user = boot.user;
-		req.basic_pass = boot.pass;
-	} else if (bootstrap) {
-		req.boot_key = boot.key;
-		req.boot_chain = boot.chain;
-	} else if (auth.key != NULL && cfg->renew == RENEW_CMP) {
-		/*
-		 * A KUR must be signed with the certificate it updates (RFC 9483 4.1.3), which is
-		 * what an allowed application could do too: with renew-auth the renewal is an IR
-		 * signed by the enrollment credential, for the current subject.
-		 */
-		req.kind = ENROLL_BOOTSTRAP;
-		req.cur_chain = NULL;
-		req.boot_key = auth.key;
-		req.boot_chain = auth.chain;
-	} else if (auth.key != NULL) {
-		req.auth_key = auth.key;
-		req.auth_chain = auth.chain;
-	}
-	req.stage = stage_chain;
-	req.progress = confirm_step;
-	req.install = install_chain;
-	req.commit_arg = &t;
-	req.signer_file = cfg->ca_signer;
-	req.signer_name = signer_name;
-	req.own_chain = snap.chain;
-	req.implicit_confirm = cfg->implicit_confirm;
-	req.ca_pubs = offer_ca_pubs;
+	request_credentials(&req, cfg, bootstrap, &boot, &auth);
 	j.step = STEP_REQUESTED;
 	if (journal_write(id, &j) != 0) {
 		snprintf(msg, msglen, "cannot write the renewal journal");

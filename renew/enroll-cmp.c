@@ -18,6 +18,7 @@
  */
 #include "config.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -31,6 +32,7 @@
 #include <openssl/x509v3.h>
 
 #include "common/certcheck.h"
+#include "renew/cmp-pbm.h"
 #include "renew/enroll-cmp.h"
 #include "renew/enroll.h"
 #include "renew/renew.h"
@@ -126,6 +128,32 @@ static OSSL_CMP_MSG *cmp_transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *msg)
 	if ((der_len = i2d_OSSL_CMP_MSG(msg, &der)) <= 0) {
 		snprintf(t->transport_err, sizeof(t->transport_err), "cannot encode the request");
 		return NULL;
+	}
+	/*
+	 * A request MACed with the bootstrap secret (IR, then certConf/pollReq)
+	 * carries OpenSSL's fixed 500 PBM iterations: re-protect it with
+	 * CMP_PBM_ITERATIONS (renew/cmp-pbm.c). Signed requests pass unchanged.
+	 */
+	if (t->req->secret != NULL) {
+		unsigned char *reprot = NULL;
+		size_t reprot_len = 0;
+		char why[128];
+		int r = cmp_pbm_reprotect(t->req->libctx, NULL, der, (size_t)der_len,
+					  t->req->secret, t->req->secret_len, CMP_PBM_ITERATIONS,
+					  &reprot, &reprot_len, why, sizeof(why));
+
+		if (r < 0 || (r > 0 && reprot_len > INT_MAX)) {
+			snprintf(t->transport_err, sizeof(t->transport_err),
+				 "cannot re-protect the request: %s", r < 0 ? why : "too large");
+			OPENSSL_free(reprot);
+			OPENSSL_free(der);
+			return NULL;
+		}
+		if (r > 0) {
+			OPENSSL_free(der);
+			der = reprot;
+			der_len = (int)reprot_len;
+		}
 	}
 	headers = curl_slist_append(headers, "Content-Type: application/pkixcmp");
 	headers = curl_slist_append(headers, "Expect:");
@@ -567,12 +595,11 @@ static OSSL_CMP_CTX *cmp_setup(const struct enroll_request *req, struct cmp_txn 
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_IMPLICIT_CONFIRM, req->implicit_confirm ? 1 : 0);
 	/*
 	 * PBM (bootstrap secret): HMAC-SHA256 rather than OpenSSL 3.0's default
-	 * HMAC-SHA1 (RFC 9481 4.1.1). The iteration count stays OpenSSL's fixed
-	 * 500: no release has a public setter, and re-protecting each request in
-	 * the transfer callback would mean rewriting its header's protectionAlg
-	 * and its protection in the DER by hand (no public setters either; see
-	 * README, bootstrap secrets). A captured IR is open to offline guessing,
-	 * hence the config-time warnings about short secrets and http://.
+	 * HMAC-SHA1 (RFC 9481 4.1.1). OpenSSL's iteration count is a fixed 500
+	 * with no setter; cmp_transfer() re-protects each MACed request with
+	 * CMP_PBM_ITERATIONS (100000, the most an OpenSSL-based verifier
+	 * accepts). A captured IR is still open to offline guessing, hence the
+	 * config-time warnings about short secrets and http://.
 	 */
 	OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_MAC_ALGNID, NID_hmacWithSHA256);
 	if (req->signer_name != NULL && !OSSL_CMP_CTX_set1_expected_sender(ctx, req->signer_name))

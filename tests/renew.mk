@@ -8,6 +8,7 @@ RENEW_TESTS = \
 	tests/integration/renew-est.sh \
 	tests/integration/renew-tpm.sh \
 	tests/integration/renew-openssl-cmp.sh \
+	tests/integration/renew-openssl-cmp-pbm.sh \
 	tests/integration/renew-faults-est.sh \
 	tests/integration/renew-faults-cmp.sh \
 	tests/integration/renew-expired.sh \

@@ -35,7 +35,8 @@
 #     key queued for retirement whose certificate has not expired still present (TPM: a
 #     block of the key file), the current key the certificate's (TPM: the first block),
 #     the key of the certificate file the kill left still present, `status` generations
-#     equal to that count;
+#     equal to that count; PKCS#11: two non-empty object files per key pair in SoftHSM's
+#     token directory (empty object files and lock files without object are counted);
 #   - a journal step before the installation was rolled back (same serial), one after
 #     it was completed (new serial);
 #   - the served certificate is the initial one or one the CA issued (EST), confirmed
@@ -224,6 +225,27 @@ PY
 	done
 }
 
+# The token's files (SoftHSM's file store): two non-empty object files per key pair
+# besides token.object. A kill inside SoftHSM's object creation can leave an empty
+# object file or a lock file without its object, which PKCS#11 does not show (issue 12
+# found 68 after 500 kills): counted (EMPTY_MAX, ORPHAN_LOCKS), not failed on.
+EMPTY_MAX=0 ORPHAN_LOCKS=0
+token_files_ok() {
+	local dir n e l f
+	dir=$(dirname "$(find "$WORK/softhsm/tokens" -name token.object | head -n 1)")
+	n=$(find "$dir" -name '*.object' ! -name token.object ! -empty | wc -l)
+	[ "$n" -eq $((2 * NKEYS)) ] ||
+		fail "$WHAT: $n non-empty object files in the token directory for $NKEYS key pairs (expected $((2 * NKEYS)))"
+	e=$(find "$dir" -name '*.object' -empty | wc -l)
+	[ "$e" -le "$EMPTY_MAX" ] || EMPTY_MAX=$e
+	l=0
+	for f in "$dir"/*.lock; do
+		[ -e "${f%.lock}.object" ] || l=$((l + 1))
+	done
+	ORPHAN_LOCKS=$l
+	TOKEN_EMPTY=$e
+}
+
 # Objects of class CLASS (privkey, pubkey) on the token, one CKA_ID (lowercase) per line, sorted.
 token_ids() { # CLASS
 	pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$TOKEN_LABEL" --login --pin "$USER_PIN" \
@@ -300,6 +322,7 @@ keystore_ok() { # FP_OF_THE_FILE_THE_KILL_LEFT
 	[ -z "$left" ] || grep -q " $left\$" <<<"$lines" ||
 		fail "$WHAT: the key of the certificate file the kill left is gone from the keystore"
 	NKEYS=$(grep -c . <<<"$ids")
+	[ "$BACKEND" != pkcs11 ] || token_files_ok
 	[ "$NKEYS" -eq $((1 + nq + (${#other} > 0 ? 1 : 0))) ] || fail "$WHAT: $NKEYS keys (internal error of the check)"
 	assert_eq "$(status_field "$ID" generations)" "$NKEYS" "$WHAT: status generations"
 	NQUEUED=$nq
@@ -494,6 +517,12 @@ purged=$(grep -c 'that an interrupted key generation left without its private ke
 		"$BACKEND" "$PROTO" "$HS_TRIED" "$HS_FAILED" "$SIGCHECKS"
 	printf 'SOAK %s/%s: final keystore: %d keys (%d queued for retirement, %d pending)\n' \
 		"$BACKEND" "$PROTO" "$NKEYS" "$NQUEUED" "$HAS_PENDING"
+	if [ "$BACKEND" = pkcs11 ]; then
+		printf 'SOAK %s/%s: token directory: %d object files for %d key pairs; empty object files: %d at the end, at most %d; lock files without object: %d\n' \
+			"$BACKEND" "$PROTO" $((2 * NKEYS)) "$NKEYS" "$TOKEN_EMPTY" "$EMPTY_MAX" "$ORPHAN_LOCKS"
+	else
+		printf 'SOAK %s/%s: key file: %d TSS2 PRIVATE KEY blocks\n' "$BACKEND" "$PROTO" "$NKEYS"
+	fi
 } >&2
 if [ "$KILLS" -ge 30 ] && [ -n "${LANDED[inside keygen-inside]:-}" ] && [ "${LANDED[inside keygen-inside]}" -ge 10 ]; then
 	[ "$INSIDE" -gt 0 ] || fail "no kill landed inside key generation: the soak proves less than it says (timer 0..$DELAY_MS ms)"

@@ -225,19 +225,28 @@ PY
 	done
 }
 
-# The token's files (SoftHSM's file store): two non-empty object files per key pair
-# besides token.object. A kill inside SoftHSM's object creation can leave an empty
-# object file or a lock file without its object, which PKCS#11 does not show (issue 12
-# found 68 after 500 kills): counted (EMPTY_MAX, ORPHAN_LOCKS), not failed on.
-EMPTY_MAX=0 ORPHAN_LOCKS=0
+# The token's files (SoftHSM's file store): two object files per key pair besides
+# token.object. A kill inside SoftHSM's object creation can leave an empty object file,
+# an object file SoftHSM does not load, or a lock file without its object; PKCS#11 does
+# not show them, so no agent can remove them (issue 12 found 68 empty files after 500
+# kills). Counted for the figures (the first occurrence of each is logged), not failed on.
+EMPTY_MAX=0 ORPHAN_LOCKS=0 EXTRA_FILES=0 EXTRA_MAX=0
 token_files_ok() {
 	local dir n e l f
 	dir=$(dirname "$(find "$WORK/softhsm/tokens" -name token.object | head -n 1)")
 	n=$(find "$dir" -name '*.object' ! -name token.object ! -empty | wc -l)
-	[ "$n" -eq $((2 * NKEYS)) ] ||
-		fail "$WHAT: $n non-empty object files in the token directory for $NKEYS key pairs (expected $((2 * NKEYS)))"
+	EXTRA_FILES=$((n - 2 * NKEYS))
+	[ "$EXTRA_FILES" -ge 0 ] ||
+		fail "$WHAT: $n non-empty object files in the token directory for $NKEYS key pairs"
+	if [ "$EXTRA_FILES" -gt "$EXTRA_MAX" ]; then
+		EXTRA_MAX=$EXTRA_FILES
+		log "$WHAT: $n non-empty object files in the token directory for $NKEYS key pairs (SoftHSM debris): $(cd "$dir" && ls -l --time-style=+%T -- *.object | awk '{print $5, $6, $7}' | tr '\n' ';')"
+	fi
 	e=$(find "$dir" -name '*.object' -empty | wc -l)
-	[ "$e" -le "$EMPTY_MAX" ] || EMPTY_MAX=$e
+	if [ "$e" -gt "$EMPTY_MAX" ]; then
+		EMPTY_MAX=$e
+		log "$WHAT: $e empty object files in the token directory (SoftHSM debris)"
+	fi
 	l=0
 	for f in "$dir"/*.lock; do
 		[ -e "${f%.lock}.object" ] || l=$((l + 1))
@@ -281,13 +290,17 @@ credential_ok() {
 # lost. Sets NKEYS, NQUEUED, HAS_PENDING.
 keystore_ok() { # FP_OF_THE_FILE_THE_KILL_LEFT
 	local left=$1 lines ids now k na cur="" other="" pend="" first="" nq=0 fp
+	# The retirement queue before the keystore: a retirement between the two reads then
+	# shows as a queued key already gone, never as a key nobody knows.
+	: >"$WORK/retire.snap"
+	[ ! -s "$RETIRE" ] || cp "$RETIRE" "$WORK/retire.snap"
 	keystore_fps
 	lines=$(cat "$WORK/keys.txt")
 	ids=$(cut -d' ' -f1 <<<"$lines" | grep . | sort)
 	[ "$(sort -u <<<"$ids")" = "$ids" ] || fail "$WHAT: a key is twice in the keystore: $(tr '\n' ' ' <<<"$ids")"
 	now=$(date +%s)
 	declare -A queued=()
-	if [ -s "$RETIRE" ]; then
+	if [ -s "$WORK/retire.snap" ]; then
 		while read -r k na; do
 			[ -n "$k" ] || continue
 			[ -z "${queued[$k]:-}" ] || fail "$WHAT: key $k is queued twice for retirement"
@@ -297,7 +310,7 @@ keystore_ok() { # FP_OF_THE_FILE_THE_KILL_LEFT
 			elif [ "$na" -gt "$((now + 1))" ]; then
 				fail "$WHAT: key $k queued for retirement until $na (its certificate is valid) is gone from the keystore: a credential was lost"
 			fi
-		done <"$RETIRE"
+		done <"$WORK/retire.snap"
 	fi
 	[ ! -s "$PENDING" ] || pend=$(tr -d ' \n' <"$PENDING")
 	[ -z "$pend" ] || grep -qx "$pend" <<<"$ids" || fail "$WHAT: the pending key $pend is not in the keystore"
@@ -394,7 +407,7 @@ renew_bg() {
 	done
 }
 
-RESTARTS=0 SIGCHECKS=0 HS_TRIED=0 HS_FAILED=0 INSIDE=0 DELAYED=0 NOKILL_FAIL=0
+RESTARTS=0 REFRESHES=0 SIGCHECKS=0 HS_TRIED=0 HS_FAILED=0 INSIDE=0 DELAYED=0 NOKILL_FAIL=0
 # How long a clean renewal takes here: the random delays are spread over it.
 WHAT="clean renewal"
 t0=$(now_ms)
@@ -489,6 +502,15 @@ for i in $(seq 1 "$KILLS"); do
 	ca_saw_ok "$s1"
 	[ $((i % HS_EVERY)) -ne 0 ] || handshake
 	log "$WHAT: $key, journal ${jstep:-none}, certificate $outcome ($s1), $NKEYS keys ($NQUEUED queued, $HAS_PENDING pending)"
+	# Kills that land before the installation keep the old certificate: a clean renewal
+	# once it is half through its life, so that the schedule never starts one by itself
+	# (renew-at 99%) while the checks look.
+	if ! openssl x509 -in "$CERT_FILE" -noout -checkend $((LIFETIME / 2)) >/dev/null 2>&1; then
+		assert_ok ctl renew "$ID"
+		REFRESHES=$((REFRESHES + 1))
+		credential_ok
+		keystore_ok ""
+	fi
 done
 
 WHAT="after the soak"
@@ -500,14 +522,38 @@ handshake
 [ ! -e "$JOURNAL" ] || fail "a journal is left after the final renewal"
 stale=$(find "$STATE_DIR" -name '*.tmp.*' | wc -l)
 [ "$stale" -eq 0 ] || fail "$stale temporary files left in the state dir: $(find "$STATE_DIR" -name '*.tmp.*')"
+
+# A kill between the retirement's destroying a private key and its public key (agent/renew.c
+# retire_due, keystore/ks-pkcs11.c destroy_key_objects) leaves the public key alone; the
+# retirement entry stays. The next retirement pass must remove it (the soak found such a
+# lone public key 30 kills in, once the first certificates had expired). The state such a
+# kill leaves is made here by hand: an old key's certificate expired, its private key gone.
+if [ "$BACKEND" = pkcs11 ]; then
+	WHAT="retirement interrupted after the private key"
+	agent_stop
+	old=$(cut -d' ' -f1 "$RETIRE" | head -n 1)
+	[ -n "$old" ] || fail "$WHAT: no key queued for retirement"
+	awk -v k="$old" '$1 == k {$2 = 1} {print}' "$RETIRE" >"$RETIRE.new" && mv "$RETIRE.new" "$RETIRE"
+	pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$TOKEN_LABEL" --login --pin "$USER_PIN" \
+		--delete-object --type privkey --id "$old" >/dev/null 2>&1 || fail "$WHAT: cannot delete private key $old"
+	token_ids pubkey | grep -qx "$old" || fail "$WHAT: the public key $old is not there to begin with"
+	agent_start
+	wait_until 20 sh -c "! grep -q '^$old ' '$RETIRE'" || fail "$WHAT: the retirement entry of $old stays"
+	token_ids pubkey | grep -qx "$old" && fail "$WHAT: the public key $old is left on the token without its private key"
+	grep -q "removed 1 object(s) of key ${old:0:16}... that an interrupted retirement left" "$AGENT_LOG" ||
+		fail "$WHAT: the agent did not log removing the lone public key"
+	credential_ok
+	keystore_ok ""
+	log "$WHAT: the lone public key $old was removed"
+fi
 agent_stop
 [ "$BACKEND" != tpm ] || swtpm_stop
 purged=$(grep -c 'that an interrupted key generation left without its private key' "$AGENT_LOG" || true)
 
 # Figures (docs/SOAK.md).
 {
-	printf 'SOAK %s/%s: %d kills, %d restarts, wall %d s (one clean renewal %d ms)\n' "$BACKEND" "$PROTO" \
-		"$KILLS" "$RESTARTS" $((SECONDS - T_START)) "$CLEAN_MS"
+	printf 'SOAK %s/%s: %d kills, %d restarts, %d clean renewals between kills (certificate half through its life), wall %d s (one clean renewal %d ms)\n' \
+		"$BACKEND" "$PROTO" "$KILLS" "$RESTARTS" "$REFRESHES" $((SECONDS - T_START)) "$CLEAN_MS"
 	for k in "${!LANDED[@]}"; do printf 'SOAK %s/%s: landed %s: %d\n' "$BACKEND" "$PROTO" "$k" "${LANDED[$k]}"; done | sort
 	for k in "${!JSTEPS[@]}"; do printf 'SOAK %s/%s: journal at kill %s: %d\n' "$BACKEND" "$PROTO" "$k" "${JSTEPS[$k]}"; done | sort
 	for k in "${!OUTCOMES[@]}"; do printf 'SOAK %s/%s: outcome %s: %d\n' "$BACKEND" "$PROTO" "$k" "${OUTCOMES[$k]}"; done | sort
@@ -518,8 +564,8 @@ purged=$(grep -c 'that an interrupted key generation left without its private ke
 	printf 'SOAK %s/%s: final keystore: %d keys (%d queued for retirement, %d pending)\n' \
 		"$BACKEND" "$PROTO" "$NKEYS" "$NQUEUED" "$HAS_PENDING"
 	if [ "$BACKEND" = pkcs11 ]; then
-		printf 'SOAK %s/%s: token directory: %d object files for %d key pairs; empty object files: %d at the end, at most %d; lock files without object: %d\n' \
-			"$BACKEND" "$PROTO" $((2 * NKEYS)) "$NKEYS" "$TOKEN_EMPTY" "$EMPTY_MAX" "$ORPHAN_LOCKS"
+		printf 'SOAK %s/%s: token directory: %d key pairs; object files PKCS#11 does not show: %d at the end, at most %d; empty object files: %d at the end, at most %d; lock files without object: %d\n' \
+			"$BACKEND" "$PROTO" "$NKEYS" "$EXTRA_FILES" "$EXTRA_MAX" "$TOKEN_EMPTY" "$EMPTY_MAX" "$ORPHAN_LOCKS"
 	else
 		printf 'SOAK %s/%s: key file: %d TSS2 PRIVATE KEY blocks\n' "$BACKEND" "$PROTO" "$NKEYS"
 	fi

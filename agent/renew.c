@@ -564,7 +564,8 @@ static void purge_half_key(struct identity_rt *id, const char *hex, const char *
 	for (i = 0; hex[i] != '\0'; i += 2)
 		snprintf(ref + strlen(ref), len - strlen(ref), "%%%c%c", hex[i], hex[i + 1]);
 	if (ks_purge_half(id->ks, ref, &purged, err, sizeof(err)) != 0)
-		log_warn("identity \"%s\": cannot remove what an interrupted %s left (id %.16s...): %s",
+		log_warn("identity \"%s\": cannot remove what an interrupted %s left "
+			 "(id %.16s...): %s",
 			 id->cfg->name, what, hex, err);
 	else if (purged > 0)
 		log_info("identity \"%s\": removed %u object(s) of key %.16s... that an interrupted "

@@ -35,8 +35,9 @@
 #     key queued for retirement whose certificate has not expired still present (TPM: a
 #     block of the key file), the current key the certificate's (TPM: the first block),
 #     the key of the certificate file the kill left still present, `status` generations
-#     equal to that count; PKCS#11: two non-empty object files per key pair in SoftHSM's
-#     token directory (empty object files and lock files without object are counted);
+#     equal to that count; PKCS#11: in SoftHSM's token directory, object files PKCS#11
+#     does not show, empty ones and lock files without object are counted (SoftHSM's
+#     debris, out of any PKCS#11 application's reach);
 #   - a journal step before the installation was rolled back (same serial), one after
 #     it was completed (new serial);
 #   - the served certificate is the initial one or one the CA issued (EST), confirmed
@@ -54,11 +55,17 @@ PROTO=${SOAK_PROTO:-est}
 KILLS=${SOAK_KILLS:-30}
 HS_EVERY=${SOAK_HANDSHAKE_EVERY:-10}
 MODES=${SOAK_MODES:-point inside external}
-# Certificates of 180 s: old keys leave the keystore during a long soak (retirement
-# is part of what a kill may interrupt); renew-at 99% keeps the schedule quiet (it
-# would take about 40 roll-backs in a row to reach it, and a renewal the agent starts
-# by itself after a restart would race the checks).
-LIFETIME=${SOAK_LIFETIME:-180}
+# Short certificates (SoftHSM 120 s, swtpm 45 s): old keys leave the keystore during the
+# soak (retirement is part of what a kill may interrupt), and a TSS2 key file, which
+# holds at most 8 generations (keystore/ks-tpm2.c: the renewal fails until one retires),
+# stays below that at this test's renewal rate. renew-at 99% and a clean renewal between
+# kills once the certificate is half through its life keep the schedule quiet: a renewal
+# the agent starts by itself after a restart would race the checks.
+if [ "${SOAK_BACKEND:-pkcs11}" = tpm ]; then
+	LIFETIME=${SOAK_LIFETIME:-45}
+else
+	LIFETIME=${SOAK_LIFETIME:-120}
+fi
 case "$KILLS$HS_EVERY$LIFETIME" in
 '' | *[!0-9]*) fail "SOAK_KILLS, SOAK_HANDSHAKE_EVERY, SOAK_LIFETIME must be numbers" ;;
 esac
@@ -235,9 +242,9 @@ token_files_ok() {
 	local dir n e l f
 	dir=$(dirname "$(find "$WORK/softhsm/tokens" -name token.object | head -n 1)")
 	n=$(find "$dir" -name '*.object' ! -name token.object ! -empty | wc -l)
+	# Fewer files than objects: SoftHSM rewrites an object file in place (a key the
+	# agent touches while this looks); not counted.
 	EXTRA_FILES=$((n - 2 * NKEYS))
-	[ "$EXTRA_FILES" -ge 0 ] ||
-		fail "$WHAT: $n non-empty object files in the token directory for $NKEYS key pairs"
 	if [ "$EXTRA_FILES" -gt "$EXTRA_MAX" ]; then
 		EXTRA_MAX=$EXTRA_FILES
 		log "$WHAT: $n non-empty object files in the token directory for $NKEYS key pairs (SoftHSM debris): $(cd "$dir" && ls -l --time-style=+%T -- *.object | awk '{print $5, $6, $7}' | tr '\n' ';')"
@@ -289,7 +296,7 @@ credential_ok() {
 # The keystore holds current + pending + queued for retirement, nothing else, nothing
 # lost. Sets NKEYS, NQUEUED, HAS_PENDING.
 keystore_ok() { # FP_OF_THE_FILE_THE_KILL_LEFT
-	local left=$1 lines ids now k na cur="" other="" pend="" first="" nq=0 fp
+	local left=$1 lines ids now k na cur="" other="" pend="" first="" nq=0 fp n
 	# The retirement queue before the keystore: a retirement between the two reads then
 	# shows as a queued key already gone, never as a key nobody knows.
 	: >"$WORK/retire.snap"
@@ -337,7 +344,17 @@ keystore_ok() { # FP_OF_THE_FILE_THE_KILL_LEFT
 	NKEYS=$(grep -c . <<<"$ids")
 	[ "$BACKEND" != pkcs11 ] || token_files_ok
 	[ "$NKEYS" -eq $((1 + nq + (${#other} > 0 ? 1 : 0))) ] || fail "$WHAT: $NKEYS keys (internal error of the check)"
-	assert_eq "$(status_field "$ID" generations)" "$NKEYS" "$WHAT: status generations"
+	# The agent's own count; a retirement that ran meanwhile changes both: look again.
+	local g t
+	n=$NKEYS
+	for t in 1 2 3 4 5; do
+		g=$(status_field "$ID" generations)
+		[ "$g" != "$n" ] || break
+		[ "$t" -lt 5 ] || fail "$WHAT: status generations: $g, keys in the keystore: $n"
+		sleep 0.3
+		keystore_fps
+		n=$(grep -c . "$WORK/keys.txt" || true)
+	done
 	NQUEUED=$nq
 	HAS_PENDING=$((${#other} > 0 ? 1 : 0))
 }
@@ -407,7 +424,7 @@ renew_bg() {
 	done
 }
 
-RESTARTS=0 REFRESHES=0 SIGCHECKS=0 HS_TRIED=0 HS_FAILED=0 INSIDE=0 DELAYED=0 NOKILL_FAIL=0
+RESTARTS=0 REFRESHES=0 CAPPED=0 SIGCHECKS=0 HS_TRIED=0 HS_FAILED=0 INSIDE=0 DELAYED=0 NOKILL_FAIL=0
 # How long a clean renewal takes here: the random delays are spread over it.
 WHAT="clean renewal"
 t0=$(now_ms)
@@ -506,8 +523,15 @@ for i in $(seq 1 "$KILLS"); do
 	# once it is half through its life, so that the schedule never starts one by itself
 	# (renew-at 99%) while the checks look.
 	if ! openssl x509 -in "$CERT_FILE" -noout -checkend $((LIFETIME / 2)) >/dev/null 2>&1; then
-		assert_ok ctl renew "$ID"
-		REFRESHES=$((REFRESHES + 1))
+		if ctl renew "$ID" >"$WORK/refresh.out" 2>&1; then
+			REFRESHES=$((REFRESHES + 1))
+		elif grep -q 'no new key until one is retired' "$WORK/refresh.out"; then
+			# The TSS2 key file is full (the old keys' certificates are still valid):
+			# no renewal now; counted, the old credential must stay in service.
+			CAPPED=$((CAPPED + 1))
+		else
+			fail "$WHAT: the clean renewal after the kill failed: $(cat "$WORK/refresh.out")"
+		fi
 		credential_ok
 		keystore_ok ""
 	fi
@@ -552,8 +576,8 @@ purged=$(grep -c 'that an interrupted key generation left without its private ke
 
 # Figures (docs/SOAK.md).
 {
-	printf 'SOAK %s/%s: %d kills, %d restarts, %d clean renewals between kills (certificate half through its life), wall %d s (one clean renewal %d ms)\n' \
-		"$BACKEND" "$PROTO" "$KILLS" "$RESTARTS" "$REFRESHES" $((SECONDS - T_START)) "$CLEAN_MS"
+	printf 'SOAK %s/%s: %d kills, %d restarts, %d clean renewals between kills (certificate half through its life; %d refused: key file full), wall %d s (one clean renewal %d ms, certificates of %d s)\n' \
+		"$BACKEND" "$PROTO" "$KILLS" "$RESTARTS" "$REFRESHES" "$CAPPED" $((SECONDS - T_START)) "$CLEAN_MS" "$LIFETIME"
 	for k in "${!LANDED[@]}"; do printf 'SOAK %s/%s: landed %s: %d\n' "$BACKEND" "$PROTO" "$k" "${LANDED[$k]}"; done | sort
 	for k in "${!JSTEPS[@]}"; do printf 'SOAK %s/%s: journal at kill %s: %d\n' "$BACKEND" "$PROTO" "$k" "${JSTEPS[$k]}"; done | sort
 	for k in "${!OUTCOMES[@]}"; do printf 'SOAK %s/%s: outcome %s: %d\n' "$BACKEND" "$PROTO" "$k" "${OUTCOMES[$k]}"; done | sort

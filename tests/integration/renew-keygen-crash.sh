@@ -212,14 +212,20 @@ for blk in blocks:
 PY
 		return 0
 	fi
-	local k priv pub
+	local k priv pub t
 	: >"$WORK/keys.txt"
-	priv=$(token_ids privkey)
-	pub=$(token_ids pubkey)
-	[ "$pub" = "$priv" ] || {
-		show_log "$AGENT_LOG" 30
-		fail "$WHAT: public keys on the token differ from the private keys: half pairs left: $(comm -3 <(printf '%s\n' "$pub") <(printf '%s\n' "$priv") | tr '\n' ' ')"
-	}
+	# Two listings: a retirement between them (private key first, then the public key)
+	# shows a half pair for an instant; one that stays is debris.
+	for t in 1 2 3 4 5; do
+		priv=$(token_ids privkey)
+		pub=$(token_ids pubkey)
+		[ "$pub" != "$priv" ] || break
+		[ "$t" -lt 5 ] || {
+			show_log "$AGENT_LOG" 30
+			fail "$WHAT: public keys on the token differ from the private keys: half pairs left: $(comm -3 <(printf '%s\n' "$pub") <(printf '%s\n' "$priv") | tr '\n' ' ')"
+		}
+		sleep 0.3
+	done
 	for k in $priv; do
 		if [ -z "${FP_CACHE[$k]:-}" ]; then
 			pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$TOKEN_LABEL" --login --pin "$USER_PIN" \

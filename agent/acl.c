@@ -175,20 +175,17 @@ static int pidfd_exited(int pidfd)
 	return poll(&pfd, 1, 0) != 0;
 }
 
-int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
-		       const struct peer *peer, char *why, size_t whylen)
+/*
+ * A pidfd for the caller: the process that connected as the kernel recorded it at
+ * connect() (SO_PEERPIDFD), else one opened now from SO_PEERCRED's pid (*by_pid set: the
+ * pid may have been reused since). -1 when there is none.
+ */
+static int caller_pidfd(const struct peer *peer, pid_t *pid, int *by_pid)
 {
-	char path[64], exe[PATH_MAX], safe[400], cgroup[4096], unit[256];
-	int pidfd = -1, own = 0, ok = 0, by_pid = 0, err;
-	pid_t pid = -1;
-	ssize_t n;
-	size_t i;
+	int pidfd = -1;
 
-	if (n_exes == 0 && n_units == 0)
-		return 1;
 #ifdef SO_PEERPIDFD
 	if (peer->has_sock) {
-		/* The process that connected, as the kernel recorded it at connect(). */
 		socklen_t plen = sizeof(pidfd);
 
 		if (getsockopt(peer->sock, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &plen) != 0 ||
@@ -196,110 +193,165 @@ int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, siz
 			pidfd = -1;
 	}
 #endif
+	*by_pid = pidfd < 0;
 	if (pidfd >= 0) {
-		pid = pidfd_pid(pidfd);
-	} else {
-		pid = peer->pid;
-		pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-		by_pid = 1;
+		*pid = pidfd_pid(pidfd);
+		return pidfd;
 	}
-	own = 1;
+	*pid = peer->pid;
+	return (int)syscall(SYS_pidfd_open, *pid, 0);
+}
+
+/*
+ * Whether pid still is the process that connected. Without SO_PEERPIDFD the pid was looked
+ * up only now: the caller may have exited and its pid gone to another program. Its start
+ * time, recorded at accept, tells them apart.
+ */
+static int caller_is_peer(const struct peer *peer, pid_t pid, int pidfd, int by_pid, char *why,
+			  size_t whylen)
+{
 	if (pid <= 0 || pidfd < 0 || pidfd_exited(pidfd)) {
 		snprintf(why, whylen, "the calling process (pid %ld) is gone", (long)peer->pid);
-		goto out;
+		return 0;
 	}
-	/*
-	 * Without SO_PEERPIDFD the pid was looked up only now: the process that
-	 * connected may have exited and its pid gone to another program. Its
-	 * start time, recorded at accept, tells them apart.
-	 */
-	if (by_pid && peer->starttime == 0 && acl_proc_starttime(pid) == 0) {
+	if (!by_pid)
+		return 1;
+	if (peer->starttime == 0 && acl_proc_starttime(pid) == 0) {
 		/* ProtectProc=invisible hides other users' processes, stat included. */
 		snprintf(why, whylen,
 			 "cannot read /proc/%ld/stat: allow-exe and allow-unit need an agent "
 			 "that can read /proc/PID of other users: run it as root or with "
 			 "CAP_SYS_PTRACE and ProtectProc=default",
 			 (long)pid);
-		goto out;
+		return 0;
 	}
-	if (by_pid && (peer->starttime == 0 || acl_proc_starttime(pid) != peer->starttime)) {
+	if (peer->starttime == 0 || acl_proc_starttime(pid) != peer->starttime) {
 		snprintf(why, whylen,
 			 peer->starttime == 0
 			     ? "the start time of pid %ld was not recorded when it connected"
 			     : "pid %ld is not the process that connected (it started later)",
 			 (long)pid);
-		goto out;
+		return 0;
 	}
+	return 1;
+}
+
+/* The caller's program (/proc/PID/exe); 0 and why when it cannot be read. */
+static int caller_exe(pid_t pid, int pidfd, char *exe, size_t exelen, char *why, size_t whylen)
+{
+	char path[64];
+	ssize_t n;
+	int err;
+
 	snprintf(path, sizeof(path), "/proc/%ld/exe", (long)pid);
-	if ((n = readlink(path, exe, sizeof(exe) - 1)) < 0) {
-		err = errno;
-		if (pidfd_exited(pidfd))
-			snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
-				 (long)pid);
-		else if (err == EACCES || err == EPERM || err == ENOENT)
-			/* Another uid's process: ptrace-read access denied, or /proc hides it. */
-			snprintf(why, whylen,
-				 "cannot read /proc/%ld/exe (%s): allow-exe and allow-unit need an "
-				 "agent that can read /proc/PID/exe of other users: run it as root or "
-				 "with CAP_SYS_PTRACE and ProtectProc=default",
-				 (long)pid, strerror(err));
-		else
-			snprintf(why, whylen, "cannot read the program of pid %ld: %s", (long)pid,
-				 strerror(err));
-		goto out;
+	if ((n = readlink(path, exe, exelen - 1)) >= 0) {
+		exe[n] = '\0';
+		return 1;
 	}
-	exe[n] = '\0';
+	err = errno;
+	if (pidfd_exited(pidfd))
+		snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
+			 (long)pid);
+	else if (err == EACCES || err == EPERM || err == ENOENT)
+		/* Another uid's process: ptrace-read access denied, or /proc hides it. */
+		snprintf(why, whylen,
+			 "cannot read /proc/%ld/exe (%s): allow-exe and allow-unit need an "
+			 "agent that can read /proc/PID/exe of other users: run it as root or "
+			 "with CAP_SYS_PTRACE and ProtectProc=default",
+			 (long)pid, strerror(err));
+	else
+		snprintf(why, whylen, "cannot read the program of pid %ld: %s", (long)pid,
+			 strerror(err));
+	return 0;
+}
+
+/* The caller's cgroup path (/proc/PID/cgroup); 0 and why when it cannot be read. */
+static int caller_cgroup(pid_t pid, int pidfd, char *cgroup, size_t len, char *why,
+			 size_t whylen)
+{
+	char path[64];
+	int err;
+
+	snprintf(path, sizeof(path), "/proc/%ld/cgroup", (long)pid);
+	if (read_proc(path, cgroup, len) == 0)
+		return 1;
+	err = errno;
+	if (pidfd_exited(pidfd))
+		snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
+			 (long)pid);
+	else
+		snprintf(why, whylen,
+			 "cannot read /proc/%ld/cgroup (%s): allow-unit needs an agent that "
+			 "can read /proc/PID of other users: run it as root or with "
+			 "CAP_SYS_PTRACE and ProtectProc=default",
+			 (long)pid, strerror(err));
+	return 0;
+}
+
+static int in_list(const char *s, char *const *list, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(s, list[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* The rules themselves, on what was read of the caller; safe_exe is for messages. */
+static int caller_matches(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
+			  pid_t pid, const char *exe, const char *safe_exe, const char *cgroup,
+			  char *why, size_t whylen)
+{
+	char unit[256];
+
+	if (n_exes > 0 && !in_list(exe, exes, n_exes)) {
+		snprintf(why, whylen, "program %.200s (pid %ld) is not in allow-exe", safe_exe,
+			 (long)pid);
+		return 0;
+	}
+	if (n_units == 0)
+		return 1;
+	if (!acl_cgroup_unit(cgroup, unit, sizeof(unit)))
+		snprintf(unit, sizeof(unit), "none");
+	if (!in_list(unit, units, n_units)) {
+		snprintf(why, whylen,
+			 "pid %ld (%.200s) runs in system unit %.100s, not one named in allow-unit",
+			 (long)pid, safe_exe, unit);
+		return 0;
+	}
+	return 1;
+}
+
+int acl_caller_allowed(char *const *exes, size_t n_exes, char *const *units, size_t n_units,
+		       const struct peer *peer, char *why, size_t whylen)
+{
+	char exe[PATH_MAX], safe[400], cgroup[4096] = "";
+	int pidfd, by_pid, ok = 0;
+	pid_t pid = -1;
+
+	if (n_exes == 0 && n_units == 0)
+		return 1;
+	pidfd = caller_pidfd(peer, &pid, &by_pid);
+	if (!caller_is_peer(peer, pid, pidfd, by_pid, why, whylen) ||
+	    !caller_exe(pid, pidfd, exe, sizeof(exe), why, whylen) ||
+	    (n_units > 0 && !caller_cgroup(pid, pidfd, cgroup, sizeof(cgroup), why, whylen)))
+		goto out;
 	/* A caller chooses its program's path: it is data in messages and logs. */
 	log_sanitize(exe, safe, sizeof(safe));
-	snprintf(path, sizeof(path), "/proc/%ld/cgroup", (long)pid);
-	if (n_units > 0 && read_proc(path, cgroup, sizeof(cgroup)) != 0) {
-		err = errno;
-		if (pidfd_exited(pidfd))
-			snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
-				 (long)pid);
-		else
-			snprintf(why, whylen,
-				 "cannot read /proc/%ld/cgroup (%s): allow-unit needs an agent that "
-				 "can read /proc/PID of other users: run it as root or with "
-				 "CAP_SYS_PTRACE and ProtectProc=default",
-				 (long)pid, strerror(err));
-		goto out;
-	}
 	/*
-	 * Still the same process after the reads: the pid was not reused
-	 * meanwhile. Polling the pidfd needs no permission over the process
-	 * (a signal 0 would, and fail with EPERM for another uid).
+	 * Still the same process after the reads: the pid was not reused meanwhile. Polling
+	 * the pidfd needs no permission over the process (a signal 0 would, and fail with
+	 * EPERM for another uid).
 	 */
 	if (pidfd_exited(pidfd)) {
 		snprintf(why, whylen, "the calling process (pid %ld) exited during the check",
 			 (long)pid);
 		goto out;
 	}
-	if (n_exes > 0) {
-		for (i = 0; i < n_exes && strcmp(exe, exes[i]) != 0; i++)
-			;
-		if (i == n_exes) {
-			snprintf(why, whylen, "program %.200s (pid %ld) is not in allow-exe", safe,
-				 (long)pid);
-			goto out;
-		}
-	}
-	if (n_units > 0) {
-		if (!acl_cgroup_unit(cgroup, unit, sizeof(unit)))
-			snprintf(unit, sizeof(unit), "none");
-		for (i = 0; i < n_units && strcmp(unit, units[i]) != 0; i++)
-			;
-		if (i == n_units) {
-			snprintf(why, whylen,
-				 "pid %ld (%.200s) runs in system unit %.100s, not one named in "
-				 "allow-unit",
-				 (long)pid, safe, unit);
-			goto out;
-		}
-	}
-	ok = 1;
+	ok = caller_matches(exes, n_exes, units, n_units, pid, exe, safe, cgroup, why, whylen);
 out:
-	if (own && pidfd >= 0)
+	if (pidfd >= 0)
 		close(pidfd);
 	return ok;
 }

@@ -57,7 +57,7 @@ struct cfg_identity {
 	size_t n_allow_unit;
 	int line;
 
-	/* Renewal (agent/renew.c). */
+	/* Renewal (renew/renew.c). */
 	int renew;                /* enum renew_method, default RENEW_NONE */
 	char *ca_url;             /* required with renew */
 	char *ca_trust;           /* PEM trust anchors, required with renew */
@@ -75,8 +75,11 @@ struct cfg_identity {
 	 */
 	char *renew_auth;
 	/* renew-verify: a server the new credential must be accepted by before it is installed
-	 * (https://HOST[:PORT]/PATH or mqtts://HOST:PORT; agent/renew-verify.h). NULL: none. */
+	 * (https://HOST[:PORT]/PATH or mqtts://HOST:PORT; renew/renew-verify.h). NULL: none. */
 	char *renew_verify;
+	/* Revocation checks of the identity's own certificate (renew/revocation.h). */
+	int revocation_check;         /* enum rev_mode, default REV_AUTO */
+	long long revocation_interval; /* seconds between checks, default 1 h */
 	char *post_renew;         /* shell command run after a renewal */
 	char **cert_out;          /* extra paths the chain is written to */
 	size_t n_cert_out;

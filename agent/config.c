@@ -18,8 +18,9 @@
 
 #include "agent/conf.h"
 #include "agent/metrics-http.h"
-#include "agent/renew-verify.h"
-#include "agent/sched.h"
+#include "renew/renew-verify.h"
+#include "renew/revocation.h"
+#include "renew/sched.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "keystore/csr.h"
@@ -84,6 +85,8 @@ enum identity_key {
 	I_IMPLICIT_CONFIRM,
 	I_RENEW_AUTH,
 	I_RENEW_VERIFY,
+	I_REVOCATION_CHECK,
+	I_REVOCATION_INTERVAL,
 	I_NKEYS
 };
 
@@ -104,7 +107,7 @@ static const char *const identity_keys[I_NKEYS] = {
 	"renew",    "ca-url",	  "ca-trust",	"renew-at",    "rotate-key",   "bootstrap",
 	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",   "allow-exe",
 	"allow-unit", "ca-signer", "ca-sender",	"implicit-confirm", "renew-auth",
-	"renew-verify",
+	"renew-verify", "revocation-check", "revocation-interval",
 };
 
 static const char *const policy_names[] = {
@@ -796,6 +799,30 @@ static int set_subject(struct parser *p, struct cfg_identity *id, const char *va
 	return set_string(p, &id->subject, value);
 }
 
+/* revocation-check = auto|ocsp|crl|off; revocation-interval = a duration, 1 s to 30 d. */
+static int set_revocation(struct parser *p, struct cfg_identity *id, int k, const char *value)
+{
+	struct sched_policy sp;
+
+	if (k == I_REVOCATION_CHECK) {
+		if ((id->revocation_check = rev_mode_from_name(value)) >= 0)
+			return 0;
+		fail(p, p->lineno, "bad revocation-check \"%s\": want auto, ocsp, crl or off", value);
+		return -1;
+	}
+	/* A duration like renew-at's; a share of the lifetime means nothing here. */
+	if (sched_parse_renew_at(value, &sp) != 0 || sp.renew_before == 0 ||
+	    sp.renew_before > 30LL * 86400) {
+		fail(p, p->lineno,
+		     "bad revocation-interval \"%s\": want a duration from 1s to 30d (\"1h\", "
+		     "\"30m\", \"45s\")",
+		     value);
+		return -1;
+	}
+	id->revocation_interval = sp.renew_before;
+	return 0;
+}
+
 static int identity_value(struct parser *p, int k, const char *value)
 {
 	struct cfg_identity *id = &p->cfg->identities[p->idx];
@@ -879,6 +906,9 @@ static int identity_value(struct parser *p, int k, const char *value)
 		}
 		return set_string(p, &id->renew_verify, value);
 	}
+	case I_REVOCATION_CHECK:
+	case I_REVOCATION_INTERVAL:
+		return set_revocation(p, id, k, value);
 	case I_POST_RENEW:
 		return set_string(p, &id->post_renew, value);
 	case I_CERT_OUT:
@@ -1401,13 +1431,16 @@ static int finish_renewal(struct parser *p, size_t i)
 	static const int renew_only[] = {I_CA_URL, I_CA_TRUST, I_RENEW_AT, I_ROTATE_KEY,
 					 I_BOOTSTRAP, I_POST_RENEW, I_CERT_OUT, I_SUBJECT,
 					 I_CA_TIMEOUT, I_CA_SIGNER, I_CA_SENDER, I_IMPLICIT_CONFIRM,
-					 I_RENEW_AUTH, I_RENEW_VERIFY};
+					 I_RENEW_AUTH, I_RENEW_VERIFY, I_REVOCATION_CHECK,
+					 I_REVOCATION_INTERVAL};
 	size_t j;
 
 	if (id->renew_permille == 0 && id->renew_before == 0)
 		id->renew_permille = 660;
 	if (id->ca_timeout == 0)
 		id->ca_timeout = 60;
+	if (id->revocation_interval == 0)
+		id->revocation_interval = REV_DEFAULT_INTERVAL_S;
 	if (id->renew == RENEW_NONE) {
 		for (j = 0; j < sizeof(renew_only) / sizeof(renew_only[0]); j++) {
 			if (kl->line[renew_only[j]] != 0) {

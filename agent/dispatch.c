@@ -11,7 +11,7 @@
 #include "agent/dispatch.h"
 #include "agent/metrics.h"
 #include "agent/policy.h"
-#include "agent/renew.h"
+#include "renew/renew.h"
 #include "agent/sign.h"
 #include "common/log.h"
 #include "common/proto.h"
@@ -28,7 +28,7 @@
 /* What a handler reports back: an error code with a message, or success. */
 struct result {
 	int code;
-	char msg[512];
+	char msg[MTLSA_ERRMSG_MAX];
 };
 
 static int fail(struct result *res, int code, const char *fmt, ...)
@@ -266,7 +266,7 @@ static int put_chain(struct buf *b, STACK_OF(X509) *chain)
 static int put_identity(struct buf *b, struct identity_rt *id)
 {
 	struct ks_key *key;
-	char err[256];
+	char err[MTLSA_ERRMSG_MAX];
 	int r;
 
 	pthread_mutex_lock(&id->lock);
@@ -351,7 +351,7 @@ static int op_get_identity(const struct dispatch_env *env, const struct peer *pe
 	if ((r = rd_done(rd)) != 0)
 		return fail(res, r, "trailing bytes after the identity name");
 	if (chain_only) {
-		char err[256];
+		char err[MTLSA_ERRMSG_MAX];
 
 		pthread_mutex_lock(&id->lock);
 		/* The certificate file as it is now (replaced by another tool?). */
@@ -375,7 +375,7 @@ static int op_sign(const struct dispatch_env *env, const struct peer *peer, stru
 	struct ks_key *key;
 	enum sign_result outcome;
 	const char *reason;
-	char err[256];
+	char err[MTLSA_ERRMSG_MAX];
 	uint16_t code;
 	uint8_t flags;
 	int r;
@@ -445,7 +445,7 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 {
 	char state[600], keydesc[64], nb[32], na[32], ns[32], nr[32], err[256];
 	char next[32], last[32], fails[32], renewed[32];
-	const char *fields[2 * 16];
+	const char *fields[2 * 17];
 	struct renew_status rs;
 	size_t gens, n = 0, i;
 	int r;
@@ -499,6 +499,8 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 				FIELD("action", rs.action);
 			if (rs.waiting[0] != '\0')
 				FIELD("waiting", rs.waiting);
+			if (rs.revocation[0] != '\0')
+				FIELD("revocation", rs.revocation);
 		}
 	}
 #undef FIELD
@@ -640,7 +642,7 @@ static int op_import_cert(const struct dispatch_env *env, const struct peer *pee
 	struct identity_rt *id;
 	const uint8_t *data;
 	time_t not_after;
-	char err[400];
+	char err[MTLSA_ERRMSG_MAX];
 	size_t len;
 	int r;
 
@@ -667,7 +669,7 @@ static int op_renew(const struct dispatch_env *env, const struct peer *peer, str
 {
 	struct identity_rt *id;
 	time_t not_after;
-	char msg[512];
+	char msg[MTLSA_ERRMSG_MAX];
 	int r;
 
 	if ((r = require_admin(env, peer, "renew", res)) != 0 ||
@@ -692,7 +694,7 @@ static int op_renew(const struct dispatch_env *env, const struct peer *peer, str
 static int op_reload(const struct dispatch_env *env, const struct peer *peer, struct reader *rd,
 		     struct result *res)
 {
-	char err[400];
+	char err[MTLSA_ERRMSG_MAX];
 	int r;
 
 	if ((r = require_admin(env, peer, "reload", res)) != 0)

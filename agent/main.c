@@ -235,7 +235,13 @@ static void report_ready(int fd, char status)
 	}
 }
 
-int main(int argc, char **argv)
+struct options {
+	const char *config_path;
+	int foreground, check_only, verbosity;
+};
+
+/* Returns -1 to go on, else the exit status (after --help, --version or a usage error). */
+static int parse_options(int argc, char **argv, struct options *o)
 {
 	static const struct option opts[] = {
 		{"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
@@ -243,27 +249,23 @@ int main(int argc, char **argv)
 		{"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *config_path = MTLS_AGENT_DEFAULT_CONFIG;
-	int foreground = 0, check_only = 0, verbosity = LOG_LVL_INFO, ch, listen_fd, ready_fd = -1;
-	int activated;
-	struct runtime *rt = NULL;
-	struct config *cfg = NULL;
-	char err[1024], *socket_path;
+	int ch;
 
+	*o = (struct options){.config_path = MTLS_AGENT_DEFAULT_CONFIG, .verbosity = LOG_LVL_INFO};
 	while ((ch = getopt_long(argc, argv, "c:fnvh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
-			config_path = optarg;
+			o->config_path = optarg;
 			break;
 		case 'f':
-			foreground = 1;
+			o->foreground = 1;
 			break;
 		case 'n':
-			check_only = 1;
+			o->check_only = 1;
 			break;
 		case 'v':
-			if (verbosity < LOG_LVL_DEBUG)
-				verbosity++;
+			if (o->verbosity < LOG_LVL_DEBUG)
+				o->verbosity++;
 			break;
 		case 'V':
 			printf("mtls-agent %s\n", PACKAGE_VERSION);
@@ -280,54 +282,51 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (harden_process() != 0) {
-		fprintf(stderr, "mtls-agent: cannot disable core dumps: %s\n", strerror(errno));
-		return 1;
-	}
-	if (config_load(config_path, &cfg, err, sizeof(err)) != 0) {
-		fprintf(stderr, "mtls-agent: %s\n", err);
-		return 1;
-	}
-	if (check_only) {
-		if (check_secrets(cfg) != 0) {
-			config_free(cfg);
-			return 1;
-		}
+	return -1;
+}
+
+/* --check: the configuration and its secret files, nothing opened or started. */
+static int check_only(const char *config_path, struct config *cfg)
+{
+	int r = check_secrets(cfg);
+
+	if (r == 0)
 		printf("%s: configuration OK (%zu keystores, %zu identities)\n", config_path,
 		       cfg->n_keystores, cfg->n_identities);
-		config_free(cfg);
-		return 0;
-	}
-	log_init("mtls-agent", !foreground, verbosity);
-	/* Until it serves, a daemon that cannot start says why on stderr too. */
-	if (!foreground)
-		log_mirror_errors(2);
-	/* Before daemonize(): LISTEN_PID names this process. */
-	if ((listen_fd = activated_socket(err, sizeof(err))) == -2) {
+	config_free(cfg);
+	return r == 0 ? 0 : 1;
+}
+
+/*
+ * The socket systemd passed (made non-blocking: the loop accepts until EAGAIN), -1 when
+ * there is none, -2 on error (logged). Before daemonize(): LISTEN_PID names this process.
+ */
+static int passed_socket(void)
+{
+	char err[1024];
+	int fd;
+
+	if ((fd = activated_socket(err, sizeof(err))) == -2) {
 		log_error("%s", err);
-		config_free(cfg);
-		return 1;
+		return -2;
 	}
-	activated = listen_fd >= 0;
-	/* The loop accepts until EAGAIN; systemd passes blocking sockets. */
-	if (activated && fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK) != 0) {
+	if (fd >= 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
 		log_error("socket activation: fcntl: %s", strerror(errno));
-		config_free(cfg);
-		return 1;
+		return -2;
 	}
-	/* Fork before any PKCS#11 module is initialised: modules do not survive fork. */
-	if (!foreground && (ready_fd = daemonize()) < 0) {
-		fprintf(stderr, "mtls-agent: cannot daemonize: %s\n", strerror(errno));
-		config_free(cfg);
-		return 1;
-	}
-	/* After the fork (the parent stays killable), before any keystore or TCTI is opened. */
-	if ((errno = block_loop_signals()) != 0) {
-		log_error("cannot block signals: %s", strerror(errno));
-		report_ready(ready_fd, 1);
-		config_free(cfg);
-		return 1;
-	}
+	return fd;
+}
+
+/*
+ * Opens the keystores and the socket (unless systemd passed one), reports readiness to
+ * the parent and serves until stopped. Owns cfg.
+ */
+static int serve(const struct options *o, struct config *cfg, int listen_fd, int ready_fd)
+{
+	int activated = listen_fd >= 0, r;
+	struct runtime *rt = NULL;
+	char err[1024], *socket_path;
+
 	if (runtime_create(cfg, time(NULL), &rt, err, sizeof(err)) != 0) {
 		log_error("%s", err);
 		report_ready(ready_fd, 1);
@@ -352,7 +351,50 @@ int main(int argc, char **argv)
 	}
 	report_ready(ready_fd, 0);
 	/* A passed socket is systemd's: it stays for the next activation. */
-	ch = server_run(listen_fd, socket_path, !activated, config_path, rt);
+	r = server_run(listen_fd, socket_path, !activated, o->config_path, rt);
 	free(socket_path);
-	return ch == 0 ? 0 : 1;
+	return r == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+	struct config *cfg = NULL;
+	struct options o;
+	int r, listen_fd, ready_fd = -1;
+	char err[1024];
+
+	if ((r = parse_options(argc, argv, &o)) >= 0)
+		return r;
+	if (harden_process() != 0) {
+		fprintf(stderr, "mtls-agent: cannot disable core dumps: %s\n", strerror(errno));
+		return 1;
+	}
+	if (config_load(o.config_path, &cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mtls-agent: %s\n", err);
+		return 1;
+	}
+	if (o.check_only)
+		return check_only(o.config_path, cfg);
+	log_init("mtls-agent", !o.foreground, o.verbosity);
+	/* Until it serves, a daemon that cannot start says why on stderr too. */
+	if (!o.foreground)
+		log_mirror_errors(2);
+	if ((listen_fd = passed_socket()) == -2) {
+		config_free(cfg);
+		return 1;
+	}
+	/* Fork before any PKCS#11 module is initialised: modules do not survive fork. */
+	if (!o.foreground && (ready_fd = daemonize()) < 0) {
+		fprintf(stderr, "mtls-agent: cannot daemonize: %s\n", strerror(errno));
+		config_free(cfg);
+		return 1;
+	}
+	/* After the fork (the parent stays killable), before any keystore or TCTI is opened. */
+	if ((errno = block_loop_signals()) != 0) {
+		log_error("cannot block signals: %s", strerror(errno));
+		report_ready(ready_fd, 1);
+		config_free(cfg);
+		return 1;
+	}
+	return serve(&o, cfg, listen_fd, ready_fd);
 }

@@ -11,7 +11,7 @@
 
 #include "agent/conf.h"
 #include "agent/metrics.h"
-#include "agent/renew.h"
+#include "renew/renew.h"
 #include "agent/state.h"
 #include "common/util.h"
 #include "keystore/keystore.h"
@@ -243,6 +243,30 @@ static void render_identities(struct out *o, struct id_snap *ids, size_t n)
 			    ids[i].name, states[j], strcmp(states[j], renew_state(&ids[i])) == 0);
 }
 
+/*
+ * The certificate's revocation status as a state set, for identities whose certificate
+ * was checked: the first word of status's "revocation" (renew/revocation.h).
+ */
+static void render_revocation(struct out *o, struct id_snap *ids, size_t n)
+{
+	static const char *const states[] = {"good", "revoked", "unknown"};
+	size_t i, j, len;
+
+	head(o, "mtls_agent_revocation_state", "gauge",
+	     "Revocation status of the certificate (OCSP or CRL): 1 for the current state.");
+	for (i = 0; i < n; i++) {
+		if (!ids[i].renew_running || ids[i].rs.revocation[0] == '\0')
+			continue;
+		for (j = 0; j < sizeof(states) / sizeof(states[0]); j++) {
+			len = strlen(states[j]);
+			put(o, "mtls_agent_revocation_state{identity=\"%s\",state=\"%s\"} %d\n",
+			    ids[i].name, states[j],
+			    strncmp(ids[i].rs.revocation, states[j], len) == 0 &&
+				ids[i].rs.revocation[len] == ' ');
+		}
+	}
+}
+
 static void render_keystores(struct out *o, struct runtime *rt)
 {
 	char state[512], name[256];
@@ -313,8 +337,10 @@ int metrics_render(struct buf *out, struct runtime *rt, metrics_visible_fn visib
 	    (unsigned long long)atomic_load(&connections_refused));
 	if (show_keystores)
 		render_keystores(&o, rt);
-	if (visible != NULL)
+	if (visible != NULL) {
 		render_identities(&o, ids, n);
+		render_revocation(&o, ids, n);
+	}
 	free(ids);
 	return o.err;
 }

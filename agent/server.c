@@ -30,7 +30,7 @@
 #include "agent/dispatch.h"
 #include "agent/metrics-http.h"
 #include "agent/metrics.h"
-#include "agent/renew.h"
+#include "renew/renew.h"
 #include "agent/server.h"
 
 #include "common/log.h"
@@ -537,7 +537,7 @@ static int reserve_open(void)
 static int refuse_without_fds(struct server *s, int accept_errno)
 {
 	struct peer peer;
-	char why[160];
+	char why[MTLSA_ERRMSG_MAX];
 	int fd;
 
 	if (s->reserve_fd < 0 && (s->reserve_fd = reserve_open()) < 0)
@@ -626,7 +626,7 @@ static int accept_clients(struct server *s)
 	struct conn *c;
 	struct peer peer;
 	const char *refused;
-	char why[256];
+	char why[MTLSA_ERRMSG_MAX];
 	int fd, r, ret = 0;
 
 	rt = server_runtime(s);
@@ -766,7 +766,7 @@ static void sweep(struct server *s)
 static void handle_signals(struct server *s)
 {
 	struct signalfd_siginfo si;
-	char err[512];
+	char err[MTLSA_ERRMSG_MAX];
 	uint64_t one = 1;
 
 	while (read(s->sig_fd, &si, sizeof(si)) == sizeof(si)) {
@@ -929,98 +929,160 @@ static int add_fd(struct server *s, int fd, uint32_t events, void *ptr)
 	return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
-int server_run(int listen_fd, const char *socket_path, int unlink_socket,
-	       const char *config_path, struct runtime *rt)
+/* The server's initial state; the watchdog decides how often the loop ticks. */
+static void server_init(struct server *s, int listen_fd, const char *socket_path,
+			const char *config_path, struct runtime *rt)
+{
+	memset(s, 0, sizeof(*s));
+	s->listen_fd = listen_fd;
+	s->config_path = config_path;
+	s->socket_path = socket_path;
+	s->rt = rt;
+	s->epfd = s->sig_fd = s->stop_fd = s->timer_fd = s->reserve_fd = -1;
+	atomic_init(&s->stopping, 0);
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->rt_lock, NULL);
+	pthread_mutex_init(&s->reload_lock, NULL);
+	/* A watchdog shorter than two ticks needs faster ticks. */
+	s->tick_ms = TICK_MS;
+	if ((s->watchdog_half_ms = watchdog_half_ms()) != 0) {
+		if (s->watchdog_half_ms < s->tick_ms)
+			s->tick_ms = s->watchdog_half_ms;
+		s->watchdog_last = monotonic_ms();
+		log_info("systemd watchdog: pinging every %llu ms",
+			 (unsigned long long)s->watchdog_half_ms);
+	}
+}
+
+/*
+ * The event loop's descriptors: the listener, signals (blocked here, so every thread started
+ * later inherits the mask and only the signalfd sees them), the tick timer and the stop event.
+ */
+static int server_open_events(struct server *s)
 {
 	struct itimerspec tick;
-	struct metrics_http *metrics = NULL;
-	pthread_t *threads = NULL;
-	unsigned n_threads = 0, i, workers;
-	size_t n_ids;
-	struct server s;
-	struct conn *c;
 	sigset_t mask;
-	int ret = 1;
 
-	memset(&s, 0, sizeof(s));
-	s.listen_fd = listen_fd;
-	s.config_path = config_path;
-	s.socket_path = socket_path;
-	s.rt = rt;
-	s.epfd = s.sig_fd = s.stop_fd = s.timer_fd = s.reserve_fd = -1;
-	atomic_init(&s.stopping, 0);
-	pthread_mutex_init(&s.lock, NULL);
-	pthread_mutex_init(&s.rt_lock, NULL);
-	pthread_mutex_init(&s.reload_lock, NULL);
-	/* A watchdog shorter than two ticks needs faster ticks. */
-	s.tick_ms = TICK_MS;
-	if ((s.watchdog_half_ms = watchdog_half_ms()) != 0) {
-		if (s.watchdog_half_ms < s.tick_ms)
-			s.tick_ms = s.watchdog_half_ms;
-		s.watchdog_last = monotonic_ms();
-		log_info("systemd watchdog: pinging every %llu ms",
-			 (unsigned long long)s.watchdog_half_ms);
-	}
-	tick.it_interval.tv_sec = (time_t)(s.tick_ms / 1000);
-	tick.it_interval.tv_nsec = (long)(s.tick_ms % 1000) * 1000000L;
+	tick.it_interval.tv_sec = (time_t)(s->tick_ms / 1000);
+	tick.it_interval.tv_nsec = (long)(s->tick_ms % 1000) * 1000000L;
 	tick.it_value = tick.it_interval;
-
-	/* Signals arrive through a descriptor; the threads inherit the blocked mask. */
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGHUP);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	if ((s.sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) < 0 ||
-	    (s.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
-	    (s.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0 ||
-	    timerfd_settime(s.timer_fd, 0, &tick, NULL) != 0 ||
-	    (s.epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
-	    add_fd(&s, listen_fd, EPOLLIN | EPOLLONESHOT, &s.listen_fd) != 0 ||
-	    add_fd(&s, s.sig_fd, EPOLLIN | EPOLLONESHOT, &s.sig_fd) != 0 ||
-	    add_fd(&s, s.timer_fd, EPOLLIN | EPOLLONESHOT, &s.timer_fd) != 0 ||
-	    add_fd(&s, s.stop_fd, EPOLLIN, &s.stop_fd) != 0) {
+	if ((s->sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) < 0 ||
+	    (s->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
+	    (s->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0 ||
+	    timerfd_settime(s->timer_fd, 0, &tick, NULL) != 0 ||
+	    (s->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+	    add_fd(s, s->listen_fd, EPOLLIN | EPOLLONESHOT, &s->listen_fd) != 0 ||
+	    add_fd(s, s->sig_fd, EPOLLIN | EPOLLONESHOT, &s->sig_fd) != 0 ||
+	    add_fd(s, s->timer_fd, EPOLLIN | EPOLLONESHOT, &s->timer_fd) != 0 ||
+	    add_fd(s, s->stop_fd, EPOLLIN, &s->stop_fd) != 0) {
 		log_error("cannot set up the event loop: %s", strerror(errno));
-		goto out;
+		return -1;
 	}
-	s.max_clients_sized = rt->cfg->max_clients;
-	s.fd_cap = fd_budget(s.max_clients_sized);
-	if ((s.reserve_fd = reserve_open()) < 0) {
+	s->max_clients_sized = s->rt->cfg->max_clients;
+	s->fd_cap = fd_budget(s->max_clients_sized);
+	if ((s->reserve_fd = reserve_open()) < 0) {
 		log_error("cannot open a reserve descriptor: %s", strerror(errno));
-		goto out;
+		return -1;
 	}
+	return 0;
+}
+
+/* The serving threads besides this one; *n_threads counts those started, even on failure. */
+static int server_start_threads(struct server *s, unsigned workers, pthread_t **threads,
+				unsigned *n_threads)
+{
+	unsigned i;
+
+	*n_threads = 0;
+	if ((*threads = calloc(workers, sizeof(**threads))) == NULL)
+		return -1;
+	for (i = 1; i < workers; i++) {
+		if (pthread_create(&(*threads)[*n_threads], NULL, server_thread, s) != 0) {
+			log_error("cannot start serving threads");
+			return -1;
+		}
+		(*n_threads)++;
+	}
+	return 0;
+}
+
+static void close_if_open(int fd)
+{
+	if (fd >= 0)
+		close(fd);
+}
+
+/* Stop: every thread finishes the request it holds, then everything is closed. */
+static void server_stop(struct server *s, pthread_t *threads, unsigned n_threads,
+			struct metrics_http *metrics, int unlink_socket)
+{
+	struct conn *c;
+	unsigned i;
+
+	atomic_store(&s->stopping, 1);
+	if (s->stop_fd >= 0) {
+		uint64_t one = 1;
+		(void)!write(s->stop_fd, &one, sizeof(one));
+	}
+	for (i = 0; i < n_threads; i++)
+		pthread_join(threads[i], NULL);
+	free(threads);
+	metrics_http_stop(metrics);
+	renew_stop();
+	if (unlink_socket)
+		unlink(s->socket_path);
+	close(s->listen_fd);
+	while ((c = s->conns) != NULL)
+		conn_close(s, c);
+	free(s->uids);
+	close_if_open(s->epfd);
+	close_if_open(s->sig_fd);
+	close_if_open(s->stop_fd);
+	close_if_open(s->timer_fd);
+	close_if_open(s->reserve_fd);
+	runtime_unref(s->rt);
+	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->rt_lock);
+	pthread_mutex_destroy(&s->reload_lock);
+}
+
+int server_run(int listen_fd, const char *socket_path, int unlink_socket,
+	       const char *config_path, struct runtime *rt)
+{
+	struct metrics_http *metrics = NULL;
+	pthread_t *threads = NULL;
+	unsigned n_threads = 0, workers;
+	size_t n_ids;
+	struct server s;
+	char err[MTLSA_ERRMSG_MAX];
+	int ret = 1;
+
+	server_init(&s, listen_fd, socket_path, config_path, rt);
+	if (server_open_events(&s) != 0)
+		goto out;
 	/* Once other threads run, a reload may free rt: read what we need now. */
 	workers = rt->cfg->workers;
 	n_ids = rt->n_ids;
 	/* Read once, here: changing metrics-listen takes a restart. */
-	if (rt->cfg->metrics_listen != NULL) {
-		char err[256];
-
-		if (metrics_http_start(rt->cfg->metrics_listen, renew_runtime, &s, &metrics, err,
-				       sizeof(err)) != 0) {
-			log_error("%s", err);
-			goto out;
-		}
+	if (rt->cfg->metrics_listen != NULL &&
+	    metrics_http_start(rt->cfg->metrics_listen, renew_runtime, &s, &metrics, err,
+			       sizeof(err)) != 0) {
+		log_error("%s", err);
+		goto out;
 	}
 	/* This thread is one of the `workers` serving threads. */
-	if ((threads = calloc(workers, sizeof(*threads))) == NULL)
+	if (server_start_threads(&s, workers, &threads, &n_threads) != 0)
 		goto out;
-	for (i = 1; i < workers; i++) {
-		if (pthread_create(&threads[n_threads], NULL, server_thread, &s) != 0) {
-			log_error("cannot start serving threads");
-			goto out;
-		}
-		n_threads++;
-	}
-	{
-		char err[256];
-
-		/* Renewal runs beside the serving threads and sees every reload. */
-		if (renew_start(renew_runtime, &s, err, sizeof(err)) != 0) {
-			log_error("%s", err);
-			goto out;
-		}
+	/* Renewal runs beside the serving threads and sees every reload. */
+	if (renew_start(renew_runtime, &s, err, sizeof(err)) != 0) {
+		log_error("%s", err);
+		goto out;
 	}
 	log_info("listening on %s (%u threads)", socket_path, workers);
 	notify("READY=1", "Serving %zu identities on %s", n_ids, socket_path);
@@ -1029,36 +1091,6 @@ int server_run(int listen_fd, const char *socket_path, int unlink_socket,
 	server_thread(&s);
 	ret = 0;
 out:
-	/* Stop: every thread finishes the request it holds, then everything is closed. */
-	atomic_store(&s.stopping, 1);
-	if (s.stop_fd >= 0) {
-		uint64_t one = 1;
-		(void)!write(s.stop_fd, &one, sizeof(one));
-	}
-	for (i = 0; i < n_threads; i++)
-		pthread_join(threads[i], NULL);
-	free(threads);
-	metrics_http_stop(metrics);
-	renew_stop();
-	if (unlink_socket)
-		unlink(socket_path);
-	close(listen_fd);
-	while ((c = s.conns) != NULL)
-		conn_close(&s, c);
-	free(s.uids);
-	if (s.epfd >= 0)
-		close(s.epfd);
-	if (s.sig_fd >= 0)
-		close(s.sig_fd);
-	if (s.stop_fd >= 0)
-		close(s.stop_fd);
-	if (s.timer_fd >= 0)
-		close(s.timer_fd);
-	if (s.reserve_fd >= 0)
-		close(s.reserve_fd);
-	runtime_unref(s.rt);
-	pthread_mutex_destroy(&s.lock);
-	pthread_mutex_destroy(&s.rt_lock);
-	pthread_mutex_destroy(&s.reload_lock);
+	server_stop(&s, threads, n_threads, metrics, unlink_socket);
 	return ret;
 }

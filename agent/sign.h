@@ -1,7 +1,7 @@
 /*
  * The agent's one signing path: a client's SIGN (agent/dispatch.c) and the
  * renewal's own signatures through the in-daemon provider transport
- * (agent/renew-prov.c) both end here, so the input cap, the scheme checks,
+ * (renew/renew-prov.c) both end here, so the input cap, the scheme checks,
  * the hashing and the counters cannot drift apart.
  */
 #ifndef MTLS_AGENT_SIGN_H

@@ -10,7 +10,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
-#include "agent/certcheck.h"
+#include "common/certcheck.h"
 #include "agent/testhook.h"
 #include "agent/state.h"
 #include "common/log.h"
@@ -143,7 +143,7 @@ static int cert_file_reread(struct identity_rt *id)
 	STACK_OF(X509) *chain = NULL;
 	uint8_t *data = NULL;
 	size_t len = 0;
-	char err[200];
+	char err[200]; /* a detail, quoted inside cert_problem */
 
 	if (!cert_file_changed(id))
 		return 0;
@@ -195,7 +195,7 @@ static void identity_load_cert(struct identity_rt *id)
 	STACK_OF(X509) *chain = NULL;
 	uint8_t *data = NULL;
 	size_t len = 0;
-	char err[200];
+	char err[200]; /* a detail, quoted inside problem */
 
 	sk_X509_pop_free(id->chain, X509_free);
 	id->chain = NULL;
@@ -370,7 +370,7 @@ int identity_keygen_ref(struct identity_rt *id, const char *key_ref, int gen_typ
 		goto out;
 	}
 	if (write_file_atomic(path, hex, strlen(hex), 0600) != 0) {
-		char derr[256];
+		char derr[MTLSA_ERRMSG_MAX];
 		int saved = errno;
 
 		/*
@@ -420,7 +420,7 @@ int chain_write_pem(const char *path, STACK_OF(X509) *chain, mode_t mode, char *
 	}
 	pem_len = BIO_get_mem_data(pem, &pem_data);
 	if (write_file_atomic(path, pem_data, (size_t)pem_len, mode) != 0) {
-		snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+		snprintf(err, errlen, "cannot write %s: %s", path, write_file_strerror(errno));
 		r = MTLS_AGENT_ERR_IO;
 	}
 out:
@@ -554,7 +554,7 @@ int runtime_create(struct config *cfg, time_t started, struct runtime **out, cha
 		   size_t errlen)
 {
 	struct runtime *rt;
-	char kerr[256];
+	char kerr[MTLSA_ERRMSG_MAX];
 	size_t i, k;
 	int r;
 

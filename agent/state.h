@@ -85,7 +85,7 @@ int identity_keygen(struct identity_rt *id, int gen_type,
 /*
  * identity_keygen with another reference than the configured key (NULL: that one): the
  * renewal names the new key's CKA_ID in advance (pkcs11:object=NAME;id=...) so that its
- * journal knows it before the key exists (agent/renew.c, half key pairs).
+ * journal knows it before the key exists (renew/renew.c, half key pairs).
  */
 int identity_keygen_ref(struct identity_rt *id, const char *key_ref, int gen_type,
 			struct ks_key **out, char *err, size_t errlen);

@@ -1,6 +1,6 @@
 /*
  * What a CA sees when a fleet renews: N devices issued at the same second with
- * the same lifetime, each renewing by agent/sched.c (the agent's own code, not
+ * the same lifetime, each renewing by renew/sched.c (the agent's own code, not
  * a model of it) or by a fixed rule, with or without a CA outage. Every device
  * has an id ("device-%06u") and a serial; SHA-256 of both is its jitter seed,
  * as in the agent.
@@ -46,7 +46,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "agent/sched.h"
+#include "renew/sched.h"
 
 #define MAX_REQUESTS 50000000u /* 400 MB of request times: refuse beyond */
 

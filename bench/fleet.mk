@@ -1,4 +1,4 @@
-# Fleet renewal simulation: agent/sched.c driving 100,000 devices, the requests a CA sees.
+# Fleet renewal simulation: renew/sched.c driving 100,000 devices, the requests a CA sees.
 # Built by `make bench` like the other benchmarks, never run by `make check` (nothing is
 # timed); run bench/fleet-sim, see docs/FLEET.md.
 EXTRA_PROGRAMS += bench/fleet-sim

@@ -24,6 +24,7 @@
 #include <openssl/evp.h>
 #include <p11-kit/pkcs11.h>
 
+#include "common/scheme.h"
 #include "mtls-agent/client.h"
 
 #define ROUNDS 5
@@ -33,14 +34,14 @@
 enum mode { MODE_DIRECT, MODE_AGENT, MODE_RPC, N_MODES };
 static const char *const mode_names[] = {"direct", "agent", "rpc"};
 
+/* The token mechanism and its parameters come from the scheme (common/scheme.c). */
 struct keydef {
 	const char *label; /* identity name = CKA_LABEL */
-	CK_MECHANISM_TYPE mech;
 	uint16_t scheme;
 };
 static const struct keydef keys[] = {
-	{"bench-p256", CKM_ECDSA, MTLS_AGENT_ECDSA_SECP256R1_SHA256},
-	{"bench-rsa", CKM_RSA_PKCS_PSS, MTLS_AGENT_RSA_PSS_RSAE_SHA256},
+    {"bench-p256", MTLS_AGENT_ECDSA_SECP256R1_SHA256},
+    {"bench-rsa", MTLS_AGENT_RSA_PSS_RSAE_SHA256},
 };
 
 static const char *agent_sock, *direct_module, *rpc_module, *token, *pin;
@@ -139,12 +140,13 @@ static int p11_open(const char *module, const struct keydef *kd, struct p11 *p)
 
 static int p11_sign(struct p11 *p, const struct keydef *kd)
 {
-	CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 32};
-	CK_MECHANISM mech = {kd->mech, NULL, 0};
+	const struct scheme *sc = scheme_by_code(kd->scheme);
+	CK_RSA_PKCS_PSS_PARAMS pss = {sc->md->ckm, sc->md->ckg_mgf1, sc->md->len};
+	CK_MECHANISM mech = {sc->ckm_raw, NULL, 0};
 	uint8_t digest[32], sig[512];
 	CK_ULONG siglen = sizeof(sig);
 
-	if (kd->mech == CKM_RSA_PKCS_PSS) {
+	if (sc->pad == SIG_PAD_PSS) {
 		mech.pParameter = &pss;
 		mech.ulParameterLen = sizeof(pss);
 	}

@@ -17,6 +17,7 @@
 
 #include "client/client-internal.h"
 #include "common/buf.h"
+#include "common/log.h"
 #include "common/proto.h"
 #include "common/util.h"
 
@@ -37,7 +38,7 @@
 /* A reply buffer holds the whole frame, length bytes included. */
 #define REPLY_MAX (PROTO_LEN_SIZE + PROTO_MAX_REPLY)
 
-static __thread char last_error[512];
+static __thread char last_error[MTLSA_ERRMSG_MAX];
 
 static void set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -48,28 +49,6 @@ static void set_error(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(last_error, sizeof(last_error), fmt, ap);
 	va_end(ap);
-}
-
-/*
- * The agent's message ends up on terminals and in logs: control bytes are
- * replaced so it cannot forge lines or escape sequences. UTF-8 is kept, but a
- * sequence cut by the length limit is dropped whole.
- */
-static void sanitize(char *dst, size_t dstlen, const char *src)
-{
-	size_t i, n = strlen(src);
-
-	if (n > dstlen - 1) {
-		n = dstlen - 1;
-		while (n > 0 && ((unsigned char)src[n] & 0xc0) == 0x80)
-			n--;
-	}
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)src[i];
-
-		dst[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
-	}
-	dst[n] = '\0';
 }
 
 const char *mtls_agent_last_error(void)
@@ -232,14 +211,15 @@ static int error_reply(struct reader *rd)
 	}
 	if (code == 0 || code > (uint32_t)-MTLS_AGENT_ERR_MIN) {
 		/* A code from a newer agent: keep its words, report it as ours to handle. */
-		sanitize(text, sizeof(text), msg);
+		/* The agent's words end up on terminals and in logs: escaped. */
+		log_escape_utf8(msg, text, sizeof(text));
 		set_error("agent error %u: %s", code, text);
 		r = MTLS_AGENT_ERR_INTERNAL;
 		goto out;
 	}
 	r = -(int)code;
 	if (msg[0] != '\0')
-		sanitize(last_error, sizeof(last_error), msg);
+		log_escape_utf8(msg, last_error, sizeof(last_error));
 	else
 		set_error("%s", mtls_agent_strerror(r));
 out:

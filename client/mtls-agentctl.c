@@ -2352,6 +2352,17 @@ static const char *or_unknown(const char *s)
 	return s != NULL ? s : "?";
 }
 
+/* The agent's own revocation check of the certificate (status field "revocation"). */
+static void check_revocation(struct findings *fd, const char *revocation)
+{
+	if (revocation != NULL && strncmp(revocation, "revoked", 7) == 0)
+		add_finding(fd, 0, "certificate %s — the agent is re-enrolling; see last-result",
+			    revocation);
+	else if (revocation != NULL && strncmp(revocation, "unknown", 7) == 0)
+		add_finding(fd, 1, "revocation status %s — the certificate is still served",
+			    revocation);
+}
+
 static void check_identity(struct doctor *d, struct findings *fd,
 			   const struct mtls_agent_identity *id)
 {
@@ -2369,6 +2380,7 @@ static void check_identity(struct doctor *d, struct findings *fd,
 		state = status_field(rec, "state");
 		ks = status_field(rec, "keystore");
 		/* Automated renewal that needs an operator, or keeps failing. */
+		check_revocation(fd, status_field(rec, "revocation"));
 		if (action != NULL)
 			add_finding(fd, 0, "renewal: %s", action);
 		else if (failures != NULL && strcmp(failures, "0") != 0)

@@ -91,13 +91,54 @@ void log_msg(int level, const char *func, const char *fmt, ...)
 	}
 }
 
-/* The escape for byte c into esc (at least 5 bytes); returns its length. */
-static size_t escape_byte(unsigned char c, char *esc)
+/*
+ * Length of the well-formed UTF-8 sequence of a printable character at p
+ * (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF; C1
+ * controls U+0080..U+009F excluded, some terminals obey them), or 0.
+ */
+static size_t utf8_printable(const unsigned char *p, size_t left)
 {
+	size_t n, i;
+
+	if (p[0] >= 0xc2 && p[0] <= 0xdf)
+		n = 2;
+	else if (p[0] >= 0xe0 && p[0] <= 0xef)
+		n = 3;
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+		n = 4;
+	else
+		return 0;
+	if (left < n)
+		return 0;
+	for (i = 1; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	if ((p[0] == 0xc2 && p[1] < 0xa0) || (p[0] == 0xe0 && p[1] < 0xa0) ||
+	    (p[0] == 0xed && p[1] > 0x9f) || (p[0] == 0xf0 && p[1] < 0x90) ||
+	    (p[0] == 0xf4 && p[1] > 0x8f))
+		return 0;
+	return n;
+}
+
+/*
+ * The escape of the character at p[0] (left bytes remain) into esc (at least
+ * 5 bytes): its length, and in *used how many input bytes it stands for.
+ */
+static size_t escape_at(const unsigned char *p, size_t left, int keep_utf8, char *esc, size_t *used)
+{
+	unsigned char c = p[0];
+	size_t n;
+
+	*used = 1;
 	if (c == '\n' || c == '\r' || c == '\t' || c == '\\') {
 		esc[0] = '\\';
 		esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : '\\';
 		return 2;
+	}
+	if (keep_utf8 && c >= 0x80 && (n = utf8_printable(p, left)) != 0) {
+		memcpy(esc, p, n);
+		*used = n;
+		return n;
 	}
 	if (c < 0x20 || c >= 0x7f) {
 		snprintf(esc, 5, "\\x%02x", c);
@@ -107,20 +148,20 @@ static size_t escape_byte(unsigned char c, char *esc)
 	return 1;
 }
 
-const char *log_escape(const void *s, size_t len, char *out, size_t outlen)
+static const char *escape(const void *s, size_t len, int keep_utf8, char *out, size_t outlen)
 {
 	const unsigned char *p = s;
-	size_t i, o = 0, total = 0, limit, need;
+	size_t i, o = 0, total = 0, limit, need, used;
 	char esc[5];
 
 	if (outlen == 0)
 		return "";
-	for (i = 0; i < len; i++)
-		total += escape_byte(p[i], esc);
-	/* All of it, or what fits before "..." (never half an escape). */
+	for (i = 0; i < len; i += used)
+		total += escape_at(p + i, len - i, keep_utf8, esc, &used);
+	/* All of it, or what fits before "..." (never half an escape or character). */
 	limit = total < outlen ? total : outlen >= 4 ? outlen - 4 : 0;
-	for (i = 0; i < len; i++) {
-		need = escape_byte(p[i], esc);
+	for (i = 0; i < len; i += used) {
+		need = escape_at(p + i, len - i, keep_utf8, esc, &used);
 		if (o + need > limit)
 			break;
 		memcpy(out + o, esc, need);
@@ -132,6 +173,16 @@ const char *log_escape(const void *s, size_t len, char *out, size_t outlen)
 	}
 	out[o] = '\0';
 	return out;
+}
+
+const char *log_escape(const void *s, size_t len, char *out, size_t outlen)
+{
+	return escape(s, len, 0, out, outlen);
+}
+
+const char *log_escape_utf8(const char *s, char *out, size_t outlen)
+{
+	return escape(s != NULL ? s : "", s != NULL ? strlen(s) : 0, 1, out, outlen);
 }
 
 const char *log_sanitize(const char *s, char *out, size_t outlen)

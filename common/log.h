@@ -37,6 +37,12 @@ void log_msg(int level, const char *func, const char *fmt, ...)
 const char *log_escape(const void *s, size_t len, char *out, size_t outlen);
 /* log_escape() of a NUL-terminated string (NULL gives ""). */
 const char *log_sanitize(const char *s, char *out, size_t outlen);
+/*
+ * log_sanitize() for text shown to people that may be in another language
+ * (the agent's error messages as the client library hands them on): well-
+ * formed UTF-8 characters are kept, invalid bytes and C1 controls escaped.
+ */
+const char *log_escape_utf8(const char *s, char *out, size_t outlen);
 
 /*
  * True when stderr is connected to the systemd journal (JOURNAL_STREAM names

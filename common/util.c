@@ -133,6 +133,19 @@ fail:
 	return -1;
 }
 
+const char *write_file_strerror(int errnum)
+{
+	switch (errnum) {
+	case ELOOP:
+		return "a symbolic link on the path is in a directory that others may write, or is "
+		       "owned by another user (not followed)";
+	case EINVAL:
+		return "the path names something other than a regular file";
+	default:
+		return strerror(errnum);
+	}
+}
+
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
 {
 	char *tmp = NULL, *dcopy = NULL, *bcopy = NULL, *base;

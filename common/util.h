@@ -7,6 +7,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/*
+ * Room for one error line: the (err, errlen) buffers that keystores,
+ * transports and the dispatcher fill for their caller, and the client
+ * library's last error. Longer text is cut, never overflowed.
+ */
+#define MTLSA_ERRMSG_MAX 512
+
 /* Zeroes memory in a way the compiler cannot drop (secrets, signature inputs). */
 void wipe(void *p, size_t n);
 
@@ -22,6 +29,12 @@ void wipe(void *p, size_t n);
  * never redirected by another user. Returns 0 or -1.
  */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+
+/*
+ * strerror() for write_file_atomic's errno, in its terms: ELOOP is a symlink it refused to
+ * follow and EINVAL a path that is not a regular file, not what strerror() calls them.
+ */
+const char *write_file_strerror(int errnum);
 
 /*
  * Reads a whole file of at most max bytes into a new NUL-terminated buffer.

@@ -399,9 +399,9 @@ static uint16_t rsa_scheme(int md_nid, int pss)
 
 static int md_len(int md_nid)
 {
-	const struct scheme *s = scheme_for_digest(MTLS_AGENT_KEY_RSA, SIG_PAD_PKCS1, md_nid, 0);
+	const struct scheme_md *md = scheme_md_by_nid(md_nid);
 
-	return s != NULL ? (int)s->hash_len : 0;
+	return md != NULL ? (int)md->len : 0;
 }
 
 /* ---------------------------------------------------------------- EC */

@@ -338,42 +338,37 @@ out:
 static int pick_algorithm(const struct ks_key *key, int *sig_nid, int *ptype,
 			  const struct scheme **sch)
 {
-	const char *scheme_name;
+	const struct scheme *s = NULL;
+	size_t i;
 
+	*sch = NULL;
 	*ptype = V_ASN1_UNDEF;
 	switch (key->type) {
 	case MTLS_AGENT_KEY_EC:
-		switch (key->curve_nid) {
-		case NID_X9_62_prime256v1:
-			*sig_nid = NID_ecdsa_with_SHA256;
-			scheme_name = "ecdsa_secp256r1_sha256";
-			break;
-		case NID_secp384r1:
-			*sig_nid = NID_ecdsa_with_SHA384;
-			scheme_name = "ecdsa_secp384r1_sha384";
-			break;
-		case NID_secp521r1:
-			*sig_nid = NID_ecdsa_with_SHA512;
-			scheme_name = "ecdsa_secp521r1_sha512";
-			break;
-		default:
+		/* The curve's TLS 1.3 scheme (P-256 with SHA-256 ...): ecdsa-with-SHAxxx. */
+		for (i = 0; (s = scheme_at(i)) != NULL; i++)
+			if (s->key_type == MTLS_AGENT_KEY_EC && s->curve_nid == key->curve_nid)
+				break;
+		if (s == NULL ||
+		    !OBJ_find_sigid_by_algs(sig_nid, s->hash_nid, NID_X9_62_id_ecPublicKey))
 			return -1;
-		}
 		break;
 	case MTLS_AGENT_KEY_RSA:
-		*sig_nid = NID_sha256WithRSAEncryption;
+		/* PKCS#1 v1.5 with SHA-256: what every CA accepts (NULL parameters). */
+		s = scheme_by_code(MTLS_AGENT_RSA_PKCS1_SHA256);
+		if (s == NULL || !OBJ_find_sigid_by_algs(sig_nid, s->hash_nid, NID_rsaEncryption))
+			return -1;
 		*ptype = V_ASN1_NULL;
-		scheme_name = "rsa_pkcs1_sha256";
 		break;
 	case MTLS_AGENT_KEY_ED25519:
+		s = scheme_by_code(MTLS_AGENT_ED25519);
 		*sig_nid = NID_ED25519;
-		scheme_name = "ed25519";
 		break;
 	default:
 		return -1;
 	}
-	*sch = scheme_by_name(scheme_name);
-	return *sch != NULL ? 0 : -1;
+	*sch = s;
+	return s != NULL ? 0 : -1;
 }
 
 int csr_parse_subject(const char *subject, X509_NAME **out, char *err, size_t errlen)

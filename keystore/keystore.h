@@ -192,9 +192,9 @@ static inline int ks_key_fits_scheme(const struct ks_key *key, const struct sche
 	/* Only RSA schemes have a padding; ECDSA hashes are cut to the curve by the backend. */
 	if (s->pad == SIG_PAD_PSS && (flags & KS_KEY_NO_PSS))
 		return 0;
-	if (s->pad != SIG_PAD_NONE && s->hash_len == 48 && (flags & KS_KEY_NO_SHA384))
+	if (s->pad != SIG_PAD_NONE && s->md->id == SCHEME_SHA384 && (flags & KS_KEY_NO_SHA384))
 		return 0;
-	if (s->pad != SIG_PAD_NONE && s->hash_len == 64 && (flags & KS_KEY_NO_SHA512))
+	if (s->pad != SIG_PAD_NONE && s->md->id == SCHEME_SHA512 && (flags & KS_KEY_NO_SHA512))
 		return 0;
 	return 1;
 }

@@ -1502,13 +1502,6 @@ out:
 	return ret;
 }
 
-static const uint8_t di_sha256[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-				    0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
-static const uint8_t di_sha384[] = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-				    0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30};
-static const uint8_t di_sha512[] = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-				    0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40};
-
 static CK_RV sign_once(CK_FUNCTION_LIST *m, const struct lease *l, CK_MECHANISM *mech,
 		       const uint8_t *data, size_t dlen, uint8_t **raw, size_t *rawlen)
 {
@@ -1542,8 +1535,9 @@ static int p11_sign(struct keystore *base, struct ks_key *key, const struct sche
 	struct p11_ks *ks = to_p11(base);
 	CK_MECHANISM mech = {0, NULL, 0};
 	CK_RSA_PKCS_PSS_PARAMS pss;
-	uint8_t di[19 + 64], *raw = NULL;
-	const uint8_t *data = in, *prefix = NULL;
+	const struct scheme_md *md = scheme->md;
+	uint8_t di[sizeof(md->digestinfo) + EVP_MAX_MD_SIZE], *raw = NULL;
+	const uint8_t *data = in;
 	size_t dlen = inlen, rawlen = 0, want;
 	struct lease l;
 	CK_RV rv;
@@ -1551,9 +1545,10 @@ static int p11_sign(struct keystore *base, struct ks_key *key, const struct sche
 
 	*sig = NULL;
 	*siglen = 0;
+	/* ks_sign() checked that the scheme is one for this key type and inlen its hash length. */
+	mech.mechanism = scheme->ckm_raw;
 	switch (key->type) {
 	case MTLS_AGENT_KEY_EC:
-		mech.mechanism = CKM_ECDSA;
 		/*
 		 * TLS 1.2 may pair a longer hash with a smaller curve. ECDSA uses the
 		 * leftmost bits of the hash; cut it here for tokens that refuse long
@@ -1565,31 +1560,17 @@ static int p11_sign(struct keystore *base, struct ks_key *key, const struct sche
 		break;
 	case MTLS_AGENT_KEY_RSA:
 		want = ((size_t)key->bits + 7) / 8;
-		switch (scheme->hash_len) {
-		case 32:
-			prefix = di_sha256;
-			pss = (CK_RSA_PKCS_PSS_PARAMS){CKM_SHA256, CKG_MGF1_SHA256, 32};
-			break;
-		case 48:
-			prefix = di_sha384;
-			pss = (CK_RSA_PKCS_PSS_PARAMS){CKM_SHA384, CKG_MGF1_SHA384, 48};
-			break;
-		case 64:
-			prefix = di_sha512;
-			pss = (CK_RSA_PKCS_PSS_PARAMS){CKM_SHA512, CKG_MGF1_SHA512, 64};
-			break;
-		default:
+		if (md == NULL || inlen != md->len)
 			goto bad_scheme;
-		}
 		if (scheme->pad == SIG_PAD_PKCS1) {
 			/* CKM_RSA_PKCS signs a DigestInfo: the same for every token. */
-			memcpy(di, prefix, sizeof(di_sha256));
-			memcpy(di + sizeof(di_sha256), in, inlen);
+			memcpy(di, md->digestinfo, sizeof(md->digestinfo));
+			memcpy(di + sizeof(md->digestinfo), in, inlen);
 			data = di;
-			dlen = sizeof(di_sha256) + inlen;
-			mech.mechanism = CKM_RSA_PKCS;
+			dlen = sizeof(md->digestinfo) + inlen;
 		} else if (scheme->pad == SIG_PAD_PSS) {
-			mech.mechanism = CKM_RSA_PKCS_PSS;
+			/* MGF1 with the same hash, salt = hash length: what TLS 1.3 asks. */
+			pss = (CK_RSA_PKCS_PSS_PARAMS){md->ckm, md->ckg_mgf1, md->len};
 			mech.pParameter = &pss;
 			mech.ulParameterLen = sizeof(pss);
 		} else {
@@ -1597,7 +1578,6 @@ static int p11_sign(struct keystore *base, struct ks_key *key, const struct sche
 		}
 		break;
 	case MTLS_AGENT_KEY_ED25519:
-		mech.mechanism = CKM_EDDSA;
 		want = 64;
 		break;
 	default:

@@ -1092,18 +1092,19 @@ static TSS2_RC load_key(struct tpm_ks *ks, struct tpm_key *tk)
 	return TSS2_RC_SUCCESS;
 }
 
+/* The TPM's id of each digest in common/scheme.c (common/ does not know tpm2-tss). */
+static const TPMI_ALG_HASH tpm_hash_alg[SCHEME_N_HASHES] = {
+    [SCHEME_SHA256] = TPM2_ALG_SHA256,
+    [SCHEME_SHA384] = TPM2_ALG_SHA384,
+    [SCHEME_SHA512] = TPM2_ALG_SHA512,
+};
+
+/* The hash of a digest of len bytes, or TPM2_ALG_NULL. */
 static TPMI_ALG_HASH hash_alg(size_t len)
 {
-	switch (len) {
-	case 32:
-		return TPM2_ALG_SHA256;
-	case 48:
-		return TPM2_ALG_SHA384;
-	case 64:
-		return TPM2_ALG_SHA512;
-	default:
-		return TPM2_ALG_NULL;
-	}
+	const struct scheme_md *md = scheme_md_by_len(len);
+
+	return md != NULL ? tpm_hash_alg[md->id] : TPM2_ALG_NULL;
 }
 
 /* TPM2_Sign of a digest the agent computed (allowed: our keys are not restricted). */
@@ -1368,7 +1369,7 @@ static int tpm_open(const struct ks_params *params, struct keystore **out, char 
 	struct tpm_ks *ks = NULL;
 	const char *name = params->name != NULL ? params->name : "";
 	const char *tcti = params->tcti != NULL ? params->tcti : DEFAULT_TCTI;
-	char rerr[256];
+	char rerr[MTLSA_ERRMSG_MAX];
 	TSS2_RC rc;
 	int ret;
 
@@ -1443,7 +1444,7 @@ static void tpm_state(struct keystore *base, char *buf, size_t len)
  */
 static int check_found(struct tpm_ks *ks, struct ks_key **res, size_t *n, char *err, size_t errlen)
 {
-	char why[256] = "";
+	char why[MTLSA_ERRMSG_MAX] = "";
 	TSS2_RC rc;
 	size_t i, kept = 0, total = *n;
 	int attempt, was;

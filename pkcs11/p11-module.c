@@ -27,6 +27,7 @@
 
 #include "client/client-internal.h"
 #include "common/proto.h"
+#include "common/scheme.h"
 #include "common/util.h"
 #include "pkcs11/p11.h"
 
@@ -50,102 +51,94 @@ struct mech {
 	const char *name;
 	int key_type;
 	enum mech_input input;
-	uint16_t scheme;	    /* IN_MESSAGE: the TLS scheme; 0: chosen from the input */
-	CK_MECHANISM_TYPE pss_hash; /* PSS: the hash its parameters must name (0: any SHA-2) */
+	int pad;		     /* enum sig_pad: SIG_PAD_PSS takes CK_RSA_PKCS_PSS_PARAMS */
+	const struct scheme *scheme; /* IN_MESSAGE: the TLS scheme; NULL: chosen from the input */
 };
-
-static const struct mech mechs[] = {
-    {CKM_ECDSA_SHA256, "CKM_ECDSA_SHA256", MTLS_AGENT_KEY_EC, IN_MESSAGE,
-     MTLS_AGENT_ECDSA_SECP256R1_SHA256, 0},
-    {CKM_ECDSA_SHA384, "CKM_ECDSA_SHA384", MTLS_AGENT_KEY_EC, IN_MESSAGE,
-     MTLS_AGENT_ECDSA_SECP384R1_SHA384, 0},
-    {CKM_ECDSA_SHA512, "CKM_ECDSA_SHA512", MTLS_AGENT_KEY_EC, IN_MESSAGE,
-     MTLS_AGENT_ECDSA_SECP521R1_SHA512, 0},
-    {CKM_ECDSA, "CKM_ECDSA", MTLS_AGENT_KEY_EC, IN_DIGEST, 0, 0},
-    {CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-     MTLS_AGENT_RSA_PKCS1_SHA256, 0},
-    {CKM_SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-     MTLS_AGENT_RSA_PKCS1_SHA384, 0},
-    {CKM_SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-     MTLS_AGENT_RSA_PKCS1_SHA512, 0},
-    {CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-     MTLS_AGENT_RSA_PSS_RSAE_SHA256, CKM_SHA256},
-    {CKM_SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-     MTLS_AGENT_RSA_PSS_RSAE_SHA384, CKM_SHA384},
-    {CKM_SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_MESSAGE,
-     MTLS_AGENT_RSA_PSS_RSAE_SHA512, CKM_SHA512},
-    {CKM_RSA_PKCS, "CKM_RSA_PKCS", MTLS_AGENT_KEY_RSA, IN_DIGESTINFO, 0, 0},
-    {CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS", MTLS_AGENT_KEY_RSA, IN_DIGEST, 0, 0},
-    {CKM_EDDSA, "CKM_EDDSA", MTLS_AGENT_KEY_ED25519, IN_MESSAGE, MTLS_AGENT_ED25519, 0},
-};
-#define N_MECHS (sizeof(mechs) / sizeof(mechs[0]))
 
 /*
- * Plain SHA-2 digests, computed here in software (nothing secret is
- * involved). They exist because Java's SunPKCS11 accepts RSA-PSS parameters
- * only when the token lists the hash they name as a mechanism; without them
- * Java cannot sign a TLS 1.3 CertificateVerify with an RSA key.
+ * The mechanisms, from the scheme table in common/scheme.c: each scheme's
+ * hash-and-sign mechanism (CKM_ECDSA_SHA256 ... CKM_EDDSA), then the
+ * mechanisms that sign what the application hashed (CKM_ECDSA, CKM_RSA_PKCS,
+ * CKM_RSA_PKCS_PSS), each once.
  */
-static const struct {
-	CK_MECHANISM_TYPE type;
-	const char *name;
-} digest_mechs[] = {{CKM_SHA256, "SHA256"}, {CKM_SHA384, "SHA384"}, {CKM_SHA512, "SHA512"}};
-#define N_DIGEST_MECHS (sizeof(digest_mechs) / sizeof(digest_mechs[0]))
+static struct mech mechs[32];
+static size_t n_mechs;
+static pthread_once_t mechs_once = PTHREAD_ONCE_INIT;
+
+static void add_mech(CK_MECHANISM_TYPE type, const char *name, const struct scheme *sc,
+		     enum mech_input input)
+{
+	size_t i;
+
+	for (i = 0; i < n_mechs; i++)
+		if (mechs[i].type == type)
+			return;
+	if (n_mechs == sizeof(mechs) / sizeof(mechs[0]))
+		return;
+	mechs[n_mechs].type = type;
+	mechs[n_mechs].name = name;
+	mechs[n_mechs].key_type = sc->key_type;
+	mechs[n_mechs].input = input;
+	mechs[n_mechs].pad = sc->pad;
+	mechs[n_mechs].scheme = input == IN_MESSAGE ? sc : NULL;
+	n_mechs++;
+}
+
+static void mechs_init(void)
+{
+	const struct scheme *sc;
+	size_t i;
+
+	for (i = 0; (sc = scheme_at(i)) != NULL; i++)
+		add_mech(sc->ckm, sc->ckm_name, sc, IN_MESSAGE);
+	for (i = 0; (sc = scheme_at(i)) != NULL; i++)
+		add_mech(sc->ckm_raw, sc->ckm_raw_name, sc,
+			 sc->pad == SIG_PAD_PKCS1 ? IN_DIGESTINFO : IN_DIGEST);
+}
 
 static const struct mech *mech_by_type(CK_MECHANISM_TYPE type)
 {
 	size_t i;
 
-	for (i = 0; i < N_MECHS; i++)
+	pthread_once(&mechs_once, mechs_init);
+	for (i = 0; i < n_mechs; i++)
 		if (mechs[i].type == type)
 			return &mechs[i];
 	return NULL;
 }
 
-static const char *digest_by_type(CK_MECHANISM_TYPE type)
+size_t p11_sign_mechanisms(int key_type, CK_MECHANISM_TYPE *out, size_t max)
 {
-	size_t i;
+	size_t i, n = 0;
 
-	for (i = 0; i < N_DIGEST_MECHS; i++)
-		if (digest_mechs[i].type == type)
-			return digest_mechs[i].name;
-	return NULL;
+	pthread_once(&mechs_once, mechs_init);
+	for (i = 0; i < n_mechs && n < max; i++)
+		if (mechs[i].key_type == key_type)
+			out[n++] = mechs[i].type;
+	return n;
 }
 
-/* SHA-2 hashes as PSS parameters name them. */
-static const struct {
-	CK_MECHANISM_TYPE hash;
-	CK_RSA_PKCS_MGF_TYPE mgf;
-	size_t len;
-	uint16_t pss, pkcs1, ecdsa;
-	uint8_t digestinfo[19]; /* DER DigestInfo up to the hash value */
-} hashes[] = {
-    {CKM_SHA256,
-     CKG_MGF1_SHA256,
-     32,
-     MTLS_AGENT_RSA_PSS_RSAE_SHA256,
-     MTLS_AGENT_RSA_PKCS1_SHA256,
-     MTLS_AGENT_ECDSA_SECP256R1_SHA256,
-     {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
-      0x05, 0x00, 0x04, 0x20}},
-    {CKM_SHA384,
-     CKG_MGF1_SHA384,
-     48,
-     MTLS_AGENT_RSA_PSS_RSAE_SHA384,
-     MTLS_AGENT_RSA_PKCS1_SHA384,
-     MTLS_AGENT_ECDSA_SECP384R1_SHA384,
-     {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
-      0x05, 0x00, 0x04, 0x30}},
-    {CKM_SHA512,
-     CKG_MGF1_SHA512,
-     64,
-     MTLS_AGENT_RSA_PSS_RSAE_SHA512,
-     MTLS_AGENT_RSA_PKCS1_SHA512,
-     MTLS_AGENT_ECDSA_SECP521R1_SHA512,
-     {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03,
-      0x05, 0x00, 0x04, 0x40}},
-};
-#define N_HASHES (sizeof(hashes) / sizeof(hashes[0]))
+/*
+ * Plain SHA-2 digests (the digest rows of common/scheme.c), computed here in
+ * software (nothing secret is involved). They exist because Java's SunPKCS11
+ * accepts RSA-PSS parameters only when the token lists the hash they name as
+ * a mechanism; without them Java cannot sign a TLS 1.3 CertificateVerify with
+ * an RSA key.
+ */
+static const char *digest_by_type(CK_MECHANISM_TYPE type)
+{
+	const struct scheme_md *md = scheme_md_by_ckm(type);
+
+	return md != NULL ? md->name : NULL;
+}
+
+/* The scheme of a key type, padding and digest; 0 when there is none. */
+static uint16_t scheme_code(int key_type, int pad, const struct scheme_md *md)
+{
+	const struct scheme *sc = md != NULL ? scheme_for_digest(key_type, pad, md->nid, 0) : NULL;
+
+	return sc != NULL ? sc->code : 0;
+}
 
 /* --- state ------------------------------------------------------------------------------ */
 
@@ -497,17 +490,18 @@ static CK_RV mt_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK
 	pthread_mutex_unlock(&lock);
 	if (slot != P11_SLOT_ID)
 		return CKR_SLOT_ID_INVALID;
+	pthread_once(&mechs_once, mechs_init);
 	if (list != NULL) {
-		if (*count < N_MECHS + N_DIGEST_MECHS) {
+		if (*count < n_mechs + SCHEME_N_HASHES) {
 			rv = CKR_BUFFER_TOO_SMALL;
 		} else {
-			for (i = 0; i < N_MECHS; i++)
+			for (i = 0; i < n_mechs; i++)
 				list[i] = mechs[i].type;
-			for (i = 0; i < N_DIGEST_MECHS; i++)
-				list[N_MECHS + i] = digest_mechs[i].type;
+			for (i = 0; i < SCHEME_N_HASHES; i++)
+				list[n_mechs + i] = scheme_md_at(i)->ckm;
 		}
 	}
-	*count = N_MECHS + N_DIGEST_MECHS;
+	*count = n_mechs + SCHEME_N_HASHES;
 	return rv;
 }
 
@@ -863,24 +857,22 @@ static CK_RV mt_FindObjectsFinal(CK_SESSION_HANDLE h)
 static CK_RV pss_scheme(const CK_MECHANISM *m, CK_MECHANISM_TYPE want_hash, uint16_t *scheme)
 {
 	const CK_RSA_PKCS_PSS_PARAMS *pp = m->pParameter;
-	size_t i;
+	const struct scheme_md *md;
 
 	if (pp == NULL || m->ulParameterLen != sizeof(*pp)) {
 		fprintf(stderr, "mtls-agent-pkcs11: RSA-PSS needs CK_RSA_PKCS_PSS_PARAMS\n");
 		return CKR_MECHANISM_PARAM_INVALID;
 	}
-	for (i = 0; i < N_HASHES; i++)
-		if (hashes[i].hash == pp->hashAlg)
-			break;
-	if (i == N_HASHES || (want_hash != 0 && pp->hashAlg != want_hash) ||
-	    pp->mgf != hashes[i].mgf || pp->sLen != hashes[i].len) {
+	md = scheme_md_by_ckm(pp->hashAlg);
+	if (md == NULL || (want_hash != 0 && pp->hashAlg != want_hash) || pp->mgf != md->ckg_mgf1 ||
+	    pp->sLen != md->len) {
 		fprintf(stderr,
 			"mtls-agent-pkcs11: RSA-PSS parameters not supported: the agent "
 			"signs SHA-256/384/512 with MGF1 of the same hash and salt length = "
 			"hash length\n");
 		return CKR_MECHANISM_PARAM_INVALID;
 	}
-	*scheme = hashes[i].pss;
+	*scheme = scheme_code(MTLS_AGENT_KEY_RSA, SIG_PAD_PSS, md);
 	return CKR_OK;
 }
 
@@ -917,9 +909,11 @@ static CK_RV mt_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HAND
 		rv = CKR_KEY_TYPE_INCONSISTENT;
 		goto out;
 	}
-	scheme = mech->scheme;
-	if (mech->type == CKM_RSA_PKCS_PSS || mech->pss_hash != 0) {
-		if ((rv = pss_scheme(m, mech->pss_hash, &scheme)) != CKR_OK)
+	scheme = mech->scheme != NULL ? mech->scheme->code : 0;
+	if (mech->pad == SIG_PAD_PSS) {
+		/* CKM_SHAxxx_RSA_PKCS_PSS fixes the hash; CKM_RSA_PKCS_PSS takes any. */
+		if ((rv = pss_scheme(m, mech->scheme != NULL ? mech->scheme->md->ckm : 0,
+				     &scheme)) != CKR_OK)
 			goto out;
 	} else if (mech->type == CKM_EDDSA && m->pParameter != NULL) {
 		/* Ed25519ph and contexts are other signatures than the one TLS uses. */
@@ -988,6 +982,7 @@ static CK_RV agent_error(const struct sign_op *op, int r)
 static CK_RV do_sign(struct sign_op *op, const uint8_t *data, size_t len, uint8_t *out,
 		     size_t *out_len)
 {
+	const struct scheme_md *md;
 	uint16_t scheme = op->scheme;
 	unsigned flags = 0;
 	uint8_t *sig = NULL;
@@ -1004,9 +999,7 @@ static CK_RV do_sign(struct sign_op *op, const uint8_t *data, size_t len, uint8_
 	case IN_DIGEST:
 		flags = MTLS_AGENT_SIGN_DIGEST;
 		if (op->key_type == MTLS_AGENT_KEY_EC) {
-			for (i = 0; i < N_HASHES && hashes[i].len != len; i++)
-				;
-			if (i == N_HASHES) {
+			if ((md = scheme_md_by_len(len)) == NULL) {
 				fprintf(
 				    stderr,
 				    "mtls-agent-pkcs11: CKM_ECDSA with \"%s\": the agent signs "
@@ -1014,30 +1007,30 @@ static CK_RV do_sign(struct sign_op *op, const uint8_t *data, size_t len, uint8_
 				    op->name, len);
 				return CKR_DATA_LEN_RANGE;
 			}
-			scheme = hashes[i].ecdsa;
+			scheme = scheme_code(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, md);
 		} else {
-			for (i = 0; i < N_HASHES && hashes[i].pss != scheme; i++)
-				;
-			if (i == N_HASHES || hashes[i].len != len)
+			const struct scheme *sc = scheme_by_code(scheme);
+
+			if (sc == NULL || sc->hash_len != len)
 				return CKR_DATA_LEN_RANGE;
 		}
 		break;
 	case IN_DIGESTINFO:
 		flags = MTLS_AGENT_SIGN_DIGEST;
-		for (i = 0; i < N_HASHES; i++)
-			if (len == sizeof(hashes[i].digestinfo) + hashes[i].len &&
-			    memcmp(data, hashes[i].digestinfo, sizeof(hashes[i].digestinfo)) == 0)
+		for (i = 0; (md = scheme_md_at(i)) != NULL; i++)
+			if (len == sizeof(md->digestinfo) + md->len &&
+			    memcmp(data, md->digestinfo, sizeof(md->digestinfo)) == 0)
 				break;
-		if (i == N_HASHES) {
+		if (md == NULL) {
 			fprintf(stderr,
 				"mtls-agent-pkcs11: CKM_RSA_PKCS with \"%s\": only a "
 				"SHA-256/384/512 DigestInfo is signed, never raw RSA\n",
 				op->name);
 			return CKR_DATA_INVALID;
 		}
-		scheme = hashes[i].pkcs1;
-		data += sizeof(hashes[i].digestinfo);
-		len = hashes[i].len;
+		scheme = scheme_code(MTLS_AGENT_KEY_RSA, SIG_PAD_PKCS1, md);
+		data += sizeof(md->digestinfo);
+		len = md->len;
 		break;
 	}
 	if ((r = get_agent(&a)) != 0 ||
@@ -1215,7 +1208,7 @@ static CK_RV mt_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig
 	return rv;
 }
 
-/* --- digests (software, see digest_mechs) ----------------------------------------------- */
+/* --- digests (software, see digest_by_type) -------------------------------------------- */
 
 static CK_RV mt_DigestInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m)
 {

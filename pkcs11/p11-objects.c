@@ -208,30 +208,9 @@ static int add_key_common(struct p11_object *obj, const struct mtls_agent_identi
 	CK_KEY_TYPE kt = id->key_type == MTLS_AGENT_KEY_RSA  ? CKK_RSA
 			 : id->key_type == MTLS_AGENT_KEY_EC ? CKK_EC
 							     : CKK_EC_EDWARDS;
-	CK_MECHANISM_TYPE mechs[12];
-	size_t n = 0;
+	CK_MECHANISM_TYPE mechs[16];
+	size_t n = p11_sign_mechanisms(id->key_type, mechs, sizeof(mechs) / sizeof(mechs[0]));
 
-	switch (id->key_type) {
-	case MTLS_AGENT_KEY_RSA:
-		mechs[n++] = CKM_SHA256_RSA_PKCS;
-		mechs[n++] = CKM_SHA384_RSA_PKCS;
-		mechs[n++] = CKM_SHA512_RSA_PKCS;
-		mechs[n++] = CKM_SHA256_RSA_PKCS_PSS;
-		mechs[n++] = CKM_SHA384_RSA_PKCS_PSS;
-		mechs[n++] = CKM_SHA512_RSA_PKCS_PSS;
-		mechs[n++] = CKM_RSA_PKCS;
-		mechs[n++] = CKM_RSA_PKCS_PSS;
-		break;
-	case MTLS_AGENT_KEY_EC:
-		mechs[n++] = CKM_ECDSA_SHA256;
-		mechs[n++] = CKM_ECDSA_SHA384;
-		mechs[n++] = CKM_ECDSA_SHA512;
-		mechs[n++] = CKM_ECDSA;
-		break;
-	default:
-		mechs[n++] = CKM_EDDSA;
-		break;
-	}
 	if (add_ulong(obj, CKA_KEY_TYPE, kt) != 0 || add_bool(obj, CKA_LOCAL, 1) != 0 ||
 	    add_bool(obj, CKA_DERIVE, 0) != 0 || add_bytes(obj, CKA_START_DATE, "", 0) != 0 ||
 	    add_bytes(obj, CKA_END_DATE, "", 0) != 0 ||

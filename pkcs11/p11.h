@@ -51,6 +51,9 @@ struct p11_object {
 int p11_objects_from_identity(const struct mtls_agent_identity *id,
 			      void (*add)(struct p11_object *obj, void *arg), void *arg);
 void p11_object_free(struct p11_object *obj);
+/* The signature mechanisms offered for keys of key_type (MTLS_AGENT_KEY_*): at most
+ * max into out (CKA_ALLOWED_MECHANISMS). Returns how many were written. */
+size_t p11_sign_mechanisms(int key_type, CK_MECHANISM_TYPE *out, size_t max);
 /* The attribute, or NULL when the object has none of that type. */
 const struct p11_attr *p11_object_attr(const struct p11_object *obj, CK_ATTRIBUTE_TYPE type);
 

@@ -18,6 +18,7 @@
 #include <openssl/params.h>
 #include <openssl/sha.h>
 
+#include "common/util.h"
 #include "provider/prov.h"
 
 /* --- key objects ------------------------------------------------------------------------ */
@@ -153,7 +154,7 @@ int mtlsa_key_from_agent(struct mtlsa_prov *prov, const char *name, int raise,
 			 struct mtlsa_key **key, struct mtls_agent_identity **ident)
 {
 	struct mtls_agent_identity *id = NULL;
-	char err[MTLSA_ERR_LEN] = "";
+	char err[MTLSA_ERRMSG_MAX] = "";
 	int r;
 
 	*key = NULL;

@@ -27,57 +27,6 @@
 #include "common/util.h"
 #include "provider/prov.h"
 
-struct md_info {
-	const char *name;	    /* as we report it */
-	const char *aliases[5];	    /* as callers may spell it (compared ignoring case) */
-	size_t len;		    /* digest length */
-	uint8_t ecdsa_algid[12];    /* DER AlgorithmIdentifier, ecdsa-with-SHAxxx */
-	uint8_t pkcs1_algid[15];    /* DER AlgorithmIdentifier, shaxxxWithRSAEncryption + NULL */
-};
-
-static const struct md_info mds[] = {
-	{"SHA256",
-	 {"SHA256", "SHA2-256", "SHA-256", "2.16.840.1.101.3.4.2.1", NULL},
-	 32,
-	 {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02},
-	 {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05,
-	  0x00}},
-	{"SHA384",
-	 {"SHA384", "SHA2-384", "SHA-384", "2.16.840.1.101.3.4.2.2", NULL},
-	 48,
-	 {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03},
-	 {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c, 0x05,
-	  0x00}},
-	{"SHA512",
-	 {"SHA512", "SHA2-512", "SHA-512", "2.16.840.1.101.3.4.2.3", NULL},
-	 64,
-	 {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04},
-	 {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d, 0x05,
-	  0x00}},
-};
-#define N_MDS (sizeof(mds) / sizeof(mds[0]))
-
-static const struct md_info *md_by_name(const char *name)
-{
-	size_t i, j;
-
-	for (i = 0; i < N_MDS; i++)
-		for (j = 0; mds[i].aliases[j] != NULL; j++)
-			if (strcasecmp(name, mds[i].aliases[j]) == 0)
-				return &mds[i];
-	return NULL;
-}
-
-static const struct md_info *md_by_len(size_t len)
-{
-	size_t i;
-
-	for (i = 0; i < N_MDS; i++)
-		if (mds[i].len == len)
-			return &mds[i];
-	return NULL;
-}
-
 enum sig_op { OP_NONE = 0, OP_SIGN, OP_DIGEST_SIGN };
 
 struct sigctx {
@@ -85,8 +34,8 @@ struct sigctx {
 	int key_type; /* what this implementation signs with: MTLS_AGENT_KEY_EC or _RSA */
 	struct mtlsa_key *key;
 	enum sig_op op;
-	const struct md_info *md;   /* NULL: sign() infers it from the input length */
-	const struct md_info *mgf1; /* NULL: same as md */
+	const struct scheme_md *md;   /* NULL: sign() infers it from the input length */
+	const struct scheme_md *mgf1; /* NULL: same as md */
 	int pad;		    /* RSA_PKCS1_PADDING or RSA_PKCS1_PSS_PADDING */
 	int saltlen;		    /* RSA_PSS_SALTLEN_DIGEST or a byte count */
 	uint8_t *msg;		    /* digest_sign_update() input, until final */
@@ -176,9 +125,9 @@ static void *sig_dupctx(void *vctx)
 /* --- parameters ------------------------------------------------------------------------- */
 
 /* A digest the agent signs with, or NULL after raising an error. */
-static const struct md_info *md_lookup(const struct sigctx *ctx, const char *name)
+static const struct scheme_md *md_lookup(const struct sigctx *ctx, const char *name)
 {
-	const struct md_info *md = md_by_name(name);
+	const struct scheme_md *md = scheme_md_by_name(name);
 
 	if (md == NULL)
 		MTLSA_RAISE(ctx->prov, MTLSA_R_UNSUPPORTED_DIGEST,
@@ -188,10 +137,10 @@ static const struct md_info *md_lookup(const struct sigctx *ctx, const char *nam
 	return md;
 }
 
-static int set_digest(struct sigctx *ctx, const struct md_info **slot, const OSSL_PARAM *p)
+static int set_digest(struct sigctx *ctx, const struct scheme_md **slot, const OSSL_PARAM *p)
 {
 	const char *name = NULL;
-	const struct md_info *md;
+	const struct scheme_md *md;
 
 	if (!OSSL_PARAM_get_utf8_string_ptr(p, &name)) {
 		MTLSA_RAISE(ctx->prov, MTLSA_R_BAD_PARAMETER, "%s must be a string", p->key);
@@ -405,7 +354,7 @@ static int sig_get_ctx_params(void *vctx, OSSL_PARAM params[])
 		}
 	}
 	if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_MGF1_DIGEST)) != NULL) {
-		const struct md_info *mgf1 = ctx->mgf1 != NULL ? ctx->mgf1 : ctx->md;
+		const struct scheme_md *mgf1 = ctx->mgf1 != NULL ? ctx->mgf1 : ctx->md;
 
 		if (mgf1 != NULL && !OSSL_PARAM_set_utf8_string(p, mgf1->name))
 			return 0;
@@ -497,11 +446,12 @@ static uint16_t sig_scheme(const struct sigctx *ctx)
 		return MTLS_AGENT_ED25519;
 	/* The agent takes any ECDSA scheme with any curve: the digest picks it. */
 	if (ctx->key_type == MTLS_AGENT_KEY_EC)
-		s = scheme_for_digest(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, NID_undef, ctx->md->len);
+		s = scheme_for_digest(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, ctx->md->nid, 0);
 	else
 		s = scheme_for_digest(MTLS_AGENT_KEY_RSA,
-				      ctx->pad == RSA_PKCS1_PSS_PADDING ? SIG_PAD_PSS : SIG_PAD_PKCS1,
-				      NID_undef, ctx->md->len);
+				      ctx->pad == RSA_PKCS1_PSS_PADDING ? SIG_PAD_PSS
+									: SIG_PAD_PKCS1,
+				      ctx->md->nid, 0);
 	return s != NULL ? s->code : 0;
 }
 
@@ -512,7 +462,7 @@ static int agent_sign(struct sigctx *ctx, unsigned flags, const uint8_t *data, s
 	const struct mtlsa_key *key = ctx->key;
 	uint8_t *out = NULL;
 	size_t out_len = 0;
-	char err[MTLSA_ERR_LEN] = "";
+	char err[MTLSA_ERRMSG_MAX] = "";
 	uint16_t scheme;
 	int r;
 
@@ -646,7 +596,7 @@ static int sig_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsi
 		    const unsigned char *tbs, size_t tbslen)
 {
 	struct sigctx *ctx = vctx;
-	const struct md_info *md;
+	const struct scheme_md *md;
 
 	if (ctx->op != OP_SIGN) {
 		MTLSA_RAISE(ctx->prov, MTLSA_R_NOT_INITIALISED, "sign_init was not called");
@@ -656,7 +606,7 @@ static int sig_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsi
 		*siglen = ctx->key->max_size;
 		return 1;
 	}
-	md = ctx->md != NULL ? ctx->md : md_by_len(tbslen);
+	md = ctx->md != NULL ? ctx->md : scheme_md_by_len(tbslen);
 	if (md == NULL || md->len != tbslen) {
 		MTLSA_RAISE(ctx->prov, MTLSA_R_UNSUPPORTED_DIGEST,
 			    "input of %zu bytes is not a %s digest: the agent signs SHA-256, "

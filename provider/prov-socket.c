@@ -2,7 +2,7 @@
  * OpenSSL 3 provider "mtlsagent": the application module's entry point and its
  * transport, the agent's Unix socket (libmtls-agent). Only the module links
  * this file: the daemon uses the same provider code with its in-daemon
- * transport (agent/renew-prov.c) and holds no connect code or entry point.
+ * transport (renew/renew-prov.c) and holds no connect code or entry point.
  *
  * Load it after the default provider (openssl.cnf: activate `default`, then
  * `mtlsagent`): libssl asks "which provider's EC key management comes first"

@@ -28,7 +28,7 @@ struct mtlsa_prov;
  * How a provider instance reaches the agent. Two exist: the socket (the
  * application module, prov-socket.c, the only place that connects) and the
  * agent's own in-daemon transport for certificate renewal
- * (agent/renew-prov.c), which calls the keystore directly. The key
+ * (renew/renew-prov.c), which calls the keystore directly. The key
  * management and signature code sees only this interface, so the daemon links
  * it without the socket code or OSSL_provider_init.
  *
@@ -48,9 +48,6 @@ struct mtlsa_transport {
 		    uint16_t scheme, unsigned flags, const uint8_t *data, size_t len, uint8_t **sig,
 		    size_t *siglen, char *err, size_t errlen);
 };
-
-/* Room for a transport's error line (the client library keeps 512 bytes). */
-#define MTLSA_ERR_LEN 512
 
 /*
  * Creates a provider instance reaching the agent through transport: the body

@@ -24,6 +24,12 @@
  * certificates); --leaf-only 1 answers enrollments with the issued certificate alone, as
  * RFC 7030 allows, so the client must complete the chain from cacerts.
  *
+ * Revocation (tests/integration/renew-revoked.sh): --aia URL and --cdp URL put an OCSP
+ * responder (authorityInfoAccess) and a CRL distribution point into every leaf; --index FILE
+ * appends each leaf to an `openssl ca` index ("V" lines), which `openssl ocsp -index` and
+ * `openssl ca -gencrl` read; a simplereenroll whose client certificate is marked revoked
+ * there ("R") gets 403, as a CA refuses renewal with a revoked credential.
+ *
  * The fault file (re-read for every enrollment) holds one line "KIND COUNT [ARG]"; while
  * COUNT > 0 each enrollment that passed authentication and CSR verification consumes one
  * (the file is rewritten atomically with COUNT - 1); cacerts and refused requests never do:
@@ -89,6 +95,8 @@ struct ca {
 	EVP_PKEY *rogue_key;
 	long lifetime;
 	const char *fault_file;
+	const char *aia, *cdp; /* --aia, --cdp: URLs put into every leaf, or NULL */
+	const char *index;     /* --index: openssl ca index of every leaf issued, or NULL */
 	char *basic; /* "user:password", or NULL */
 	FILE *log;
 };
@@ -307,6 +315,73 @@ static int copy_san(X509 *x, X509_REQ *csr)
 }
 
 /* The leaf for the CSR, bent the way the fault asks. */
+/* --aia, --cdp: where the agent asks whether this certificate is revoked. */
+static int add_revocation_sources(struct ca *ca, X509 *x, X509V3_CTX *v3)
+{
+	char value[512];
+
+	if (ca->aia != NULL) {
+		snprintf(value, sizeof(value), "OCSP;URI:%s", ca->aia);
+		if (!add_ext(x, v3, NID_info_access, value))
+			return 0;
+	}
+	if (ca->cdp != NULL) {
+		snprintf(value, sizeof(value), "URI:%s", ca->cdp);
+		if (!add_ext(x, v3, NID_crl_distribution_points, value))
+			return 0;
+	}
+	return 1;
+}
+
+/* "V" line of an `openssl ca` index for x (expiry as YYMMDDHHMMSSZ, serial as BN_bn2hex). */
+static int index_add(struct ca *ca, X509 *x)
+{
+	BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+	char *hex = bn != NULL ? BN_bn2hex(bn) : NULL, *subject;
+	char expiry[32];
+	struct tm tm = {0};
+	FILE *f = NULL;
+	int ok;
+
+	subject = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
+	ok = hex != NULL && subject != NULL && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1 &&
+	     (f = fopen(ca->index, "a")) != NULL;
+	/* UTCTime's two-digit year, as `openssl ca` writes it. */
+	snprintf(expiry, sizeof(expiry), "%02d%02d%02d%02d%02d%02dZ", tm.tm_year % 100,
+		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	if (ok) {
+		fprintf(f, "V\t%s\t\t%s\tunknown\t%s\n", expiry, hex, subject);
+		ok = fclose(f) == 0;
+	}
+	OPENSSL_free(subject);
+	OPENSSL_free(hex);
+	BN_free(bn);
+	return ok;
+}
+
+/* Whether --index marks x revoked (an "R" line with its serial). */
+static int index_revoked(struct ca *ca, X509 *x)
+{
+	BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+	char *hex = bn != NULL ? BN_bn2hex(bn) : NULL, line[1024], *f[4];
+	FILE *in = hex != NULL ? fopen(ca->index, "r") : NULL;
+	int revoked = 0, i;
+
+	while (in != NULL && !revoked && fgets(line, sizeof(line), in) != NULL) {
+		f[0] = line;
+		for (i = 1; i < 4 && f[i - 1] != NULL; i++)
+			if ((f[i] = strchr(f[i - 1], '\t')) != NULL)
+				*f[i]++ = '\0';
+		revoked = i == 4 && f[3] != NULL && strcmp(f[0], "R") == 0 &&
+			  strncmp(f[3], hex, strlen(hex)) == 0 && f[3][strlen(hex)] == '\t';
+	}
+	if (in != NULL)
+		fclose(in);
+	OPENSSL_free(hex);
+	BN_free(bn);
+	return revoked;
+}
+
 static X509 *issue_leaf(struct ca *ca, X509_REQ *csr, enum fault fault)
 {
 	X509 *issuer = fault == FAULT_UNTRUSTED ? ca->rogue_cert : ca->cert;
@@ -342,7 +417,7 @@ static X509 *issue_leaf(struct ca *ca, X509_REQ *csr, enum fault fault)
 	    (fault != FAULT_NOEKU && !add_ext(x, &v3, NID_ext_key_usage, "clientAuth")) ||
 	    !add_ext(x, &v3, NID_subject_key_identifier, "hash") ||
 	    !add_ext(x, &v3, NID_authority_key_identifier, "keyid,issuer") || !copy_san(x, csr) ||
-	    X509_sign(x, signer, EVP_sha256()) <= 0)
+	    !add_revocation_sources(ca, x, &v3) || X509_sign(x, signer, EVP_sha256()) <= 0)
 		goto fail;
 	EVP_PKEY_free(other_key);
 	X509_NAME_free(wrong_subject);
@@ -746,6 +821,11 @@ static int serve_enroll(struct ca *ca, struct conn *c, struct request *r, const 
 				   keep);
 		goto out;
 	}
+	if (reenroll && ca->index != NULL && index_revoked(ca, SSL_get0_peer_certificate(c->ssl))) {
+		log_line(ca, "%s forbidden: the client certificate is revoked", op);
+		ret = respond_text(c, 403, NULL, "client certificate revoked\n", keep);
+		goto out;
+	}
 	if (reenroll && X509_NAME_cmp(X509_get_subject_name(SSL_get0_peer_certificate(c->ssl)),
 				      X509_REQ_get_subject_name(csr)) != 0) {
 		log_line(ca, "%s forbidden: CSR subject %s differs from the client certificate's",
@@ -803,6 +883,11 @@ static int serve_enroll(struct ca *ca, struct conn *c, struct request *r, const 
 	     !sk_X509_insert(certs, fault == FAULT_UNTRUSTED ? ca->rogue_cert : ca->cert, 0)) ||
 	    !sk_X509_insert(certs, leaf, 0)) {
 		log_line(ca, "%s issue failed: %s", op, ssl_error());
+		ret = respond_text(c, 500, NULL, "cannot issue\n", keep);
+		goto out;
+	}
+	if (ca->index != NULL && !index_add(ca, leaf)) {
+		log_line(ca, "%s cannot record the certificate in %s", op, ca->index);
 		ret = respond_text(c, 500, NULL, "cannot issue\n", keep);
 		goto out;
 	}
@@ -1025,7 +1110,8 @@ static void usage(void)
 	      "              --ca-cert CA.pem --ca-key CA.key [--chain EXTRA.pem]\n"
 	      "              --lifetime SECONDS [--fault-file FAULTS] [--basic USER:PASSFILE]\n"
 	      "              [--log FILE] [--port N] [--cacerts CERTS.pem] [--leaf-only 1]\n"
-	      "              [--client-ca MORE-ANCHORS.pem] [--renew-from ENROLL-CA.pem]\n",
+	      "              [--client-ca MORE-ANCHORS.pem] [--renew-from ENROLL-CA.pem]\n"
+	      "              [--aia OCSP-URL] [--cdp CRL-URL] [--index INDEX.txt]\n",
 	      stderr);
 	exit(2);
 }
@@ -1041,13 +1127,15 @@ int main(int argc, char **argv)
 	    {"basic", required_argument, NULL, 0},     {"log", required_argument, NULL, 0},
 	    {"port", required_argument, NULL, 0},      {"cacerts", required_argument, NULL, 0},
 	    {"leaf-only", required_argument, NULL, 0}, {"client-ca", required_argument, NULL, 0},
-	    {"renew-from", required_argument, NULL, 0}, {NULL, 0, NULL, 0},
+	    {"renew-from", required_argument, NULL, 0}, {"aia", required_argument, NULL, 0},
+	    {"cdp", required_argument, NULL, 0},	{"index", required_argument, NULL, 0},
+	    {NULL, 0, NULL, 0},
 	};
 	/* clang-format off */
 	enum { PORT_FILE, TLS_CERT, TLS_KEY, CA_CERT, CA_KEY, CHAIN, LIFETIME, FAULTS, BASIC, LOG,
-	       PORT, CACERTS, LEAF_ONLY, CLIENT_CA, RENEW_FROM };
+	       PORT, CACERTS, LEAF_ONLY, CLIENT_CA, RENEW_FROM, AIA, CDP, INDEX };
 	/* clang-format on */
-	const char *arg[RENEW_FROM + 1] = {NULL};
+	const char *arg[INDEX + 1] = {NULL};
 	struct ca ca = {0};
 	STACK_OF(X509) *ca_certs = NULL;
 	struct sigaction sa = {.sa_handler = on_stop_signal};
@@ -1059,6 +1147,9 @@ int main(int argc, char **argv)
 		arg[index] = optarg;
 	ca.lifetime = parse_long(arg[LIFETIME]);
 	ca.fault_file = arg[FAULTS];
+	ca.aia = arg[AIA];
+	ca.cdp = arg[CDP];
+	ca.index = arg[INDEX];
 	port = arg[PORT] ? parse_long(arg[PORT]) : 0;
 	if (opt != -1 || optind != argc || !arg[PORT_FILE] || !arg[TLS_CERT] || !arg[TLS_KEY] ||
 	    !arg[CA_CERT] || !arg[CA_KEY] || ca.lifetime <= 0 || port < 0 || port > 65535)

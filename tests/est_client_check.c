@@ -31,8 +31,8 @@
 #include <openssl/store.h>
 #include <openssl/x509v3.h>
 
-#include "agent/certcheck.h"
-#include "agent/enroll-est.h"
+#include "common/certcheck.h"
+#include "renew/enroll-est.h"
 #include "common/util.h"
 
 struct check {

@@ -21,6 +21,8 @@ RENEW_TESTS = \
 	tests/integration/renew-verify.sh \
 	tests/integration/renew-clock.sh \
 	tests/integration/renew-keygen-crash.sh \
+	tests/integration/renew-revoked.sh \
+	tests/integration/renew-revoked-crl.sh \
 	tests/integration/renew-soak-tpm-cmp.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)

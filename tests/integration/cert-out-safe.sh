@@ -42,7 +42,9 @@ wait_until 10 test -s "$WORK/out/gw.pem" || fail "cert-out in our own directory 
 cmp -s "$WORK/out/gw.pem" "$WORK/chain.pem" || fail "cert-out does not hold the installed chain"
 wait_until 10 grep -q "cert-out: cannot write $WORK/userdir/link/gw.pem" "$AGENT_LOG" ||
 	fail "the agent did not log the refused cert-out"
-log "refused: $(grep -m1 "cert-out: cannot write $WORK/userdir/link/gw.pem" "$AGENT_LOG")"
+refusal=$(grep -m1 "cert-out: cannot write $WORK/userdir/link/gw.pem" "$AGENT_LOG")
+log "refused: $refusal"
+assert_contains "$refusal" "symbolic link" "the refusal names the symlink it did not follow"
 [ -z "$(ls -A "$WORK/rootonly")" ] || fail "something was written into the root-only directory: $(ls -la "$WORK/rootonly")"
 [ -z "$(find "$WORK/userdir" -mindepth 1 ! -name link)" ] || fail "files left in the user's directory"
 assert_eq "$(current_serial gw)" "$serial" "the enrollment stands"

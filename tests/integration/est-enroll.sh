@@ -1,5 +1,5 @@
 #!/bin/bash
-# EST enrollment (agent/enroll-est.c, driven by tests/est_client_check) against the test
+# EST enrollment (renew/enroll-est.c, driven by tests/est_client_check) against the test
 # EST CA (tests/est-ca): cacerts, bootstrap with HTTP Basic, renewal over mTLS with key
 # rotation, and each fault of the CA mapped to the outcome the scheduler acts on.
 set -eu

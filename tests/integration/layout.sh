@@ -2,6 +2,9 @@
 # The dependency rule of docs/HACKING.md, checked on the tree and the binary:
 # - no header of the daemon (agent/) or of renewal (renew/) is included from
 #   common/, keystore/, provider/, engine/, client/ or pkcs11/;
+# - the daemon (agent/) reaches renewal only through its interface renew/renew.h
+#   (config.c also uses the pure parsers renew/sched.h, renew/renew-verify.h and
+#   renew/revocation.h's rev_mode_from_name);
 # - the daemon holds no provider entry point and no client socket code (it
 #   links the provider's internal library, not the module).
 set -u
@@ -17,6 +20,17 @@ if [ -n "$bad" ]; then
 	status=1
 else
 	echo "ok: common/ keystore/ provider/ engine/ client/ pkcs11/ include no agent/ or renew/ header"
+fi
+
+bad=$(cd "$top_srcdir" &&
+	grep -rnE '#[[:space:]]*include[[:space:]]+"renew/' agent 2>/dev/null |
+	grep -vE '"renew/renew\.h"|^agent/config\.c:.*"renew/(sched|renew-verify|revocation)\.h"')
+if [ -n "$bad" ]; then
+	echo "FAIL: the daemon reaches into renewal past renew/renew.h:" >&2
+	echo "$bad" >&2
+	status=1
+else
+	echo "ok: agent/ includes renew/renew.h only (config.c: the pure parsers)"
 fi
 
 if ! command -v nm >/dev/null; then

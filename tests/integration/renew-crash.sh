@@ -21,14 +21,14 @@
 #    0..1.25 times the slowest clean renewal of part 1, so that kills land on
 #    both sides of the installation.
 #
-# Key invariant (agent/renew.c, agent/state.c): the token holds the current
+# Key invariant (renew/renew.c, agent/state.c): the token holds the current
 # key (the one the certificate file names), at most one pending key (recorded
 # in <state-dir>/NAME.pending, reused by the next attempt), and the old keys
 # queued in <state-dir>/NAME.retire until their certificates expire (not
 # during this test: certificates live 3600 s and the initial one 30 days), one
 # per installed renewal. Nothing else: an interrupted attempt never leaves a
 # key behind that nobody will use or delete. (More than about 60 rounds queue
-# more old keys than agent/renew.c's retirement list holds (MAX_RETIRE): the
+# more old keys than renew/renew.c's retirement list holds (MAX_RETIRE): the
 # count check then fails, rightly.)
 set -eu
 # shellcheck source=../lib.sh

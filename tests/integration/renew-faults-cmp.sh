@@ -60,7 +60,7 @@ renew_fault_badcert dev garbage "$T" "is not a CMP message from $CA_URL"
 # waiting (last: see below): the CA answers the KUR "waiting" and each pollReq with
 # checkAfter until 2 s have passed. The client polls within the same transaction, which
 # succeeds after ~2 s, well within ca-timeout = 5 s ("the whole transaction, polling
-# included", agent/enroll.h).
+# included", renew/enroll.h).
 # Known failure: OpenSSL 3.0's poll_for_response() keeps 5 s in reserve for the last
 # round trip out of OSSL_CMP_OPT_TOTAL_TIMEOUT, which the agent sets to ca-timeout:
 # with ca-timeout <= 5 + checkAfter the client gives up at the first pollRep, and the

@@ -1,4 +1,4 @@
-# Renewal scheduling (agent/sched.c): pure functions, the clock is passed in.
+# Renewal scheduling (renew/sched.c): pure functions, the clock is passed in.
 check_PROGRAMS += tests/unit/test_sched
 TESTS += tests/unit/test_sched
 tests_unit_test_sched_SOURCES = tests/unit/test_sched.c

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "agent/conf.h"
+#include "renew/revocation.h"
 #include "keystore/keystore.h"
 
 #ifndef MTLS_AGENT_DEFAULT_SOCKET
@@ -422,7 +423,7 @@ static void test_renewal(void **state)
 		      "cert-out = /a/one.pem /b/two.pem\npost-renew = systemctl reload app\n"
 		      "subject = /CN=gw-1/O=Fleet\nkey-type = rsa-2048\nca-timeout = 30\n"
 		      "ca-signer = /etc/ra.pem\nca-sender = /CN=Fleet RA/O=Fleet\n"
-		      "implicit-confirm = yes\n"
+		      "implicit-confirm = yes\nrevocation-check = crl\nrevocation-interval = 15m\n"
 		      "[identity \"b\"]\nkeystore = k\nkey = handle:0x81000011\n"
 		      "renew = est\nca-url = https://est.example/.well-known/est\n"
 		      "ca-trust = /etc/ca.pem\nbootstrap = identity:a\nrenew-auth = identity:c\n"
@@ -448,7 +449,11 @@ static void test_renewal(void **state)
 	assert_string_equal(id->ca_signer, "/etc/ra.pem");
 	assert_string_equal(id->ca_sender, "/CN=Fleet RA/O=Fleet");
 	assert_int_equal(id->implicit_confirm, 1);
+	assert_int_equal(id->revocation_check, REV_CRL);
+	assert_int_equal(id->revocation_interval, 15 * 60);
 	id = config_identity(cfg, "b");
+	assert_int_equal(id->revocation_check, REV_AUTO); /* default */
+	assert_int_equal(id->revocation_interval, REV_DEFAULT_INTERVAL_S);
 	assert_int_equal(id->implicit_confirm, 0);
 	assert_null(id->ca_signer);
 	assert_null(id->ca_sender);
@@ -503,6 +508,23 @@ static void test_err_renewal(void **state)
 				"renew-verify = https://x:99999/\n",
 		     9, "bad renew-verify \"https://x:99999/\": want https://HOST[:PORT]/PATH or "
 			"mqtts://HOST:PORT");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"revocation-check = always\n",
+		     9, "bad revocation-check \"always\": want auto, ocsp, crl or off");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"revocation-interval = 50%\n",
+		     9, "bad revocation-interval \"50%\": want a duration from 1s to 30d (\"1h\", "
+			"\"30m\", \"45s\")");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"revocation-interval = 31d\n",
+		     9, "bad revocation-interval \"31d\": want a duration from 1s to 30d (\"1h\", "
+			"\"30m\", \"45s\")");
+	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+				"revocation-interval = 0\n",
+		     9, "bad revocation-interval \"0\": want a duration from 1s to 30d (\"1h\", "
+			"\"30m\", \"45s\")");
+	expect_error(RENEW_HEAD "revocation-check = ocsp\n", 6,
+		     "identity \"i\": \"revocation-check\" needs renew = cmp or est");
 	expect_error(RENEW_HEAD "renew-verify = https://x/\n", 6,
 		     "identity \"i\": \"renew-verify\" needs renew = cmp or est");
 	expect_error(RENEW_HEAD "renew-auth = identity:e\n", 6,

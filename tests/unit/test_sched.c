@@ -14,7 +14,8 @@
 
 #include <cmocka.h>
 
-#include "agent/sched.h"
+#include "renew/revocation.h"
+#include "renew/sched.h"
 
 #define DAY 86400
 #define ISSUED 1700000000 /* an arbitrary not_before, 2023-11-14 */
@@ -547,12 +548,43 @@ static void test_skew_storm_is_bounded(void **state)
 	assert_true(stalls >= 10);
 }
 
+/* Revocation checks (renew/revocation.h): interval with up to 10% jitter, nextUpdate, backoff. */
+static void test_revocation_schedule(void **state)
+{
+	const time_t now = 1700000000;
+	unsigned f;
+
+	(void)state;
+	/* Good or revoked: the interval, up to 10% early. */
+	assert_int_equal(rev_next_check(now, REV_GOOD, 0, 3600, 0, 0.0), now + 3600);
+	assert_int_equal(rev_next_check(now, REV_GOOD, 0, 3600, 0, 0.999), now + 3600 - 359);
+	assert_int_equal(rev_next_check(now, REV_REVOKED, 0, 3600, 0, 0.5), now + 3600 - 180);
+	/* A nextUpdate before that is honoured; one past or later is not. */
+	assert_int_equal(rev_next_check(now, REV_GOOD, 0, 3600, now + 600, 0.0), now + 600);
+	assert_int_equal(rev_next_check(now, REV_GOOD, 0, 3600, now - 5, 0.0), now + 3600);
+	assert_int_equal(rev_next_check(now, REV_GOOD, 0, 3600, now + 7200, 0.0), now + 3600);
+	/* Unknown: full jitter over [1 s, 5 s * 2^(failures-1)], capped at the interval. */
+	for (f = 1; f <= 40; f++) {
+		long upper = f >= 12 ? 3600 : (long)REV_RETRY_BASE_S << (f - 1);
+
+		if (upper > 3600)
+			upper = 3600;
+		assert_int_equal(rev_next_check(now, REV_UNKNOWN, f, 3600, 0, 0.0), now + 1);
+		assert_true(rev_next_check(now, REV_UNKNOWN, f, 3600, 0, 0.999999) <= now + upper);
+		assert_true(rev_next_check(now, REV_UNKNOWN, f, 3600, 0, 0.999999) >= now + upper - 1);
+	}
+	/* Never at now itself, whatever the inputs. */
+	assert_int_equal(rev_next_check(now, REV_GOOD, 0, 0, 0, 0.0), now + 1);
+	assert_int_equal(rev_next_check(now, REV_UNKNOWN, 1, 1, 0, 0.9), now + 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_percent),
 		cmocka_unit_test(test_parse_duration),
 		cmocka_unit_test(test_parse_bad),
+		cmocka_unit_test(test_revocation_schedule),
 		cmocka_unit_test(test_deadline),
 		cmocka_unit_test(test_threshold),
 		cmocka_unit_test(test_jitter_known_answer),

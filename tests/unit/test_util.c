@@ -264,6 +264,33 @@ static void test_log_escape(void **state)
 	assert_string_equal(log_escape("x", 1, out, 1), "");
 }
 
+/* The client library's variant keeps readable UTF-8 and escapes everything else. */
+static void test_log_escape_utf8(void **state)
+{
+	char out[64];
+
+	(void)state;
+	/* é, €, U+1F512 kept; controls, DEL and the backslash escaped as by log_escape. */
+	assert_string_equal(
+	    log_escape_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92", out, sizeof(out)),
+	    "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92");
+	assert_string_equal(log_escape_utf8("a\nb\x1b[2J\\\x7f", out, sizeof(out)),
+			    "a\\nb\\x1b[2J\\\\\\x7f");
+	/* C1 controls (U+009B is CSI to some terminals), overlong forms, surrogates,
+	 * stray continuation bytes and cut sequences are bytes, escaped. */
+	assert_string_equal(log_escape_utf8("\xc2\x9b", out, sizeof(out)), "\\xc2\\x9b");
+	assert_string_equal(log_escape_utf8("\xc0\xaf", out, sizeof(out)), "\\xc0\\xaf");
+	assert_string_equal(log_escape_utf8("\xed\xa0\x80", out, sizeof(out)), "\\xed\\xa0\\x80");
+	assert_string_equal(log_escape_utf8("\x80x", out, sizeof(out)), "\\x80x");
+	assert_string_equal(log_escape_utf8("\xe2\x82", out, sizeof(out)), "\\xe2\\x82");
+	assert_string_equal(log_escape_utf8("\xf4\x90\x80\x80", out, sizeof(out)),
+			    "\\xf4\\x90\\x80\\x80");
+	assert_string_equal(log_escape_utf8(NULL, out, sizeof(out)), "");
+	/* A cut never splits a character: "ab" + "..." rather than half of the euro sign. */
+	assert_string_equal(log_escape_utf8("ab\xe2\x82\xac\xe2\x82\xac", out, 8), "ab...");
+	assert_string_equal(log_escape_utf8("ab\xe2\x82\xac", out, 8), "ab\xe2\x82\xac");
+}
+
 /* The one scheme table answers the provider's and the engine's digest questions. */
 static void test_scheme_for_digest(void **state)
 {
@@ -295,6 +322,7 @@ int main(void)
 	    cmocka_unit_test(test_secret_file),
 	    cmocka_unit_test(test_spawn_clean),
 	    cmocka_unit_test(test_log_escape),
+	    cmocka_unit_test(test_log_escape_utf8),
 	    cmocka_unit_test(test_scheme_for_digest),
 	};
 

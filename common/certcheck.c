@@ -9,7 +9,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "agent/certcheck.h"
+#include "common/certcheck.h"
 #include "mtls-agent/client.h"
 
 int certcheck_parse_chain(const uint8_t *data, size_t len, STACK_OF(X509) **chain, char *err,

@@ -26,8 +26,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
-#include "agent/enroll-est.h"
-#include "agent/enroll.h"
+#include "renew/enroll-est.h"
+#include "renew/enroll.h"
 #include "common/log.h"
 
 #define EST_BODY_MAX (1024 * 1024)

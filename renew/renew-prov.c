@@ -9,7 +9,7 @@
 #include <openssl/provider.h>
 #include <openssl/store.h>
 
-#include "agent/renew-prov.h"
+#include "renew/renew-prov.h"
 #include "agent/sign.h"
 #include "common/log.h"
 #include "common/scheme.h"

@@ -1,6 +1,6 @@
 /*
  * Automated renewal: a thread per identity that renews its certificate
- * (renew = cmp | est) when agent/sched.c says so, with a new key made in the
+ * (renew = cmp | est) when renew/sched.c says so, with a new key made in the
  * keystore, a journal that makes every step crash-safe, and retirement of
  * old keys once their certificates expire.
  */
@@ -32,7 +32,10 @@ struct renew_status {
 	unsigned failures;     /* consecutive */
 	time_t last_renewed;   /* last success */
 	char action[256];      /* what an operator must do, "" if nothing */
-	char waiting[384];     /* why nothing date-dependent is done now (agent/clock.h), or "" */
+	char waiting[384];     /* why nothing date-dependent is done now (renew/clock.h), or "" */
+	/* The certificate's revocation status: "good (...)", "revoked (...)", "unknown (...)",
+	 * or "" when it is not checked (renew/revocation.h). */
+	char revocation[448];
 };
 
 /* Fills st for identity name; returns -1 if the renewal thread is not running. */

@@ -1,5 +1,5 @@
 /*
- * CA certificate refresh (EST /cacerts, RFC 7030 §4.1.3): see agent/cacerts.h.
+ * CA certificate refresh (EST /cacerts, RFC 7030 §4.1.3): see renew/cacerts.h.
  */
 #include "config.h"
 
@@ -13,8 +13,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include "agent/cacerts.h"
-#include "agent/enroll-est.h"
+#include "renew/cacerts.h"
+#include "renew/enroll-est.h"
 #include "common/log.h"
 #include "common/util.h"
 

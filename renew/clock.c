@@ -1,5 +1,5 @@
 /*
- * Clock sanity (see agent/clock.h). The persisted state is two numbers in
+ * Clock sanity (see renew/clock.h). The persisted state is two numbers in
  * <state-dir>/clock, "floor=EPOCH" and "last=EPOCH", written atomically.
  */
 #include "config.h"
@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "agent/clock.h"
+#include "renew/clock.h"
 #include "common/log.h"
 #include "common/util.h"
 

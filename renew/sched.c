@@ -11,7 +11,7 @@
 
 #include <openssl/evp.h>
 
-#include "agent/sched.h"
+#include "renew/sched.h"
 
 #define SECONDS_PER_DAY 86400
 #define JITTER_WINDOW_DIVISOR 20   /* the jitter spreads over 5% of the lifetime */

@@ -7,7 +7,7 @@
  * The certConf callback verifies the certificate and stages it (a refusal
  * goes back to the CA as a negative confirmation); it becomes the identity's
  * certificate only after the CA's pkiConf has arrived, so a crash in between
- * leaves the old one in use (agent/renew.c rolls the staged one back).
+ * leaves the old one in use (renew/renew.c rolls the staged one back).
  *
  * Who may answer for the CA: a signature-protected response must come from a
  * certificate that chains to ca-trust AND is pinned (ca-signer), carries
@@ -29,9 +29,9 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "agent/certcheck.h"
-#include "agent/enroll.h"
-#include "agent/renew.h"
+#include "common/certcheck.h"
+#include "renew/enroll.h"
+#include "renew/renew.h"
 #include "common/log.h"
 
 #define CMP_MAX_RESPONSE (1024 * 1024)

@@ -1,6 +1,6 @@
 /*
  * renew-verify: one mTLS connection with a renewed credential before it is installed
- * (see agent/renew-verify.h). Plain sockets and libssl: libcurl has no MQTT, and a
+ * (see renew/renew-verify.h). Plain sockets and libssl: libcurl has no MQTT, and a
  * handshake plus one request is all that is needed.
  */
 #include "config.h"
@@ -20,7 +20,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#include "agent/renew-verify.h"
+#include "renew/renew-verify.h"
 #include "common/util.h"
 
 int renew_verify_parse(const char *url, struct renew_verify_url *out, char *err, size_t errlen)
@@ -247,6 +247,150 @@ static int ssl_read_some(SSL *ssl, int fd, char *buf, size_t want, uint64_t dead
 	return (int)got;
 }
 
+/* A client context presenting the new key and chain, verifying the server by trust_file. */
+static SSL_CTX *verify_ctx_new(OSSL_LIB_CTX *libctx, const char *trust_file, EVP_PKEY *key,
+			       STACK_OF(X509) *chain, struct conn_state *cs, char *err,
+			       size_t errlen)
+{
+	SSL_CTX *ctx;
+	int i;
+
+	if ((ctx = SSL_CTX_new_ex(libctx, NULL, TLS_client_method())) == NULL ||
+	    !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)) {
+		snprintf(err, errlen, "cannot set up TLS");
+		goto fail;
+	}
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if ((trust_file != NULL && SSL_CTX_load_verify_locations(ctx, trust_file, NULL) != 1) ||
+	    SSL_CTX_set_default_verify_paths(ctx) != 1) {
+		snprintf(err, errlen, "cannot load the trust anchors %s",
+			 trust_file ? trust_file : "(default)");
+		goto fail;
+	}
+	if (SSL_CTX_use_certificate(ctx, sk_X509_value(chain, 0)) != 1) {
+		snprintf(err, errlen, "the new certificate is not usable for TLS");
+		goto fail;
+	}
+	for (i = 1; i < sk_X509_num(chain); i++) {
+		if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(chain, i)) != 1) {
+			snprintf(err, errlen, "the new chain is not usable for TLS");
+			goto fail;
+		}
+	}
+	if (SSL_CTX_use_PrivateKey(ctx, key) != 1) {
+		snprintf(err, errlen, "the new key does not match the new certificate");
+		goto fail;
+	}
+	SSL_CTX_set_msg_callback(ctx, note_alert);
+	SSL_CTX_set_msg_callback_arg(ctx, cs);
+	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+/*
+ * What is sent once the handshake is done: an MQTT 3.1.1 CONNECT (clean session, keepalive
+ * 10 s, client id mtls-agent-verify) or an HTTP/1.1 GET of the URL's path.
+ */
+static int verify_request(const struct renew_verify_url *u, char *req, size_t size,
+			  size_t *reqlen, char *err, size_t errlen)
+{
+	int r;
+
+	if (u->mqtt) {
+		static const char id[] = "mtls-agent-verify";
+		size_t idlen = sizeof(id) - 1, n = 0;
+
+		req[n++] = 0x10;
+		req[n++] = (char)(10 + 2 + idlen);
+		memcpy(req + n, "\0\4MQTT\4\2\0\12", 10);
+		n += 10;
+		req[n++] = 0;
+		req[n++] = (char)idlen;
+		memcpy(req + n, id, idlen);
+		*reqlen = n + idlen;
+		return 0;
+	}
+	r = snprintf(req, size,
+		     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: mtls-agent renew-verify\r\n"
+		     "Connection: close\r\n\r\n",
+		     u->path, u->host);
+	if (r < 0 || (size_t)r >= size) {
+		snprintf(err, errlen, "request too long");
+		return -1;
+	}
+	*reqlen = (size_t)r;
+	return 0;
+}
+
+/* The handshake, with the server's name (or IP address) checked against its certificate. */
+static int verify_handshake(SSL *ssl, int fd, const struct renew_verify_url *u,
+			    struct conn_state *cs, uint64_t deadline, char *err, size_t errlen)
+{
+	unsigned char ipbuf[16];
+	int is_ip, r;
+
+	is_ip = inet_pton(AF_INET, u->host, ipbuf) == 1 || inet_pton(AF_INET6, u->host, ipbuf) == 1;
+	if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u->host) != 1
+		  : (SSL_set1_host(ssl, u->host) != 1 || SSL_set_tlsext_host_name(ssl, u->host) != 1)) {
+		snprintf(err, errlen, "cannot set the server name %s", u->host);
+		return -1;
+	}
+	while ((r = SSL_connect(ssl)) != 1) {
+		if (ssl_wait(ssl, fd, r, deadline) != 0) {
+			describe_failure(cs, ssl, "TLS handshake", err, errlen);
+			return -1;
+		}
+	}
+	/* The server may refuse the certificate after the handshake (TLS 1.3): ask something. */
+	look_for_alert(ssl, fd, cs, 300);
+	if (cs->fatal_alert >= 0) {
+		describe_failure(cs, ssl, "after the handshake", err, errlen);
+		return -1;
+	}
+	return 0;
+}
+
+/* One request and the start of its answer: an HTTP status line or an MQTT CONNACK. */
+static int verify_exchange(SSL *ssl, int fd, const struct renew_verify_url *u,
+			   struct conn_state *cs, uint64_t deadline, char *err, size_t errlen)
+{
+	char req[1024], resp[512];
+	size_t reqlen;
+	int r;
+
+	if (verify_request(u, req, sizeof(req), &reqlen, err, errlen) != 0)
+		return -1;
+	if (ssl_write_all(ssl, fd, req, reqlen, deadline) != 0) {
+		/* A server that refused the certificate may have closed after its alert: read it. */
+		uint64_t grace = monotonic_ms() + 1000;
+
+		if (cs->fatal_alert < 0)
+			ssl_read_some(ssl, fd, resp, sizeof(resp) - 1, grace < deadline ? grace : deadline);
+		describe_failure(cs, ssl, "sending the request", err, errlen);
+		return -1;
+	}
+	r = ssl_read_some(ssl, fd, resp, u->mqtt ? 4 : sizeof(resp) - 1, deadline);
+	if (r <= 0 || cs->fatal_alert >= 0) {
+		describe_failure(cs, ssl, "reading the answer", err, errlen);
+		return -1;
+	}
+	if (u->mqtt ? (unsigned char)resp[0] != 0x20
+		    : (r < 12 || strncmp(resp, "HTTP/1.", 7) != 0)) {
+		snprintf(err, errlen, "the server's answer is not %s",
+			 u->mqtt ? "an MQTT CONNACK" : "HTTP");
+		return -1;
+	}
+	if (u->mqtt) {
+		static const char disconnect[2] = {(char)0xe0, 0};
+
+		ssl_write_all(ssl, fd, disconnect, sizeof(disconnect), deadline);
+	}
+	SSL_shutdown(ssl);
+	return 0;
+}
+
 int renew_verify(const char *url, const char *trust_file, OSSL_LIB_CTX *libctx, EVP_PKEY *key,
 		 STACK_OF(X509) *chain, unsigned timeout_s, char *err, size_t errlen)
 {
@@ -255,118 +399,21 @@ int renew_verify(const char *url, const char *trust_file, OSSL_LIB_CTX *libctx, 
 	uint64_t deadline = monotonic_ms() + (uint64_t)(timeout_s ? timeout_s : 30) * 1000;
 	SSL_CTX *ctx = NULL;
 	SSL *ssl = NULL;
-	char req[1024], resp[512];
-	unsigned char ipbuf[16];
-	int fd = -1, r, ret = -1, is_ip, i;
-	size_t reqlen;
+	int fd = -1, ret = -1;
 
 	if (renew_verify_parse(url, &u, err, errlen) != 0)
 		return -1;
 	ERR_clear_error();
-	is_ip = inet_pton(AF_INET, u.host, ipbuf) == 1 || inet_pton(AF_INET6, u.host, ipbuf) == 1;
-	if ((ctx = SSL_CTX_new_ex(libctx, NULL, TLS_client_method())) == NULL ||
-	    !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)) {
-		snprintf(err, errlen, "cannot set up TLS");
-		goto out;
-	}
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	if ((trust_file != NULL && SSL_CTX_load_verify_locations(ctx, trust_file, NULL) != 1) ||
-	    SSL_CTX_set_default_verify_paths(ctx) != 1) {
-		snprintf(err, errlen, "cannot load the trust anchors %s",
-			 trust_file ? trust_file : "(default)");
-		goto out;
-	}
-	if (SSL_CTX_use_certificate(ctx, sk_X509_value(chain, 0)) != 1) {
-		snprintf(err, errlen, "the new certificate is not usable for TLS");
-		goto out;
-	}
-	for (i = 1; i < sk_X509_num(chain); i++) {
-		if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(chain, i)) != 1) {
-			snprintf(err, errlen, "the new chain is not usable for TLS");
-			goto out;
-		}
-	}
-	if (SSL_CTX_use_PrivateKey(ctx, key) != 1) {
-		snprintf(err, errlen, "the new key does not match the new certificate");
-		goto out;
-	}
-	SSL_CTX_set_msg_callback(ctx, note_alert);
-	SSL_CTX_set_msg_callback_arg(ctx, &cs);
-	if ((fd = tcp_connect(&u, deadline, err, errlen)) < 0)
+	if ((ctx = verify_ctx_new(libctx, trust_file, key, chain, &cs, err, errlen)) == NULL ||
+	    (fd = tcp_connect(&u, deadline, err, errlen)) < 0)
 		goto out;
 	if ((ssl = SSL_new(ctx)) == NULL || SSL_set_fd(ssl, fd) != 1) {
 		snprintf(err, errlen, "cannot set up TLS");
 		goto out;
 	}
-	if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host) != 1
-		  : (SSL_set1_host(ssl, u.host) != 1 || SSL_set_tlsext_host_name(ssl, u.host) != 1)) {
-		snprintf(err, errlen, "cannot set the server name %s", u.host);
-		goto out;
-	}
-	while ((r = SSL_connect(ssl)) != 1) {
-		if (ssl_wait(ssl, fd, r, deadline) != 0) {
-			describe_failure(&cs, ssl, "TLS handshake", err, errlen);
-			goto out;
-		}
-	}
-	/* The server may refuse the certificate after the handshake (TLS 1.3): ask something. */
-	look_for_alert(ssl, fd, &cs, 300);
-	if (cs.fatal_alert >= 0) {
-		describe_failure(&cs, ssl, "after the handshake", err, errlen);
-		goto out;
-	}
-	if (u.mqtt) {
-		/* MQTT 3.1.1 CONNECT, clean session, keepalive 10 s, client id mtls-agent-verify. */
-		static const char id[] = "mtls-agent-verify";
-		size_t idlen = sizeof(id) - 1;
-
-		reqlen = 0;
-		req[reqlen++] = 0x10;
-		req[reqlen++] = (char)(10 + 2 + idlen);
-		memcpy(req + reqlen, "\0\4MQTT\4\2\0\12", 10);
-		reqlen += 10;
-		req[reqlen++] = 0;
-		req[reqlen++] = (char)idlen;
-		memcpy(req + reqlen, id, idlen);
-		reqlen += idlen;
-	} else {
-		r = snprintf(req, sizeof(req),
-			     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: mtls-agent renew-verify\r\n"
-			     "Connection: close\r\n\r\n",
-			     u.path, u.host);
-		if (r < 0 || (size_t)r >= sizeof(req)) {
-			snprintf(err, errlen, "request too long");
-			goto out;
-		}
-		reqlen = (size_t)r;
-	}
-	if (ssl_write_all(ssl, fd, req, reqlen, deadline) != 0) {
-		/* A server that refused the certificate may have closed after its alert: read it. */
-		uint64_t grace = monotonic_ms() + 1000;
-
-		if (cs.fatal_alert < 0)
-			ssl_read_some(ssl, fd, resp, sizeof(resp) - 1, grace < deadline ? grace : deadline);
-		describe_failure(&cs, ssl, "sending the request", err, errlen);
-		goto out;
-	}
-	r = ssl_read_some(ssl, fd, resp, u.mqtt ? 4 : sizeof(resp) - 1, deadline);
-	if (r <= 0 || cs.fatal_alert >= 0) {
-		describe_failure(&cs, ssl, "reading the answer", err, errlen);
-		goto out;
-	}
-	if (u.mqtt ? (unsigned char)resp[0] != 0x20
-		   : (r < 12 || strncmp(resp, "HTTP/1.", 7) != 0)) {
-		snprintf(err, errlen, "the server's answer is not %s",
-			 u.mqtt ? "an MQTT CONNACK" : "HTTP");
-		goto out;
-	}
-	if (u.mqtt) {
-		static const char disconnect[2] = {(char)0xe0, 0};
-
-		ssl_write_all(ssl, fd, disconnect, sizeof(disconnect), deadline);
-	}
-	SSL_shutdown(ssl);
-	ret = 0;
+	if (verify_handshake(ssl, fd, &u, &cs, deadline, err, errlen) == 0 &&
+	    verify_exchange(ssl, fd, &u, &cs, deadline, err, errlen) == 0)
+		ret = 0;
 out:
 	SSL_free(ssl);
 	if (fd >= 0)

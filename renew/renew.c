@@ -49,15 +49,16 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "agent/cacerts.h"
-#include "agent/certcheck.h"
-#include "agent/clock.h"
-#include "agent/enroll.h"
-#include "agent/renew-prov.h"
-#include "agent/renew-verify.h"
-#include "agent/renew.h"
+#include "renew/cacerts.h"
+#include "common/certcheck.h"
+#include "renew/clock.h"
+#include "renew/enroll.h"
+#include "renew/renew-prov.h"
+#include "renew/renew-verify.h"
+#include "renew/renew.h"
 #include "agent/testhook.h"
-#include "agent/sched.h"
+#include "renew/revocation.h"
+#include "renew/sched.h"
 #include "keystore/csr.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -66,7 +67,7 @@
 extern char **environ;
 
 #define MAX_SLEEP_S (24 * 3600)
-/* While the clock is not known good (agent/clock.h), how often it is looked at again. */
+/* While the clock is not known good (renew/clock.h), how often it is looked at again. */
 #define CLOCK_RECHECK_S 15
 /*
  * Key generations an identity may hold before a renewal that stalls
@@ -108,6 +109,12 @@ struct rstate {
 	unsigned stalls;        /* consecutive renewals that left the identity due at once */
 	time_t stall_until;     /* no scheduled attempt before this while stalled */
 	char stall_serial[80];  /* the certificate the stall is about */
+	time_t rev_next;        /* next revocation check of rev_serial */
+	unsigned rev_failures;  /* checks in a row that got no trustworthy answer */
+	int rev_revoked;        /* rev_serial is revoked: re-enroll at once */
+	char rev_serial[80];    /* the certificate the revocation state is about */
+	int rev_mode;           /* revocation-check and -interval the state was made with */
+	long long rev_interval;
 	pthread_t worker;       /* this identity's renewal thread ... */
 	int has_worker;         /* ... exists (to be joined) */
 	int worker_exited;      /* ... has ended (its identity is gone or renews no more) */
@@ -689,7 +696,7 @@ static int stage_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err, 
 			 want);
 		goto out;
 	}
-	/* ca-trust and the successors accepted from /cacerts (agent/cacerts.c). */
+	/* ca-trust and the successors accepted from /cacerts (renew/cacerts.c). */
 	if ((store = cacerts_trust_store(id, cerr, sizeof(cerr))) == NULL) {
 		snprintf(err, errlen, "%s", cerr);
 		*local = 1;
@@ -1344,6 +1351,14 @@ static time_t compute_due(const struct cfg_identity *cfg, const struct snapshot 
 		}
 		return st->failures > 0 ? st->next_retry : now;
 	}
+	/* A revoked certificate is worth nothing to the servers: re-enroll now. */
+	if (st->rev_revoked && strcmp(st->rev_serial, snap->serial) == 0) {
+		if (st->failures > 0 && cfg->bootstrap == BOOTSTRAP_NONE)
+			snprintf(st->st.action, sizeof(st->st.action),
+				 "certificate revoked and its renewal failed: import a new "
+				 "certificate (mtls-agentctl import-cert) or configure bootstrap");
+		return st->failures > 0 ? st->next_retry : now;
+	}
 	if (st->failures > 0)
 		return st->next_retry;
 	due = (time_t)sched_first_attempt(&pol, snap->not_before, snap->not_after,
@@ -1421,13 +1436,136 @@ static void record_attempt(struct rstate *st, const struct snapshot *before, int
 	st->last_rc = outcome == ENROLL_BAD_CERT ? MTLS_AGENT_ERR_CERT : MTLS_AGENT_ERR_RENEWAL;
 }
 
+/* ---- revocation ----------------------------------------------------------------------- */
+
+/* A revocation check waits at most this long for one responder, whatever ca-timeout says. */
+#define REV_TIMEOUT_MAX_S 30
+
+/* The status line for what r says about the certificate, checked at now. */
+static void rev_describe(const struct rev_result *r, time_t now, time_t next, char *out,
+			 size_t len)
+{
+	char checked[32], at[32], nxt[32];
+
+	format_utc(now, checked, sizeof(checked));
+	format_utc(next, nxt, sizeof(nxt));
+	if (r->status == REV_GOOD)
+		snprintf(out, len, "good (%s, checked %s, next check %s)", r->source, checked, nxt);
+	else if (r->status == REV_REVOKED) {
+		format_utc(r->revoked_at, at, sizeof(at));
+		snprintf(out, len, "revoked (%s, revoked %s; %s, checked %s)",
+			 rev_reason_name(r->reason), at, r->source, checked);
+	} else if (r->status == REV_UNKNOWN)
+		snprintf(out, len, "unknown (%s; checked %s, next try %s)", r->msg, checked, nxt);
+	else
+		out[0] = '\0';
+}
+
+/*
+ * Records a check's outcome: the status line, the next check, one log line
+ * per change (a revoked certificate is logged once, a responder that stays
+ * down once per streak). g.lock held.
+ */
+static void rev_record(const struct cfg_identity *cfg, struct rstate *st,
+		       const struct rev_result *r, time_t now)
+{
+	char line[sizeof(st->st.revocation)];
+	int was_revoked = st->rev_revoked;
+
+	st->rev_failures = r->status == REV_UNKNOWN ? st->rev_failures + 1 : 0;
+	st->rev_next = rev_next_check(now, r->status, st->rev_failures,
+				      (long)cfg->revocation_interval, r->next_update, random01());
+	rev_describe(r, now, st->rev_next, line, sizeof(line));
+	if (r->status == REV_GOOD || r->status == REV_REVOKED)
+		st->rev_revoked = r->status == REV_REVOKED;
+	if (r->status == REV_REVOKED && !was_revoked)
+		log_error("identity \"%s\": certificate serial %s is REVOKED: %s; re-enrolling now",
+			  cfg->name, st->rev_serial, line);
+	else if (r->status == REV_UNKNOWN && st->rev_failures == 1)
+		log_warn("identity \"%s\": revocation status %s; the certificate is still served",
+			 cfg->name, line);
+	else if (r->status == REV_GOOD && strncmp(st->st.revocation, "good", 4) != 0)
+		log_info("identity \"%s\": revocation status %s", cfg->name, line);
+	snprintf(st->st.revocation, sizeof(st->st.revocation), "%s", line);
+}
+
+/*
+ * Whether the certificate in snap is due for a revocation check; what was
+ * known is dropped when the certificate or (after a reload) the settings
+ * changed, which makes it due at once. g.lock held.
+ */
+static int rev_is_due(const struct cfg_identity *cfg, const struct snapshot *snap,
+		      struct rstate *st, time_t now)
+{
+	int changed_cfg = st->rev_mode != cfg->revocation_check ||
+			  st->rev_interval != cfg->revocation_interval;
+
+	if (changed_cfg || strcmp(st->rev_serial, snap->serial) != 0) {
+		st->rev_mode = cfg->revocation_check;
+		st->rev_interval = cfg->revocation_interval;
+		snprintf(st->rev_serial, sizeof(st->rev_serial), "%s", snap->serial);
+		st->rev_next = now;
+		st->rev_failures = 0;
+		st->rev_revoked = 0;
+		st->st.revocation[0] = '\0';
+	}
+	return snap->chain != NULL && snap->not_after > now && st->rev_next <= now;
+}
+
+/*
+ * Checks the revocation status of the identity's certificate when it is due
+ * (a new certificate at once). Runs in the identity's own thread, so a slow
+ * responder delays no other identity and never a signature. g.lock not held.
+ */
+static void rev_visit(struct identity_rt *id, const struct snapshot *snap, struct rstate *st,
+		      time_t now)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	unsigned timeout = cfg->ca_timeout < REV_TIMEOUT_MAX_S ? cfg->ca_timeout
+							       : REV_TIMEOUT_MAX_S;
+	struct rev_result r = {.status = REV_UNKNOWN, .source = ""};
+	X509_STORE *trust;
+	int due;
+
+	pthread_mutex_lock(&g.lock);
+	due = rev_is_due(cfg, snap, st, now);
+	/* Nothing to ask about this certificate (off, no source named): until a reload. */
+	if (due && !rev_wanted(sk_X509_value(snap->chain, 0), cfg->revocation_check)) {
+		st->rev_next = now + MAX_SLEEP_S;
+		due = 0;
+	}
+	pthread_mutex_unlock(&g.lock);
+	if (!due)
+		return;
+	if ((trust = cacerts_trust_store(id, r.msg, sizeof(r.msg))) != NULL)
+		rev_check(snap->chain, trust, cfg->revocation_check, timeout, now, &r);
+	X509_STORE_free(trust);
+	pthread_mutex_lock(&g.lock);
+	rev_record(cfg, st, &r, time(NULL));
+	pthread_mutex_unlock(&g.lock);
+}
+
+/* When the revocation check of the certificate in snap is next due (0: none). g.lock held. */
+static time_t rev_due(const struct cfg_identity *cfg, const struct snapshot *snap,
+		      const struct rstate *st, time_t now)
+{
+	/* An expired certificate is the renewal's business (rev_is_due skips it). */
+	if (snap->chain == NULL || cfg->revocation_check == REV_OFF || snap->not_after <= now)
+		return 0;
+	/* A certificate installed since the last check is checked at once. */
+	if (strcmp(st->rev_serial, snap->serial) != 0)
+		return now;
+	/* Never a wake-up in the past: the worker would spin. */
+	return st->rev_next > now ? st->rev_next : now + 1;
+}
+
 /* Visits one identity: reconcile, retire, renew if due. Returns its next wake-up (0: none). */
 static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 {
 	const struct cfg_identity *cfg = id->cfg;
 	struct snapshot snap;
 	struct rstate *st;
-	time_t due, retire_next, next, prev_good;
+	time_t due, retire_next, rev_next, next, prev_good;
 	char msg[512], when[32], why[384];
 	int outcome, forced;
 	long hint;
@@ -1447,7 +1585,7 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 	}
 	pthread_mutex_unlock(&g.lock);
 
-	/* Nothing that depends on the date before the clock is known good (agent/clock.h). */
+	/* Nothing that depends on the date before the clock is known good (renew/clock.h). */
 	snapshot_take(id, &snap);
 	prev_good = clock_last_good();
 	if (!clock_good(rt->cfg->state_dir, now, snap.not_before, why, sizeof(why))) {
@@ -1474,6 +1612,7 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 			 cfg->name);
 	st->st.waiting[0] = '\0';
 	pthread_mutex_unlock(&g.lock);
+	rev_visit(id, &snap, st, now);
 	/*
 	 * Keys retire by the earlier of this clock and the previous good one when the clock
 	 * moved more than a normal wake-up apart: a jump is acted on only once it is seen
@@ -1542,10 +1681,15 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 				 (long long)(due - now), st->failures);
 		pthread_mutex_unlock(&g.lock);
 	}
+	pthread_mutex_lock(&g.lock);
+	rev_next = rev_due(cfg, &snap, st, now);
+	pthread_mutex_unlock(&g.lock);
 	snapshot_free(&snap);
 	next = due;
 	if (retire_next != 0 && (next == 0 || retire_next < next))
 		next = retire_next;
+	if (rev_next != 0 && (next == 0 || rev_next < next))
+		next = rev_next;
 	return next;
 }
 

@@ -2,7 +2,7 @@
 
 #include <stdatomic.h>
 
-#include "agent/enroll.h"
+#include "renew/enroll.h"
 
 static atomic_int stopping;
 

@@ -1,5 +1,5 @@
 /*
- * EST (RFC 7030) over libcurl: enroll_est() (declared in agent/enroll.h) and a cacerts
+ * EST (RFC 7030) over libcurl: enroll_est() (declared in renew/enroll.h) and a cacerts
  * fetch for operators and tests.
  *
  * Transport decisions, for all EST requests:
@@ -28,7 +28,7 @@
 
 #include <openssl/x509.h>
 
-#include "agent/enroll.h"
+#include "renew/enroll.h"
 
 /*
  * GET URL/cacerts, where url is an EST base as for enroll_est (https://host[:port]/

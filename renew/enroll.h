@@ -2,8 +2,8 @@
  * Enrollers: one interface in front of the protocols that obtain a
  * certificate from a CA (CMP with OpenSSL's client, EST with libcurl).
  *
- * The renewal engine (agent/renew.c) hands an enroller the keys as
- * EVP_PKEYs whose signing happens inside the keystore (agent/renew-prov.c),
+ * The renewal engine (renew/renew.c) hands an enroller the keys as
+ * EVP_PKEYs whose signing happens inside the keystore (renew/renew-prov.c),
  * and callbacks. The enroller runs one transaction and, when the CA issued a
  * certificate, calls stage() with the chain: stage() verifies it and keeps it
  * aside, serving nothing new yet (for CMP this is inside the certConf
@@ -60,7 +60,7 @@ struct enroll_request {
 	 * ENROLL_RENEW with renew-auth (EST): the TLS client key and chain of simplereenroll
 	 * instead of cur_key. NULL: the current credential authenticates itself. (CMP: a KUR
 	 * must be signed by the certificate it updates, so renew-auth makes the renewal an
-	 * ENROLL_BOOTSTRAP IR with boot_key; agent/renew.c.)
+	 * ENROLL_BOOTSTRAP IR with boot_key; renew/renew.c.)
 	 */
 	EVP_PKEY *auth_key;
 	STACK_OF(X509) *auth_chain;

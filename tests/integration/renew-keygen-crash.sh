@@ -614,7 +614,8 @@ purged=$(grep -c 'that an interrupted key generation left without its private ke
 		printf 'SOAK %s/%s: key file: %d TSS2 PRIVATE KEY blocks\n' "$BACKEND" "$PROTO" "$NKEYS"
 	fi
 } >&2
-if [ "$KILLS" -ge 30 ] && [ -n "${LANDED[inside keygen-inside]:-}" ] && [ "${LANDED[inside keygen-inside]}" -ge 10 ]; then
+# SoftHSM's RSA key generation takes long enough to be hit; an EC key in swtpm rarely is.
+if [ "$BACKEND" = pkcs11 ] && [ "$KILLS" -ge 30 ] && [ "${LANDED[inside keygen-inside]:-0}" -ge 10 ]; then
 	[ "$INSIDE" -gt 0 ] || fail "no kill landed inside key generation: the soak proves less than it says (timer 0..$DELAY_MS ms)"
 fi
 log "ok"

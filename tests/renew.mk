@@ -45,3 +45,4 @@ soak:
 		grep -a '^SOAK \|: FAIL: ' $$out || true; \
 	done; exit $$rc
 .PHONY: soak
+CLEANFILES += soak-pkcs11-est.log soak-pkcs11-cmp.log soak-tpm-est.log soak-tpm-cmp.log

@@ -341,6 +341,8 @@ static void retire_add(struct identity_rt *id, const char *key_hex, long long no
 	free(e);
 }
 
+static void purge_half_key(struct identity_rt *id, const char *hex, const char *what);
+
 /* Deletes queued keys whose certificates have expired; returns the next due time (0: none). */
 static time_t retire_due(struct identity_rt *id, time_t now)
 {
@@ -373,6 +375,13 @@ static time_t retire_due(struct identity_rt *id, time_t now)
 			r = ks_delete(id->ks, key, err, sizeof(err));
 			if (r == 0)
 				identity_refresh(id, 1, err, sizeof(err));
+		} else {
+			/*
+			 * The private key is gone, the entry is not: a crash (or a failure)
+			 * between destroying the private key and its public key. What is
+			 * left of that id would never be found again.
+			 */
+			purge_half_key(id, e[i].key, "retirement");
 		}
 		pthread_mutex_unlock(&id->lock);
 		format_utc((time_t)e[i].not_after, when, sizeof(when));
@@ -543,8 +552,11 @@ static char *keygen_ref(struct identity_rt *id, char *hex, size_t hexlen)
 	return ref;
 }
 
-/* Removes what a key generation interrupted by a crash left of the key with id hex. */
-static void purge_half_key(struct identity_rt *id, const char *hex)
+/*
+ * Removes what an interrupted key generation or retirement ("what") left of the key with
+ * id hex: its public key (or certificate) without the private key. Lock held.
+ */
+static void purge_half_key(struct identity_rt *id, const char *hex, const char *what)
 {
 	char *ref, err[256];
 	unsigned purged = 0;
@@ -559,13 +571,13 @@ static void purge_half_key(struct identity_rt *id, const char *hex)
 	for (i = 0; hex[i] != '\0'; i += 2)
 		snprintf(ref + strlen(ref), len - strlen(ref), "%%%c%c", hex[i], hex[i + 1]);
 	if (ks_purge_half(id->ks, ref, &purged, err, sizeof(err)) != 0)
-		log_warn("identity \"%s\": cannot remove what an interrupted key generation left "
+		log_warn("identity \"%s\": cannot remove what an interrupted %s left "
 			 "(id %.16s...): %s",
-			 id->cfg->name, hex, err);
+			 id->cfg->name, what, hex, err);
 	else if (purged > 0)
 		log_info("identity \"%s\": removed %u object(s) of key %.16s... that an interrupted "
-			 "key generation left without its private key",
-			 id->cfg->name, purged, hex);
+			 "%s left without its private key",
+			 id->cfg->name, purged, hex, what);
 	free(ref);
 }
 
@@ -595,7 +607,7 @@ static int reconcile(struct identity_rt *id)
 	}
 	/* A crash inside the key generation: a public key without its private key. */
 	if (j.step == STEP_PREPARING && j.generating[0] != '\0')
-		purge_half_key(id, j.generating);
+		purge_half_key(id, j.generating, "key generation");
 	if (id->current != NULL) {
 		hex_encode(id->current->id, id->current->id_len, cur_hex);
 		/* tpm2: the key file's first block must be the key the certificate names. */
@@ -1136,7 +1148,7 @@ static int choose_key(struct identity_rt *id, const struct snapshot *snap, int b
 	if (has_unrecorded_key(id, j))
 		return KEEP_JOURNAL;
 	pthread_mutex_lock(&id->lock);
-	purge_half_key(id, j->generating);
+	purge_half_key(id, j->generating, "key generation");
 	pthread_mutex_unlock(&id->lock);
 	return ABANDON;
 }

@@ -113,6 +113,17 @@ size_t log_utf8_printable(const void *s, size_t left)
 	    (p[0] == 0xed && p[1] > 0x9f) || (p[0] == 0xf0 && p[1] < 0x90) ||
 	    (p[0] == 0xf4 && p[1] > 0x8f))
 		return 0;
+	/*
+	 * Format characters that reorder or break a line on display although they are not
+	 * controls: U+200E/200F and U+202A..202E, U+2066..2069 (bidirectional marks,
+	 * embeddings, isolates: "Trojan Source"), U+2028/2029 (line and paragraph separators),
+	 * U+FEFF.
+	 */
+	if ((p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0x8e || p[2] == 0x8f)) ||
+	    (p[0] == 0xe2 && p[1] == 0x80 && p[2] >= 0xa8 && p[2] <= 0xae) ||
+	    (p[0] == 0xe2 && p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9) ||
+	    (p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf))
+		return 0;
 	return n;
 }
 

@@ -86,8 +86,8 @@ static int in_stack(STACK_OF(X509) *s, X509 *x)
 
 /*
  * Whether link certifies root's key under root's name ("NewWithOld") and was
- * issued directly by one of anchors: exactly [link, anchor], nothing in
- * between. A chain through intermediates would let the holder of any
+ * issued directly by one of anchors, a root (self-signed): exactly [link, anchor],
+ * nothing in between. A chain through intermediates would let the holder of any
  * intermediate key under ca-trust make itself a root. The validity period is
  * checked only when a root is first accepted (now): the link of a root
  * accepted long ago may since have expired with the old root.
@@ -106,8 +106,12 @@ int cacerts_link_issued_by(STACK_OF(X509) *anchors, X509 *link, X509 *root, int 
 		X509 *a = sk_X509_value(anchors, i);
 		EVP_PKEY *k = X509_get0_pubkey(a);
 
-		if (X509_check_issued(a, link) == X509_V_OK && k != NULL &&
-		    X509_verify(link, k) == 1) {
+		/*
+		 * Only a root vouches: an intermediate listed in ca-trust cannot anchor a
+		 * chain by itself, and must not mint a root free of its own constraints.
+		 */
+		if (X509_self_signed(a, 0) == 1 && X509_check_issued(a, link) == X509_V_OK &&
+		    k != NULL && X509_verify(link, k) == 1) {
 			ERR_clear_error();
 			return 1;
 		}

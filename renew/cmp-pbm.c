@@ -246,6 +246,10 @@ int cmp_pbm_reprotect(OSSL_LIB_CTX *libctx, const char *propq, const unsigned ch
 
 	*out = NULL;
 	*out_len = 0;
+	if (iterations < 1 || iterations > CMP_PBM_ITERATIONS) {
+		why = "iteration count out of range";
+		goto done;
+	}
 	if ((m = decode_msg(der, der_len)) == NULL) {
 		why = "the request is not a PKIMessage";
 		goto done;

@@ -824,6 +824,21 @@ int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X50
 
 	*new_with_new = *new_with_old = NULL;
 	snprintf(err, errlen, "no answer");
+	/*
+	 * OpenSSL 3.0 keeps an InfoTypeAndValue of a type it does not know as ANY, which is
+	 * what the code below builds and reads (3.0 names id-it-rootCaKeyUpdate but has no
+	 * type for its value). From 3.2 on, where id-it-rootCaCert has a NID too, libcrypto
+	 * keeps a certificate or its own RootCaKeyUpdateContent in that place instead: the
+	 * same binary running on such a libcrypto (the soname is the same) must not hand it
+	 * an ANY there. Skipped, said once per attempt at debug level.
+	 */
+	if (OBJ_txt2nid(OID_IT_ROOTCA_CERT) != NID_undef) {
+		snprintf(err, errlen, "not asked (this libcrypto, %s, has its own root CA key "
+				      "update types; the agent was built for OpenSSL 3.0's)",
+			 OpenSSL_version(OPENSSL_VERSION));
+		ASN1_OBJECT_free(want);
+		return 0;
+	}
 	if (want == NULL || req->kind != ENROLL_RENEW) {
 		snprintf(err, errlen, "not asked (%s)",
 			 want == NULL ? "out of memory" : "no current certificate");

@@ -16,6 +16,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "common/log.h"
 #include "renew/enroll.h"
 #include "renew/revocation.h"
 
@@ -129,10 +130,11 @@ static int http_fetch(const char *url, const unsigned char *post, size_t post_le
 	if (rc != CURLE_OK || (post != NULL && headers == NULL))
 		snprintf(err, errlen, "cannot set up the transfer");
 	else if ((rc = curl_easy_perform(curl)) != CURLE_OK)
-		snprintf(err, errlen, "%s",
-			 b->too_big    ? "response larger than the cap"
-			 : curl_err[0] ? curl_err
-				       : curl_easy_strerror(rc));
+		/* curl quotes the URL's host, which the certificate (its CA) chose: data. */
+		log_sanitize(b->too_big    ? "response larger than the cap"
+			     : curl_err[0] ? curl_err
+					   : curl_easy_strerror(rc),
+			     err, errlen);
 	else if (curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK ||
 		 status != 200)
 		snprintf(err, errlen, "HTTP status %ld", status);
@@ -216,15 +218,21 @@ static X509 *find_issuer(STACK_OF(X509) * chain, X509_STORE *trust, X509 *leaf)
 	X509 *c;
 	int i;
 
-	for (i = 1; i < sk_X509_num(chain); i++)
-		if (X509_check_issued(sk_X509_value(chain, i), leaf) == X509_V_OK)
-			return sk_X509_value(chain, i);
+	/* Names and key identifiers match any look-alike: the signature decides. */
+	for (i = 1; i < sk_X509_num(chain); i++) {
+		c = sk_X509_value(chain, i);
+		if (X509_check_issued(c, leaf) == X509_V_OK &&
+		    X509_verify(leaf, X509_get0_pubkey(c)) == 1)
+			return c;
+	}
 	objs = X509_STORE_get0_objects(trust);
 	for (i = 0; i < sk_X509_OBJECT_num(objs); i++) {
 		c = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
-		if (c != NULL && X509_check_issued(c, leaf) == X509_V_OK)
+		if (c != NULL && X509_check_issued(c, leaf) == X509_V_OK &&
+		    X509_verify(leaf, X509_get0_pubkey(c)) == 1)
 			return c;
 	}
+	ERR_clear_error();
 	return NULL;
 }
 
@@ -358,21 +366,64 @@ static X509_CRL *crl_parse(const struct body *b)
 	return d2i_X509_CRL(NULL, &p, (long)b->len);
 }
 
-/* Whether crl is issuer's and current; else sets out to unknown. */
+/*
+ * Why crl cannot say that our certificate is not revoked, or NULL. Only a complete CRL of
+ * the issuer counts: a delta CRL, one limited by its issuingDistributionPoint (to CA
+ * certificates, some reasons, attribute certificates) or an indirect one may leave our
+ * serial out although it is revoked (RFC 5280 5.2.4, 5.2.5, 6.3.3), and an attacker on
+ * the plain-http path could serve such a genuine CRL in place of the complete one.
+ */
+static const char *crl_scope_problem(X509_CRL *crl)
+{
+	const STACK_OF(X509_EXTENSION) *exts = X509_CRL_get0_extensions(crl);
+	ISSUING_DIST_POINT *idp;
+	const char *why = NULL;
+	int i, nid, crit = -1;
+
+	for (i = 0; i < sk_X509_EXTENSION_num(exts); i++) {
+		X509_EXTENSION *ext = sk_X509_EXTENSION_value(exts, i);
+
+		nid = OBJ_obj2nid(X509_EXTENSION_get_object(ext));
+		if (nid == NID_delta_crl)
+			return "a delta CRL";
+		if (X509_EXTENSION_get_critical(ext) && nid != NID_issuing_distribution_point)
+			return "an unknown critical extension";
+	}
+	idp = X509_CRL_get_ext_d2i(crl, NID_issuing_distribution_point, &crit, NULL);
+	if (idp == NULL)
+		return crit == -1 ? NULL : "an unreadable issuingDistributionPoint";
+	if (idp->onlyCA > 0 || idp->onlyattr > 0)
+		why = "a CRL for CA or attribute certificates only";
+	else if (idp->onlysomereasons != NULL)
+		why = "a CRL for some revocation reasons only";
+	else if (idp->indirectCRL > 0)
+		why = "an indirect CRL";
+	ISSUING_DIST_POINT_free(idp);
+	return why;
+}
+
+/* Whether crl is issuer's, complete and current; else sets out to unknown. */
 static int crl_trusted(X509_CRL *crl, X509 *issuer, time_t now, struct rev_result *out)
 {
 	time_t this_upd = asn1_time(X509_CRL_get0_lastUpdate(crl));
 	time_t next_upd = asn1_time(X509_CRL_get0_nextUpdate(crl));
+	const char *scope;
 
 	if (X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(issuer)) != 0 ||
 	    X509_CRL_verify(crl, X509_get0_pubkey(issuer)) != 1)
 		set_unknown(out, "crl", "bad CRL: ", "not signed by the certificate's issuer");
+	else if ((scope = crl_scope_problem(crl)) != NULL)
+		set_unknown(out, "crl", "bad CRL: ", scope);
 	else if (this_upd == 0 || this_upd > now + REV_SKEW_S)
 		set_unknown(out, "crl", "bad CRL: ", "thisUpdate missing or in the future");
 	else if (X509_CRL_get0_nextUpdate(crl) != NULL && next_upd + REV_SKEW_S < now)
 		set_unknown(out, "crl", "bad CRL: ", "stale (nextUpdate has passed)");
+	else if (X509_CRL_get0_nextUpdate(crl) == NULL && now - this_upd > REV_OCSP_MAXAGE_S)
+		/* Issuers MUST set nextUpdate (RFC 5280 5.1.2.5): else only its age bounds a replay. */
+		set_unknown(out, "crl", "bad CRL: ", "no nextUpdate and older than an hour");
 	else
 		return 1;
+	ERR_clear_error();
 	return 0;
 }
 

@@ -770,6 +770,10 @@ new_certs_dir = $WORK/rev
 default_md = sha256
 default_crl_days = 1
 unique_subject = no
+[partial]
+issuingDistributionPoint = critical, @idp
+[idp]
+onlysomereasons = affiliationChanged
 CNF
 }
 
@@ -780,6 +784,16 @@ revocation_crl() {
 		-cert "$CA_DIR/inter.crt" -out "$WORK/rev/crl.pem" 2>"$WORK/rev/gencrl.err" ||
 		fail "openssl ca -gencrl: $(cat "$WORK/rev/gencrl.err")"
 	openssl crl -in "$WORK/rev/crl.pem" -outform DER -out "$REV_CRL_DIR/inter.crl.tmp"
+	mv "$REV_CRL_DIR/inter.crl.tmp" "$REV_CRL_DIR/inter.crl"
+}
+
+# revocation_crl_partial: publishes a genuine CRL of the issuing CA that covers only some
+# reasons (issuingDistributionPoint onlySomeReasons): it may leave a revoked serial out.
+revocation_crl_partial() {
+	openssl ca -batch -config "$REV_CNF" -gencrl -crlexts partial -keyfile "$CA_DIR/inter.key" \
+		-cert "$CA_DIR/inter.crt" -out "$WORK/rev/partial.pem" 2>"$WORK/rev/gencrl.err" ||
+		fail "openssl ca -gencrl (partial): $(cat "$WORK/rev/gencrl.err")"
+	openssl crl -in "$WORK/rev/partial.pem" -outform DER -out "$REV_CRL_DIR/inter.crl.tmp"
 	mv "$REV_CRL_DIR/inter.crl.tmp" "$REV_CRL_DIR/inter.crl"
 }
 
@@ -987,6 +1001,10 @@ revoked_scenario() {
 		revocation_crl_forged
 		crl_server_start "$crl_port"
 		v=$(wait_revocation gw "^unknown \(bad CRL: not signed by the certificate's issuer" 10)
+		# A genuine CRL of the CA that covers only some reasons is never taken for "good".
+		revocation_crl_partial
+		v=$(wait_revocation gw "^unknown \(bad CRL: a CRL for some revocation reasons only" 10)
+		log "partial CRL: revocation $v"
 		revocation_crl
 	fi
 	log "forged answer: revocation $v"

@@ -280,6 +280,13 @@ static void test_log_escape_utf8(void **state)
 	 * stray continuation bytes and cut sequences are bytes, escaped. */
 	assert_string_equal(log_escape_utf8("\xc2\x9b", out, sizeof(out)), "\\xc2\\x9b");
 	assert_string_equal(log_escape_utf8("\xc0\xaf", out, sizeof(out)), "\\xc0\\xaf");
+	/* Bidirectional overrides and isolates, line separators: escaped, not kept. */
+	assert_string_equal(log_escape_utf8("a\xe2\x80\xae"
+					    "b",
+					    out, sizeof(out)),
+			    "a\\xe2\\x80\\xaeb");
+	assert_string_equal(log_escape_utf8("\xe2\x81\xa6", out, sizeof(out)), "\\xe2\\x81\\xa6");
+	assert_string_equal(log_escape_utf8("\xe2\x80\xa8", out, sizeof(out)), "\\xe2\\x80\\xa8");
 	assert_string_equal(log_escape_utf8("\xed\xa0\x80", out, sizeof(out)), "\\xed\\xa0\\x80");
 	assert_string_equal(log_escape_utf8("\x80x", out, sizeof(out)), "\\x80x");
 	assert_string_equal(log_escape_utf8("\xe2\x82", out, sizeof(out)), "\\xe2\\x82");

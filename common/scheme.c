@@ -13,8 +13,8 @@
 
 /*
  * The digests. DigestInfo prefixes are RFC 8017 section 9.2 note 1; the
- * AlgorithmIdentifiers are RFC 5758 (ecdsa-with-SHAxxx, no parameters) and
- * RFC 8017 appendix A.2.4 (shaxxxWithRSAEncryption, NULL parameters).
+ * AlgorithmIdentifiers are RFC 5758 (ecdsa-with-SHA256/384/512, no parameters) and
+ * RFC 8017 appendix A.2.4 (sha256/384/512WithRSAEncryption, NULL parameters).
  */
 static const struct scheme_md mds[SCHEME_N_HASHES] = {
     {SCHEME_SHA256,

@@ -25,8 +25,8 @@ struct scheme_md {
 	unsigned long ckm;	 /* CKM_SHA256: the PKCS#11 digest, PSS hashAlg */
 	unsigned long ckg_mgf1;	 /* CKG_MGF1_SHA256: the PSS mask generation function */
 	uint8_t digestinfo[19];	 /* DER DigestInfo up to the hash value (PKCS#1 v1.5) */
-	uint8_t ecdsa_algid[12]; /* DER AlgorithmIdentifier, ecdsa-with-SHAxxx */
-	uint8_t pkcs1_algid[15]; /* DER AlgorithmIdentifier, shaxxxWithRSAEncryption, NULL */
+	uint8_t ecdsa_algid[12]; /* DER AlgorithmIdentifier, ecdsa-with-SHA256/384/512 */
+	uint8_t pkcs1_algid[15]; /* DER AlgorithmIdentifier, sha{256,384,512}WithRSAEncryption */
 };
 
 /* NULL when the agent does not sign with that digest. */

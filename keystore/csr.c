@@ -182,7 +182,7 @@ static int pick_algorithm(const struct ks_key *key, int *sig_nid, int *ptype,
 	*ptype = V_ASN1_UNDEF;
 	switch (key->type) {
 	case MTLS_AGENT_KEY_EC:
-		/* The curve's TLS 1.3 scheme (P-256 with SHA-256 ...): ecdsa-with-SHAxxx. */
+		/* The curve's TLS 1.3 scheme: P-256/SHA-256, P-384/SHA-384, P-521/SHA-512. */
 		for (i = 0; (s = scheme_at(i)) != NULL; i++)
 			if (s->key_type == MTLS_AGENT_KEY_EC && s->curve_nid == key->curve_nid)
 				break;

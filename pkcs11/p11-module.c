@@ -911,7 +911,7 @@ static CK_RV mt_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HAND
 	}
 	scheme = mech->scheme != NULL ? mech->scheme->code : 0;
 	if (mech->pad == SIG_PAD_PSS) {
-		/* CKM_SHAxxx_RSA_PKCS_PSS fixes the hash; CKM_RSA_PKCS_PSS takes any. */
+		/* CKM_SHA256/384/512_RSA_PKCS_PSS fix the hash; CKM_RSA_PKCS_PSS takes any. */
 		if ((rv = pss_scheme(m, mech->scheme != NULL ? mech->scheme->md->ckm : 0,
 				     &scheme)) != CKR_OK)
 			goto out;

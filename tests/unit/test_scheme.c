@@ -151,7 +151,7 @@ static void test_digest_der(void **state)
 		OPENSSL_free(der);
 		X509_SIG_free(di);
 
-		/* ecdsa-with-SHAxxx: no parameters (RFC 5758). */
+		/* ecdsa-with-SHA256/384/512: no parameters (RFC 5758). */
 		assert_int_equal(
 		    OBJ_find_sigid_by_algs(&sig_nid, md->nid, NID_X9_62_id_ecPublicKey), 1);
 		der = NULL;
@@ -163,7 +163,7 @@ static void test_digest_der(void **state)
 		OPENSSL_free(der);
 		X509_ALGOR_free(a);
 
-		/* shaxxxWithRSAEncryption: NULL parameters. */
+		/* sha256/384/512WithRSAEncryption: NULL parameters (RFC 8017). */
 		assert_int_equal(OBJ_find_sigid_by_algs(&sig_nid, md->nid, NID_rsaEncryption), 1);
 		der = NULL;
 		assert_non_null(a = X509_ALGOR_new());

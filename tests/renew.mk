@@ -27,7 +27,7 @@ RENEW_TESTS = \
 	tests/integration/renew-revoked-crl.sh \
 	tests/integration/renew-soak-tpm-cmp.sh
 TESTS += $(RENEW_TESTS)
-EXTRA_DIST += tests/renew-lib.sh $(RENEW_TESTS)
+EXTRA_DIST += tests/renew-lib.sh tests/netns.sh $(RENEW_TESTS)
 
 # The crash soak (issues 12 and 17), not part of `make check` beyond the bounded runs above:
 # tests/integration/renew-keygen-crash.sh in each cell of SOAK_CELLS (BACKEND/PROTO), one

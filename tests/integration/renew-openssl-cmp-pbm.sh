@@ -11,15 +11,9 @@
 # with no bootstrap configured, and the certificate is issued for it. The mock
 # server binds every interface: the test runs in a private network namespace.
 set -eu
-if [ -z "${MTLS_IN_NETNS:-}" ]; then
-	if ! command -v unshare >/dev/null 2>&1 || ! unshare -n true 2>/dev/null; then
-		printf '\n%s: *** SKIP *** cannot make a network namespace (unshare -n), needed to contain openssl cmp -port\n' \
-			"$(basename "$0" .sh)" >&2
-		exit 77
-	fi
-	exec unshare -n env MTLS_IN_NETNS=1 bash "$0" "$@"
-fi
-ip link set lo up
+export NETNS_FOR="openssl cmp -port"
+# shellcheck source=../netns.sh
+. "$(dirname "$0")/../netns.sh"
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 # shellcheck source=../tls-lib.sh

@@ -90,8 +90,10 @@ status_field() {
 
 # Serial of the certificate `mtls-agentctl cert NAME` prints ("" if none).
 current_serial() {
-	ctl cert "$1" >"$WORK/$1.serial.pem" 2>/dev/null || return 0
-	cert_serial "$WORK/$1.serial.pem"
+	# One file per shell: curl_loop_start's background loop asks too, at the same time.
+	local pem=$WORK/$1.serial.$BASHPID.pem
+	ctl cert "$1" >"$pem" 2>/dev/null || return 0
+	cert_serial "$pem"
 }
 
 # wait_new_serial NAME OLD SECONDS: waits until NAME's certificate serial is not OLD; prints it.

@@ -125,6 +125,12 @@ uint64_t ks_reconnects(struct keystore *ks);
 /* Backend vtable; keystore.c routes the functions above through it. */
 struct ks_backend {
 	const char *type;
+	/*
+	 * How many keys one key reference can hold (the current one, older ones kept
+	 * until their certificates expire, keys waiting for a certificate); keygen
+	 * refuses beyond it. 0: no limit of the backend's own.
+	 */
+	size_t max_generations;
 	int (*open)(const struct ks_params *params, struct keystore **out, char *err, size_t errlen);
 	void (*close)(struct keystore *ks);
 	int (*same_params)(const struct keystore *ks, const struct ks_params *params);

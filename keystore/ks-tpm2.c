@@ -2039,6 +2039,7 @@ out:
 /* clang-format off */
 const struct ks_backend ks_tpm2_backend = {
 	.type = "tpm2",
+	.max_generations = TPM_MAX_GENERATIONS,
 	.open = tpm_open,
 	.close = tpm_close,
 	.same_params = tpm_same_params,

@@ -1094,6 +1094,22 @@ static size_t count_keys(struct identity_rt *id)
 	return n;
 }
 
+/*
+ * Whether a renewal must certify the current key again instead of making a new one:
+ * the keystore cannot hold another key for this reference (a TSS2 key file is full), or
+ * renewals stall and RENEW_MAX_GENERATIONS keys exist. Stalled renewals come as often as
+ * the backoff allows, and each old key stays until its certificate expires: bounded
+ * whatever the CA answers, the current key is renewed rather than the keystore filled.
+ * A full keystore must not stop renewal either: the old certificate would expire.
+ */
+static int generations_full(struct identity_rt *id)
+{
+	size_t n = count_keys(id), limit = id->ks->backend->max_generations;
+
+	return (limit > 0 && n >= limit) ||
+	       (stalled(id->cfg->name) && n >= RENEW_MAX_GENERATIONS);
+}
+
 /* How a step of renew_once() that failed leaves the journal (GO_ON: it did not fail). */
 enum { GO_ON, ABANDON /* the attempt is over: journal removed */, KEEP_JOURNAL };
 
@@ -1118,16 +1134,10 @@ static int choose_key(struct identity_rt *id, const struct snapshot *snap, int b
 		*new_key = snap->cur; /* no rotation, or a key that never had a certificate */
 		return GO_ON;
 	}
-	if (snap->cur != NULL && snap->chain != NULL && !bootstrap && stalled(cfg->name) &&
-	    count_keys(id) >= RENEW_MAX_GENERATIONS) {
-		/*
-		 * Renewals that stall come as often as the backoff allows, and each
-		 * old key stays until its certificate expires: bounded whatever the
-		 * CA answers, the current key is renewed rather than the token filled.
-		 */
-		log_warn("identity \"%s\": %d key generations are in the keystore already; "
+	if (snap->cur != NULL && snap->chain != NULL && !bootstrap && generations_full(id)) {
+		log_warn("identity \"%s\": %zu key generations are in the keystore already; "
 			 "renewing without a new key until old ones retire",
-			 cfg->name, RENEW_MAX_GENERATIONS);
+			 cfg->name, count_keys(id));
 		*new_key = snap->cur;
 		return GO_ON;
 	}

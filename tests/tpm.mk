@@ -11,7 +11,8 @@
 # udev/61-mtls-agent.rules with udevadm against fake devices (root, a private
 # mount namespace; skipped without udevadm). tpm-generations.sh renews over
 # CMP (tests/cmp-ca, tests/renew-lib.sh) and checks the key file keeps every
-# generation whose certificate is valid.
+# generation whose certificate is valid; tpm-generations-full.sh that a full
+# key file (8 keys) makes renewal certify the current key instead of failing.
 TPM_TESTS = \
 	tests/integration/tpm-sign-schemes.sh \
 	tests/integration/tpm-tls.sh \
@@ -21,6 +22,7 @@ TPM_TESTS = \
 	tests/integration/tpm-persistent.sh \
 	tests/integration/tpm-udev.sh \
 	tests/integration/tpm-generations.sh \
+	tests/integration/tpm-generations-full.sh \
 	tests/integration/tpm-abrmd.sh \
 	tests/integration/tpm-parent-auth.sh
 

@@ -4,13 +4,17 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
 #include "renew/cacerts.h"
@@ -121,6 +125,44 @@ int cacerts_link_issued_by(STACK_OF(X509) *anchors, X509 *link, X509 *root, int 
 }
 
 /*
+ * With untrusted: whether this is the first time root is reported as no longer trusted for
+ * identity since it was last trusted. The anchors are loaded for every renewal attempt
+ * and revocation check: one warning per root says it, the later ones go to debug. Once
+ * the memo is full, every report is a first one (a warning too many, never one missing).
+ * Without untrusted: root is trusted again; a later loss is reported anew.
+ */
+static int first_report(const char *identity, X509 *root, int untrusted)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static uint8_t seen[32][SHA256_DIGEST_LENGTH];
+	static size_t n_seen;
+	uint8_t cert_md[SHA256_DIGEST_LENGTH], md[SHA256_DIGEST_LENGTH];
+	unsigned int len = 0;
+	EVP_MD_CTX *ctx;
+	int first = 1, ok;
+	size_t i;
+
+	if (X509_digest(root, EVP_sha256(), cert_md, &len) != 1 || (ctx = EVP_MD_CTX_new()) == NULL)
+		return 1;
+	ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+	     EVP_DigestUpdate(ctx, identity, strlen(identity) + 1) == 1 &&
+	     EVP_DigestUpdate(ctx, cert_md, sizeof(cert_md)) == 1 &&
+	     EVP_DigestFinal_ex(ctx, md, NULL) == 1;
+	EVP_MD_CTX_free(ctx);
+	if (!ok)
+		return 1;
+	pthread_mutex_lock(&lock);
+	for (i = 0; i < n_seen && first; i++)
+		first = memcmp(seen[i], md, sizeof(md)) != 0;
+	if (first && untrusted && n_seen < sizeof(seen) / sizeof(seen[0]))
+		memcpy(seen[n_seen++], md, sizeof(md));
+	else if (!first && !untrusted) /* seen[i - 1]: the last entry takes its place */
+		memmove(seen[i - 1], seen[--n_seen], sizeof(md));
+	pthread_mutex_unlock(&lock);
+	return first;
+}
+
+/*
  * ca-trust followed by the accepted successors whose link certificates
  * (kept in ca-links) still come from an anchor in force: re-checked on every
  * load, so removing a root from ca-trust drops the successors it vouched for.
@@ -180,11 +222,22 @@ static STACK_OF(X509) *anchors_in_force(struct identity_rt *id, STACK_OF(X509) *
 		}
 	}
 	for (int i = 0; i < sk_X509_num(next); i++) {
+		X509 *r = sk_X509_value(next, i);
 		char name[256];
 
-		if (in_stack(*successors, sk_X509_value(next, i)))
+		if (r == NULL)
 			continue;
-		X509_NAME_oneline(X509_get_subject_name(sk_X509_value(next, i)), name, sizeof(name));
+		if (in_stack(all, r)) { /* vouched for, or put into ca-trust itself */
+			first_report(id->cfg->name, r, 0);
+			continue;
+		}
+		X509_NAME_oneline(X509_get_subject_name(r), name, sizeof(name));
+		if (!first_report(id->cfg->name, r, 1)) {
+			log_debug("identity \"%s\": the CA root %s accepted earlier is still "
+				  "not trusted",
+				  id->cfg->name, name);
+			continue;
+		}
 		log_warn("identity \"%s\": the CA root %s accepted earlier is no longer trusted: "
 			 "its link certificate does not come from ca-trust %s (or an accepted "
 			 "root) any more",

@@ -845,7 +845,7 @@ int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X50
 		goto out;
 	}
 	if ((ctx = cmp_setup(req, &t, "genm", &untrusted, &res)) == NULL) {
-		snprintf(err, errlen, "%s", res.msg);
+		snprintf(err, errlen, "%s", res.msg); /* escaped by set_result() */
 		goto out;
 	}
 	if ((itav = rootca_cert_itav(old_root)) == NULL ||
@@ -859,11 +859,11 @@ int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X50
 	itavs = OSSL_CMP_exec_GENM_ses(ctx);
 	cur_txn = NULL;
 	if (itavs == NULL) {
-		char ossl[256];
+		char ossl[256], raw[512];
 
 		last_openssl_error(ossl, sizeof(ossl));
 		if (t.signer_err[0] != '\0') {
-			snprintf(err, errlen, "%s", t.signer_err);
+			log_sanitize(t.signer_err, err, errlen); /* quotes the signer's name */
 			r = -1;
 		} else if (protection_failed()) {
 			snprintf(err, errlen, "the answer's protection does not verify against "
@@ -871,10 +871,11 @@ int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X50
 			r = -1;
 		} else {
 			/* An error message, HTTP error or timeout: a CA without the service. */
-			snprintf(err, errlen, "no genp: %s",
+			snprintf(raw, sizeof(raw), "no genp: %s",
 				 t.transport_err[0] != '\0' ? t.transport_err
 				 : ossl[0] != '\0'	    ? ossl
 							    : "no answer");
+			log_sanitize(raw, err, errlen); /* OpenSSL's text quotes the CA's */
 		}
 		goto out;
 	}

@@ -147,7 +147,7 @@ int enroll_est(const struct enroll_request *req, struct enroll_result *res);
  * (caller frees; not yet judged); 0: no update offered or no such service (a
  * CA without it answers with an error: err says what, for the debug log);
  * -1: a bad answer (unauthorized signer, bad protection, undecodable
- * content), err says why.
+ * content), err says why. err is escaped for the log (it may quote the CA).
  */
 int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X509 **new_with_new,
 			   X509 **new_with_old, char *err, size_t errlen);

@@ -813,10 +813,8 @@ static void offer_ca_pubs(void *arg, STACK_OF(X509) *certs)
 static int cmp_root_update(struct identity_rt *id, const struct enroll_request *req)
 {
 	X509 *old_root = cacerts_current_root(id), *nwn = NULL, *nwo = NULL;
-	char raw[512], err[512];
-	int r = enroll_cmp_root_update(req, old_root, &nwn, &nwo, raw, sizeof(raw));
-
-	log_sanitize(raw, err, sizeof(err)); /* it may quote the CA */
+	char err[512]; /* escaped */
+	int r = enroll_cmp_root_update(req, old_root, &nwn, &nwo, err, sizeof(err));
 
 	if (r == 0)
 		log_debug("identity \"%s\": CMP root CA key update: %s", id->cfg->name, err);

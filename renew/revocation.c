@@ -367,13 +367,35 @@ static X509_CRL *crl_parse(const struct body *b)
 }
 
 /*
- * Why crl cannot say that our certificate is not revoked, or NULL. Only a complete CRL of
- * the issuer counts: a delta CRL, one limited by its issuingDistributionPoint (to CA
- * certificates, some reasons, attribute certificates) or an indirect one may leave our
- * serial out although it is revoked (RFC 5280 5.2.4, 5.2.5, 6.3.3), and an attacker on
- * the plain-http path could serve such a genuine CRL in place of the complete one.
+ * Whether the distribution point an issuingDistributionPoint names includes url, the one
+ * the certificate names and the CRL came from (RFC 5280 6.3.3 b.2.i; names relative to the
+ * CRL issuer are not URIs and never match).
  */
-static const char *crl_scope_problem(X509_CRL *crl)
+static int idp_names_url(const DIST_POINT_NAME *dp, const char *url)
+{
+	if (dp->type != 0)
+		return 0;
+	for (int i = 0; i < sk_GENERAL_NAME_num(dp->name.fullname); i++) {
+		const GENERAL_NAME *gn = sk_GENERAL_NAME_value(dp->name.fullname, i);
+		const ASN1_IA5STRING *uri = gn->type == GEN_URI ? gn->d.uniformResourceIdentifier
+								: NULL;
+
+		if (uri != NULL && (size_t)uri->length == strlen(url) &&
+		    memcmp(uri->data, url, strlen(url)) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Why crl, fetched from url, cannot say that our certificate is not revoked, or NULL.
+ * Only a complete CRL of the issuer for that distribution point counts: a delta CRL, one
+ * limited by its issuingDistributionPoint (to CA certificates, some reasons, attribute
+ * certificates, another distribution point of a partitioned CRL) or an indirect one may
+ * leave our serial out although it is revoked (RFC 5280 5.2.4, 5.2.5, 6.3.3), and an
+ * attacker on the plain-http path could serve such a genuine CRL in place of ours.
+ */
+static const char *crl_scope_problem(X509_CRL *crl, const char *url)
 {
 	const STACK_OF(X509_EXTENSION) *exts = X509_CRL_get0_extensions(crl);
 	ISSUING_DIST_POINT *idp;
@@ -398,12 +420,16 @@ static const char *crl_scope_problem(X509_CRL *crl)
 		why = "a CRL for some revocation reasons only";
 	else if (idp->indirectCRL > 0)
 		why = "an indirect CRL";
+	else if (idp->distpoint != NULL && !idp_names_url(idp->distpoint, url))
+		why = "a CRL for another distribution point (its issuingDistributionPoint does not "
+		      "name the URL in the certificate)";
 	ISSUING_DIST_POINT_free(idp);
 	return why;
 }
 
-/* Whether crl is issuer's, complete and current; else sets out to unknown. */
-static int crl_trusted(X509_CRL *crl, X509 *issuer, time_t now, struct rev_result *out)
+/* Whether crl, fetched from url, is issuer's, complete and current; else sets out to unknown. */
+static int crl_trusted(X509_CRL *crl, const char *url, X509 *issuer, time_t now,
+		       struct rev_result *out)
 {
 	time_t this_upd = asn1_time(X509_CRL_get0_lastUpdate(crl));
 	time_t next_upd = asn1_time(X509_CRL_get0_nextUpdate(crl));
@@ -412,7 +438,7 @@ static int crl_trusted(X509_CRL *crl, X509 *issuer, time_t now, struct rev_resul
 	if (X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(issuer)) != 0 ||
 	    X509_CRL_verify(crl, X509_get0_pubkey(issuer)) != 1)
 		set_unknown(out, "crl", "bad CRL: ", "not signed by the certificate's issuer");
-	else if ((scope = crl_scope_problem(crl)) != NULL)
+	else if ((scope = crl_scope_problem(crl, url)) != NULL)
 		set_unknown(out, "crl", "bad CRL: ", scope);
 	else if (this_upd == 0 || this_upd > now + REV_SKEW_S)
 		set_unknown(out, "crl", "bad CRL: ", "thisUpdate missing or in the future");
@@ -458,7 +484,7 @@ static void crl_check(const char *url, X509 *leaf, X509 *issuer, unsigned timeou
 		set_unknown(out, "crl", "CRL unreachable: ", err);
 	else if ((crl = crl_parse(&b)) == NULL)
 		set_unknown(out, "crl", "bad CRL: ", "neither DER nor PEM");
-	else if (crl_trusted(crl, issuer, now, out))
+	else if (crl_trusted(crl, url, issuer, now, out))
 		crl_read_status(crl, leaf, out);
 	X509_CRL_free(crl);
 	free(b.data);

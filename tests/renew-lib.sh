@@ -799,6 +799,21 @@ revocation_crl_partial() {
 	mv "$REV_CRL_DIR/inter.crl.tmp" "$REV_CRL_DIR/inter.crl"
 }
 
+# revocation_crl_idp URL: publishes a CRL of the issuing CA whose issuingDistributionPoint
+# names URL (a partitioned CRL: complete only for the certificates that name URL).
+revocation_crl_idp() {
+	local sect
+	sect=idp_$(printf '%s' "$1" | sha256sum | cut -c1-12)
+	grep -q "^\[$sect\]" "$REV_CNF" ||
+		printf '[%s]\nissuingDistributionPoint = critical, @%s_dp\n[%s_dp]\nfullname = URI:%s\n' \
+			"$sect" "$sect" "$sect" "$1" >>"$REV_CNF"
+	openssl ca -batch -config "$REV_CNF" -gencrl -crlexts "$sect" -keyfile "$CA_DIR/inter.key" \
+		-cert "$CA_DIR/inter.crt" -out "$WORK/rev/idp.pem" 2>"$WORK/rev/gencrl.err" ||
+		fail "openssl ca -gencrl (issuingDistributionPoint $1): $(cat "$WORK/rev/gencrl.err")"
+	openssl crl -in "$WORK/rev/idp.pem" -outform DER -out "$REV_CRL_DIR/inter.crl.tmp"
+	mv "$REV_CRL_DIR/inter.crl.tmp" "$REV_CRL_DIR/inter.crl"
+}
+
 # revocation_revoke PEM REASON: marks the certificate revoked in $REV_INDEX and republishes the CRL.
 revocation_revoke() {
 	openssl ca -batch -config "$REV_CNF" -revoke "$1" -crl_reason "$2" \
@@ -1007,6 +1022,16 @@ revoked_scenario() {
 		revocation_crl_partial
 		v=$(wait_revocation gw "^unknown \(bad CRL: a CRL for some revocation reasons only" 10)
 		log "partial CRL: revocation $v"
+		# A genuine CRL of another partition (its issuingDistributionPoint names another
+		# URL) is not ours either; one that names our URL is.
+		revocation_crl_idp "http://127.0.0.1:$crl_port/other.crl"
+		v=$(wait_revocation gw "^unknown \(bad CRL: a CRL for another distribution point" 10)
+		log "CRL of another distribution point: revocation $v"
+		revocation_crl_idp "http://127.0.0.1:$crl_port/inter.crl"
+		v=$(wait_revocation gw "^good \(crl," 10)
+		log "CRL whose issuingDistributionPoint names ours: revocation $v"
+		revocation_crl_forged
+		v=$(wait_revocation gw "^unknown \(bad CRL: not signed by the certificate's issuer" 10)
 		revocation_crl
 	fi
 	log "forged answer: revocation $v"

@@ -1,7 +1,8 @@
 # tests/tls.mk: included by the top-level Makefile.am (after tests/Makefile.inc).
 #
 # mTLS end to end with real peers (openssl s_server -Verify 1, nginx with
-# ssl_verify_client on, mosquitto with require_certificate true) and real
+# ssl_verify_client on, mosquitto with require_certificate true, a Go
+# crypto/tls server built from tests/go/mtls-server.go) and real
 # clients (curl, mosquitto_pub/sub, openssl s_client/s_time). Each script
 # sources tests/lib.sh and tests/tls-lib.sh, listens on 127.0.0.1 only (ports
 # chosen by the kernel or free ports with a bounded retry), so `make -j check`
@@ -17,6 +18,7 @@ TLS_TESTS = \
 	tests/integration/tls-provider-sclient.sh \
 	tests/integration/tls-provider-ed25519.sh \
 	tests/integration/tls-provider-nodejs.sh \
+	tests/integration/tls-go.sh \
 	tests/integration/tls-provider-fork.sh \
 	tests/integration/tls-provider-dtls.sh \
 	tests/integration/tls-provider-allow-exe.sh \
@@ -25,4 +27,4 @@ TLS_TESTS = \
 	tests/integration/tls-engine.sh
 
 TESTS += $(TLS_TESTS)
-EXTRA_DIST += tests/tls-lib.sh $(TLS_TESTS)
+EXTRA_DIST += tests/tls-lib.sh $(TLS_TESTS) tests/go/mtls-server.go

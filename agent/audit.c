@@ -89,13 +89,13 @@ void audit_event(const struct peer *peer, const char *event, const char *identit
 		int prio = ok ? 6 : refused ? 5 : 4;
 
 		sd_journal_send(
-		    "MESSAGE=audit: %s identity=%s uid=%ld pid=%ld exe=%s result=%s%s%s", event, id,
-		    (long)peer->uid, (long)peer->pid, exe, result, why[0] != '\0' ? " reason=" : "",
-		    why, "MESSAGE_ID=" AUDIT_MESSAGE_ID, "PRIORITY=%d", prio, "MTLS_AUDIT_EVENT=%s",
-		    event, "MTLS_IDENTITY=%s", id, "MTLS_UID=%ld", (long)peer->uid, "MTLS_PID=%ld",
-		    (long)peer->pid, "MTLS_EXE=%s", exe, "MTLS_SCHEME=%s",
-		    scheme != NULL ? scheme : "-", "MTLS_RESULT=%s", result, "MTLS_REASON=%s", why,
-		    NULL);
+			"MESSAGE=audit: %s identity=%s uid=%ld pid=%ld exe=%s result=%s%s%s", event,
+			id, (long)peer->uid, (long)peer->pid, exe, result,
+			why[0] != '\0' ? " reason=" : "", why, "MESSAGE_ID=" AUDIT_MESSAGE_ID,
+			"PRIORITY=%d", prio, "MTLS_AUDIT_EVENT=%s", event, "MTLS_IDENTITY=%s", id,
+			"MTLS_UID=%ld", (long)peer->uid, "MTLS_PID=%ld", (long)peer->pid,
+			"MTLS_EXE=%s", exe, "MTLS_SCHEME=%s", scheme != NULL ? scheme : "-",
+			"MTLS_RESULT=%s", result, "MTLS_REASON=%s", why, NULL);
 		return;
 	}
 #endif

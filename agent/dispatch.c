@@ -153,15 +153,15 @@ static void log_refusal(const struct dispatch_env *env, const struct peer *peer,
 			 /* It can quote the caller: its program's path is the caller's choice. */
 			 log_sanitize(why, safe_why, sizeof(safe_why)));
 	else if (suppressed_now == 1)
-		log_info("refused uid %ld: more than %d refusals in %d s: further ones are counted, "
-			 "not logged",
-			 (long)peer->uid, REFUSAL_LOG_BURST, REFUSAL_LOG_WINDOW);
+		log_info(
+			"refused uid %ld: more than %d refusals in %d s: further ones are counted, "
+			"not logged",
+			(long)peer->uid, REFUSAL_LOG_BURST, REFUSAL_LOG_WINDOW);
 }
 
 /* Reads the identity name and resolves it; also the access check for reads. */
-static int get_identity(const struct dispatch_env *env, const struct peer *peer,
-			struct reader *rd, int admin_ok, struct identity_rt **out,
-			struct result *res)
+static int get_identity(const struct dispatch_env *env, const struct peer *peer, struct reader *rd,
+			int admin_ok, struct identity_rt **out, struct result *res)
 {
 	struct identity_rt *id;
 	char *name = NULL, safe[PROTO_MAX_NAME + 1], why[400];
@@ -216,14 +216,16 @@ static int get_identity(const struct dispatch_env *env, const struct peer *peer,
 	return 0;
 }
 
-static int require_admin(const struct dispatch_env *env, const struct peer *peer,
-			 const char *op, struct result *res)
+static int require_admin(const struct dispatch_env *env, const struct peer *peer, const char *op,
+			 struct result *res)
 {
 	if (is_admin(env, peer))
 		return 0;
 	log_refusal(env, peer, op, "not an administrator");
-	return fail(res, MTLS_AGENT_ERR_DENIED, "%s is an administrator operation; uid %ld is not "
-		    "in admin-users/admin-groups", op, (long)peer->uid);
+	return fail(res, MTLS_AGENT_ERR_DENIED,
+		    "%s is an administrator operation; uid %ld is not "
+		    "in admin-users/admin-groups",
+		    op, (long)peer->uid);
 }
 
 static int put_schemes(struct buf *b, const struct ks_key *key)
@@ -243,7 +245,7 @@ static int put_schemes(struct buf *b, const struct ks_key *key)
 	return 0;
 }
 
-static int put_chain(struct buf *b, STACK_OF(X509) *chain)
+static int put_chain(struct buf *b, STACK_OF(X509) * chain)
 {
 	unsigned char *der;
 	int i, n = chain != NULL ? sk_X509_num(chain) : 0, len, r;
@@ -286,8 +288,7 @@ out:
 	return r;
 }
 
-static int op_hello(struct conn_ctx *conn, struct reader *rd, struct buf *out,
-		    struct result *res)
+static int op_hello(struct conn_ctx *conn, struct reader *rd, struct buf *out, struct result *res)
 {
 	uint32_t min, max;
 	char *client = NULL;
@@ -505,7 +506,8 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 	}
 #undef FIELD
 	if ((r = buf_put_cstring(b, "identity")) != 0 ||
-	    (r = buf_put_cstring(b, id->cfg->name)) != 0 || (r = buf_put_u32(b, (uint32_t)(n / 2))) != 0)
+	    (r = buf_put_cstring(b, id->cfg->name)) != 0 ||
+	    (r = buf_put_u32(b, (uint32_t)(n / 2))) != 0)
 		return r;
 	for (i = 0; i < n; i += 2)
 		if ((r = put_field(b, fields[i], fields[i + 1])) != 0)
@@ -565,7 +567,8 @@ static int op_keygen(const struct dispatch_env *env, const struct peer *peer, st
 	gen = ks_keygen_type_from_name(type);
 	free(type);
 	if (gen == 0)
-		return fail(res, MTLS_AGENT_ERR_INVALID_ARG, "unknown key type (use ec-p256, "
+		return fail(res, MTLS_AGENT_ERR_INVALID_ARG,
+			    "unknown key type (use ec-p256, "
 			    "ec-p384, rsa-2048, rsa-3072, rsa-4096 or ed25519)");
 	if ((r = identity_keygen(id, gen, &key, err, sizeof(err))) != 0)
 		return fail(res, r, "keygen for \"%s\": %s", id->cfg->name, err);
@@ -651,7 +654,8 @@ static int op_import_cert(const struct dispatch_env *env, const struct peer *pee
 		return r;
 	if ((r = rd_string(rd, &data, &len)) != 0 || (r = rd_done(rd)) != 0)
 		return fail(res, r, "malformed IMPORT_CERT request");
-	if ((r = identity_import_cert(id, data, len, env->now, &not_after, err, sizeof(err))) != 0) {
+	if ((r = identity_import_cert(id, data, len, env->now, &not_after, err, sizeof(err))) !=
+	    0) {
 		log_warn("identity \"%s\": certificate refused: %s", id->cfg->name, err);
 		return fail(res, r, "%s", err);
 	}
@@ -679,14 +683,16 @@ static int op_renew(const struct dispatch_env *env, const struct peer *peer, str
 		return fail(res, r, "malformed RENEW request");
 	if (id->cfg->renew == RENEW_NONE)
 		return fail(res, MTLS_AGENT_ERR_CONFIG,
-			    "identity \"%s\" has renew = none: set renew = cmp or est", id->cfg->name);
+			    "identity \"%s\" has renew = none: set renew = cmp or est",
+			    id->cfg->name);
 	log_info("identity \"%s\": renewal requested by uid %ld", id->cfg->name, (long)peer->uid);
 	if ((r = renew_now(id->cfg->name, RENEW_WAIT_S, msg, sizeof(msg))) != 0)
 		return fail(res, r, "identity \"%s\": %s", id->cfg->name, msg);
 	pthread_mutex_lock(&id->lock);
 	not_after = id->chain != NULL ? id->not_after : 0;
 	pthread_mutex_unlock(&id->lock);
-	if ((r = buf_put_u64(out, (uint64_t)not_after)) != 0 || (r = buf_put_cstring(out, msg)) != 0)
+	if ((r = buf_put_u64(out, (uint64_t)not_after)) != 0 ||
+	    (r = buf_put_cstring(out, msg)) != 0)
 		return fail(res, r, "reply too large");
 	return 0;
 }
@@ -746,9 +752,9 @@ static void audit_admin(const struct peer *peer, uint8_t type, const struct read
 	if (type != MSG_RELOAD && rd_cstring(&rd, PROTO_MAX_NAME, &name) != 0)
 		name = NULL;
 	audit_event(peer, ops[type - MSG_KEYGEN], name, NULL,
-		    res->code == 0			     ? "ok"
+		    res->code == 0			 ? "ok"
 		    : res->code == MTLS_AGENT_ERR_DENIED ? "refused"
-							     : "error",
+							 : "error",
 		    res->code == 0 ? NULL : res->msg);
 	free(name);
 }

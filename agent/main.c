@@ -140,18 +140,24 @@ static int activated_socket(char *err, size_t errlen)
 	if ((n = sd_listen_fds(1)) == 0)
 		return -1;
 	if (n < 0) {
-		snprintf(err, errlen, "socket activation: cannot use the descriptors in LISTEN_FDS: "
-			 "%s", strerror(-n));
+		snprintf(err, errlen,
+			 "socket activation: cannot use the descriptors in LISTEN_FDS: "
+			 "%s",
+			 strerror(-n));
 		return -2;
 	}
 	if (n != 1) {
-		snprintf(err, errlen, "socket activation: %d descriptors passed, expected one "
-			 "(ListenStream= in mtls-agent.socket)", n);
+		snprintf(err, errlen,
+			 "socket activation: %d descriptors passed, expected one "
+			 "(ListenStream= in mtls-agent.socket)",
+			 n);
 		return -2;
 	}
 	if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
-		snprintf(err, errlen, "socket activation: descriptor %d is not a listening Unix "
-			 "stream socket", fd);
+		snprintf(err, errlen,
+			 "socket activation: descriptor %d is not a listening Unix "
+			 "stream socket",
+			 fd);
 		return -2;
 	}
 	return fd;
@@ -189,18 +195,21 @@ static char *activated_socket_path(int fd, const struct config *cfg)
 	if (path == NULL)
 		return NULL;
 	if (strcmp(path, cfg->socket) != 0) {
-		log_warn("the socket passed by systemd is %s but the configuration says socket = %s;"
-			 " clients using the configured path will not find the agent", path,
-			 cfg->socket);
+		log_warn(
+			"the socket passed by systemd is %s but the configuration says socket = %s;"
+			" clients using the configured path will not find the agent",
+			path, cfg->socket);
 	} else if (stat(path, &st) == 0) {
 		/* Its owner and mode are systemd's (SocketMode=, SocketGroup=), not ours. */
 		if ((st.st_mode & 07777) != cfg->socket_mode)
-			log_warn("%s has mode %04o (SocketMode= in mtls-agent.socket), not socket-mode "
-				 "%04o", path, (unsigned)(st.st_mode & 07777),
-				 (unsigned)cfg->socket_mode);
+			log_warn(
+				"%s has mode %04o (SocketMode= in mtls-agent.socket), not socket-mode "
+				"%04o",
+				path, (unsigned)(st.st_mode & 07777), (unsigned)cfg->socket_mode);
 		if (cfg->has_socket_group && st.st_gid != cfg->socket_group)
 			log_warn("%s has group %ld (SocketGroup= in mtls-agent.socket), not "
-				 "socket-group %ld", path, (long)st.st_gid, (long)cfg->socket_group);
+				 "socket-group %ld",
+				 path, (long)st.st_gid, (long)cfg->socket_group);
 	}
 	return path;
 }
@@ -244,9 +253,12 @@ struct options {
 static int parse_options(int argc, char **argv, struct options *o)
 {
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
-		{"check", no_argument, NULL, 'n'},        {"verbose", no_argument, NULL, 'v'},
-		{"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+		{"config", required_argument, NULL, 'c'},
+		{"foreground", no_argument, NULL, 'f'},
+		{"check", no_argument, NULL, 'n'},
+		{"verbose", no_argument, NULL, 'v'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	int ch;
@@ -334,7 +346,8 @@ static int serve(const struct options *o, struct config *cfg, int listen_fd, int
 	}
 	if (activated) {
 		socket_path = activated_socket_path(listen_fd, rt->cfg);
-		log_info("using the socket passed by systemd (%s)", socket_path ? socket_path : "?");
+		log_info("using the socket passed by systemd (%s)",
+			 socket_path ? socket_path : "?");
 	} else if ((listen_fd = server_listen(rt->cfg, err, sizeof(err))) < 0) {
 		log_error("%s", err);
 		runtime_unref(rt);

@@ -19,7 +19,7 @@
 
 /* Seconds; TPM signatures take tens of milliseconds, SoftHSM well under one. */
 static const double sign_bucket_le[METRICS_SIGN_BUCKETS] = {
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 };
 
 static atomic_uint_fast64_t clients_connected;
@@ -262,7 +262,7 @@ static void render_revocation(struct out *o, struct id_snap *ids, size_t n)
 			put(o, "mtls_agent_revocation_state{identity=\"%s\",state=\"%s\"} %d\n",
 			    ids[i].name, states[j],
 			    strncmp(ids[i].rs.revocation, states[j], len) == 0 &&
-				ids[i].rs.revocation[len] == ' ');
+				    ids[i].rs.revocation[len] == ' ');
 		}
 	}
 }

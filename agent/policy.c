@@ -421,13 +421,13 @@ static const struct {
 	uint8_t optional;
 	uint8_t from_server;
 } tls12_client_flight[] = {
-    {HS_CLIENT_HELLO, 0, 0},	    {HS_SERVER_HELLO, 0, 1},
-    {HS_CERTIFICATE, 0, 1}, /* only anonymous servers omit it, and they cannot ask for ours */
-    {HS_CERTIFICATE_STATUS, 1, 1},			    /* OCSP stapling */
-    {HS_SERVER_KEY_EXCHANGE, 1, 1},			    /* absent for static RSA key exchange */
-    {HS_CERTIFICATE_REQUEST, 0, 1},			    /* we are asked for a certificate */
-    {HS_SERVER_HELLO_DONE, 0, 1},   {HS_CERTIFICATE, 0, 0}, /* ours */
-    {HS_CLIENT_KEY_EXCHANGE, 0, 0},
+	{HS_CLIENT_HELLO, 0, 0},	{HS_SERVER_HELLO, 0, 1},
+	{HS_CERTIFICATE, 0, 1}, /* only anonymous servers omit it, and they cannot ask for ours */
+	{HS_CERTIFICATE_STATUS, 1, 1},	/* OCSP stapling */
+	{HS_SERVER_KEY_EXCHANGE, 1, 1}, /* absent for static RSA key exchange */
+	{HS_CERTIFICATE_REQUEST, 0, 1}, /* we are asked for a certificate */
+	{HS_SERVER_HELLO_DONE, 0, 1},	{HS_CERTIFICATE, 0, 0}, /* ours */
+	{HS_CLIENT_KEY_EXCHANGE, 0, 0},
 };
 
 /*

@@ -118,14 +118,14 @@ static void notify(const char *fields, const char *status_fmt, ...)
 struct conn {
 	int fd;
 	struct conn_ctx ctx;
-	struct buf in;          /* bytes received, at most one maximal frame */
-	struct buf out;         /* reply bytes not yet written */
-	int closing;            /* close once out is flushed */
+	struct buf in;	/* bytes received, at most one maximal frame */
+	struct buf out; /* reply bytes not yet written */
+	int closing;	/* close once out is flushed */
 	/* Below: under server.lock. */
-	int owned;              /* a thread is handling the connection (it is not armed) */
+	int owned;		/* a thread is handling the connection (it is not armed) */
 	uint64_t partial_since; /* monotonic ms when an incomplete frame started; 0 if none */
-	uint64_t last_active;   /* monotonic ms of the last event handled */
-	int shut;               /* the sweep has shut it down; the owner-to-be closes it */
+	uint64_t last_active;	/* monotonic ms of the last event handled */
+	int shut;		/* the sweep has shut it down; the owner-to-be closes it */
 	struct conn *next;
 };
 
@@ -139,9 +139,9 @@ struct server {
 	const char *config_path;
 	const char *socket_path;
 	atomic_int stopping;
-	uint64_t tick_ms;          /* period of timer_fd */
+	uint64_t tick_ms;	   /* period of timer_fd */
 	uint64_t watchdog_half_ms; /* 0: no watchdog */
-	uint64_t watchdog_last;    /* monotonic ms of the last ping; under lock */
+	uint64_t watchdog_last;	   /* monotonic ms of the last ping; under lock */
 
 	pthread_mutex_t reload_lock; /* one reload at a time, so notifications pair up */
 	unsigned max_clients_sized;  /* max-clients fd_cap was computed for; under reload_lock */
@@ -153,7 +153,7 @@ struct server {
 	size_t n_uids;
 	int accept_paused;
 	uint64_t accept_resume;
-	unsigned fd_cap;            /* connections RLIMIT_NOFILE allows (see fd_budget) */
+	unsigned fd_cap;	    /* connections RLIMIT_NOFILE allows (see fd_budget) */
 	uint64_t refusal_logged;    /* monotonic ms of the last refusal logged */
 	unsigned refusals_unlogged; /* refusals since then, not logged */
 
@@ -192,7 +192,8 @@ static void notify_reloading(void)
 	/* MONOTONIC_USEC: what Type=notify-reload (systemd 253+) matches READY=1 against. */
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	snprintf(fields, sizeof(fields), "RELOADING=1\nMONOTONIC_USEC=%llu",
-		 (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+		 (unsigned long long)ts.tv_sec * 1000000ULL +
+			 (unsigned long long)ts.tv_nsec / 1000);
 	notify(fields, "Reloading the configuration");
 }
 
@@ -213,7 +214,7 @@ static unsigned fd_budget(unsigned max_clients)
 	cur = rl.rlim_cur;
 	if (cur != RLIM_INFINITY && cur < want && rl.rlim_max > cur) {
 		rl.rlim_cur =
-		    (rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want) ? want : rl.rlim_max;
+			(rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want) ? want : rl.rlim_max;
 		if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
 			log_info("descriptor limit raised from %llu to %llu for max-clients %u",
 				 (unsigned long long)cur, (unsigned long long)rl.rlim_cur,
@@ -555,8 +556,8 @@ static int refuse_without_fds(struct server *s, int accept_errno)
 			 "connection refused: the system is out of file descriptors (ENFILE)");
 	else
 		snprintf(
-		    why, sizeof(why),
-		    "connection refused: the agent is out of file descriptors (RLIMIT_NOFILE)");
+			why, sizeof(why),
+			"connection refused: the agent is out of file descriptors (RLIMIT_NOFILE)");
 	if (peer_credentials(fd, &peer) != 0)
 		memset(&peer, 0, sizeof(peer));
 	refuse_busy(fd, why);
@@ -609,9 +610,9 @@ static const char *admission(struct server *s, const struct config *cfg, const s
 	}
 	if ((u = uid_slot(s, peer->uid, 0)) != NULL && u->n >= cfg->max_clients_per_uid) {
 		snprintf(
-		    why, whylen,
-		    "connection refused: uid %ld has %u connections open (max-clients-per-uid)",
-		    (long)peer->uid, u->n);
+			why, whylen,
+			"connection refused: uid %ld has %u connections open (max-clients-per-uid)",
+			(long)peer->uid, u->n);
 		return why;
 	}
 	return NULL;
@@ -693,8 +694,8 @@ static int accept_clients(struct server *s)
 			conn_close(s, c);
 			continue;
 		}
-		log_debug("connection from uid %ld gid %ld pid %ld", (long)peer.uid,
-			  (long)peer.gid, (long)peer.pid);
+		log_debug("connection from uid %ld gid %ld pid %ld", (long)peer.uid, (long)peer.gid,
+			  (long)peer.pid);
 	}
 	runtime_unref(rt);
 	return ret;
@@ -737,7 +738,8 @@ static void sweep(struct server *s)
 			continue;
 		if (c->partial_since != 0 && now - c->partial_since > PARTIAL_FRAME_TIMEOUT_MS) {
 			log_info("closing connection of uid %ld pid %ld: request not completed in "
-				 "time", (long)c->ctx.peer.uid, (long)c->ctx.peer.pid);
+				 "time",
+				 (long)c->ctx.peer.uid, (long)c->ctx.peer.pid);
 		} else if (idle_ms != 0 && now - c->last_active > idle_ms) {
 			/*
 			 * A connection that never sends, or never reads its reply, must not
@@ -745,10 +747,10 @@ static void sweep(struct server *s)
 			 * library reconnects by itself.
 			 */
 			log_debug(
-			    "closing connection of uid %ld pid %ld: %s for %llu s (idle-timeout)",
-			    (long)c->ctx.peer.uid, (long)c->ctx.peer.pid,
-			    c->out.len > 0 ? "reply not read" : "idle",
-			    (unsigned long long)((now - c->last_active) / 1000));
+				"closing connection of uid %ld pid %ld: %s for %llu s (idle-timeout)",
+				(long)c->ctx.peer.uid, (long)c->ctx.peer.pid,
+				c->out.len > 0 ? "reply not read" : "idle",
+				(unsigned long long)((now - c->last_active) / 1000));
 		} else {
 			continue;
 		}
@@ -846,8 +848,10 @@ static int check_socket_dir(const char *path, char *err, size_t errlen)
 		goto out;
 	}
 	if ((st.st_mode & 022) != 0) {
-		snprintf(err, errlen, "socket directory %s is writable by group or others (mode "
-			 "%04o)", dir, (unsigned)(st.st_mode & 07777));
+		snprintf(err, errlen,
+			 "socket directory %s is writable by group or others (mode "
+			 "%04o)",
+			 dir, (unsigned)(st.st_mode & 07777));
 		goto out;
 	}
 	ret = 0;
@@ -1052,8 +1056,8 @@ static void server_stop(struct server *s, pthread_t *threads, unsigned n_threads
 	pthread_mutex_destroy(&s->reload_lock);
 }
 
-int server_run(int listen_fd, const char *socket_path, int unlink_socket,
-	       const char *config_path, struct runtime *rt)
+int server_run(int listen_fd, const char *socket_path, int unlink_socket, const char *config_path,
+	       struct runtime *rt)
 {
 	struct metrics_http *metrics = NULL;
 	pthread_t *threads = NULL;

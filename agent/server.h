@@ -21,7 +21,7 @@ int server_listen(const struct config *cfg, char *err, size_t errlen);
  * reference passes to the server); config_path is re-read on SIGHUP and
  * RELOAD. Removes socket_path on exit if unlink_socket. Returns 0 on a clean stop.
  */
-int server_run(int listen_fd, const char *socket_path, int unlink_socket,
-	       const char *config_path, struct runtime *rt);
+int server_run(int listen_fd, const char *socket_path, int unlink_socket, const char *config_path,
+	       struct runtime *rt);
 
 #endif

@@ -55,7 +55,8 @@ static int keystore_acquire(const struct cfg_keystore *c, struct keystore **out,
 	params_from_cfg(c, &p);
 	pthread_mutex_lock(&shared_lock);
 	for (i = 0; i < n_shared; i++) {
-		if (strcmp(ks_name(shared[i].ks), c->name) == 0 && ks_same_params(shared[i].ks, &p)) {
+		if (strcmp(ks_name(shared[i].ks), c->name) == 0 &&
+		    ks_same_params(shared[i].ks, &p)) {
 			shared[i].refs++;
 			*out = shared[i].ks;
 			pthread_mutex_unlock(&shared_lock);
@@ -382,8 +383,10 @@ int identity_keygen_ref(struct identity_rt *id, const char *key_ref, int gen_typ
 			snprintf(err, errlen, "cannot write %s: %s; the new key was deleted again",
 				 path, strerror(saved));
 		else
-			snprintf(err, errlen, "cannot write %s: %s; the new key stays unrecorded "
-				 "(cannot delete it: %s)", path, strerror(saved), derr);
+			snprintf(err, errlen,
+				 "cannot write %s: %s; the new key stays unrecorded "
+				 "(cannot delete it: %s)",
+				 path, strerror(saved), derr);
 		identity_refresh(id, 1, derr, sizeof(derr));
 		r = MTLS_AGENT_ERR_IO;
 		goto out;
@@ -399,7 +402,7 @@ out:
 }
 
 /* Writes chain as PEM to path (atomically, fsync'ed file and directory). */
-int chain_write_pem(const char *path, STACK_OF(X509) *chain, mode_t mode, char *err, size_t errlen)
+int chain_write_pem(const char *path, STACK_OF(X509) * chain, mode_t mode, char *err, size_t errlen)
 {
 	BIO *pem = BIO_new(BIO_s_mem());
 	char *pem_data = NULL;
@@ -435,8 +438,8 @@ out:
  * certificate file that matches one of the keys, so a restart serves it.
  * Takes ownership of chain on success. Lock held.
  */
-static int install_chain_locked(struct identity_rt *id, STACK_OF(X509) *chain, struct ks_key *match,
-				char *err, size_t errlen)
+static int install_chain_locked(struct identity_rt *id, STACK_OF(X509) * chain,
+				struct ks_key *match, char *err, size_t errlen)
 {
 	char *path = NULL;
 	int r;
@@ -469,7 +472,7 @@ struct ks_key *identity_key_by_cert(struct identity_rt *id, X509 *cert)
 	return key;
 }
 
-int identity_install_chain(struct identity_rt *id, STACK_OF(X509) *chain, char *err, size_t errlen)
+int identity_install_chain(struct identity_rt *id, STACK_OF(X509) * chain, char *err, size_t errlen)
 {
 	struct ks_key *match;
 	int r;
@@ -478,7 +481,8 @@ int identity_install_chain(struct identity_rt *id, STACK_OF(X509) *chain, char *
 	if ((r = identity_refresh(id, 1, err, errlen)) != 0)
 		goto out;
 	if ((match = identity_key_by_cert(id, sk_X509_value(chain, 0))) == NULL) {
-		snprintf(err, errlen, "the certificate's public key is not a key of identity \"%s\"",
+		snprintf(err, errlen,
+			 "the certificate's public key is not a key of identity \"%s\"",
 			 id->cfg->name);
 		r = MTLS_AGENT_ERR_CERT;
 		goto out;

@@ -28,25 +28,25 @@
 struct runtime;
 
 struct identity_rt {
-	struct runtime *rt;        /* the runtime this identity belongs to */
+	struct runtime *rt; /* the runtime this identity belongs to */
 	const struct cfg_identity *cfg;
 	struct keystore *ks;
-	pthread_mutex_t lock;      /* protects everything below */
+	pthread_mutex_t lock; /* protects everything below */
 	int keys_loaded;
-	struct ks_key **keys;      /* every generation found in the keystore */
+	struct ks_key **keys; /* every generation found in the keystore */
 	size_t n_keys;
-	struct ks_key *current;    /* signs when the caller names no generation */
-	struct ks_key *pending;    /* newest key without a certificate yet */
-	STACK_OF(X509) *chain;     /* leaf first; NULL when no certificate */
+	struct ks_key *current; /* signs when the caller names no generation */
+	struct ks_key *pending; /* newest key without a certificate yet */
+	STACK_OF(X509) * chain; /* leaf first; NULL when no certificate */
 	time_t not_after;
-	char problem[512];         /* "" when healthy */
+	char problem[512]; /* "" when healthy */
 	/* The certificate file as last read (all zero: absent), so that a file another
 	 * tool replaced is noticed at the next use (identity_refresh). */
 	struct stat cert_st;
-	char cert_problem[400];    /* why a changed certificate file was not taken */
+	char cert_problem[400]; /* why a changed certificate file was not taken */
 	atomic_uint_fast64_t n_signed;
 	atomic_uint_fast64_t n_refused;
-	struct id_metrics metrics;  /* errors, sign-time histogram (agent/metrics.h) */
+	struct id_metrics metrics; /* errors, sign-time histogram (agent/metrics.h) */
 };
 
 struct runtime {
@@ -80,8 +80,8 @@ int identity_refresh(struct identity_rt *id, int force, char *err, size_t errlen
 struct ks_key *identity_key_by_hash(struct identity_rt *id, const uint8_t *spki_hash);
 
 /* Administrator operations; each takes id->lock itself. */
-int identity_keygen(struct identity_rt *id, int gen_type,
-		    struct ks_key **out, char *err, size_t errlen);
+int identity_keygen(struct identity_rt *id, int gen_type, struct ks_key **out, char *err,
+		    size_t errlen);
 /*
  * identity_keygen with another reference than the configured key (NULL: that one): the
  * renewal names the new key's CKA_ID in advance (pkcs11:object=NAME;id=...) so that its
@@ -89,13 +89,13 @@ int identity_keygen(struct identity_rt *id, int gen_type,
  */
 int identity_keygen_ref(struct identity_rt *id, const char *key_ref, int gen_type,
 			struct ks_key **out, char *err, size_t errlen);
-int identity_import_cert(struct identity_rt *id, const uint8_t *data,
-			 size_t len, time_t now, time_t *not_after, char *err, size_t errlen);
+int identity_import_cert(struct identity_rt *id, const uint8_t *data, size_t len, time_t now,
+			 time_t *not_after, char *err, size_t errlen);
 /*
  * Installs a verified chain (leaf first) whose leaf matches one of the
  * identity's keys; takes ownership of chain on success. Takes id->lock.
  */
-int identity_install_chain(struct identity_rt *id, STACK_OF(X509) *chain, char *err,
+int identity_install_chain(struct identity_rt *id, STACK_OF(X509) * chain, char *err,
 			   size_t errlen);
 /* The generation whose backend id is hex (lowercase), or NULL. Lock held. */
 struct ks_key *identity_key_by_hex(struct identity_rt *id, const char *hex);
@@ -104,7 +104,7 @@ struct ks_key *identity_key_by_cert(struct identity_rt *id, X509 *cert);
 /* "<state-dir>/<identity>.<ext>" (caller frees), NULL without memory. */
 char *state_file(const struct runtime *rt, const struct identity_rt *id, const char *ext);
 /* Writes chain as PEM to path atomically (temp, fsync, rename, fsync dir). */
-int chain_write_pem(const char *path, STACK_OF(X509) *chain, mode_t mode, char *err,
+int chain_write_pem(const char *path, STACK_OF(X509) * chain, mode_t mode, char *err,
 		    size_t errlen);
 
 /* The key a CSR is signed with: pending if any, else current. Lock held. */

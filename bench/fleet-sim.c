@@ -97,8 +97,9 @@ static void push_request(struct requests *r, int64_t t)
 		int64_t *times;
 
 		if (r->count >= MAX_REQUESTS) {
-			fprintf(stderr, "fleet-sim: more than %u requests; use a shorter outage or "
-					"longer retry interval\n",
+			fprintf(stderr,
+				"fleet-sim: more than %u requests; use a shorter outage or "
+				"longer retry interval\n",
 				MAX_REQUESTS);
 			exit(1);
 		}
@@ -290,8 +291,12 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-	struct options o = {.devices = 100000, .lifetime = 90 * 86400, .renew_at = "66%",
-			    .outage = 3600, .interval = 300, .seed = 1};
+	struct options o = {.devices = 100000,
+			    .lifetime = 90 * 86400,
+			    .renew_at = "66%",
+			    .outage = 3600,
+			    .interval = 300,
+			    .seed = 1};
 	static const struct {
 		const char *name;
 		enum schedule schedule;

@@ -151,7 +151,8 @@ static void handshake(SSL_CTX *ctx, const struct sockaddr_in *sa)
 		len += (size_t)r;
 	page[len] = '\0';
 	/* The server verified the client (-verify_return_error refuses otherwise) and says so. */
-	if (strncmp(page, "HTTP/1.0 200", 12) != 0 || strstr(page, "\nClient certificate") == NULL ||
+	if (strncmp(page, "HTTP/1.0 200", 12) != 0 ||
+	    strstr(page, "\nClient certificate") == NULL ||
 	    strstr(page, "Verify return code: 0 (ok)") == NULL) {
 		fprintf(stderr, "%.2000s\n", page);
 		die("the server's page does not show a verified client certificate");
@@ -205,17 +206,38 @@ int main(int argc, char **argv)
 
 	while ((opt = getopt(argc, argv, "r:p:k:c:a:P:n:sw:m:")) != -1) {
 		switch (opt) {
-		case 'r': route = optarg; break;
-		case 'p': proto = optarg; break;
-		case 'k': key_arg = optarg; break;
-		case 'c': chain = optarg; break;
-		case 'a': server_ca = optarg; break;
-		case 'P': port = atoi(optarg); break;
-		case 'n': n_hs = atoi(optarg); break;
-		case 's': serve = 1; break;
-		case 'w': warmup = atoi(optarg); break;
-		case 'm': module = optarg; break;
-		default: usage();
+		case 'r':
+			route = optarg;
+			break;
+		case 'p':
+			proto = optarg;
+			break;
+		case 'k':
+			key_arg = optarg;
+			break;
+		case 'c':
+			chain = optarg;
+			break;
+		case 'a':
+			server_ca = optarg;
+			break;
+		case 'P':
+			port = atoi(optarg);
+			break;
+		case 'n':
+			n_hs = atoi(optarg);
+			break;
+		case 's':
+			serve = 1;
+			break;
+		case 'w':
+			warmup = atoi(optarg);
+			break;
+		case 'm':
+			module = optarg;
+			break;
+		default:
+			usage();
 		}
 	}
 	if (route == NULL || proto == NULL || key_arg == NULL || chain == NULL ||
@@ -288,7 +310,8 @@ int main(int argc, char **argv)
 		die("the key is not where this route expects it");
 	}
 
-	/* --- handshakes ------------------------------------------------------------------------ */
+	/* --- handshakes ------------------------------------------------------------------------
+	 */
 	memset(&sa, 0, sizeof(sa));
 	sa.sin_family = AF_INET;
 	sa.sin_port = htons((uint16_t)port);
@@ -310,8 +333,8 @@ int main(int argc, char **argv)
 	total = 1 + warmup;
 	printf("%sroute=%s proto=%s init_ms=%.2f load_ms=%.2f first_ms=%.2f key_provider=%s "
 	       "cipher=%s peer_sig=%s/%s",
-	       serve ? "ready " : "", route, proto, t_init / 1e3, t_load / 1e3, t_first / 1e3, kprov,
-	       cipher, sigtype[0] ? sigtype : "?", sigdig[0] ? sigdig : "?");
+	       serve ? "ready " : "", route, proto, t_init / 1e3, t_load / 1e3, t_first / 1e3,
+	       kprov, cipher, sigtype[0] ? sigtype : "?", sigdig[0] ? sigdig : "?");
 	if (serve) {
 		char cmd[32];
 

@@ -40,8 +40,8 @@ struct keydef {
 	uint16_t scheme;
 };
 static const struct keydef keys[] = {
-    {"bench-p256", MTLS_AGENT_ECDSA_SECP256R1_SHA256},
-    {"bench-rsa", MTLS_AGENT_RSA_PSS_RSAE_SHA256},
+	{"bench-p256", MTLS_AGENT_ECDSA_SECP256R1_SHA256},
+	{"bench-rsa", MTLS_AGENT_RSA_PSS_RSAE_SHA256},
 };
 
 static const char *agent_sock, *direct_module, *rpc_module, *token, *pin;
@@ -127,7 +127,8 @@ static int p11_open(const char *module, const struct keydef *kd, struct p11 *p)
 	void *h;
 
 	if ((h = dlopen(module, RTLD_NOW | RTLD_LOCAL)) == NULL ||
-	    (gfl = (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList")) == NULL || gfl(&f) != CKR_OK)
+	    (gfl = (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList")) == NULL ||
+	    gfl(&f) != CKR_OK)
 		return -1;
 	for (attempt = 0; attempt < 20; attempt++) {
 		if (f->C_Initialize(NULL) == CKR_OK && p11_open_once(f, kd, p) == 0)
@@ -203,7 +204,8 @@ static void client(enum mode m, const struct keydef *kd, int ops, int fd)
 		lat[i] = now_us() - t;
 	}
 	span[1] = now_us();
-	if (write(fd, lat, (size_t)ops * sizeof(double)) != (ssize_t)((size_t)ops * sizeof(double)) ||
+	if (write(fd, lat, (size_t)ops * sizeof(double)) !=
+		    (ssize_t)((size_t)ops * sizeof(double)) ||
 	    write(fd, span, sizeof(span)) != (ssize_t)sizeof(span))
 		_exit(1);
 	_exit(0);
@@ -288,7 +290,8 @@ static long rss_kb(const char *pid)
 int main(int argc, char **argv)
 {
 	static const int client_counts[] = {1, MAX_CLIENTS};
-	double *lat[2][N_MODES][2], tput[2][N_MODES][2][ROUNDS], med[2][N_MODES][2], tp[2][N_MODES][2];
+	double *lat[2][N_MODES][2], tput[2][N_MODES][2][ROUNDS], med[2][N_MODES][2],
+		tp[2][N_MODES][2];
 	size_t n_lat[2][N_MODES][2];
 	mtls_agent *idle[100];
 	size_t k, c, r, i;
@@ -322,9 +325,9 @@ int main(int argc, char **argv)
 		for (k = 0; k < 2; k++)
 			for (c = 0; c < 2; c++)
 				for (m = 0; m < N_MODES; m++)
-					tput[k][m][c][r] = batch((enum mode)m, &keys[k],
-								 client_counts[c], OPS_PER_BATCH,
-								 lat[k][m][c], &n_lat[k][m][c]);
+					tput[k][m][c][r] =
+						batch((enum mode)m, &keys[k], client_counts[c],
+						      OPS_PER_BATCH, lat[k][m][c], &n_lat[k][m][c]);
 	printf("Signature of a 130-byte TLS 1.3 CertificateVerify content, %d rounds x %d "
 	       "signatures per client, medians\n\n",
 	       ROUNDS, OPS_PER_BATCH);
@@ -348,7 +351,8 @@ int main(int argc, char **argv)
 	printf("agent RSS: %ld kB with 0 extra clients", rss_kb(argv[2]));
 	for (i = 0; i < 100; i++)
 		if (mtls_agent_connect(agent_sock, &idle[i]) != 0) {
-			fprintf(stderr, "idle connection %zu failed: %s\n", i, mtls_agent_last_error());
+			fprintf(stderr, "idle connection %zu failed: %s\n", i,
+				mtls_agent_last_error());
 			return 1;
 		}
 	usleep(200000);

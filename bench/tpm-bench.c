@@ -96,15 +96,16 @@ typedef struct {
 	ASN1_OCTET_STRING *privkey;
 } BENCH_TSS2_KEY;
 
-ASN1_SEQUENCE(BENCH_TSS2_KEY) = {
-	ASN1_SIMPLE(BENCH_TSS2_KEY, type, ASN1_OBJECT),
-	ASN1_EXP_OPT(BENCH_TSS2_KEY, empty_auth, ASN1_BOOLEAN, 0),
-	ASN1_SIMPLE(BENCH_TSS2_KEY, parent, ASN1_INTEGER),
-	ASN1_SIMPLE(BENCH_TSS2_KEY, pubkey, ASN1_OCTET_STRING),
-	ASN1_SIMPLE(BENCH_TSS2_KEY, privkey, ASN1_OCTET_STRING),
+ASN1_SEQUENCE(BENCH_TSS2_KEY) =
+	{
+		ASN1_SIMPLE(BENCH_TSS2_KEY, type, ASN1_OBJECT),
+		ASN1_EXP_OPT(BENCH_TSS2_KEY, empty_auth, ASN1_BOOLEAN, 0),
+		ASN1_SIMPLE(BENCH_TSS2_KEY, parent, ASN1_INTEGER),
+		ASN1_SIMPLE(BENCH_TSS2_KEY, pubkey, ASN1_OCTET_STRING),
+		ASN1_SIMPLE(BENCH_TSS2_KEY, privkey, ASN1_OCTET_STRING),
 } static_ASN1_SEQUENCE_END(BENCH_TSS2_KEY)
 
-struct bkey {
+		struct bkey {
 	const char *file;
 	const char *identity;
 	TPM2B_PUBLIC pub;
@@ -143,21 +144,24 @@ static void read_key(struct bkey *k)
 }
 
 static const TPM2B_PUBLIC srk_template = {
-	.publicArea = {
-		.type = TPM2_ALG_ECC,
-		.nameAlg = TPM2_ALG_SHA256,
-		.objectAttributes = TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_RESTRICTED |
-				    TPMA_OBJECT_DECRYPT | TPMA_OBJECT_NODA |
-				    TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
-				    TPMA_OBJECT_SENSITIVEDATAORIGIN,
-		.parameters.eccDetail = {
-			.symmetric = {.algorithm = TPM2_ALG_AES, .keyBits.aes = 128,
-				      .mode.aes = TPM2_ALG_CFB},
-			.scheme = {.scheme = TPM2_ALG_NULL},
-			.curveID = TPM2_ECC_NIST_P256,
-			.kdf = {.scheme = TPM2_ALG_NULL},
+	.publicArea =
+		{
+			.type = TPM2_ALG_ECC,
+			.nameAlg = TPM2_ALG_SHA256,
+			.objectAttributes = TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_RESTRICTED |
+					    TPMA_OBJECT_DECRYPT | TPMA_OBJECT_NODA |
+					    TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+					    TPMA_OBJECT_SENSITIVEDATAORIGIN,
+			.parameters.eccDetail =
+				{
+					.symmetric = {.algorithm = TPM2_ALG_AES,
+						      .keyBits.aes = 128,
+						      .mode.aes = TPM2_ALG_CFB},
+					.scheme = {.scheme = TPM2_ALG_NULL},
+					.curveID = TPM2_ECC_NIST_P256,
+					.kdf = {.scheme = TPM2_ALG_NULL},
+				},
 		},
-	},
 };
 
 static uint8_t cv[130];
@@ -188,8 +192,9 @@ static void agent_sign(mtls_agent *a, const struct bkey *k)
 	uint8_t *sig = NULL;
 	size_t siglen = 0;
 
-	if (mtls_agent_sign(a, k->identity, k->rsa ? MTLS_AGENT_RSA_PSS_RSAE_SHA256
-						   : MTLS_AGENT_ECDSA_SECP256R1_SHA256,
+	if (mtls_agent_sign(a, k->identity,
+			    k->rsa ? MTLS_AGENT_RSA_PSS_RSAE_SHA256
+				   : MTLS_AGENT_ECDSA_SECP256R1_SHA256,
 			    0, NULL, cv, sizeof(cv), &sig, &siglen) != 0)
 		die("agent sign %s: %s", k->identity, mtls_agent_last_error());
 	free(sig);
@@ -214,8 +219,12 @@ static int cmd_sign(int argc, char **argv)
 	memset(keys, 0, sizeof(keys));
 	while ((c = getopt(argc, argv, "t:s:k:r:n:")) != -1) {
 		switch (c) {
-		case 't': tcti = optarg; break;
-		case 's': sock = optarg; break;
+		case 't':
+			tcti = optarg;
+			break;
+		case 's':
+			sock = optarg;
+			break;
 		case 'k':
 			if (nkeys == 2 || (colon = strchr(optarg, ':')) == NULL)
 				die("-k FILE:IDENTITY, twice");
@@ -223,9 +232,14 @@ static int cmd_sign(int argc, char **argv)
 			keys[nkeys].file = optarg;
 			keys[nkeys++].identity = colon + 1;
 			break;
-		case 'r': rounds = atoi(optarg); break;
-		case 'n': ops = atoi(optarg); break;
-		default: return 2;
+		case 'r':
+			rounds = atoi(optarg);
+			break;
+		case 'n':
+			ops = atoi(optarg);
+			break;
+		default:
+			return 2;
 		}
 	}
 	if (tcti == NULL || sock == NULL || nkeys == 0 || rounds < 1 || ops < 1 ||
@@ -233,7 +247,8 @@ static int cmd_sign(int argc, char **argv)
 		die("usage: tpm-bench sign -t TCTI -s SOCKET -k FILE:ID [-k FILE:ID] [-r R] [-n N]");
 	for (i = 0; i < 2; i++)
 		for (m = 0; m < 2; m++)
-			if ((lat[i][m] = calloc((size_t)rounds * (size_t)ops, sizeof(double))) == NULL)
+			if ((lat[i][m] = calloc((size_t)rounds * (size_t)ops, sizeof(double))) ==
+			    NULL)
 				die("out of memory");
 	memset(cv, ' ', 64);
 	memcpy(cv + 64, "TLS 1.3, client CertificateVerify", 33);
@@ -348,13 +363,26 @@ static int cmd_tls(int argc, char **argv)
 
 	while ((c = getopt(argc, argv, "P:c:k:a:e:p:")) != -1) {
 		switch (c) {
-		case 'P': tls_port = atoi(optarg); break;
-		case 'c': chain = optarg; break;
-		case 'k': key = optarg; break;
-		case 'a': ca = optarg; break;
-		case 'e': want = optarg; break;
-		case 'p': tls_proto = optarg; break;
-		default: return 2;
+		case 'P':
+			tls_port = atoi(optarg);
+			break;
+		case 'c':
+			chain = optarg;
+			break;
+		case 'k':
+			key = optarg;
+			break;
+		case 'a':
+			ca = optarg;
+			break;
+		case 'e':
+			want = optarg;
+			break;
+		case 'p':
+			tls_proto = optarg;
+			break;
+		default:
+			return 2;
 		}
 	}
 	if (tls_port <= 0 || chain == NULL || key == NULL || ca == NULL || want == NULL)

@@ -517,9 +517,9 @@ static int agent_open(struct mtls_agent *a)
 		} else if (r == EAGAIN || r == EWOULDBLOCK) {
 			fmt_seconds(t, sizeof(t), a->connect_ms);
 			set_error(
-			    "agent at %s did not accept the connection within %s (agent stuck "
-			    "or overloaded; MTLS_AGENT_CONNECT_TIMEOUT sets the limit)",
-			    a->path, t);
+				"agent at %s did not accept the connection within %s (agent stuck "
+				"or overloaded; MTLS_AGENT_CONNECT_TIMEOUT sets the limit)",
+				a->path, t);
 		} else {
 			set_error("cannot connect to agent at %s: %s", a->path, strerror(r));
 		}

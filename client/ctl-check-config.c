@@ -60,21 +60,22 @@ void check_config_file(struct doctor *d)
 	}
 	if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
 		add_finding(
-		    fd, 0,
-		    "writable by group or others (mode %04o): the agent refuses it, as whoever "
-		    "can write it chooses the PKCS#11 module and who may sign — chmod go-w %s",
-		    (unsigned)(st.st_mode & 07777), path);
+			fd, 0,
+			"writable by group or others (mode %04o): the agent refuses it, as whoever "
+			"can write it chooses the PKCS#11 module and who may sign — chmod go-w %s",
+			(unsigned)(st.st_mode & 07777), path);
 	if (!agent_may_own(d, st.st_uid))
 		add_finding(
-		    fd, 0,
-		    "owned by %s: the agent accepts only root or its own user — chown root %s",
-		    user_name(st.st_uid, who, sizeof(who)), path);
+			fd, 0,
+			"owned by %s: the agent accepts only root or its own user — chown root %s",
+			user_name(st.st_uid, who, sizeof(who)), path);
 	/* What the agent's reader says, where the file itself is not the reason. */
 	if (d->conf == NULL && fd->n_problems == before)
-		add_finding(fd, 0,
-			    "the agent refuses it: %s — correct that, then check again ('mtls-agent "
-			    "-n -c %s' is the agent's own verdict)",
-			    d->conf_err, path);
+		add_finding(
+			fd, 0,
+			"the agent refuses it: %s — correct that, then check again ('mtls-agent "
+			"-n -c %s' is the agent's own verdict)",
+			d->conf_err, path);
 	for (i = 0; d->conf != NULL && i < d->conf->n_problems; i++)
 		add_finding(fd, 0,
 			    "%s — the agent logs this at every load and leaves the entry out; "
@@ -149,10 +150,10 @@ static void check_secret_file(struct doctor *d, struct findings *fd, const char 
 	}
 	if (S_ISLNK(st.st_mode)) {
 		add_finding(
-		    fd, 0,
-		    "PIN file %s is a symbolic link, which the agent does not follow — name "
-		    "the file itself in pin-file",
-		    p);
+			fd, 0,
+			"PIN file %s is a symbolic link, which the agent does not follow — name "
+			"the file itself in pin-file",
+			p);
 		return;
 	}
 	if (!S_ISREG(st.st_mode)) {
@@ -215,9 +216,8 @@ void check_pin_files(struct doctor *d)
 			check_secret_file(d, fd, p);
 		base = strrchr(p, '/') + 1;
 		if (snprintf(src, sizeof(src), "%s/mtls-agent/%s", SYSCONFDIR, base) <
-			(int)sizeof(src) &&
+			    (int)sizeof(src) &&
 		    lstat(src, &st) == 0)
 			check_secret_file(d, fd, src);
 	}
 }
-

@@ -63,18 +63,19 @@ static void add_keystore_state(struct findings *fd, const char *prefix, const ch
 
 	if (strcasestr(state, "lockout") != NULL || strcasestr(state, "dictionary attack") != NULL)
 		add_finding(
-		    fd, 0,
-		    "%sTPM lockout (%s) — %sfind what used a wrong authorization, then wait "
-		    "for the lockout to expire or clear it with 'tpm2_dictionarylockout "
-		    "--clear-lockout' (needs the lockout authorization), then '" PROG " reload'",
-		    prefix, state, who);
+			fd, 0,
+			"%sTPM lockout (%s) — %sfind what used a wrong authorization, then wait "
+			"for the lockout to expire or clear it with 'tpm2_dictionarylockout "
+			"--clear-lockout' (needs the lockout authorization), then '" PROG
+			" reload'",
+			prefix, state, who);
 	else if (strstr(state, "PIN locked") != NULL || strstr(state, "one try left") != NULL)
 		add_finding(
-		    fd, 0,
-		    "%sPIN locked (%s) — %sreset the user PIN with the SO PIN ('pkcs11-tool "
-		    "--login --login-type so --init-pin'), write it to the pin-file, then '" PROG
-		    " reload'",
-		    prefix, state, who);
+			fd, 0,
+			"%sPIN locked (%s) — %sreset the user PIN with the SO PIN ('pkcs11-tool "
+			"--login --login-type so --init-pin'), write it to the pin-file, then '" PROG
+			" reload'",
+			prefix, state, who);
 	else if (strstr(state, "wrong PIN") != NULL)
 		add_finding(fd, 0,
 			    "%swrong PIN (%s) — %swrite the token's user PIN to the pin-file (the "
@@ -85,10 +86,10 @@ static void add_keystore_state(struct findings *fd, const char *prefix, const ch
 		 strstr(state, "must be owned by") != NULL ||
 		 strstr(state, "usable secret") != NULL)
 		add_finding(
-		    fd, 0,
-		    "%sPIN problem (%s) — %sfix the pin-file (owned by root, mode 0600, holding "
-		    "the user PIN), then '" PROG " reload'",
-		    prefix, state, who);
+			fd, 0,
+			"%sPIN problem (%s) — %sfix the pin-file (owned by root, mode 0600, holding "
+			"the user PIN), then '" PROG " reload'",
+			prefix, state, who);
 	else if ((type != NULL && strcmp(type, "tpm2") == 0) || strstr(state, "TPM") != NULL)
 		add_finding(fd, 0,
 			    "%sunreachable (%s) — %scheck that the TPM device in tcti = (default "
@@ -242,11 +243,11 @@ static void check_trust(struct doctor *d, struct findings *fd, X509 **certs, siz
 			fd->nomem = 1;
 		else if (r == 0)
 			add_finding(
-			    fd, 0,
-			    "chain does not lead to a trust anchor in %s (%s, at certificate "
-			    "#%d) — append the missing intermediate certificate(s) after the "
-			    "leaf and import the chain again: '" PROG " import-cert NAME FILE'",
-			    d->ca_file, X509_verify_cert_error_string(err), depth);
+				fd, 0,
+				"chain does not lead to a trust anchor in %s (%s, at certificate "
+				"#%d) — append the missing intermediate certificate(s) after the "
+				"leaf and import the chain again: '" PROG " import-cert NAME FILE'",
+				d->ca_file, X509_verify_cert_error_string(err), depth);
 		return;
 	}
 	if (n != 1 || X509_check_issued(certs[0], certs[0]) == X509_V_OK)
@@ -380,21 +381,24 @@ static void check_key(struct findings *fd, const struct mtls_agent_identity *id)
 	int weak = 0;
 
 	if ((pk = spki_decode(id->spki, id->spki_len)) == NULL) {
-		add_finding(fd, 0,
-			    "the agent reports a public key that does not parse — check the keystore "
-			    "('" PROG " status')");
+		add_finding(
+			fd, 0,
+			"the agent reports a public key that does not parse — check the keystore "
+			"('" PROG " status')");
 	} else if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA && EVP_PKEY_get_bits(pk) < 2048) {
-		add_finding(fd, 0,
-			    "RSA key of %d bits is too weak — make a new key with '" PROG
-			    " keygen NAME --type rsa-2048' (or ec-p256) and get a certificate for it",
-			    EVP_PKEY_get_bits(pk));
+		add_finding(
+			fd, 0,
+			"RSA key of %d bits is too weak — make a new key with '" PROG
+			" keygen NAME --type rsa-2048' (or ec-p256) and get a certificate for it",
+			EVP_PKEY_get_bits(pk));
 		weak = 1; /* which is also why the agent signs with no scheme */
 	}
 	EVP_PKEY_free(pk);
 	if (id->n_schemes == 0 && !weak)
-		add_finding(fd, 0,
-			    "the agent offers no signature scheme for this key — check the key type "
-			    "and the keystore ('" PROG " status')");
+		add_finding(
+			fd, 0,
+			"the agent offers no signature scheme for this key — check the key type "
+			"and the keystore ('" PROG " status')");
 }
 
 /* No certificate: why, and how to get one. */
@@ -408,7 +412,8 @@ static void check_no_certificate(struct findings *fd, const char *state)
 			    state);
 	else
 		add_finding(fd, 0,
-			    "no certificate — make a CSR with '" PROG " csr NAME --subject DN', have "
+			    "no certificate — make a CSR with '" PROG
+			    " csr NAME --subject DN', have "
 			    "the CA sign it, then '" PROG " import-cert NAME FILE'");
 }
 
@@ -431,9 +436,10 @@ static void check_certificates(struct doctor *d, struct findings *fd,
 				    "certificate does not parse — import a valid one with '" PROG
 				    " import-cert NAME FILE'");
 		else if (certs[i] == NULL)
-			add_finding(fd, 0,
-				    "chain certificate #%zu does not parse — import the chain again",
-				    i);
+			add_finding(
+				fd, 0,
+				"chain certificate #%zu does not parse — import the chain again",
+				i);
 	}
 	if (certs[0] != NULL) {
 		check_leaf(fd, id, certs[0], now);

@@ -235,29 +235,32 @@ static void why_unreachable(struct findings *fd, const struct principal *p, cons
 			    "(mode %04o) — chmod 0755 %s",
 			    desc, why, dir, dmode, dir);
 	else if (p->is_group)
-		add_finding(fd, 0,
-			    "%s may use %s but its members cannot open the socket (mode %04o, group "
-			    "%s) — set socket-group = %s in [agent] (SocketGroup= with socket "
-			    "activation)",
-			    desc, why, smode, group, desc + 6);
+		add_finding(
+			fd, 0,
+			"%s may use %s but its members cannot open the socket (mode %04o, group "
+			"%s) — set socket-group = %s in [agent] (SocketGroup= with socket "
+			"activation)",
+			desc, why, smode, group, desc + 6);
 	else if (!user_may((uid_t)p->id, ds, ds->st_mode, 1))
 		add_finding(fd, 0,
 			    "user %s may use %s but cannot enter the socket's directory %s (mode "
 			    "%04o) — chmod 0755 %s",
 			    desc, why, dir, dmode, dir);
 	else if (ss->st_gid != 0)
-		add_finding(fd, 0,
-			    "user %s may use %s but cannot open the socket (mode %04o, owner %s, "
-			    "group %s) — add %s to group %s (usermod -aG %s %s), or set socket-group "
-			    "to a group %s is in",
-			    desc, why, smode, owner, group, desc, group, group, desc, desc);
+		add_finding(
+			fd, 0,
+			"user %s may use %s but cannot open the socket (mode %04o, owner %s, "
+			"group %s) — add %s to group %s (usermod -aG %s %s), or set socket-group "
+			"to a group %s is in",
+			desc, why, smode, owner, group, desc, group, group, desc, desc);
 	else
-		add_finding(fd, 0,
-			    "user %s may use %s but cannot open the socket (mode %04o, owner %s, "
-			    "group %s) — set socket-group in [agent] to a group %s is in, such as %s "
-			    "(SocketGroup= with socket activation), and socket-mode = 0660",
-			    desc, why, smode, owner, group, desc,
-			    primary_group((uid_t)p->id, pgroup, sizeof(pgroup)));
+		add_finding(
+			fd, 0,
+			"user %s may use %s but cannot open the socket (mode %04o, owner %s, "
+			"group %s) — set socket-group in [agent] to a group %s is in, such as %s "
+			"(SocketGroup= with socket activation), and socket-mode = 0660",
+			desc, why, smode, owner, group, desc,
+			primary_group((uid_t)p->id, pgroup, sizeof(pgroup)));
 }
 
 /* A socket open to everyone: needed only if someone allowed gets in by the "others" bits. */
@@ -279,11 +282,12 @@ static void check_open_to_all(struct findings *fd, const struct principals *ps,
 			snprintf(who + len, sizeof(who) - len, ", ...");
 	}
 	if (all_narrow)
-		add_finding(fd, 0,
-			    "mode %04o lets every local user connect, though only %s may use the "
-			    "agent — set socket-mode = 0660 in [agent] (SocketMode=0660 with socket "
-			    "activation)",
-			    (unsigned)(ss->st_mode & 07777), who[0] != '\0' ? who : "root");
+		add_finding(
+			fd, 0,
+			"mode %04o lets every local user connect, though only %s may use the "
+			"agent — set socket-mode = 0660 in [agent] (SocketMode=0660 with socket "
+			"activation)",
+			(unsigned)(ss->st_mode & 07777), who[0] != '\0' ? who : "root");
 	else
 		add_finding(fd, 1,
 			    "mode %04o lets every local user connect: the identities' allow-lists "
@@ -306,12 +310,12 @@ static void check_socket_access(struct doctor *d, struct findings *fd, const cha
 	if (d->conf == NULL) {
 		if ((ss->st_mode & S_IWOTH) != 0)
 			add_finding(
-			    fd, 1,
-			    "mode %04o lets every local user connect: the identities' "
-			    "allow-lists are the only wall — unless every user needs the "
-			    "agent, set socket-mode = 0660 and a socket-group holding the users "
-			    "that do",
-			    (unsigned)(ss->st_mode & 07777));
+				fd, 1,
+				"mode %04o lets every local user connect: the identities' "
+				"allow-lists are the only wall — unless every user needs the "
+				"agent, set socket-mode = 0660 and a socket-group holding the users "
+				"that do",
+				(unsigned)(ss->st_mode & 07777));
 		return;
 	}
 	allowed_principals(d, &ps);
@@ -351,13 +355,13 @@ void check_socket(struct doctor *d)
 		/* Whoever can write the directory can put their own socket in the agent's place. */
 		if ((ds.st_mode & (S_IWGRP | S_IWOTH)) != 0)
 			add_finding(
-			    fd, 0,
-			    "its directory %s is writable by %s (mode %04o): they can replace "
-			    "the socket with their own and receive what applications send — "
-			    "use a directory only root can write (chmod 0755 %s, or the "
-			    "default socket = /run/mtls-agent/agent.sock)",
-			    dir, (ds.st_mode & S_IWOTH) != 0 ? "every local user" : "its group",
-			    (unsigned)(ds.st_mode & 07777), dir);
+				fd, 0,
+				"its directory %s is writable by %s (mode %04o): they can replace "
+				"the socket with their own and receive what applications send — "
+				"use a directory only root can write (chmod 0755 %s, or the "
+				"default socket = /run/mtls-agent/agent.sock)",
+				dir, (ds.st_mode & S_IWOTH) != 0 ? "every local user" : "its group",
+				(unsigned)(ds.st_mode & 07777), dir);
 		else if (!agent_may_own(d, ds.st_uid))
 			add_finding(fd, 0,
 				    "its directory %s is owned by %s, who can replace the socket — "
@@ -385,4 +389,3 @@ void check_socket(struct doctor *d)
 out:
 	free(dir);
 }
-

@@ -168,11 +168,11 @@ static int report_json(const struct findings *fd, const char *name)
 static int check_options(struct doctor *d, int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"json", no_argument, NULL, 'j'},
-	    {"config", required_argument, NULL, 'c'},
-	    {"ca", required_argument, NULL, 'A'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{"json", no_argument, NULL, 'j'},
+		{"config", required_argument, NULL, 'c'},
+		{"ca", required_argument, NULL, 'A'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	struct ctx *c = d->c;
 	int ch;
@@ -236,15 +236,16 @@ static void check_find_config(struct doctor *d)
 	 * the file it loaded before). */
 	if (d->conf_given != NULL && d->conf_path != NULL && d->conf == NULL &&
 	    d->c->socket == NULL && (env == NULL || env[0] == '\0'))
-		add_finding(subject(d, "config", d->conf_path), 1,
-			    "the agent refuses it, so its socket is not known: checking the default "
-			    "%s — name the agent's socket with -s if it is another",
-			    d->sock);
+		add_finding(
+			subject(d, "config", d->conf_path), 1,
+			"the agent refuses it, so its socket is not known: checking the default "
+			"%s — name the agent's socket with -s if it is another",
+			d->sock);
 	if (d->conf_given == NULL) {
 		/* A default file the agent refuses names no socket: the default agent's. */
 		if (check_read_config(d, MTLS_AGENT_DEFAULT_CONFIG, 0) == 0
-			? strcmp(d->conf->socket, d->sock) != 0
-			: strcmp(MTLS_AGENT_DEFAULT_SOCKET, d->sock) != 0)
+			    ? strcmp(d->conf->socket, d->sock) != 0
+			    : strcmp(MTLS_AGENT_DEFAULT_SOCKET, d->sock) != 0)
 			drop_config(d);
 	} else if (d->conf != NULL && strcmp(d->conf->socket, d->sock) != 0) {
 		add_finding(subject(d, "config", d->conf_path), 1,
@@ -271,11 +272,12 @@ static int check_reach_agent(struct doctor *d)
 			    "this user (socket-group), or run check as root",
 			    detail, (long)getuid());
 	} else {
-		add_finding(subject(d, "socket", d->sock), 0,
-			    "%s — start the agent ('systemctl start mtls-agent', or 'mtls-agent -n' "
-			    "then 'mtls-agent' to see why it does not start), or name its socket "
-			    "with -s",
-			    detail);
+		add_finding(
+			subject(d, "socket", d->sock), 0,
+			"%s — start the agent ('systemctl start mtls-agent', or 'mtls-agent -n' "
+			"then 'mtls-agent' to see why it does not start), or name its socket "
+			"with -s",
+			detail);
 	}
 	if (listener_uid(d->sock, &d->agent_uid) == 0)
 		d->agent_uid_known = 1;
@@ -301,13 +303,15 @@ static void check_agent_state(struct doctor *d)
 		return;
 	if (mtls_agent_list(d->c->agent, &d->ids, &d->n_ids) != 0)
 		add_finding(subject(d, "agent", ""), 0,
-			    "list request failed: %s — see the agent's log", mtls_agent_last_error());
+			    "list request failed: %s — see the agent's log",
+			    mtls_agent_last_error());
 	else if (d->n_ids == 0)
-		add_finding(subject(d, "agent", ""), 0,
-			    "no identities for uid %ld (none configured, or none allows this user) — "
-			    "add the user to allow-users or allow-groups of an identity, then '" PROG
-			    " reload'",
-			    (long)getuid());
+		add_finding(
+			subject(d, "agent", ""), 0,
+			"no identities for uid %ld (none configured, or none allows this user) — "
+			"add the user to allow-users or allow-groups of an identity, then '" PROG
+			" reload'",
+			(long)getuid());
 }
 
 /* The subjects' findings, text or JSON; adds their problems to *problems. -1: no memory. */

@@ -28,7 +28,7 @@ struct findings {
 };
 
 void add_finding(struct findings *fd, int warning, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+	__attribute__((format(printf, 3, 4)));
 void findings_free(struct findings *fd);
 
 struct config; /* conf/conf.h: the agent's configuration, read by its own reader */
@@ -48,9 +48,9 @@ struct doctor {
 	int system_tried;
 	const char *conf_given; /* -c */
 	const char *conf_path;	/* the configuration looked at; NULL: none */
-	struct config *conf;   /* as the agent reads it; NULL: none, or refused (conf_err) */
+	struct config *conf;	/* as the agent reads it; NULL: none, or refused (conf_err) */
 	char conf_err[MTLSA_ERRMSG_MAX]; /* the reader's "FILE:LINE: message" */
-	const char *sock;   /* the socket checked */
+	const char *sock;		 /* the socket checked */
 	int reachable;
 	int agent_uid_known;
 	uid_t agent_uid; /* uid of whoever listens on the socket */

@@ -405,12 +405,12 @@ static int write_signature(const struct ctx *c, const char *out, const uint8_t *
 int cmd_sign(struct ctx *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"scheme", required_argument, NULL, 'S'}, /* TLS SignatureScheme */
-	    {"in", required_argument, NULL, 'i'},
-	    {"out", required_argument, NULL, 'o'},
-	    {"digest", no_argument, NULL, 'd'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{"scheme", required_argument, NULL, 'S'}, /* TLS SignatureScheme */
+		{"in", required_argument, NULL, 'i'},
+		{"out", required_argument, NULL, 'o'},
+		{"digest", no_argument, NULL, 'd'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *name, *scheme_arg = NULL, *in = NULL, *out = NULL;
 	uint8_t *data = NULL, *sig = NULL;
@@ -515,11 +515,11 @@ out:
 int cmd_csr(struct ctx *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"subject", required_argument, NULL, 'S'},
-	    {"san", required_argument, NULL, 'a'},
-	    {"out", required_argument, NULL, 'o'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{"subject", required_argument, NULL, 'S'},
+		{"san", required_argument, NULL, 'a'},
+		{"out", required_argument, NULL, 'o'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *name, *subject = NULL, *out = NULL;
 	const char **sans = NULL, **ns;

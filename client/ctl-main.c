@@ -139,9 +139,9 @@ static int parse_options(struct ctx *c, int argc, char **argv, const char *optst
 int ctl_simple_options(struct ctx *c, int argc, char **argv, int json)
 {
 	static const struct option with_json[] = {
-	    {"json", no_argument, NULL, 'j'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{"json", no_argument, NULL, 'j'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 
 	/* Without json, "--json" is unknown: with_json + 1 is the table without it. */
@@ -152,9 +152,9 @@ int ctl_value_option(struct ctx *c, int argc, char **argv, const char *name, int
 		     const char **value)
 {
 	const struct option opts[] = {
-	    {name, required_argument, NULL, letter},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{name, required_argument, NULL, letter},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char optstring[] = {':', 'h', (char)letter, ':', '\0'};
 
@@ -175,85 +175,86 @@ int ctl_no_operands(struct ctx *c, int argc, char **argv, int json)
 /* ---- main ------------------------------------------------------------------------------- */
 
 static const struct command commands[] = {
-    {"list", cmd_list, "[--json]", "identities this user may use",
-     "Lists the identities this user may use: key type, certificate end, subject and\n"
-     "signature schemes.\n\n"
-     "  --json      print a JSON array\n"},
-    {"status", cmd_status, "[--json]", "agent, keystore and identity state",
-     "Shows the agent's version and uptime and the state of each identity (and, for\n"
-     "administrators, each keystore).\n\n"
-     "  --json      print a JSON object\n"},
-    {"metrics", cmd_metrics, "", "metrics in the Prometheus text format",
-     "Prints the agent's metrics in the Prometheus text exposition format (for\n"
-     "node_exporter's textfile collector, or a check). Administrators see every\n"
-     "series; others the agent-wide ones and those of the identities they may use.\n"
-     "docs/METRICS.md lists them.\n"},
-    {"cert", cmd_cert, "NAME [--json]", "certificate chain of an identity, as PEM",
-     "Prints the certificate chain of identity NAME as PEM, leaf first.\n\n"
-     "  --json      print {\"name\":..,\"chain\":[PEM strings]}\n"},
-    {"keyref", cmd_keyref, "NAME [-o FILE]", "key reference file for OpenSSL applications",
-     "Writes a key reference file (PEM \"MTLS AGENT KEY\") for identity NAME: its name\n"
-     "and current public key, no secret. Give it to an application as its private key\n"
-     "file (curl --key, mosquitto --key) with the mtlsagent OpenSSL provider loaded.\n\n"
-     "  -o, --out FILE   write there (atomically, mode 0644) instead of standard output\n"},
-    {"sign", cmd_sign, "NAME --scheme S [--in FILE] [--out FILE] [--digest]",
-     "sign data with an identity's key",
-     "Signs data with identity NAME's key, as a TLS handshake would. The identity's\n"
-     "sign-policy decides what it signs: tls-client accepts only TLS client handshake\n"
-     "content.\n\n"
-     "  -S, --scheme S   TLS SignatureScheme: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256,\n"
-     "                   rsa_pkcs1_sha256, ed25519, ... or a code point 0xNNNN\n"
-     "  -i, --in FILE    data to sign (default: standard input; at most 128 KiB)\n"
-     "  -o, --out FILE   where to write the signature (raw bytes: DER ECDSA-Sig-Value,\n"
-     "                   RSA or Ed25519 signature); '-' for standard output, which is\n"
-     "                   refused by default when it is a terminal\n"
-     "  -d, --digest     the input is a precomputed hash (sign-policy digest or any)\n"},
-    {"check", cmd_check, "[NAME] [-c CONFIG] [--ca FILE] [--json]",
-     "what needs attention, and how to fix it",
-     "The operator's doctor. Prints \"SUBJECT: ok\" or one line per problem, \"what is\n"
-     "wrong — how to fix it\", for:\n"
-     "  socket      the agent answers; the socket's owner and mode, its directory not\n"
-     "              writable by others\n"
-     "  keystore    reachable, PIN accepted, no TPM lockout (states shown to admins)\n"
-     "  identities  each one you may use (or NAME): key present, RSA >= 2048 bits,\n"
-     "              certificate present and matching the key, clientAuth and\n"
-     "              digitalSignature, valid now (warns under 7 days), chain in order\n"
-     "              with verifying signatures (up to --ca when given)\n"
-     "  config      with the agent's configuration, read by the agent's own reader:\n"
-     "              what it refuses or warns about (FILE:LINE), its permissions, the\n"
-     "              PIN files' permissions, whether every allowed user and group can\n"
-     "              open the socket, and whether the socket is open wider than they need\n"
-     "Exit status 1 when any problem needs attention (warnings do not count).\n\n"
-     "  -c, --config FILE  the agent's configuration; by default " MTLS_AGENT_DEFAULT_CONFIG "\n"
-     "                     when it is readable and names the socket checked\n"
-     "      --ca FILE      trust anchors (PEM) the chains must verify up to\n"
-     "      --json         print {\"socket\":..,\"config\":..,\"agent_reachable\":..,\n"
-     "                     \"checks\":[{\"kind\":..,\"name\":..,\"ok\":..,\"problems\":[..],\n"
-     "                     \"warnings\":[..]}],\"identities\":[{\"name\":..,\"ok\":..,\n"
-     "                     \"problems\":[..],\"warnings\":[..]}],\"ok\":..}\n"},
-    {"keygen", cmd_keygen, "NAME --type TYPE", "admin: new key in the keystore",
-     "Administrators: creates a new key for identity NAME inside its keystore and prints\n"
-     "its public key as PEM. If NAME already has a certified key, the new key stays\n"
-     "pending until a certificate for it is imported.\n\n"
-     "  -t, --type TYPE  ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096 or ed25519\n"},
-    {"csr", cmd_csr, "NAME --subject DN [--san SAN]... [-o FILE]", "admin: certificate request",
-     "Administrators: prints a PKCS#10 request for NAME's newest key, signed inside the\n"
-     "keystore, asking for clientAuth and digitalSignature.\n\n"
-     "  -S, --subject DN  \"/CN=dev1/O=Example\" or \"CN=dev1,O=Example\"\n"
-     "  -a, --san SAN     subjectAltName: DNS:host, IP:192.0.2.1, URI:..., email:...\n"
-     "                    (repeatable)\n"
-     "  -o, --out FILE    write the PEM there instead of standard output\n"},
-    {"import-cert", cmd_import_cert, "NAME FILE", "admin: install a certificate",
-     "Administrators: installs the certificate chain in FILE (PEM, leaf first, or one\n"
-     "DER certificate; '-' for standard input) for identity NAME. The agent checks it\n"
-     "matches one of NAME's keys and is usable for TLS client authentication.\n"},
-    {"renew", cmd_renew, "NAME", "admin: renew a certificate now",
-     "Administrators: renews identity NAME's certificate now (renew = cmp or est in its\n"
-     "configuration), with a new key in the keystore unless rotate-key = no, and waits\n"
-     "for the outcome. The old certificate stays in use unless the new one is installed.\n"},
-    {"reload", cmd_reload, "", "admin: re-read the configuration",
-     "Administrators: makes the agent re-read its configuration (like SIGHUP). A\n"
-     "configuration that does not load is refused and the old one stays.\n"},
+	{"list", cmd_list, "[--json]", "identities this user may use",
+	 "Lists the identities this user may use: key type, certificate end, subject and\n"
+	 "signature schemes.\n\n"
+	 "  --json      print a JSON array\n"},
+	{"status", cmd_status, "[--json]", "agent, keystore and identity state",
+	 "Shows the agent's version and uptime and the state of each identity (and, for\n"
+	 "administrators, each keystore).\n\n"
+	 "  --json      print a JSON object\n"},
+	{"metrics", cmd_metrics, "", "metrics in the Prometheus text format",
+	 "Prints the agent's metrics in the Prometheus text exposition format (for\n"
+	 "node_exporter's textfile collector, or a check). Administrators see every\n"
+	 "series; others the agent-wide ones and those of the identities they may use.\n"
+	 "docs/METRICS.md lists them.\n"},
+	{"cert", cmd_cert, "NAME [--json]", "certificate chain of an identity, as PEM",
+	 "Prints the certificate chain of identity NAME as PEM, leaf first.\n\n"
+	 "  --json      print {\"name\":..,\"chain\":[PEM strings]}\n"},
+	{"keyref", cmd_keyref, "NAME [-o FILE]", "key reference file for OpenSSL applications",
+	 "Writes a key reference file (PEM \"MTLS AGENT KEY\") for identity NAME: its name\n"
+	 "and current public key, no secret. Give it to an application as its private key\n"
+	 "file (curl --key, mosquitto --key) with the mtlsagent OpenSSL provider loaded.\n\n"
+	 "  -o, --out FILE   write there (atomically, mode 0644) instead of standard output\n"},
+	{"sign", cmd_sign, "NAME --scheme S [--in FILE] [--out FILE] [--digest]",
+	 "sign data with an identity's key",
+	 "Signs data with identity NAME's key, as a TLS handshake would. The identity's\n"
+	 "sign-policy decides what it signs: tls-client accepts only TLS client handshake\n"
+	 "content.\n\n"
+	 "  -S, --scheme S   TLS SignatureScheme: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256,\n"
+	 "                   rsa_pkcs1_sha256, ed25519, ... or a code point 0xNNNN\n"
+	 "  -i, --in FILE    data to sign (default: standard input; at most 128 KiB)\n"
+	 "  -o, --out FILE   where to write the signature (raw bytes: DER ECDSA-Sig-Value,\n"
+	 "                   RSA or Ed25519 signature); '-' for standard output, which is\n"
+	 "                   refused by default when it is a terminal\n"
+	 "  -d, --digest     the input is a precomputed hash (sign-policy digest or any)\n"},
+	{"check", cmd_check, "[NAME] [-c CONFIG] [--ca FILE] [--json]",
+	 "what needs attention, and how to fix it",
+	 "The operator's doctor. Prints \"SUBJECT: ok\" or one line per problem, \"what is\n"
+	 "wrong — how to fix it\", for:\n"
+	 "  socket      the agent answers; the socket's owner and mode, its directory not\n"
+	 "              writable by others\n"
+	 "  keystore    reachable, PIN accepted, no TPM lockout (states shown to admins)\n"
+	 "  identities  each one you may use (or NAME): key present, RSA >= 2048 bits,\n"
+	 "              certificate present and matching the key, clientAuth and\n"
+	 "              digitalSignature, valid now (warns under 7 days), chain in order\n"
+	 "              with verifying signatures (up to --ca when given)\n"
+	 "  config      with the agent's configuration, read by the agent's own reader:\n"
+	 "              what it refuses or warns about (FILE:LINE), its permissions, the\n"
+	 "              PIN files' permissions, whether every allowed user and group can\n"
+	 "              open the socket, and whether the socket is open wider than they need\n"
+	 "Exit status 1 when any problem needs attention (warnings do not count).\n\n"
+	 "  -c, --config FILE  the agent's configuration; by default " MTLS_AGENT_DEFAULT_CONFIG
+	 "\n"
+	 "                     when it is readable and names the socket checked\n"
+	 "      --ca FILE      trust anchors (PEM) the chains must verify up to\n"
+	 "      --json         print {\"socket\":..,\"config\":..,\"agent_reachable\":..,\n"
+	 "                     \"checks\":[{\"kind\":..,\"name\":..,\"ok\":..,\"problems\":[..],\n"
+	 "                     \"warnings\":[..]}],\"identities\":[{\"name\":..,\"ok\":..,\n"
+	 "                     \"problems\":[..],\"warnings\":[..]}],\"ok\":..}\n"},
+	{"keygen", cmd_keygen, "NAME --type TYPE", "admin: new key in the keystore",
+	 "Administrators: creates a new key for identity NAME inside its keystore and prints\n"
+	 "its public key as PEM. If NAME already has a certified key, the new key stays\n"
+	 "pending until a certificate for it is imported.\n\n"
+	 "  -t, --type TYPE  ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096 or ed25519\n"},
+	{"csr", cmd_csr, "NAME --subject DN [--san SAN]... [-o FILE]", "admin: certificate request",
+	 "Administrators: prints a PKCS#10 request for NAME's newest key, signed inside the\n"
+	 "keystore, asking for clientAuth and digitalSignature.\n\n"
+	 "  -S, --subject DN  \"/CN=dev1/O=Example\" or \"CN=dev1,O=Example\"\n"
+	 "  -a, --san SAN     subjectAltName: DNS:host, IP:192.0.2.1, URI:..., email:...\n"
+	 "                    (repeatable)\n"
+	 "  -o, --out FILE    write the PEM there instead of standard output\n"},
+	{"import-cert", cmd_import_cert, "NAME FILE", "admin: install a certificate",
+	 "Administrators: installs the certificate chain in FILE (PEM, leaf first, or one\n"
+	 "DER certificate; '-' for standard input) for identity NAME. The agent checks it\n"
+	 "matches one of NAME's keys and is usable for TLS client authentication.\n"},
+	{"renew", cmd_renew, "NAME", "admin: renew a certificate now",
+	 "Administrators: renews identity NAME's certificate now (renew = cmp or est in its\n"
+	 "configuration), with a new key in the keystore unless rotate-key = no, and waits\n"
+	 "for the outcome. The old certificate stays in use unless the new one is installed.\n"},
+	{"reload", cmd_reload, "", "admin: re-read the configuration",
+	 "Administrators: makes the agent re-read its configuration (like SIGHUP). A\n"
+	 "configuration that does not load is refused and the old one stays.\n"},
 };
 
 static const struct command *find_command(const char *name)
@@ -292,11 +293,11 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"socket", required_argument, NULL, 's'},
-	    {"json", no_argument, NULL, 'j'},
-	    {"help", no_argument, NULL, 'h'},
-	    {"version", no_argument, NULL, 'V'},
-	    {NULL, 0, NULL, 0},
+		{"socket", required_argument, NULL, 's'},
+		{"json", no_argument, NULL, 'j'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
 	};
 	const struct command *cmd;
 	struct ctx c;

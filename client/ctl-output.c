@@ -15,7 +15,6 @@
 #include "common/log.h"
 #include "common/scheme.h"
 
-
 /* A JSON string; bytes that are not valid UTF-8 become U+FFFD so the output always parses. */
 void json_str(const char *s)
 {
@@ -140,4 +139,3 @@ char *pem_string(const char *label, const uint8_t *der, size_t len)
 	BIO_free(bio);
 	return s;
 }
-

@@ -145,4 +145,3 @@ int cmd_reload(struct ctx *c, int argc, char **argv)
 	puts("configuration reloaded");
 	return EXIT_OK;
 }
-

@@ -12,7 +12,7 @@
 #include "common/certcheck.h"
 #include "mtls-agent/client.h"
 
-int certcheck_parse_chain(const uint8_t *data, size_t len, STACK_OF(X509) **chain, char *err,
+int certcheck_parse_chain(const uint8_t *data, size_t len, STACK_OF(X509) * *chain, char *err,
 			  size_t errlen)
 {
 	STACK_OF(X509) *sk = NULL;
@@ -70,7 +70,8 @@ unsigned certcheck_flaws(X509 *cert, time_t now)
 
 	if ((flags & EXFLAG_INVALID) != 0)
 		flaws |= CERTCHECK_BAD_EXTENSIONS;
-	if ((flags & EXFLAG_XKUSAGE) == 0 || (X509_get_extended_key_usage(cert) & XKU_SSL_CLIENT) == 0)
+	if ((flags & EXFLAG_XKUSAGE) == 0 ||
+	    (X509_get_extended_key_usage(cert) & XKU_SSL_CLIENT) == 0)
 		flaws |= CERTCHECK_NO_CLIENT_AUTH;
 	if ((flags & EXFLAG_KUSAGE) == 0 || (X509_get_key_usage(cert) & KU_DIGITAL_SIGNATURE) == 0)
 		flaws |= CERTCHECK_NO_DIGITAL_SIGNATURE;
@@ -87,11 +88,12 @@ int certcheck_leaf(X509 *leaf, time_t now, char *err, size_t errlen)
 		unsigned flaw;
 		const char *why;
 	} reasons[] = {
-	    {CERTCHECK_BAD_EXTENSIONS, "certificate has invalid extensions"},
-	    {CERTCHECK_NO_CLIENT_AUTH, "certificate lacks the clientAuth extended key usage"},
-	    {CERTCHECK_NO_DIGITAL_SIGNATURE, "certificate lacks the digitalSignature key usage"},
-	    {CERTCHECK_NOT_YET_VALID, "certificate is not valid yet"},
-	    {CERTCHECK_EXPIRED, "certificate has expired"},
+		{CERTCHECK_BAD_EXTENSIONS, "certificate has invalid extensions"},
+		{CERTCHECK_NO_CLIENT_AUTH, "certificate lacks the clientAuth extended key usage"},
+		{CERTCHECK_NO_DIGITAL_SIGNATURE,
+		 "certificate lacks the digitalSignature key usage"},
+		{CERTCHECK_NOT_YET_VALID, "certificate is not valid yet"},
+		{CERTCHECK_EXPIRED, "certificate has expired"},
 	};
 	unsigned flaws = certcheck_flaws(leaf, now);
 	size_t i;
@@ -111,20 +113,22 @@ int certcheck_issued_by(X509 *subject, X509 *issuer)
 	int ok;
 
 	ok = X509_check_issued(issuer, subject) == X509_V_OK &&
-	     (issuer_key = X509_get0_pubkey(issuer)) != NULL && X509_verify(subject, issuer_key) == 1;
+	     (issuer_key = X509_get0_pubkey(issuer)) != NULL &&
+	     X509_verify(subject, issuer_key) == 1;
 	ERR_clear_error();
 	return ok;
 }
 
-int certcheck_chain_order(STACK_OF(X509) *chain, char *err, size_t errlen)
+int certcheck_chain_order(STACK_OF(X509) * chain, char *err, size_t errlen)
 {
 	int i, n = sk_X509_num(chain);
 
 	for (i = 0; i + 1 < n; i++) {
 		if (!certcheck_issued_by(sk_X509_value(chain, i), sk_X509_value(chain, i + 1))) {
-			snprintf(err, errlen,
-				 "chain out of order: certificate %d is not issued by certificate %d",
-				 i + 1, i + 2);
+			snprintf(
+				err, errlen,
+				"chain out of order: certificate %d is not issued by certificate %d",
+				i + 1, i + 2);
 			return MTLS_AGENT_ERR_CERT;
 		}
 	}
@@ -165,7 +169,7 @@ time_t certcheck_not_after(X509 *cert)
 	return asn1_epoch(X509_get0_notAfter(cert));
 }
 
-STACK_OF(X509) *certcheck_chain_rest(STACK_OF(X509) *chain)
+STACK_OF(X509) * certcheck_chain_rest(STACK_OF(X509) * chain)
 {
 	STACK_OF(X509) *rest = sk_X509_new_null();
 	int i;

@@ -12,7 +12,7 @@
  * Parses a PEM chain (one or more CERTIFICATE blocks) or one DER
  * certificate. *chain gets the certificates in order, leaf first.
  */
-int certcheck_parse_chain(const uint8_t *data, size_t len, STACK_OF(X509) **chain, char *err,
+int certcheck_parse_chain(const uint8_t *data, size_t len, STACK_OF(X509) * *chain, char *err,
 			  size_t errlen);
 
 /*
@@ -38,7 +38,7 @@ int certcheck_leaf(X509 *leaf, time_t now, char *err, size_t errlen);
 unsigned certcheck_flaws(X509 *cert, time_t now);
 
 /* Each certificate of the chain is issued (name and signature) by the next. */
-int certcheck_chain_order(STACK_OF(X509) *chain, char *err, size_t errlen);
+int certcheck_chain_order(STACK_OF(X509) * chain, char *err, size_t errlen);
 
 /* Whether issuer issued subject: names and signature (the rule of certcheck_chain_order). */
 int certcheck_issued_by(X509 *subject, X509 *issuer);
@@ -54,6 +54,6 @@ time_t certcheck_not_after(X509 *cert);
  * A new stack holding (not owning) chain's certificates after the leaf: the
  * untrusted intermediates for a verification. NULL without memory.
  */
-STACK_OF(X509) *certcheck_chain_rest(STACK_OF(X509) *chain);
+STACK_OF(X509) * certcheck_chain_rest(STACK_OF(X509) * chain);
 
 #endif

@@ -17,20 +17,22 @@ typedef struct {
 	ASN1_OCTET_STRING *public_key;
 } MTLS_KEYREF;
 
-ASN1_SEQUENCE(MTLS_KEYREF) = {
-	ASN1_SIMPLE(MTLS_KEYREF, version, ASN1_INTEGER),
-	ASN1_SIMPLE(MTLS_KEYREF, identity, ASN1_UTF8STRING),
-	ASN1_SIMPLE(MTLS_KEYREF, public_key, ASN1_OCTET_STRING),
+ASN1_SEQUENCE(MTLS_KEYREF) =
+	{
+		ASN1_SIMPLE(MTLS_KEYREF, version, ASN1_INTEGER),
+		ASN1_SIMPLE(MTLS_KEYREF, identity, ASN1_UTF8STRING),
+		ASN1_SIMPLE(MTLS_KEYREF, public_key, ASN1_OCTET_STRING),
 } static_ASN1_SEQUENCE_END(MTLS_KEYREF)
 
-IMPLEMENT_STATIC_ASN1_ALLOC_FUNCTIONS(MTLS_KEYREF)
-IMPLEMENT_STATIC_ASN1_ENCODE_FUNCTIONS(MTLS_KEYREF)
+		IMPLEMENT_STATIC_ASN1_ALLOC_FUNCTIONS(MTLS_KEYREF)
+			IMPLEMENT_STATIC_ASN1_ENCODE_FUNCTIONS(MTLS_KEYREF)
 
 #define KEYREF_VERSION 1
 #define KEYREF_MAX_NAME 128
 
-int keyref_encode_der(const char *identity, const uint8_t *spki, size_t spki_len, uint8_t **der,
-		      size_t *der_len)
+				int keyref_encode_der(const char *identity, const uint8_t *spki,
+						      size_t spki_len, uint8_t **der,
+						      size_t *der_len)
 {
 	MTLS_KEYREF *kr = NULL;
 	unsigned char *p = NULL;

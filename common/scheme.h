@@ -37,13 +37,13 @@ const struct scheme_md *scheme_md_by_len(size_t len);
 const struct scheme_md *scheme_md_by_ckm(unsigned long ckm);
 
 struct scheme {
-	uint16_t code;       /* TLS SignatureScheme */
-	const char *name;    /* "ecdsa_secp256r1_sha256" */
-	int key_type;        /* MTLS_AGENT_KEY_EC / _RSA / _ED25519 */
-	int curve_nid;       /* TLS 1.3 curve binding for ECDSA (NID_undef otherwise); informative */
-	int hash_nid;        /* NID_sha256 ...; NID_undef for Ed25519 (signs the message) */
-	size_t hash_len;     /* 32/48/64; 0 for Ed25519 */
-	int pad;             /* enum sig_pad for RSA */
+	uint16_t code;	  /* TLS SignatureScheme */
+	const char *name; /* "ecdsa_secp256r1_sha256" */
+	int key_type;	  /* MTLS_AGENT_KEY_EC / _RSA / _ED25519 */
+	int curve_nid;	  /* TLS 1.3 curve binding for ECDSA (NID_undef otherwise); informative */
+	int hash_nid;	  /* NID_sha256 ...; NID_undef for Ed25519 (signs the message) */
+	size_t hash_len;  /* 32/48/64; 0 for Ed25519 */
+	int pad;	  /* enum sig_pad for RSA */
 	const struct scheme_md *md; /* the digest row (hash_nid, hash_len); NULL for Ed25519 */
 	/* PKCS#11: the mechanism that hashes and signs the message with this scheme
 	 * (CKM_ECDSA_SHA256 ...), its name for messages, and the one that signs what

@@ -45,7 +45,8 @@ static int dir_trusted(int dfd)
 	struct stat st;
 
 	return fstat(dfd, &st) == 0 && S_ISDIR(st.st_mode) &&
-	       (st.st_uid == 0 || st.st_uid == geteuid()) && (st.st_mode & (S_IWGRP | S_IWOTH)) == 0;
+	       (st.st_uid == 0 || st.st_uid == geteuid()) &&
+	       (st.st_mode & (S_IWGRP | S_IWOTH)) == 0;
 }
 
 /*

@@ -16,8 +16,8 @@
 
 /* Linux 6.5+; Debian 12's headers predate it. 77 on the architectures using asm-generic's
  * numbering (others define their own, and get it from their headers or not at all). */
-#if !defined(SO_PEERPIDFD) && (defined(__x86_64__) || defined(__i386__) || \
-			       defined(__aarch64__) || defined(__arm__) || defined(__riscv))
+#if !defined(SO_PEERPIDFD) && (defined(__x86_64__) || defined(__i386__) || defined(__aarch64__) || \
+			       defined(__arm__) || defined(__riscv))
 #define SO_PEERPIDFD 77
 #endif
 
@@ -228,8 +228,8 @@ static int caller_is_peer(const struct peer *peer, pid_t pid, int pidfd, int by_
 	if (peer->starttime == 0 || acl_proc_starttime(pid) != peer->starttime) {
 		snprintf(why, whylen,
 			 peer->starttime == 0
-			     ? "the start time of pid %ld was not recorded when it connected"
-			     : "pid %ld is not the process that connected (it started later)",
+				 ? "the start time of pid %ld was not recorded when it connected"
+				 : "pid %ld is not the process that connected (it started later)",
 			 (long)pid);
 		return 0;
 	}
@@ -266,8 +266,7 @@ static int caller_exe(pid_t pid, int pidfd, char *exe, size_t exelen, char *why,
 }
 
 /* The caller's cgroup path (/proc/PID/cgroup); 0 and why when it cannot be read. */
-static int caller_cgroup(pid_t pid, int pidfd, char *cgroup, size_t len, char *why,
-			 size_t whylen)
+static int caller_cgroup(pid_t pid, int pidfd, char *cgroup, size_t len, char *why, size_t whylen)
 {
 	char path[64];
 	int err;

@@ -9,9 +9,9 @@
 #include <sys/types.h>
 
 enum sign_policy {
-	POLICY_TLS_CLIENT = 0,   /* TLS 1.3 client CertificateVerify or TLS 1.2 client transcript */
+	POLICY_TLS_CLIENT = 0,	 /* TLS 1.3 client CertificateVerify or TLS 1.2 client transcript */
 	POLICY_TLS13_CLIENT = 1, /* TLS 1.3 client CertificateVerify only */
-	POLICY_ANY = 2,          /* anything, including pre-hashed digests */
+	POLICY_ANY = 2,		 /* anything, including pre-hashed digests */
 	/*
 	 * tls-client, plus a pre-hashed digest of exactly the scheme's hash length
 	 * (PKCS#11 CKM_ECDSA / CKM_RSA_PKCS / CKM_RSA_PKCS_PSS users: GnuTLS, NSS,
@@ -22,14 +22,14 @@ enum sign_policy {
 
 struct cfg_keystore {
 	char *name;
-	char *type;        /* "pkcs11" or "tpm2" */
-	char *module;      /* pkcs11: absolute path; default: p11-kit-proxy */
-	char *token;       /* pkcs11: URI or label (required) */
-	char *pin_file;    /* may be NULL */
+	char *type;	   /* "pkcs11" or "tpm2" */
+	char *module;	   /* pkcs11: absolute path; default: p11-kit-proxy */
+	char *token;	   /* pkcs11: URI or label (required) */
+	char *pin_file;	   /* may be NULL */
 	unsigned sessions; /* pkcs11 session pool size, default 4, 1..64 */
-	char *tcti;        /* tpm2: default "device:/dev/tpmrm0" */
-	char *srk;         /* tpm2: "handle:0x81xxxxxx", NULL: SRK from the TCG template */
-	int line;          /* line of the section header */
+	char *tcti;	   /* tpm2: default "device:/dev/tpmrm0" */
+	char *srk;	   /* tpm2: "handle:0x81xxxxxx", NULL: SRK from the TCG template */
+	int line;	   /* line of the section header */
 };
 
 enum renew_method { RENEW_NONE = 0, RENEW_CMP, RENEW_EST };
@@ -43,30 +43,30 @@ enum bootstrap_kind {
 
 struct cfg_identity {
 	char *name;
-	char *keystore;    /* name of a [keystore] section (required, must exist) */
-	char *key;         /* key reference (required) */
-	char *cert;        /* default: <state-dir>/<name>.crt */
+	char *keystore; /* name of a [keystore] section (required, must exist) */
+	char *key;	/* key reference (required) */
+	char *cert;	/* default: <state-dir>/<name>.crt */
 	uid_t *allow_users;
 	size_t n_allow_users;
 	gid_t *allow_groups;
 	size_t n_allow_groups;
-	int sign_policy;   /* enum sign_policy, default POLICY_TLS_CLIENT */
-	char **allow_exe;  /* if set, the caller's program must be one of these (canonical paths) */
+	int sign_policy;  /* enum sign_policy, default POLICY_TLS_CLIENT */
+	char **allow_exe; /* if set, the caller's program must be one of these (canonical paths) */
 	size_t n_allow_exe;
 	char **allow_unit; /* if set, the caller must run in one of these systemd units */
 	size_t n_allow_unit;
 	int line;
 
 	/* Renewal (renew/renew.c). */
-	int renew;                /* enum renew_method, default RENEW_NONE */
-	char *ca_url;             /* required with renew */
-	char *ca_trust;           /* PEM trust anchors, required with renew */
+	int renew;		  /* enum renew_method, default RENEW_NONE */
+	char *ca_url;		  /* required with renew */
+	char *ca_trust;		  /* PEM trust anchors, required with renew */
 	unsigned renew_permille;  /* renew-at as a fraction (default 660), or ... */
-	long long renew_before;   /* ... seconds before not-after */
-	int rotate_key;           /* default 1 */
-	int bootstrap;            /* enum bootstrap_kind */
-	char *bootstrap_ref;      /* BOOTSTRAP_SECRET: reference value */
-	char *bootstrap_file;     /* BOOTSTRAP_SECRET/BASIC: the secret's file */
+	long long renew_before;	  /* ... seconds before not-after */
+	int rotate_key;		  /* default 1 */
+	int bootstrap;		  /* enum bootstrap_kind */
+	char *bootstrap_ref;	  /* BOOTSTRAP_SECRET: reference value */
+	char *bootstrap_file;	  /* BOOTSTRAP_SECRET/BASIC: the secret's file */
 	char *bootstrap_identity; /* BOOTSTRAP_IDENTITY */
 	/*
 	 * renew-auth = identity:NAME: the identity whose key and certificate authenticate
@@ -78,38 +78,38 @@ struct cfg_identity {
 	 * (https://HOST[:PORT]/PATH or mqtts://HOST:PORT; renew/renew-verify.h). NULL: none. */
 	char *renew_verify;
 	/* Revocation checks of the identity's own certificate (renew/revocation.h). */
-	int revocation_check;         /* enum rev_mode, default REV_AUTO */
+	int revocation_check;	       /* enum rev_mode, default REV_AUTO */
 	long long revocation_interval; /* seconds between checks, default 1 h */
-	char *post_renew;         /* shell command run after a renewal */
-	char **cert_out;          /* extra paths the chain is written to */
+	char *post_renew;	       /* shell command run after a renewal */
+	char **cert_out;	       /* extra paths the chain is written to */
 	size_t n_cert_out;
-	char *subject;            /* "/CN=.../O=..." for enrollment without a certificate */
-	int key_type;             /* enum ks_keygen_type for new keys; 0: like the current key */
-	unsigned ca_timeout;      /* seconds for one transaction, default 60 */
-	char *ca_signer;          /* CMP: PEM certificates pinned as response signers */
-	char *ca_sender;          /* CMP: the sender name every response must carry */
-	int implicit_confirm;     /* CMP: ask for implicit confirmation (default 0) */
+	char *subject;	      /* "/CN=.../O=..." for enrollment without a certificate */
+	int key_type;	      /* enum ks_keygen_type for new keys; 0: like the current key */
+	unsigned ca_timeout;  /* seconds for one transaction, default 60 */
+	char *ca_signer;      /* CMP: PEM certificates pinned as response signers */
+	char *ca_sender;      /* CMP: the sender name every response must carry */
+	int implicit_confirm; /* CMP: ask for implicit confirmation (default 0) */
 };
 
 struct config {
 	char *path;
 	/* [agent] */
-	char *socket;            /* default MTLS_AGENT_DEFAULT_SOCKET */
-	mode_t socket_mode;      /* default 0660 */
+	char *socket;	    /* default MTLS_AGENT_DEFAULT_SOCKET */
+	mode_t socket_mode; /* default 0660 */
 	int has_socket_group;
 	gid_t socket_group;
-	char *state_dir;         /* default MTLS_AGENT_DEFAULT_STATE_DIR */
-	uid_t *admin_users;      /* default: root (0) */
+	char *state_dir;    /* default MTLS_AGENT_DEFAULT_STATE_DIR */
+	uid_t *admin_users; /* default: root (0) */
 	size_t n_admin_users;
 	gid_t *admin_groups;
 	size_t n_admin_groups;
-	unsigned workers;        /* signing threads, default 4, 1..64 */
-	unsigned max_clients;    /* default 1024 */
+	unsigned workers;	      /* signing threads, default 4, 1..64 */
+	unsigned max_clients;	      /* default 1024 */
 	unsigned max_clients_per_uid; /* default 128 */
-	unsigned admin_reserve;  /* of max_clients, only for admins; default 16, < max_clients */
-	unsigned idle_timeout;   /* seconds without progress before a close; 0 never; default 300 */
-	char *metrics_listen;    /* NULL: off; a socket path or loopback HOST:PORT */
-	int metrics_identities;  /* TCP scrapers see per-identity series; default 0 */
+	unsigned admin_reserve; /* of max_clients, only for admins; default 16, < max_clients */
+	unsigned idle_timeout;	/* seconds without progress before a close; 0 never; default 300 */
+	char *metrics_listen;	/* NULL: off; a socket path or loopback HOST:PORT */
+	int metrics_identities; /* TCP scrapers see per-identity series; default 0 */
 
 	struct cfg_keystore *keystores;
 	size_t n_keystores;

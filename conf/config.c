@@ -92,9 +92,19 @@ enum identity_key {
 #define MAX_KEYS 32
 
 static const char *const agent_keys[A_NKEYS] = {
-	"socket",	"socket-mode", "socket-group", "state-dir",	     "admin-users",
-	"admin-groups", "workers",     "max-clients",  "max-clients-per-uid", "admin-reserve",
-	"idle-timeout", "metrics-listen", "metrics-identities",
+	"socket",
+	"socket-mode",
+	"socket-group",
+	"state-dir",
+	"admin-users",
+	"admin-groups",
+	"workers",
+	"max-clients",
+	"max-clients-per-uid",
+	"admin-reserve",
+	"idle-timeout",
+	"metrics-listen",
+	"metrics-identities",
 };
 
 static const char *const keystore_keys[K_NKEYS] = {
@@ -102,11 +112,32 @@ static const char *const keystore_keys[K_NKEYS] = {
 };
 
 static const char *const identity_keys[I_NKEYS] = {
-	"keystore", "key",	  "cert",	"allow-users", "allow-groups", "sign-policy",
-	"renew",    "ca-url",	  "ca-trust",	"renew-at",    "rotate-key",   "bootstrap",
-	"post-renew", "cert-out", "subject",	"key-type",    "ca-timeout",   "allow-exe",
-	"allow-unit", "ca-signer", "ca-sender",	"implicit-confirm", "renew-auth",
-	"renew-verify", "revocation-check", "revocation-interval",
+	"keystore",
+	"key",
+	"cert",
+	"allow-users",
+	"allow-groups",
+	"sign-policy",
+	"renew",
+	"ca-url",
+	"ca-trust",
+	"renew-at",
+	"rotate-key",
+	"bootstrap",
+	"post-renew",
+	"cert-out",
+	"subject",
+	"key-type",
+	"ca-timeout",
+	"allow-exe",
+	"allow-unit",
+	"ca-signer",
+	"ca-sender",
+	"implicit-confirm",
+	"renew-auth",
+	"renew-verify",
+	"revocation-check",
+	"revocation-interval",
 };
 
 static const char *const policy_names[] = {
@@ -390,8 +421,10 @@ static int set_srk(struct parser *p, char **dst, const char *value)
 		goto bad;
 	return set_string(p, dst, value);
 bad:
-	fail(p, p->lineno, "bad srk \"%s\": want handle:0x81000000..0x81ffffff (a persistent "
-	     "key handle)", value);
+	fail(p, p->lineno,
+	     "bad srk \"%s\": want handle:0x81000000..0x81ffffff (a persistent "
+	     "key handle)",
+	     value);
 	return -1;
 }
 
@@ -417,8 +450,7 @@ static int set_mode(struct parser *p, const char *key, mode_t *dst, const char *
  * chown()). lenient: a name that does not resolve is a problem(), not an
  * error, and 1 is returned (the entry is left out).
  */
-static int resolve_id(struct parser *p, const char *name, int group, int lenient,
-		      unsigned long *id)
+static int resolve_id(struct parser *p, const char *name, int group, int lenient, unsigned long *id)
 {
 	struct passwd *pw;
 	struct group *gr;
@@ -764,8 +796,8 @@ static int set_caller_list(struct parser *p, const char *key, int is_unit, char 
 	}
 	for (tok = strtok_r(copy, " \t", &save); tok != NULL; tok = strtok_r(NULL, " \t", &save)) {
 		if (is_unit) {
-			for (c = tok; *c != '\0' && (isalnum((unsigned char)*c) ||
-						     strchr(":_.@-\\", *c) != NULL);
+			for (c = tok; *c != '\0' &&
+				      (isalnum((unsigned char)*c) || strchr(":_.@-\\", *c) != NULL);
 			     c++)
 				;
 			if (*c != '\0' || strchr(tok, '.') == NULL || strlen(tok) > 255) {
@@ -824,7 +856,8 @@ static int set_revocation(struct parser *p, struct cfg_identity *id, int k, cons
 	if (k == I_REVOCATION_CHECK) {
 		if ((id->revocation_check = rev_mode_from_name(value)) >= 0)
 			return 0;
-		fail(p, p->lineno, "bad revocation-check \"%s\": want auto, ocsp, crl or off", value);
+		fail(p, p->lineno, "bad revocation-check \"%s\": want auto, ocsp, crl or off",
+		     value);
 		return -1;
 	}
 	/* A duration like renew-at's; a share of the lifetime means nothing here. */
@@ -1320,8 +1353,9 @@ static int finish_keystore(struct parser *p, size_t i)
 	}
 	for (j = 0; j < sizeof(tpm2_only) / sizeof(tpm2_only[0]); j++) {
 		if (kl->line[tpm2_only[j]] != 0) {
-			fail(p, kl->line[tpm2_only[j]], "keystore \"%s\": \"%s\" is only for type tpm2",
-			     ks->name, keystore_keys[tpm2_only[j]]);
+			fail(p, kl->line[tpm2_only[j]],
+			     "keystore \"%s\": \"%s\" is only for type tpm2", ks->name,
+			     keystore_keys[tpm2_only[j]]);
 			return -1;
 		}
 	}
@@ -1386,8 +1420,8 @@ static double log2_pool(int pool)
 		int pool;
 		double bits;
 	} logs[] = {
-	    {10, 3.3219}, {16, 4.0},	{26, 4.7004}, {33, 5.0444}, {36, 5.1699}, {43, 5.4263},
-	    {52, 5.7004}, {59, 5.8826}, {62, 5.9542}, {69, 6.1085}, {85, 6.4094}, {95, 6.5699},
+		{10, 3.3219}, {16, 4.0},    {26, 4.7004}, {33, 5.0444}, {36, 5.1699}, {43, 5.4263},
+		{52, 5.7004}, {59, 5.8826}, {62, 5.9542}, {69, 6.1085}, {85, 6.4094}, {95, 6.5699},
 	};
 	size_t i;
 
@@ -1447,11 +1481,11 @@ static int finish_renewal(struct parser *p, size_t i)
 	struct cfg_identity *id = &p->cfg->identities[i];
 	const struct key_lines *kl = &p->ids[i];
 	const struct cfg_identity *boot;
-	static const int renew_only[] = {I_CA_URL, I_CA_TRUST, I_RENEW_AT, I_ROTATE_KEY,
-					 I_BOOTSTRAP, I_POST_RENEW, I_CERT_OUT, I_SUBJECT,
-					 I_CA_TIMEOUT, I_CA_SIGNER, I_CA_SENDER, I_IMPLICIT_CONFIRM,
-					 I_RENEW_AUTH, I_RENEW_VERIFY, I_REVOCATION_CHECK,
-					 I_REVOCATION_INTERVAL};
+	static const int renew_only[] = {
+		I_CA_URL,     I_CA_TRUST,     I_RENEW_AT,	  I_ROTATE_KEY,
+		I_BOOTSTRAP,  I_POST_RENEW,   I_CERT_OUT,	  I_SUBJECT,
+		I_CA_TIMEOUT, I_CA_SIGNER,    I_CA_SENDER,	  I_IMPLICIT_CONFIRM,
+		I_RENEW_AUTH, I_RENEW_VERIFY, I_REVOCATION_CHECK, I_REVOCATION_INTERVAL};
 	size_t j;
 
 	if (id->renew_permille == 0 && id->renew_before == 0)
@@ -1483,9 +1517,8 @@ static int finish_renewal(struct parser *p, size_t i)
 	}
 	if ((id->bootstrap == BOOTSTRAP_SECRET && id->renew != RENEW_CMP) ||
 	    (id->bootstrap == BOOTSTRAP_BASIC && id->renew != RENEW_EST)) {
-		fail(p, kl->line[I_BOOTSTRAP],
-		     "identity \"%s\": bootstrap %s is for %s, not %s", id->name,
-		     id->bootstrap == BOOTSTRAP_SECRET ? "secret:" : "basic:",
+		fail(p, kl->line[I_BOOTSTRAP], "identity \"%s\": bootstrap %s is for %s, not %s",
+		     id->name, id->bootstrap == BOOTSTRAP_SECRET ? "secret:" : "basic:",
 		     id->bootstrap == BOOTSTRAP_SECRET ? "CMP" : "EST",
 		     renew_method_name(id->renew));
 		return -1;
@@ -1494,7 +1527,7 @@ static int finish_renewal(struct parser *p, size_t i)
 	     kl->line[I_IMPLICIT_CONFIRM] != 0) &&
 	    id->renew != RENEW_CMP) {
 		fail(p,
-		     kl->line[I_CA_SIGNER] != 0   ? kl->line[I_CA_SIGNER]
+		     kl->line[I_CA_SIGNER] != 0	  ? kl->line[I_CA_SIGNER]
 		     : kl->line[I_CA_SENDER] != 0 ? kl->line[I_CA_SENDER]
 						  : kl->line[I_IMPLICIT_CONFIRM],
 		     "identity \"%s\": ca-signer, ca-sender and implicit-confirm are for "
@@ -1509,7 +1542,8 @@ static int finish_renewal(struct parser *p, size_t i)
 		if (boot == NULL || boot == id) {
 			fail(p, kl->line[I_BOOTSTRAP],
 			     "identity \"%s\": bootstrap identity \"%s\" %s", id->name,
-			     id->bootstrap_identity, boot == id ? "is itself" : "is not configured");
+			     id->bootstrap_identity,
+			     boot == id ? "is itself" : "is not configured");
 			return -1;
 		}
 	}

@@ -247,8 +247,7 @@ static int ctx_reset(struct eng_ctx *c, int set_socket, const char *socket)
 }
 
 /* Raises the error for a failed agent request; msg is mtls_agent_last_error(). */
-static void agent_fail_msg(int line, const char *func, int r, const char *identity,
-			   const char *msg)
+static void agent_fail_msg(int line, const char *func, int r, const char *identity, const char *msg)
 {
 	switch (r) {
 	case MTLS_AGENT_ERR_POLICY:
@@ -276,7 +275,7 @@ static void agent_fail_msg(int line, const char *func, int r, const char *identi
 	}
 }
 
-#define AGENT_FAIL(r, identity) \
+#define AGENT_FAIL(r, identity)                                                                    \
 	agent_fail_msg(__LINE__, __func__, (r), (identity), mtls_agent_last_error())
 
 /* ------------------------------------------------- process-wide objects */
@@ -311,8 +310,7 @@ static void key_unref(struct agent_key *k)
 	free(k);
 }
 
-static void key_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
-			void *argp)
+static void key_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
 	(void)parent;
 	(void)ad;
@@ -384,7 +382,8 @@ static int agent_sign_digest(const struct agent_key *k, uint16_t scheme, const u
 /* The agent's schemes for OpenSSL's digests, from the one table in common/scheme.c. */
 static uint16_t ecdsa_scheme(size_t dlen)
 {
-	const struct scheme *s = scheme_for_digest(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, NID_undef, dlen);
+	const struct scheme *s =
+		scheme_for_digest(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, NID_undef, dlen);
 
 	return s != NULL ? s->code : 0;
 }
@@ -486,8 +485,10 @@ static int rsa_put_sig(const struct agent_key *k, const uint8_t *sig, size_t sig
 		       unsigned char *out, size_t size)
 {
 	if (sig_len == 0 || sig_len > size) {
-		ENG_ERR(R_BAD_SIGNATURE, "identity \"%s\": %zu-byte RSA signature for a %zu-byte "
-			"modulus", k->identity, sig_len, size);
+		ENG_ERR(R_BAD_SIGNATURE,
+			"identity \"%s\": %zu-byte RSA signature for a %zu-byte "
+			"modulus",
+			k->identity, sig_len, size);
 		return 0;
 	}
 	memset(out, 0, size - sig_len);
@@ -541,13 +542,17 @@ static int rsa_priv_enc(int flen, const unsigned char *from, unsigned char *to, 
 	if (k == NULL)
 		return orig_rsa_priv_enc(flen, from, to, rsa, padding);
 	if (padding != RSA_PKCS1_PADDING) {
-		ENG_ERR(R_RAW_RSA, "identity \"%s\": RSA private operation with padding %d refused "
-			"(it would be a decryption oracle)", k->identity, padding);
+		ENG_ERR(R_RAW_RSA,
+			"identity \"%s\": RSA private operation with padding %d refused "
+			"(it would be a decryption oracle)",
+			k->identity, padding);
 		return -1;
 	}
 	if (!parse_digest_info(from, flen, &md_nid, dgst, &dlen)) {
-		ENG_ERR(R_DIGEST, "identity \"%s\": PKCS#1 input is not a SHA-256/384/512 "
-			"DigestInfo", k->identity);
+		ENG_ERR(R_DIGEST,
+			"identity \"%s\": PKCS#1 input is not a SHA-256/384/512 "
+			"DigestInfo",
+			k->identity);
 		return -1;
 	}
 	if ((size = RSA_size(rsa)) <= 0)
@@ -614,8 +619,10 @@ static int pkey_rsa_sign(EVP_PKEY_CTX *ctx, unsigned char *sig, size_t *siglen,
 		return -1;
 	}
 	if (pad != RSA_PKCS1_PADDING && pad != RSA_PKCS1_PSS_PADDING) {
-		ENG_ERR(R_RAW_RSA, "identity \"%s\": RSA padding %d refused (only PKCS#1 v1.5 and "
-			"PSS signatures)", k->identity, pad);
+		ENG_ERR(R_RAW_RSA,
+			"identity \"%s\": RSA padding %d refused (only PKCS#1 v1.5 and "
+			"PSS signatures)",
+			k->identity, pad);
 		return -1;
 	}
 	md_nid = md != NULL ? EVP_MD_get_type(md) : NID_undef;
@@ -636,8 +643,10 @@ static int pkey_rsa_sign(EVP_PKEY_CTX *ctx, unsigned char *sig, size_t *siglen,
 			return -1;
 		}
 		if (saltlen != RSA_PSS_SALTLEN_DIGEST && saltlen != md_len(md_nid)) {
-			ENG_ERR(R_PSS_PARAMS, "identity \"%s\": PSS salt length %d (the agent uses "
-				"the digest length)", k->identity, saltlen);
+			ENG_ERR(R_PSS_PARAMS,
+				"identity \"%s\": PSS salt length %d (the agent uses "
+				"the digest length)",
+				k->identity, saltlen);
 			return -1;
 		}
 		if (mgf1 != NULL && EVP_MD_get_type(mgf1) != md_nid) {
@@ -775,8 +784,7 @@ static int resolve_id(const char *id, char **name, uint8_t **spki, size_t *spki_
 		return 1;
 	}
 	if (read_file(id, KEYREF_FILE_MAX, &data, &len) != 0) {
-		ENG_ERR(R_BAD_KEY_ID, "cannot read key reference file %s: %s", id,
-			strerror(errno));
+		ENG_ERR(R_BAD_KEY_ID, "cannot read key reference file %s: %s", id, strerror(errno));
 		return 0;
 	}
 	r = keyref_decode(data, len, name, spki, spki_len);
@@ -955,15 +963,17 @@ static EVP_PKEY *load_key(ENGINE *e, const char *key_id, int private)
 		break;
 	case EVP_PKEY_ED25519:
 		/* OpenSSL's ENGINE API has no EdDSA key method: only a provider can sign. */
-		ENG_ERR(R_BAD_PUBLIC_KEY, "identity \"%s\": Ed25519 keys cannot be used through "
+		ENG_ERR(R_BAD_PUBLIC_KEY,
+			"identity \"%s\": Ed25519 keys cannot be used through "
 			"an engine; load the key with the mtlsagent provider instead (OPENSSL_CONF "
 			"with the shipped openssl.cnf and the key reference file, or agent:%s)",
 			name, name);
 		break;
 	default:
-		ENG_ERR(R_BAD_PUBLIC_KEY, "identity \"%s\": %s keys are not supported (EC, RSA "
-			"and, through the provider, Ed25519 are)", name,
-			OBJ_nid2sn(EVP_PKEY_get_base_id(pub)));
+		ENG_ERR(R_BAD_PUBLIC_KEY,
+			"identity \"%s\": %s keys are not supported (EC, RSA "
+			"and, through the provider, Ed25519 are)",
+			name, OBJ_nid2sn(EVP_PKEY_get_base_id(pub)));
 		break;
 	}
 out:
@@ -994,10 +1004,13 @@ static EVP_PKEY *load_pubkey(ENGINE *e, const char *key_id, UI_METHOD *ui, void 
 #define CMD_LOAD_CERT_CTRL (ENGINE_CMD_BASE + 1)
 
 static const ENGINE_CMD_DEFN cmd_defns[] = {
-	{CMD_SOCKET, "SOCKET", "Path of the mtls-agent socket (default: $MTLS_AGENT_SOCK, "
-			       "else /run/mtls-agent/agent.sock)", ENGINE_CMD_FLAG_STRING},
-	{CMD_LOAD_CERT_CTRL, "LOAD_CERT_CTRL", "Get the leaf certificate of an identity "
-					       "(NAME, agent:NAME or key reference file)",
+	{CMD_SOCKET, "SOCKET",
+	 "Path of the mtls-agent socket (default: $MTLS_AGENT_SOCK, "
+	 "else /run/mtls-agent/agent.sock)",
+	 ENGINE_CMD_FLAG_STRING},
+	{CMD_LOAD_CERT_CTRL, "LOAD_CERT_CTRL",
+	 "Get the leaf certificate of an identity "
+	 "(NAME, agent:NAME or key reference file)",
 	 ENGINE_CMD_FLAG_INTERNAL},
 	{0, NULL, NULL, 0},
 };
@@ -1115,10 +1128,9 @@ static int bind_helper(ENGINE *e, const char *id)
 	if (pthread_once(&global_once, global_init) != 0 || !global_ok)
 		return 0;
 	if (!ENGINE_set_id(e, engine_id) || !ENGINE_set_name(e, engine_name) ||
-	    !ENGINE_set_init_function(e, eng_init) ||
-	    !ENGINE_set_finish_function(e, eng_finish) ||
-	    !ENGINE_set_destroy_function(e, eng_destroy) || !ENGINE_set_ctrl_function(e, eng_ctrl) ||
-	    !ENGINE_set_cmd_defns(e, cmd_defns) ||
+	    !ENGINE_set_init_function(e, eng_init) || !ENGINE_set_finish_function(e, eng_finish) ||
+	    !ENGINE_set_destroy_function(e, eng_destroy) ||
+	    !ENGINE_set_ctrl_function(e, eng_ctrl) || !ENGINE_set_cmd_defns(e, cmd_defns) ||
 	    !ENGINE_set_load_privkey_function(e, load_privkey) ||
 	    !ENGINE_set_load_pubkey_function(e, load_pubkey) || !ENGINE_set_RSA(e, rsa_meth) ||
 	    !ENGINE_set_EC(e, ec_meth) || !ENGINE_set_pkey_meths(e, pkey_meths))

@@ -103,8 +103,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			mtls_agent_chain_free(chain, n);
 		break;
 	case 3:
-		if (mtls_agent_sign(a, "device", 0x0403, 0, NULL, msg, sizeof(msg), &sig, &sig_len) ==
-		    0) {
+		if (mtls_agent_sign(a, "device", 0x0403, 0, NULL, msg, sizeof(msg), &sig,
+				    &sig_len) == 0) {
 			volatile uint8_t acc = 0;
 
 			for (i = 0; i < sig_len; i++) /* touch every byte: ASan checks the length */

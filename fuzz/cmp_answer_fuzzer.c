@@ -41,7 +41,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
  */
 typedef struct {
 	ASN1_INTEGER *status;
-	STACK_OF(ASN1_UTF8STRING) *text;
+	STACK_OF(ASN1_UTF8STRING) * text;
 	ASN1_BIT_STRING *fail;
 } FZ_PKISI;
 
@@ -71,7 +71,7 @@ typedef struct {
 
 /* CertRepMessage ::= SEQUENCE { caPubs [1] OPTIONAL, response SEQUENCE OF CertResponse } */
 typedef struct {
-	STACK_OF(X509) *capubs;
+	STACK_OF(X509) * capubs;
 	OPENSSL_STACK *resp; /* of FZ_CERTRESP */
 } FZ_CERTREP;
 
@@ -79,7 +79,7 @@ typedef struct {
 typedef struct {
 	FZ_PKISI *si;
 	ASN1_INTEGER *code;
-	STACK_OF(ASN1_UTF8STRING) *details;
+	STACK_OF(ASN1_UTF8STRING) * details;
 } FZ_ERRMSG;
 
 /* PKIMessage ::= SEQUENCE { header, body, protection [0] OPTIONAL, extraCerts [1] OPTIONAL } */
@@ -87,7 +87,7 @@ typedef struct {
 	ASN1_TYPE *header;
 	ASN1_TYPE *body; /* V_ASN1_OTHER: the whole [n] EXPLICIT element */
 	ASN1_BIT_STRING *prot;
-	STACK_OF(X509) *extra;
+	STACK_OF(X509) * extra;
 } FZ_MSG;
 
 /* clang-format off */
@@ -150,8 +150,9 @@ ASN1_SEQUENCE(FZ_MSG) = {
 	 (1 << OSSL_CMP_PKIFAILUREINFO_timeNotAvailable) |                                         \
 	 (1 << OSSL_CMP_PKIFAILUREINFO_transactionIdInUse))
 
-							int LLVMFuzzerInitialize(int *argc,
-										 char ***argv)
+														int LLVMFuzzerInitialize(
+															int *argc,
+															char ***argv)
 {
 	(void)argc;
 	(void)argv;
@@ -205,7 +206,7 @@ static void rejection(FZ_PKISI *si)
 }
 
 /* The issued certificate with what came along: path candidates and signer checks. */
-static void issued(X509 *cert, STACK_OF(X509) *extra, STACK_OF(X509) *capubs)
+static void issued(X509 *cert, STACK_OF(X509) * extra, STACK_OF(X509) * capubs)
 {
 	STACK_OF(X509) *own = sk_X509_new_null(), *pins = sk_X509_new_null(), *chain, *mine;
 	int i, n_extra = sk_X509_num(extra), n_capubs = sk_X509_num(capubs);
@@ -266,7 +267,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		goto out;
 	content = m->body->value.asn1_string->data;
 	if (ASN1_get_object(&content, &clen, &tag, &cls, m->body->value.asn1_string->length) &
-		0x80 ||
+		    0x80 ||
 	    cls != V_ASN1_CONTEXT_SPECIFIC || tag != type)
 		goto out;
 	if (type == BODY_IP || type == BODY_CP || type == BODY_KUP) {

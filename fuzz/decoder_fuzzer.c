@@ -87,9 +87,9 @@ static int fuzz_sign(struct mtlsa_prov *prov, const char *name, const uint8_t *s
 }
 
 static const struct mtlsa_transport fuzz_transport = {
-    .key_files = 1,
-    .get_identity = fuzz_get_identity,
-    .sign = fuzz_sign,
+	.key_files = 1,
+	.get_identity = fuzz_get_identity,
+	.sign = fuzz_sign,
 };
 
 static int fuzz_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
@@ -160,10 +160,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				if ((der = pub_der(pkey, &der_len)) == NULL)
 					abort();
 				if (strcmp(name, "current") == 0
-					? (der_len != agent_spki_len ||
-					   memcmp(der, agent_spki, (size_t)der_len) != 0)
-					: ((size_t)der_len != spki_len ||
-					   memcmp(der, spki, spki_len) != 0))
+					    ? (der_len != agent_spki_len ||
+					       memcmp(der, agent_spki, (size_t)der_len) != 0)
+					    : ((size_t)der_len != spki_len ||
+					       memcmp(der, spki, spki_len) != 0))
 					abort();
 			} else if (copy[0] == 0x30) {
 				/* Our DER decoder took what the key reference parser refuses. */

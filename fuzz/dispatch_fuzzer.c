@@ -72,8 +72,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	atexit(remove_fuzz_dir);
 	snprintf(path, sizeof(path), "%s/tokens", dir);
 	mkdir(path, 0700);
-	snprintf(text, sizeof(text), "directories.tokendir = %s/tokens\nobjectstore.backend = file\n",
-		 dir);
+	snprintf(text, sizeof(text),
+		 "directories.tokendir = %s/tokens\nobjectstore.backend = file\n", dir);
 	snprintf(path, sizeof(path), "%s/softhsm2.conf", dir);
 	if (write_text(path, text, 0600) != 0)
 		abort();

@@ -90,11 +90,11 @@ static size_t feed_headers(const char *in, size_t size)
 }
 
 /* The certificates, base64 certs-only PKCS#7 as an EST server sends them, parsed again. */
-static void round_trip(STACK_OF(X509) *certs)
+static void round_trip(STACK_OF(X509) * certs)
 {
 	PKCS7 *p7 = PKCS7_new();
 	unsigned char *der = NULL;
-	STACK_OF(X509) *again;
+	STACK_OF(X509) * again;
 	char *b64;
 	int len, i;
 
@@ -123,7 +123,7 @@ out:
 	ERR_clear_error();
 }
 
-static void enrollment(STACK_OF(X509) *certs)
+static void enrollment(STACK_OF(X509) * certs)
 {
 	char described[256];
 	EVP_PKEY *want;
@@ -149,7 +149,7 @@ static void enrollment(STACK_OF(X509) *certs)
 	ERR_clear_error();
 }
 
-static void cacerts(STACK_OF(X509) *certs)
+static void cacerts(STACK_OF(X509) * certs)
 {
 	STACK_OF(X509) *anchors = sk_X509_new_null(), *inter = sk_X509_new_null();
 	X509 *root, *link;
@@ -182,7 +182,7 @@ out:
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char line[256], *in;
-	STACK_OF(X509) *certs;
+	STACK_OF(X509) * certs;
 	size_t body;
 
 	/* A copy of exactly size bytes, so ASan sees any read past the end. */

@@ -84,10 +84,10 @@ static int add_rdn(X509_NAME *name, char *part, long eq, int more_eq, int loc, c
 	log_sanitize(type, tbuf, sizeof(tbuf));
 	if (nid == NID_undef) {
 		snprintf(
-		    err, errlen,
-		    "unknown subject attribute '%s' (known: CN C ST L O OU DC UID emailAddress "
-		    "serialNumber street title SN GN initials pseudonym postalCode)",
-		    tbuf);
+			err, errlen,
+			"unknown subject attribute '%s' (known: CN C ST L O OU DC UID emailAddress "
+			"serialNumber street title SN GN initials pseudonym postalCode)",
+			tbuf);
 		return MTLS_AGENT_ERR_INVALID_ARG;
 	}
 	if (val[0] == '\0') {

@@ -35,7 +35,7 @@ static int add_san(GENERAL_NAMES *gens, const char *san, char *err, size_t errle
 		const char *prefix;
 		int type;
 	} kinds[] = {
-	    {"DNS:", GEN_DNS}, {"IP:", GEN_IPADD}, {"URI:", GEN_URI}, {"email:", GEN_EMAIL}};
+		{"DNS:", GEN_DNS}, {"IP:", GEN_IPADD}, {"URI:", GEN_URI}, {"email:", GEN_EMAIL}};
 	GENERAL_NAME *gen = NULL;
 	ASN1_IA5STRING *ia5 = NULL;
 	ASN1_OCTET_STRING *ip = NULL;

@@ -59,9 +59,8 @@ int ks_keygen(struct keystore *ks, const char *key_ref, int gen_type, struct ks_
 	return ks->backend->keygen(ks, key_ref, gen_type, out, err, errlen);
 }
 
-int ks_sign(struct keystore *ks, struct ks_key *key, const struct scheme *scheme,
-	    const uint8_t *in, size_t inlen, uint8_t **sig, size_t *siglen, char *err,
-	    size_t errlen)
+int ks_sign(struct keystore *ks, struct ks_key *key, const struct scheme *scheme, const uint8_t *in,
+	    size_t inlen, uint8_t **sig, size_t *siglen, char *err, size_t errlen)
 {
 	*sig = NULL;
 	*siglen = 0;

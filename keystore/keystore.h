@@ -27,18 +27,18 @@ struct keystore;
 /* One private key (one "generation" of an identity's key). Owned by its keystore. */
 struct ks_key {
 	struct keystore *ks;
-	int type;               /* MTLS_AGENT_KEY_EC / _RSA / _ED25519 */
-	unsigned bits;          /* modulus bits or curve bits */
-	int curve_nid;          /* EC: NID of the curve; otherwise NID_undef */
-	EVP_PKEY *pub;          /* public half (libcrypto default provider) */
-	uint8_t *spki;          /* DER SubjectPublicKeyInfo */
+	int type;      /* MTLS_AGENT_KEY_EC / _RSA / _ED25519 */
+	unsigned bits; /* modulus bits or curve bits */
+	int curve_nid; /* EC: NID of the curve; otherwise NID_undef */
+	EVP_PKEY *pub; /* public half (libcrypto default provider) */
+	uint8_t *spki; /* DER SubjectPublicKeyInfo */
 	size_t spki_len;
-	uint8_t spki_hash[32];  /* SHA-256 of spki: the wire's key-generation selector */
-	uint8_t id[KS_MAX_ID];  /* backend's stable identifier (PKCS#11: CKA_ID) */
+	uint8_t spki_hash[32]; /* SHA-256 of spki: the wire's key-generation selector */
+	uint8_t id[KS_MAX_ID]; /* backend's stable identifier (PKCS#11: CKA_ID) */
 	size_t id_len;
-	char *label;            /* PKCS#11: CKA_LABEL; may be NULL */
-	unsigned flags;         /* KS_KEY_NO_*: what the backend found this key cannot do */
-	void *backend;          /* backend-private data */
+	char *label;	/* PKCS#11: CKA_LABEL; may be NULL */
+	unsigned flags; /* KS_KEY_NO_*: what the backend found this key cannot do */
+	void *backend;	/* backend-private data */
 };
 
 /*
@@ -54,13 +54,13 @@ struct ks_key {
 /* What [keystore "NAME"] says; strings are borrowed for the duration of ks_open. */
 struct ks_params {
 	const char *name;
-	const char *type;       /* "pkcs11" */
-	const char *module;     /* PKCS#11 module path */
-	const char *token;      /* PKCS#11 URI (RFC 7512) or a bare token label */
-	const char *pin_file;   /* may be NULL when the token needs no login */
-	unsigned sessions;      /* size of the session pool (>= 1) */
-	const char *tcti;       /* tpm2: TCTI configuration string ("device:/dev/tpmrm0") */
-	const char *srk;        /* tpm2: "handle:0x81000001" (persistent SRK), NULL: TCG template */
+	const char *type;     /* "pkcs11" */
+	const char *module;   /* PKCS#11 module path */
+	const char *token;    /* PKCS#11 URI (RFC 7512) or a bare token label */
+	const char *pin_file; /* may be NULL when the token needs no login */
+	unsigned sessions;    /* size of the session pool (>= 1) */
+	const char *tcti;     /* tpm2: TCTI configuration string ("device:/dev/tpmrm0") */
+	const char *srk;      /* tpm2: "handle:0x81000001" (persistent SRK), NULL: TCG template */
 };
 
 /* Key types for ks_keygen: enum ks_keygen_type, common/keytype.h. */
@@ -112,9 +112,8 @@ int ks_keygen(struct keystore *ks, const char *key_ref, int gen_type, struct ks_
  * re-finds the key by its id after a token removal or session loss, then
  * retries once.
  */
-int ks_sign(struct keystore *ks, struct ks_key *key, const struct scheme *scheme,
-	    const uint8_t *in, size_t inlen, uint8_t **sig, size_t *siglen, char *err,
-	    size_t errlen);
+int ks_sign(struct keystore *ks, struct ks_key *key, const struct scheme *scheme, const uint8_t *in,
+	    size_t inlen, uint8_t **sig, size_t *siglen, char *err, size_t errlen);
 
 /* One line: "ok", or what is wrong ("token 'gw' not present", "PIN locked", ...). */
 void ks_state(struct keystore *ks, char *buf, size_t len);
@@ -131,7 +130,8 @@ struct ks_backend {
 	 * refuses beyond it. 0: no limit of the backend's own.
 	 */
 	size_t max_generations;
-	int (*open)(const struct ks_params *params, struct keystore **out, char *err, size_t errlen);
+	int (*open)(const struct ks_params *params, struct keystore **out, char *err,
+		    size_t errlen);
 	void (*close)(struct keystore *ks);
 	int (*same_params)(const struct keystore *ks, const struct ks_params *params);
 	int (*find_keys)(struct keystore *ks, const char *key_ref, struct ks_key ***keys, size_t *n,

@@ -1705,7 +1705,7 @@ static int p11_keygen(struct keystore *base, const char *key_ref, int gen_type, 
 	case KS_GEN_ED25519:
 		mech.mechanism = CKM_EC_EDWARDS_KEY_PAIR_GEN;
 		pubt[npub++] =
-		    (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)oid_ed25519, sizeof(oid_ed25519)};
+			(CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)oid_ed25519, sizeof(oid_ed25519)};
 		break;
 	default:
 		snprintf(err, errlen, "unknown key type");

@@ -311,14 +311,15 @@ static int tpm_fail(struct tpm_ks *ks, char *err, size_t errlen, TSS2_RC rc, con
 		 * that are not ours again on the next call (flush_stale).
 		 */
 		ks->stale_checked = 0;
-		set_state(ks,
-			  "TPM object memory full (%s, 0x%x) with objects the agent cannot flush%s",
-			  what, (unsigned)rc,
-			  strncmp(ks->tcti, "tabrmd", 6) == 0
-			      ? ": a tpm2-abrmd killed during a command leaves the objects it had "
-				"loaded in the TPM, out of reach of its successor's clients; "
-				"restart tpm2-abrmd with --flush-all"
-			      : " (another program keeps loading objects)");
+		set_state(
+			ks,
+			"TPM object memory full (%s, 0x%x) with objects the agent cannot flush%s",
+			what, (unsigned)rc,
+			strncmp(ks->tcti, "tabrmd", 6) == 0
+				? ": a tpm2-abrmd killed during a command leaves the objects it had "
+				  "loaded in the TPM, out of reach of its successor's clients; "
+				  "restart tpm2-abrmd with --flush-all"
+				: " (another program keeps loading objects)");
 		snprintf(err, errlen,
 			 "%s: %s: TPM object memory full (0x%x) with objects that are "
 			 "not the agent's",
@@ -420,8 +421,8 @@ static EVP_PKEY *pub_from_tpm(const TPMT_PUBLIC *p, const char **why)
 		    (n = BN_bin2bn(p->unique.rsa.buffer, p->unique.rsa.size, NULL)) == NULL ||
 		    (e = BN_new()) == NULL ||
 		    BN_set_word(e, p->parameters.rsaDetail.exponent != 0
-				       ? p->parameters.rsaDetail.exponent
-				       : 65537) != 1 ||
+					   ? p->parameters.rsaDetail.exponent
+					   : 65537) != 1 ||
 		    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) != 1 ||
 		    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) != 1)
 			goto out;
@@ -973,9 +974,9 @@ static TSS2_RC get_parent(struct tpm_ks *ks, TPM2_HANDLE handle, const struct tp
 			(TPM_MAX_PARENTS - 1) * sizeof(ks->parents[0]));
 		ks->n_parents--;
 	}
-	TPM_CALL(
-	    ks, rc, "reading the persistent parent",
-	    Esys_TR_FromTPMPublic(ks->ectx, handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, out));
+	TPM_CALL(ks, rc, "reading the persistent parent",
+		 Esys_TR_FromTPMPublic(ks->ectx, handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+				       out));
 	if (rc != TSS2_RC_SUCCESS)
 		return rc;
 	ks->parents[ks->n_parents].handle = handle;
@@ -1094,9 +1095,9 @@ static TSS2_RC load_key(struct tpm_ks *ks, struct tpm_key *tk)
 
 /* The TPM's id of each digest in common/scheme.c (common/ does not know tpm2-tss). */
 static const TPMI_ALG_HASH tpm_hash_alg[SCHEME_N_HASHES] = {
-    [SCHEME_SHA256] = TPM2_ALG_SHA256,
-    [SCHEME_SHA384] = TPM2_ALG_SHA384,
-    [SCHEME_SHA512] = TPM2_ALG_SHA512,
+	[SCHEME_SHA256] = TPM2_ALG_SHA256,
+	[SCHEME_SHA384] = TPM2_ALG_SHA384,
+	[SCHEME_SHA512] = TPM2_ALG_SHA512,
 };
 
 /* The hash of a digest of len bytes, or TPM2_ALG_NULL. */
@@ -1112,9 +1113,9 @@ static TSS2_RC sign_raw(struct tpm_ks *ks, struct tpm_key *tk, const TPMT_SIG_SC
 			const TPM2B_DIGEST *digest, TPMT_SIGNATURE **sig)
 {
 	static const TPMT_TK_HASHCHECK null_ticket = {
-	    .tag = TPM2_ST_HASHCHECK,
-	    .hierarchy = TPM2_RH_NULL,
-	    .digest = {.size = 0},
+		.tag = TPM2_ST_HASHCHECK,
+		.hierarchy = TPM2_RH_NULL,
+		.digest = {.size = 0},
 	};
 	TSS2_RC rc;
 
@@ -1193,9 +1194,9 @@ static TSS2_RC first_use(struct tpm_ks *ks, struct ks_key *k)
 		return rc;
 	if (!(attrs & TPMA_OBJECT_NODA))
 		log_warn(
-		    "keystore %s: key %s is not noDA: every unclean TPM shutdown after using it "
-		    "counts towards the TPM's dictionary-attack lockout",
-		    ks->base.name, tk->persistent != 0 ? "at a persistent handle" : tk->path);
+			"keystore %s: key %s is not noDA: every unclean TPM shutdown after using it "
+			"counts towards the TPM's dictionary-attack lockout",
+			ks->base.name, tk->persistent != 0 ? "at a persistent handle" : tk->path);
 	tk->checked = 1;
 	return TSS2_RC_SUCCESS;
 }
@@ -1462,8 +1463,8 @@ static int check_found(struct tpm_ks *ks, struct ks_key **res, size_t *n, char *
 			tpm_fail(ks, why, sizeof(why), rc, "loading key");
 			log_warn("keystore %s: %s: %s", ks->base.name,
 				 ((struct tpm_key *)res[i]->backend)->path != NULL
-				     ? ((struct tpm_key *)res[i]->backend)->path
-				     : "persistent key",
+					 ? ((struct tpm_key *)res[i]->backend)->path
+					 : "persistent key",
 				 why);
 			continue;
 		}
@@ -1559,7 +1560,7 @@ static int key_template(int gen_type, TPM2B_PUBLIC *t)
 		/* No fixed scheme: each TPM2_Sign names ECDSA and the hash. */
 		t->publicArea.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
 		t->publicArea.parameters.eccDetail.curveID =
-		    gen_type == KS_GEN_EC_P256 ? TPM2_ECC_NIST_P256 : TPM2_ECC_NIST_P384;
+			gen_type == KS_GEN_EC_P256 ? TPM2_ECC_NIST_P256 : TPM2_ECC_NIST_P384;
 		t->publicArea.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
 		return 0;
 	case KS_GEN_RSA_2048:
@@ -2023,9 +2024,9 @@ static int tpm_sign(struct keystore *base, struct ks_key *key, const struct sche
 bad_scheme:
 	snprintf(err, errlen, "scheme %s does not fit this key%s", scheme->name,
 		 key->type == MTLS_AGENT_KEY_RSA &&
-			 (__atomic_load_n(&key->flags, __ATOMIC_RELAXED) & KS_KEY_NO_PSS)
-		     ? " (this TPM's RSA-PSS salt length is not the hash length)"
-		     : "");
+				 (__atomic_load_n(&key->flags, __ATOMIC_RELAXED) & KS_KEY_NO_PSS)
+			 ? " (this TPM's RSA-PSS salt length is not the hash length)"
+			 : "");
 	ret = MTLS_AGENT_ERR_SCHEME;
 out:
 	if (entered)

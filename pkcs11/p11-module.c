@@ -571,7 +571,7 @@ static CK_RV mt_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, void *app, CK_NOTIF
 		pthread_mutex_unlock(&lock);
 		free(s);
 		/* Nothing on this token can be written. */
-		return slot != P11_SLOT_ID		  ? CKR_SLOT_ID_INVALID
+		return slot != P11_SLOT_ID	       ? CKR_SLOT_ID_INVALID
 		       : !(flags & CKF_SERIAL_SESSION) ? CKR_SESSION_PARALLEL_NOT_SUPPORTED
 						       : CKR_TOKEN_WRITE_PROTECTED;
 	}
@@ -1000,11 +1000,10 @@ static CK_RV do_sign(struct sign_op *op, const uint8_t *data, size_t len, uint8_
 		flags = MTLS_AGENT_SIGN_DIGEST;
 		if (op->key_type == MTLS_AGENT_KEY_EC) {
 			if ((md = scheme_md_by_len(len)) == NULL) {
-				fprintf(
-				    stderr,
-				    "mtls-agent-pkcs11: CKM_ECDSA with \"%s\": the agent signs "
-				    "SHA-256/384/512 digests (32, 48 or 64 bytes), not %zu bytes\n",
-				    op->name, len);
+				fprintf(stderr,
+					"mtls-agent-pkcs11: CKM_ECDSA with \"%s\": the agent signs "
+					"SHA-256/384/512 digests (32, 48 or 64 bytes), not %zu bytes\n",
+					op->name, len);
 				return CKR_DATA_LEN_RANGE;
 			}
 			scheme = scheme_code(MTLS_AGENT_KEY_EC, SIG_PAD_NONE, md);

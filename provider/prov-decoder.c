@@ -141,9 +141,8 @@ static int read_our_pem(struct decctx *ctx, OSSL_CORE_BIO *cin, char **text, siz
 	return 1;
 }
 
-static int dec_pem2der_decode(void *vctx, OSSL_CORE_BIO *cin, int selection,
-			      OSSL_CALLBACK *data_cb, void *data_cbarg,
-			      OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
+static int dec_pem2der_decode(void *vctx, OSSL_CORE_BIO *cin, int selection, OSSL_CALLBACK *data_cb,
+			      void *data_cbarg, OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
 {
 	struct decctx *ctx = vctx;
 	char *text = NULL, *name = NULL, *header = NULL;
@@ -247,9 +246,8 @@ static int spki_is_canonical(const struct mtlsa_key *key)
 	return same;
 }
 
-static int dec_der2key_decode(void *vctx, OSSL_CORE_BIO *cin, int selection,
-			      OSSL_CALLBACK *data_cb, void *data_cbarg,
-			      OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
+static int dec_der2key_decode(void *vctx, OSSL_CORE_BIO *cin, int selection, OSSL_CALLBACK *data_cb,
+			      void *data_cbarg, OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
 {
 	struct decctx *ctx = vctx;
 	struct mtlsa_key *key = NULL, *current = NULL;

@@ -36,9 +36,9 @@ struct sigctx {
 	enum sig_op op;
 	const struct scheme_md *md;   /* NULL: sign() infers it from the input length */
 	const struct scheme_md *mgf1; /* NULL: same as md */
-	int pad;		    /* RSA_PKCS1_PADDING or RSA_PKCS1_PSS_PADDING */
-	int saltlen;		    /* RSA_PSS_SALTLEN_DIGEST or a byte count */
-	uint8_t *msg;		    /* digest_sign_update() input, until final */
+	int pad;		      /* RSA_PKCS1_PADDING or RSA_PKCS1_PSS_PADDING */
+	int saltlen;		      /* RSA_PSS_SALTLEN_DIGEST or a byte count */
+	uint8_t *msg;		      /* digest_sign_update() input, until final */
 	size_t msg_len, msg_cap;
 };
 
@@ -407,10 +407,11 @@ static int sig_init(struct sigctx *ctx, void *provkey, const OSSL_PARAM params[]
 	if (ctx->key_type == MTLS_AGENT_KEY_ED25519) {
 		/* libcrypto passes the key's mandatory digest, "", or nothing. */
 		if (op != OP_DIGEST_SIGN || (mdname != NULL && mdname[0] != '\0')) {
-			MTLSA_RAISE(ctx->prov, MTLSA_R_UNSUPPORTED_DIGEST,
-				    "Ed25519 signs whole messages in one shot: no digest (%s) and no "
-				    "pre-hashed input",
-				    mdname != NULL && mdname[0] != '\0' ? mdname : "sign");
+			MTLSA_RAISE(
+				ctx->prov, MTLSA_R_UNSUPPORTED_DIGEST,
+				"Ed25519 signs whole messages in one shot: no digest (%s) and no "
+				"pre-hashed input",
+				mdname != NULL && mdname[0] != '\0' ? mdname : "sign");
 			return 0;
 		}
 	} else if (op == OP_DIGEST_SIGN) {

@@ -65,7 +65,7 @@ static int socket_sign(struct mtlsa_prov *prov, const char *name, const uint8_t 
 
 	if ((r = socket_agent(prov, &agent)) != 0 ||
 	    (r = mtls_agent_sign(agent, name, scheme, flags, spki_hash, data, len, sig, siglen)) !=
-		0)
+		    0)
 		snprintf(err, errlen, "%s", mtls_agent_last_error());
 	return r;
 }
@@ -74,7 +74,7 @@ static int socket_init(struct mtlsa_prov *prov)
 {
 	prov->socket = mtlsa_config_param(prov, "socket");
 	mtlsa_debug("provider loaded; socket: %s", secure_getenv("MTLS_AGENT_SOCK") != NULL
-						       ? "$MTLS_AGENT_SOCK"
+							   ? "$MTLS_AGENT_SOCK"
 						   : prov->socket != NULL ? prov->socket
 									  : "library default");
 	return 1;
@@ -89,11 +89,11 @@ static void socket_teardown(struct mtlsa_prov *prov)
 }
 
 static const struct mtlsa_transport socket_transport = {
-    .key_files = 1,
-    .init = socket_init,
-    .teardown = socket_teardown,
-    .get_identity = socket_get_identity,
-    .sign = socket_sign,
+	.key_files = 1,
+	.init = socket_init,
+	.teardown = socket_teardown,
+	.get_identity = socket_get_identity,
+	.sign = socket_sign,
 };
 
 __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,

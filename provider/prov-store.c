@@ -22,8 +22,8 @@ struct storectx {
 	struct mtlsa_prov *prov;
 	struct mtlsa_key *key;
 	struct mtls_agent_identity *ident; /* its chain */
-	int expect;  /* OSSL_STORE_INFO_* the caller wants, 0 for anything */
-	size_t next; /* 0: the key; 1..chain_len: certificate next-1 */
+	int expect;			   /* OSSL_STORE_INFO_* the caller wants, 0 for anything */
+	size_t next;			   /* 0: the key; 1..chain_len: certificate next-1 */
 };
 
 static void store_close_ctx(struct storectx *ctx)
@@ -96,8 +96,8 @@ static int store_load(void *vctx, OSSL_CALLBACK *object_cb, void *object_cbarg,
 	if (ctx->next++ == 0) {
 		type = OSSL_OBJECT_PKEY;
 		params[0] = OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &type);
-		params[1] = OSSL_PARAM_construct_utf8_string(
-			OSSL_OBJECT_PARAM_DATA_TYPE, (char *)mtlsa_key_type_name(key), 0);
+		params[1] = OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE,
+							     (char *)mtlsa_key_type_name(key), 0);
 		params[2] = OSSL_PARAM_construct_octet_string(OSSL_OBJECT_PARAM_REFERENCE, &key,
 							      sizeof(key));
 	} else {

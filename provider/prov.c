@@ -104,7 +104,8 @@ static void reasons_init(void)
 	 * curl prints the reason string of an error, not its data: this one must
 	 * say what users look for when the agent is down.
 	 */
-	reason_strings[-MTLS_AGENT_ERR_CONNECT - 1].ptr = (void *)"agent not running or not reachable";
+	reason_strings[-MTLS_AGENT_ERR_CONNECT - 1].ptr =
+		(void *)"agent not running or not reachable";
 	for (i = 0; i < N_OUR_REASONS; i++) {
 		reason_strings[n].id = (unsigned int)our_reasons[i].reason;
 		reason_strings[n++].ptr = (void *)our_reasons[i].text;

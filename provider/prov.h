@@ -2,9 +2,9 @@
  * OpenSSL 3 provider "mtlsagent": private interfaces shared by its parts.
  *
  * The provider offers exactly STORE ("agent:NAME"), DECODER (key reference
- * file), KEYMGMT (EC, RSA, Ed25519) and SIGNATURE (ECDSA, RSA, one-shot EdDSA). Keys are references to
- * an agent identity: the private half stays in the agent, which signs every
- * TLS CertificateVerify over its Unix socket.
+ * file), KEYMGMT (EC, RSA, Ed25519) and SIGNATURE (ECDSA, RSA, one-shot EdDSA). Keys are references
+ * to an agent identity: the private half stays in the agent, which signs every TLS
+ * CertificateVerify over its Unix socket.
  */
 #ifndef MTLS_PROVIDER_PROV_H
 #define MTLS_PROVIDER_PROV_H
@@ -81,9 +81,9 @@ struct mtlsa_prov {
 	 */
 	OSSL_LIB_CTX *libctx;
 	/* The socket transport's state (prov-socket.c); unused by the in-daemon one. */
-	char *socket;		/* config parameter `socket`, NULL if not set */
-	pthread_mutex_t lock;	/* guards agent while it is created */
-	mtls_agent *agent;	/* shared connection, created on first use */
+	char *socket;	      /* config parameter `socket`, NULL if not set */
+	pthread_mutex_t lock; /* guards agent while it is created */
+	mtls_agent *agent;    /* shared connection, created on first use */
 	OSSL_FUNC_BIO_read_ex_fn *bio_read_ex;
 	OSSL_FUNC_BIO_gets_fn *bio_gets;
 };
@@ -113,18 +113,18 @@ enum mtlsa_reason {
 #define MTLSA_KEY_MAGIC 0x6d746b79u /* "mtky" */
 struct mtlsa_key {
 	uint32_t magic;
-	int refs; /* atomic */
+	int refs;		 /* atomic */
 	struct mtlsa_prov *prov; /* its provider: agent connection and socket path */
-	char *name;		/* identity; NULL for an empty key from keymgmt new() */
-	uint8_t *spki;		/* DER SubjectPublicKeyInfo */
+	char *name;		 /* identity; NULL for an empty key from keymgmt new() */
+	uint8_t *spki;		 /* DER SubjectPublicKeyInfo */
 	size_t spki_len;
 	uint8_t spki_hash[MTLS_AGENT_SPKI_HASH_LEN]; /* the SIGN key-generation selector */
-	EVP_PKEY *pub;		/* public half, in prov->libctx */
-	int type;		/* MTLS_AGENT_KEY_EC, _RSA or _ED25519 */
+	EVP_PKEY *pub;				     /* public half, in prov->libctx */
+	int type;				     /* MTLS_AGENT_KEY_EC, _RSA or _ED25519 */
 	int bits;
 	int security_bits;
-	size_t max_size;	/* largest signature: DER ECDSA or the RSA modulus */
-	char group[64];		/* EC curve name, "" for RSA */
+	size_t max_size; /* largest signature: DER ECDSA or the RSA modulus */
+	char group[64];	 /* EC curve name, "" for RSA */
 };
 
 /* --- prov.c -------------------------------------------------------------- */

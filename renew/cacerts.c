@@ -27,7 +27,7 @@
 #define MAX_SUCCESSORS 16
 
 /* Every certificate of a PEM file, in order; an empty stack for a missing file if optional. */
-static STACK_OF(X509) *load_pem(const char *path, int optional)
+static STACK_OF(X509) * load_pem(const char *path, int optional)
 {
 	STACK_OF(X509) *out = sk_X509_new_null();
 	uint8_t *data = NULL;
@@ -57,7 +57,7 @@ static STACK_OF(X509) *load_pem(const char *path, int optional)
 	return out;
 }
 
-static int pem_append(BIO *bio, STACK_OF(X509) *certs)
+static int pem_append(BIO *bio, STACK_OF(X509) * certs)
 {
 	for (int i = 0; i < sk_X509_num(certs); i++)
 		if (PEM_write_bio_X509(bio, sk_X509_value(certs, i)) != 1)
@@ -66,7 +66,7 @@ static int pem_append(BIO *bio, STACK_OF(X509) *certs)
 }
 
 /* Writes certs as PEM to path, atomically. */
-static int write_pem(const char *path, STACK_OF(X509) *a, STACK_OF(X509) *b)
+static int write_pem(const char *path, STACK_OF(X509) * a, STACK_OF(X509) * b)
 {
 	BIO *bio = BIO_new(BIO_s_mem());
 	char *data = NULL;
@@ -80,7 +80,7 @@ static int write_pem(const char *path, STACK_OF(X509) *a, STACK_OF(X509) *b)
 	return r;
 }
 
-static int in_stack(STACK_OF(X509) *s, X509 *x)
+static int in_stack(STACK_OF(X509) * s, X509 *x)
 {
 	for (int i = 0; i < sk_X509_num(s); i++)
 		if (X509_cmp(sk_X509_value(s, i), x) == 0)
@@ -96,7 +96,7 @@ static int in_stack(STACK_OF(X509) *s, X509 *x)
  * checked only when a root is first accepted (now): the link of a root
  * accepted long ago may since have expired with the old root.
  */
-int cacerts_link_issued_by(STACK_OF(X509) *anchors, X509 *link, X509 *root, int check_time)
+int cacerts_link_issued_by(STACK_OF(X509) * anchors, X509 *link, X509 *root, int check_time)
 {
 	if (X509_self_signed(link, 0) == 1 ||
 	    X509_NAME_cmp(X509_get_subject_name(link), X509_get_subject_name(root)) != 0 ||
@@ -169,8 +169,8 @@ static int first_report(const char *identity, X509 *root, int untrusted)
  * successors and links get the kept roots and their links, in the same order.
  * NULL when ca-trust does not load.
  */
-static STACK_OF(X509) *anchors_in_force(struct identity_rt *id, STACK_OF(X509) **successors,
-					STACK_OF(X509) **links)
+static STACK_OF(X509) * anchors_in_force(struct identity_rt *id, STACK_OF(X509) * *successors,
+					 STACK_OF(X509) * *links)
 {
 	STACK_OF(X509) *all = load_pem(id->cfg->ca_trust, 0), *next = NULL, *lks = NULL;
 	char *path = state_file(id->rt, id, "ca-next"), *lpath = state_file(id->rt, id, "ca-links");
@@ -251,7 +251,7 @@ out:
 	return all;
 }
 
-static X509_STORE *store_of(STACK_OF(X509) *anchors)
+static X509_STORE *store_of(STACK_OF(X509) * anchors)
 {
 	X509_STORE *store = X509_STORE_new();
 
@@ -317,12 +317,12 @@ static void name_of(X509 *x, char *out, size_t len)
 	X509_NAME_oneline(X509_get_subject_name(x), out, (int)len);
 }
 
-int cacerts_is_new_root(X509 *x, STACK_OF(X509) *anchors)
+int cacerts_is_new_root(X509 *x, STACK_OF(X509) * anchors)
 {
 	return X509_self_signed(x, 1) == 1 && X509_check_ca(x) != 0 && !in_stack(anchors, x);
 }
 
-X509 *cacerts_find_link(STACK_OF(X509) *certs, STACK_OF(X509) *anchors, X509 *root,
+X509 *cacerts_find_link(STACK_OF(X509) * certs, STACK_OF(X509) * anchors, X509 *root,
 			int check_time)
 {
 	for (int k = 0; k < sk_X509_num(certs); k++)
@@ -332,7 +332,7 @@ X509 *cacerts_find_link(STACK_OF(X509) *certs, STACK_OF(X509) *anchors, X509 *ro
 }
 
 /* Intermediates: CA certificates that are neither roots nor link certificates. */
-void cacerts_add_intermediates(STACK_OF(X509) *certs, STACK_OF(X509) *inter)
+void cacerts_add_intermediates(STACK_OF(X509) * certs, STACK_OF(X509) * inter)
 {
 	int i, k, self;
 
@@ -363,7 +363,7 @@ void cacerts_add_intermediates(STACK_OF(X509) *certs, STACK_OF(X509) *inter)
  * ones are written to ca-links and ca-next. The number accepted, or -1 when
  * a root could not be kept (logged).
  */
-static int accept_new_roots(struct identity_rt *id, STACK_OF(X509) *certs, const char *source)
+static int accept_new_roots(struct identity_rt *id, STACK_OF(X509) * certs, const char *source)
 {
 	const struct cfg_identity *cfg = id->cfg;
 	STACK_OF(X509) *anchors = NULL, *successors = NULL, *links = NULL;
@@ -381,10 +381,11 @@ static int accept_new_roots(struct identity_rt *id, STACK_OF(X509) *certs, const
 			continue;
 		name_of(root, name, sizeof(name));
 		if ((link = cacerts_find_link(certs, anchors, root, 1)) == NULL) {
-			log_warn("identity \"%s\": %s: refused the new CA root %s: no "
-				 "certificate in the answer is its link issued directly by ca-trust "
-				 "%s or an accepted root",
-				 cfg->name, source, name, cfg->ca_trust);
+			log_warn(
+				"identity \"%s\": %s: refused the new CA root %s: no "
+				"certificate in the answer is its link issued directly by ca-trust "
+				"%s or an accepted root",
+				cfg->name, source, name, cfg->ca_trust);
 			continue;
 		}
 		if (sk_X509_num(successors) >= MAX_SUCCESSORS) {
@@ -443,7 +444,7 @@ out:
 	return added;
 }
 
-STACK_OF(X509) *cacerts_refresh(struct identity_rt *id)
+STACK_OF(X509) * cacerts_refresh(struct identity_rt *id)
 {
 	const struct cfg_identity *cfg = id->cfg;
 	STACK_OF(X509) *certs = NULL, *inter = NULL;
@@ -480,7 +481,7 @@ static int valid_now(X509 *x)
 int cacerts_root_update(struct identity_rt *id, X509 *new_with_new, X509 *new_with_old)
 {
 	const struct cfg_identity *cfg = id->cfg;
-	STACK_OF(X509) *anchors, *successors = NULL, *links = NULL, *answer = NULL;
+	STACK_OF(X509) * anchors, *successors = NULL, *links = NULL, *answer = NULL;
 	const char *why = NULL;
 	char name[256];
 	int r = -1, known;
@@ -518,7 +519,7 @@ int cacerts_root_update(struct identity_rt *id, X509 *new_with_new, X509 *new_wi
 	return r;
 }
 
-void cacerts_offered(struct identity_rt *id, STACK_OF(X509) *certs, const char *source)
+void cacerts_offered(struct identity_rt *id, STACK_OF(X509) * certs, const char *source)
 {
 	(void)accept_new_roots(id, certs, source);
 }

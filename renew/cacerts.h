@@ -45,7 +45,7 @@ char *cacerts_trust_file(struct identity_rt *id);
  * the CA's intermediates (caller frees with sk_X509_pop_free), or NULL when
  * the CA cannot be reached or sent none (logged; renewal goes on without).
  */
-STACK_OF(X509) *cacerts_refresh(struct identity_rt *id);
+STACK_OF(X509) * cacerts_refresh(struct identity_rt *id);
 
 /*
  * A CMP root CA key update (RFC 9480 4.3): new_with_new (the new root) is
@@ -68,7 +68,7 @@ X509 *cacerts_current_root(struct identity_rt *id);
  * log): a new root among them is accepted as from /cacerts above, only
  * through its link certificate among the same certificates.
  */
-void cacerts_offered(struct identity_rt *id, STACK_OF(X509) *certs, const char *source);
+void cacerts_offered(struct identity_rt *id, STACK_OF(X509) * certs, const char *source);
 
 /*
  * The decisions cacerts_refresh() takes on an answer (certs, in the order the
@@ -81,10 +81,10 @@ void cacerts_offered(struct identity_rt *id, STACK_OF(X509) *certs, const char *
  * self-signed nor named like a root of the answer), appended to inter with a
  * reference each.
  */
-int cacerts_is_new_root(X509 *x, STACK_OF(X509) *anchors);
-int cacerts_link_issued_by(STACK_OF(X509) *anchors, X509 *link, X509 *root, int check_time);
-X509 *cacerts_find_link(STACK_OF(X509) *certs, STACK_OF(X509) *anchors, X509 *root,
+int cacerts_is_new_root(X509 *x, STACK_OF(X509) * anchors);
+int cacerts_link_issued_by(STACK_OF(X509) * anchors, X509 *link, X509 *root, int check_time);
+X509 *cacerts_find_link(STACK_OF(X509) * certs, STACK_OF(X509) * anchors, X509 *root,
 			int check_time);
-void cacerts_add_intermediates(STACK_OF(X509) *certs, STACK_OF(X509) *inter);
+void cacerts_add_intermediates(STACK_OF(X509) * certs, STACK_OF(X509) * inter);
 
 #endif

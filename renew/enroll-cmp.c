@@ -61,7 +61,7 @@ struct cmp_txn {
 	int sent_certconf;
 	int got_pkiconf;
 	/* Certificates pinned by ca-signer; a refused response signer, if any. */
-	STACK_OF(X509) *pins;
+	STACK_OF(X509) * pins;
 	char signer_err[512];
 	/*
 	 * OpenSSL's last warning or error line: some checks raise no error. A
@@ -186,7 +186,7 @@ static OSSL_CMP_MSG *cmp_transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *msg)
 }
 
 /* Adds every certificate of src to dst (references, duplicates skipped by pointer). */
-static int add_certs(STACK_OF(X509) *dst, STACK_OF(X509) *src)
+static int add_certs(STACK_OF(X509) * dst, STACK_OF(X509) * src)
 {
 	int i;
 
@@ -203,10 +203,10 @@ static int add_certs(STACK_OF(X509) *dst, STACK_OF(X509) *src)
 	return 1;
 }
 
-STACK_OF(X509) *cmp_candidate_chain(X509 *cert, STACK_OF(X509) *extra, STACK_OF(X509) *capubs,
-				    STACK_OF(X509) *own)
+STACK_OF(X509) * cmp_candidate_chain(X509 *cert, STACK_OF(X509) * extra, STACK_OF(X509) * capubs,
+				     STACK_OF(X509) * own)
 {
-	STACK_OF(X509) *chain;
+	STACK_OF(X509) * chain;
 
 	if ((chain = sk_X509_new_null()) == NULL || !X509_up_ref(cert)) {
 		sk_X509_free(chain);
@@ -234,7 +234,7 @@ STACK_OF(X509) *cmp_candidate_chain(X509 *cert, STACK_OF(X509) *extra, STACK_OF(
 static int cmp_cert_conf(OSSL_CMP_CTX *ctx, X509 *cert, int fail_info, const char **text)
 {
 	struct cmp_txn *t = OSSL_CMP_CTX_get_transfer_cb_arg(ctx);
-	STACK_OF(X509) *chain, *extra, *capubs, *own = OSSL_CMP_CTX_get0_untrusted(ctx);
+	STACK_OF(X509) * chain, *extra, *capubs, *own = OSSL_CMP_CTX_get0_untrusted(ctx);
 	int local = 0;
 
 	t->commit_called = 1;
@@ -282,7 +282,7 @@ no_memory:
  * certificate (as `openssl cmp -certout` writes it) has no intermediates, so
  * the context keeps the empty stack OSSL_CMP_CTX_new() made.
  */
-static int set_untrusted(OSSL_CMP_CTX *ctx, STACK_OF(X509) *certs)
+static int set_untrusted(OSSL_CMP_CTX *ctx, STACK_OF(X509) * certs)
 {
 	return sk_X509_num(certs) <= 0 || OSSL_CMP_CTX_set1_untrusted(ctx, certs);
 }
@@ -302,7 +302,7 @@ static int has_cmc_eku(X509 *cert)
 }
 
 /* Whether cert issued (and signed) the leaf of chain. */
-static int issued_leaf(X509 *cert, STACK_OF(X509) *chain)
+static int issued_leaf(X509 *cert, STACK_OF(X509) * chain)
 {
 	X509 *leaf = sk_X509_value(chain, 0);
 	EVP_PKEY *pub = X509_get0_pubkey(cert);
@@ -311,7 +311,7 @@ static int issued_leaf(X509 *cert, STACK_OF(X509) *chain)
 	       X509_verify(leaf, pub) == 1;
 }
 
-int cmp_signer_may_answer(X509 *signer, STACK_OF(X509) *pins, STACK_OF(X509) *own_chain)
+int cmp_signer_may_answer(X509 *signer, STACK_OF(X509) * pins, STACK_OF(X509) * own_chain)
 {
 	for (int i = 0; i < sk_X509_num(pins); i++)
 		if (X509_cmp(signer, sk_X509_value(pins, i)) == 0)
@@ -348,7 +348,7 @@ static int signer_verify_cb(int ok, X509_STORE_CTX *sctx)
 }
 
 /* ca-signer: the pinned certificates (PEM, one or more). */
-static STACK_OF(X509) *load_pins(const char *file, char *err, size_t errlen)
+static STACK_OF(X509) * load_pins(const char *file, char *err, size_t errlen)
 {
 	STACK_OF(X509) *pins = sk_X509_new_null();
 	BIO *bio = NULL;
@@ -454,8 +454,8 @@ static void last_openssl_error(char *buf, size_t len)
 	if (e == 0)
 		return;
 	ERR_peek_last_error_data(&data, &flags);
-	snprintf(buf, len, "%s%s%s", ERR_reason_error_string(e) != NULL ? ERR_reason_error_string(e)
-									 : "error",
+	snprintf(buf, len, "%s%s%s",
+		 ERR_reason_error_string(e) != NULL ? ERR_reason_error_string(e) : "error",
 		 (flags & ERR_TXT_STRING) && data != NULL && *data != '\0' ? ": " : "",
 		 (flags & ERR_TXT_STRING) && data != NULL ? data : "");
 }
@@ -500,8 +500,8 @@ static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 		return;
 	}
 	if (t->commit_failed) {
-		set_result(res, t->commit_local ? ENROLL_LOCAL : ENROLL_BAD_CERT, "CMP %s: %s", what,
-			   t->commit_err);
+		set_result(res, t->commit_local ? ENROLL_LOCAL : ENROLL_BAD_CERT, "CMP %s: %s",
+			   what, t->commit_err);
 		return;
 	}
 	if (t->transport_err[0] != '\0') {
@@ -511,7 +511,8 @@ static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
 	}
 	if (st == OSSL_CMP_PKISTATUS_waiting) {
 		res->retry_after = 60;
-		set_result(res, ENROLL_WAIT, "CMP %s: the CA is still processing the request", what);
+		set_result(res, ENROLL_WAIT, "CMP %s: the CA is still processing the request",
+			   what);
 		return;
 	}
 	if (st == OSSL_CMP_PKISTATUS_rejection) {
@@ -541,7 +542,7 @@ static void classify(OSSL_CMP_CTX *ctx, struct cmp_txn *t, const char *what,
  * with res set on failure; the caller frees t->pins, t->curl, *untrusted.
  */
 static OSSL_CMP_CTX *cmp_setup(const struct enroll_request *req, struct cmp_txn *t,
-			       const char *what, STACK_OF(X509) **untrusted,
+			       const char *what, STACK_OF(X509) * *untrusted,
 			       struct enroll_result *res)
 {
 	int msg_timeout = req->timeout_s > 0 && req->timeout_s <= 3600 ? (int)req->timeout_s : 60;
@@ -661,7 +662,7 @@ fail:
  */
 static void capubs_offer(OSSL_CMP_CTX *ctx, const struct enroll_request *req)
 {
-	STACK_OF(X509) *capubs;
+	STACK_OF(X509) * capubs;
 
 	if (req->kind != ENROLL_BOOTSTRAP || req->ca_pubs == NULL ||
 	    (capubs = OSSL_CMP_CTX_get1_caPubs(ctx)) == NULL)
@@ -697,7 +698,8 @@ int enroll_cmp(const struct enroll_request *req, struct enroll_result *res)
 
 	ERR_clear_error();
 	cur_txn = &t;
-	newcert = req->kind == ENROLL_RENEW ? OSSL_CMP_exec_KUR_ses(ctx) : OSSL_CMP_exec_IR_ses(ctx);
+	newcert =
+		req->kind == ENROLL_RENEW ? OSSL_CMP_exec_KUR_ses(ctx) : OSSL_CMP_exec_IR_ses(ctx);
 	cur_txn = NULL;
 	if (newcert != NULL && t.commit_called && !t.commit_failed && t.sent_certconf &&
 	    t.got_pkiconf) {
@@ -771,14 +773,16 @@ typedef struct {
 	X509 *old_with_new;
 } ROOTCA_UPDATE;
 
-ASN1_SEQUENCE(ROOTCA_UPDATE) = {
-	ASN1_SIMPLE(ROOTCA_UPDATE, new_with_new, X509),
-	ASN1_EXP_OPT(ROOTCA_UPDATE, new_with_old, X509, 0),
-	ASN1_EXP_OPT(ROOTCA_UPDATE, old_with_new, X509, 1),
+ASN1_SEQUENCE(ROOTCA_UPDATE) =
+	{
+		ASN1_SIMPLE(ROOTCA_UPDATE, new_with_new, X509),
+		ASN1_EXP_OPT(ROOTCA_UPDATE, new_with_old, X509, 0),
+		ASN1_EXP_OPT(ROOTCA_UPDATE, old_with_new, X509, 1),
 } static_ASN1_SEQUENCE_END(ROOTCA_UPDATE)
 
-/* The genm's InfoTypeAndValue: id-it-rootCaCert, with old_root as value if known. */
-static OSSL_CMP_ITAV *rootca_cert_itav(X509 *old_root)
+	/* The genm's InfoTypeAndValue: id-it-rootCaCert, with old_root as value if known. */
+	static OSSL_CMP_ITAV
+	* rootca_cert_itav(X509 * old_root)
 {
 	ASN1_OBJECT *type = OBJ_txt2obj(OID_IT_ROOTCA_CERT, 1);
 	ASN1_TYPE *value = NULL;
@@ -833,8 +837,9 @@ int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X50
 	 * an ANY there. Skipped, said once per attempt at debug level.
 	 */
 	if (OBJ_txt2nid(OID_IT_ROOTCA_CERT) != NID_undef) {
-		snprintf(err, errlen, "not asked (this libcrypto, %s, has its own root CA key "
-				      "update types; the agent was built for OpenSSL 3.0's)",
+		snprintf(err, errlen,
+			 "not asked (this libcrypto, %s, has its own root CA key "
+			 "update types; the agent was built for OpenSSL 3.0's)",
 			 OpenSSL_version(OPENSSL_VERSION));
 		ASN1_OBJECT_free(want);
 		return 0;
@@ -866,8 +871,10 @@ int enroll_cmp_root_update(const struct enroll_request *req, X509 *old_root, X50
 			log_sanitize(t.signer_err, err, errlen); /* quotes the signer's name */
 			r = -1;
 		} else if (protection_failed()) {
-			snprintf(err, errlen, "the answer's protection does not verify against "
-					      "ca-trust %s", req->trust_file);
+			snprintf(err, errlen,
+				 "the answer's protection does not verify against "
+				 "ca-trust %s",
+				 req->trust_file);
 			r = -1;
 		} else {
 			/* An error message, HTTP error or timeout: a CA without the service. */

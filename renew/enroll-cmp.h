@@ -15,15 +15,15 @@
  * first, then extraCerts, caPubs and own (our intermediates), each with a
  * reference of its own (free with sk_X509_pop_free); NULL without memory.
  */
-STACK_OF(X509) *cmp_candidate_chain(X509 *cert, STACK_OF(X509) *extra, STACK_OF(X509) *capubs,
-				    STACK_OF(X509) *own);
+STACK_OF(X509) * cmp_candidate_chain(X509 *cert, STACK_OF(X509) * extra, STACK_OF(X509) * capubs,
+				     STACK_OF(X509) * own);
 
 /*
  * Whether signer, whose certificate chained to ca-trust, may answer for the
  * CA: pinned in ca-signer (pins), an id-kp-cmcRA/cmcCA extended key usage, or
  * the issuer of the leaf of own_chain.
  */
-int cmp_signer_may_answer(X509 *signer, STACK_OF(X509) *pins, STACK_OF(X509) *own_chain);
+int cmp_signer_may_answer(X509 *signer, STACK_OF(X509) * pins, STACK_OF(X509) * own_chain);
 
 /*
  * The outcome of a rejection: status is OpenSSL's text of the PKIStatusInfo

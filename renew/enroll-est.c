@@ -39,7 +39,7 @@
 /* What the SSL_CTX callback needs, and what it and the TLS message callback report. */
 struct tls_setup {
 	EVP_PKEY *key; /* NULL: no client certificate */
-	STACK_OF(X509) *chain;
+	STACK_OF(X509) * chain;
 	int failed;
 	char err[256];
 	int fatal_alert; /* the last fatal alert the server sent, or -1 */
@@ -231,10 +231,10 @@ static void run_transfer(struct transfer *t)
 	 * RFC 8951); an empty Expect skips curl's one-second 100-continue wait. */
 	if (t->body != NULL) {
 		static const char *const lines[] = {
-		    "Content-Type: application/pkcs10",
-		    "Content-Transfer-Encoding: base64",
-		    "Accept: application/pkcs7-mime",
-		    "Expect:",
+			"Content-Type: application/pkcs10",
+			"Content-Transfer-Encoding: base64",
+			"Accept: application/pkcs7-mime",
+			"Expect:",
 		};
 		size_t i;
 
@@ -323,7 +323,7 @@ void est_body_first_line(const char *resp, size_t resp_len, char *out, size_t ou
 }
 
 /* Certificates of a certs-only PKCS#7, base64 (whitespace tolerated) or, leniently, DER. */
-STACK_OF(X509) *est_parse_certs_only(const char *body, size_t len)
+STACK_OF(X509) * est_parse_certs_only(const char *body, size_t len)
 {
 	EVP_ENCODE_CTX *dctx = NULL;
 	unsigned char *der = NULL;
@@ -372,7 +372,7 @@ out:
 }
 
 /* Moves the certificate for pub to the front; 0 when there is none. */
-int est_put_leaf_first(STACK_OF(X509) *certs, EVP_PKEY *pub)
+int est_put_leaf_first(STACK_OF(X509) * certs, EVP_PKEY *pub)
 {
 	int i;
 	X509 *leaf;
@@ -429,8 +429,8 @@ static int classify(const struct transfer *t, const char *what, const char *base
 		snprintf(res->msg, sizeof(res->msg),
 			 "EST %s: %s refused the TLS client credential (alert %s)", what, base,
 			 t->tls.fatal_alert == SSL_AD_CERTIFICATE_REQUIRED /* unnamed in 3.0 */
-			     ? "certificate required"
-			     : SSL_alert_desc_string_long(t->tls.fatal_alert));
+				 ? "certificate required"
+				 : SSL_alert_desc_string_long(t->tls.fatal_alert));
 		return ENROLL_NOT_AUTHORIZED;
 	}
 	if (t->rc != CURLE_OK) {
@@ -555,9 +555,9 @@ int enroll_est(const struct enroll_request *req, struct enroll_result *res)
 	if (req->trust_file == NULL || req->csr_der == NULL || req->csr_len == 0 ||
 	    req->csr_len > EST_BODY_MAX || req->stage == NULL || req->install == NULL) {
 		snprintf(res->msg, sizeof(res->msg), "EST %s: incomplete request (%s missing)", op,
-			 req->trust_file == NULL ? "ca-trust"
+			 req->trust_file == NULL		      ? "ca-trust"
 			 : req->stage == NULL || req->install == NULL ? "commit callbacks"
-						 : "CSR");
+								      : "CSR");
 		return finish(res, ENROLL_LOCAL);
 	}
 	if ((url = operation_url(req->url, op, res->msg, sizeof(res->msg))) == NULL)
@@ -584,9 +584,9 @@ int enroll_est(const struct enroll_request *req, struct enroll_result *res)
 	} else {
 		snprintf(res->msg, sizeof(res->msg), "EST %s: %s", op,
 			 req->secret != NULL
-			     ? "a shared secret is a CMP credential; EST bootstraps "
-			       "with basic-user/basic-pass or a manufacturer key"
-			     : "no bootstrap credential configured");
+				 ? "a shared secret is a CMP credential; EST bootstraps "
+				   "with basic-user/basic-pass or a manufacturer key"
+				 : "no bootstrap credential configured");
 		goto out;
 	}
 	if ((req->kind == ENROLL_RENEW || t.user == NULL) &&
@@ -666,7 +666,7 @@ out:
 }
 
 int est_get_cacerts(const char *url, const char *trust_file, unsigned timeout_s,
-		    STACK_OF(X509) **out, char *err, size_t errlen)
+		    STACK_OF(X509) * *out, char *err, size_t errlen)
 {
 	struct enroll_result res = {0};
 	struct transfer t = {0};

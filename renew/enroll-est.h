@@ -39,7 +39,7 @@
  * is returned; otherwise -1 and one line in err.
  */
 int est_get_cacerts(const char *url, const char *trust_file, unsigned timeout_s,
-		    STACK_OF(X509) **out, char *err, size_t errlen);
+		    STACK_OF(X509) * *out, char *err, size_t errlen);
 
 /*
  * What enroll_est() and est_get_cacerts() do with the CA's answers, without the
@@ -59,8 +59,8 @@ int est_get_cacerts(const char *url, const char *trust_file, unsigned timeout_s,
  * est_parse_retry_after: a Retry-After value, seconds (capped at 30 days) or
  * an HTTP-date; -1 when neither.
  */
-STACK_OF(X509) *est_parse_certs_only(const char *body, size_t len);
-int est_put_leaf_first(STACK_OF(X509) *certs, EVP_PKEY *pub);
+STACK_OF(X509) * est_parse_certs_only(const char *body, size_t len);
+int est_put_leaf_first(STACK_OF(X509) * certs, EVP_PKEY *pub);
 void est_describe_cert(X509 *x, char *out, size_t outlen);
 void est_body_first_line(const char *resp, size_t resp_len, char *out, size_t outlen);
 void est_header_line(const char *data, size_t len, long *retry_after_s);

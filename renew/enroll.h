@@ -26,35 +26,36 @@
 enum enroll_outcome {
 	ENROLL_OK = 0,
 	ENROLL_TRANSIENT,      /* network error, timeout, HTTP 5xx, garbage: retry with backoff */
-	ENROLL_WAIT,           /* the CA asked to come back later: retry_after is set */
+	ENROLL_WAIT,	       /* the CA asked to come back later: retry_after is set */
 	ENROLL_REJECTED,       /* the CA refused the request (PKIStatus rejection, HTTP 4xx) */
 	ENROLL_NOT_AUTHORIZED, /* our credential was not accepted (expired, unknown, 401/403) */
 	ENROLL_BAD_CERT,       /* the CA answered with a certificate commit() refused */
-	ENROLL_LOCAL,          /* a local problem: configuration, keystore, files, memory */
+	ENROLL_LOCAL,	       /* a local problem: configuration, keystore, files, memory */
 };
 const char *enroll_outcome_name(int outcome);
 
 enum enroll_kind {
-	ENROLL_RENEW = 0,   /* CMP KUR / EST simplereenroll, authenticated by the current key */
-	ENROLL_BOOTSTRAP,   /* CMP IR / EST simpleenroll, authenticated by the bootstrap credential */
+	ENROLL_RENEW = 0, /* CMP KUR / EST simplereenroll, authenticated by the current key */
+	ENROLL_BOOTSTRAP, /* CMP IR / EST simpleenroll, authenticated by the bootstrap credential */
 };
 
 /* Confirmation steps reported through progress() (CMP only). */
 enum enroll_step {
 	ENROLL_STEP_CONFIRMING = 1, /* certConf is about to leave: the CA may confirm from now on */
-	ENROLL_STEP_CONFIRMED,      /* pkiConf arrived (or implicit confirmation): install now */
+	ENROLL_STEP_CONFIRMED,	    /* pkiConf arrived (or implicit confirmation): install now */
 };
 
 struct enroll_request {
-	int kind;                /* enum enroll_kind */
-	const char *url;         /* ca-url: CMP http(s)://host:port/path, EST https://host/.well-known/est[/label] */
-	const char *trust_file;  /* ca-trust: PEM trust anchors (CA responses, TLS server, chain) */
-	OSSL_LIB_CTX *libctx;    /* the library context the keys live in */
-	unsigned timeout_s;      /* bound for the whole transaction, polling included */
+	int kind;		/* enum enroll_kind */
+	const char *url;	/* ca-url: CMP http(s)://host:port/path, EST
+				   https://host/.well-known/est[/label] */
+	const char *trust_file; /* ca-trust: PEM trust anchors (CA responses, TLS server, chain) */
+	OSSL_LIB_CTX *libctx;	/* the library context the keys live in */
+	unsigned timeout_s;	/* bound for the whole transaction, polling included */
 
 	/* ENROLL_RENEW: the credential being renewed (key in the keystore, chain leaf first). */
 	EVP_PKEY *cur_key;
-	STACK_OF(X509) *cur_chain;
+	STACK_OF(X509) * cur_chain;
 
 	/*
 	 * ENROLL_RENEW with renew-auth (EST): the TLS client key and chain of simplereenroll
@@ -63,22 +64,22 @@ struct enroll_request {
 	 * ENROLL_BOOTSTRAP IR with boot_key; renew/renew.c.)
 	 */
 	EVP_PKEY *auth_key;
-	STACK_OF(X509) *auth_chain;
+	STACK_OF(X509) * auth_chain;
 
 	/* The key to certify (proof of possession, CSR). Equal to cur_key when not rotating. */
 	EVP_PKEY *new_key;
-	const X509_NAME *subject;        /* the subject to request */
-	const uint8_t *csr_der;          /* PKCS#10 request signed by new_key (EST, CMP P10CR) */
+	const X509_NAME *subject; /* the subject to request */
+	const uint8_t *csr_der;	  /* PKCS#10 request signed by new_key (EST, CMP P10CR) */
 	size_t csr_len;
 
 	/* ENROLL_BOOTSTRAP credentials: exactly one of the three is set. */
-	const char *secret_ref;          /* CMP: PBM reference value (sender KID) ... */
-	const uint8_t *secret;           /* ... and the shared secret */
+	const char *secret_ref; /* CMP: PBM reference value (sender KID) ... */
+	const uint8_t *secret;	/* ... and the shared secret */
 	size_t secret_len;
-	const char *basic_user;          /* EST: HTTP basic authentication */
+	const char *basic_user; /* EST: HTTP basic authentication */
 	const char *basic_pass;
-	EVP_PKEY *boot_key;              /* a manufacturer identity's key and chain */
-	STACK_OF(X509) *boot_chain;
+	EVP_PKEY *boot_key; /* a manufacturer identity's key and chain */
+	STACK_OF(X509) * boot_chain;
 
 	/*
 	 * Who may answer for the CA (CMP, signature-protected responses; the
@@ -91,7 +92,7 @@ struct enroll_request {
 	 */
 	const char *signer_file;
 	const X509_NAME *signer_name;
-	STACK_OF(X509) *own_chain;
+	STACK_OF(X509) * own_chain;
 	/*
 	 * CMP: ask for implicit confirmation (RFC 9483 4.1.1): a CA that grants it
 	 * takes the certificate as confirmed with no certConf, so install() follows
@@ -107,7 +108,7 @@ struct enroll_request {
 	 * line to err and the enroller reports ENROLL_BAD_CERT (or ENROLL_LOCAL
 	 * when local is set).
 	 */
-	int (*stage)(void *arg, STACK_OF(X509) *chain, int *local, char *err, size_t errlen);
+	int (*stage)(void *arg, STACK_OF(X509) * chain, int *local, char *err, size_t errlen);
 	/* CMP: enum enroll_step as the confirmation goes; may be NULL. */
 	void (*progress)(void *arg, int step);
 	/* Makes the staged certificate current. 0, or -1 with one line in err (ENROLL_LOCAL). */
@@ -116,14 +117,15 @@ struct enroll_request {
 	 * CMP IR: called after install() with the ip's caPubs, if any (the
 	 * callee judges them; renew/cacerts.c). May be NULL.
 	 */
-	void (*ca_pubs)(void *arg, STACK_OF(X509) *certs);
+	void (*ca_pubs)(void *arg, STACK_OF(X509) * certs);
 	void *commit_arg;
 };
 
 struct enroll_result {
-	int outcome;      /* enum enroll_outcome */
-	long retry_after; /* seconds the CA asked us to wait (checkAfter, Retry-After), -1 if none */
-	char msg[512];    /* one line for the log and status: what happened */
+	int outcome;	  /* enum enroll_outcome */
+	long retry_after; /* seconds the CA asked us to wait (checkAfter, Retry-After), -1 if none
+			   */
+	char msg[512];	  /* one line for the log and status: what happened */
 };
 
 /*

@@ -110,8 +110,8 @@ static int internal_get_identity(struct mtlsa_prov *prov, const char *name,
 }
 
 static int internal_sign(struct mtlsa_prov *prov, const char *name, const uint8_t *spki_hash,
-			 uint16_t code, unsigned flags, const uint8_t *data, size_t len, uint8_t **sig,
-			 size_t *siglen, char *err, size_t errlen)
+			 uint16_t code, unsigned flags, const uint8_t *data, size_t len,
+			 uint8_t **sig, size_t *siglen, char *err, size_t errlen)
 {
 	const struct scheme *scheme = scheme_by_code(code);
 	struct identity_rt *id;

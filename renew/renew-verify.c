@@ -101,8 +101,8 @@ static int ssl_wait(SSL *ssl, int fd, int r, uint64_t deadline)
 }
 
 /* Why the connection failed, preferring what the server said. */
-static void describe_failure(const struct conn_state *cs, SSL *ssl, const char *stage,
-			     char *err, size_t errlen)
+static void describe_failure(const struct conn_state *cs, SSL *ssl, const char *stage, char *err,
+			     size_t errlen)
 {
 	char detail[200];
 	unsigned long e = ERR_peek_last_error();
@@ -112,8 +112,8 @@ static void describe_failure(const struct conn_state *cs, SSL *ssl, const char *
 		snprintf(err, errlen, "the server refused the new certificate (%s): TLS alert %s",
 			 stage,
 			 cs->fatal_alert == 116 /* certificate_required, unnamed in 3.0 */
-			     ? "certificate required"
-			     : SSL_alert_desc_string_long(cs->fatal_alert));
+				 ? "certificate required"
+				 : SSL_alert_desc_string_long(cs->fatal_alert));
 		return;
 	}
 	if (vr != X509_V_OK) {
@@ -187,7 +187,7 @@ static int ssl_read_some(SSL *ssl, int fd, char *buf, size_t want, uint64_t dead
 
 /* A client context presenting the new key and chain, verifying the server by trust_file. */
 static SSL_CTX *verify_ctx_new(OSSL_LIB_CTX *libctx, const char *trust_file, EVP_PKEY *key,
-			       STACK_OF(X509) *chain, struct conn_state *cs, char *err,
+			       STACK_OF(X509) * chain, struct conn_state *cs, char *err,
 			       size_t errlen)
 {
 	SSL_CTX *ctx;
@@ -231,8 +231,8 @@ fail:
  * What is sent once the handshake is done: an MQTT 3.1.1 CONNECT (clean session, keepalive
  * 10 s, client id mtls-agent-verify) or an HTTP/1.1 GET of the URL's path.
  */
-static int verify_request(const struct renew_verify_url *u, char *req, size_t size,
-			  size_t *reqlen, char *err, size_t errlen)
+static int verify_request(const struct renew_verify_url *u, char *req, size_t size, size_t *reqlen,
+			  char *err, size_t errlen)
 {
 	int r;
 
@@ -271,7 +271,8 @@ static int verify_handshake(SSL *ssl, int fd, const struct renew_verify_url *u,
 
 	is_ip = inet_pton(AF_INET, u->host, ipbuf) == 1 || inet_pton(AF_INET6, u->host, ipbuf) == 1;
 	if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u->host) != 1
-		  : (SSL_set1_host(ssl, u->host) != 1 || SSL_set_tlsext_host_name(ssl, u->host) != 1)) {
+		  : (SSL_set1_host(ssl, u->host) != 1 ||
+		     SSL_set_tlsext_host_name(ssl, u->host) != 1)) {
 		snprintf(err, errlen, "cannot set the server name %s", u->host);
 		return -1;
 	}
@@ -301,11 +302,13 @@ static int verify_exchange(SSL *ssl, int fd, const struct renew_verify_url *u,
 	if (verify_request(u, req, sizeof(req), &reqlen, err, errlen) != 0)
 		return -1;
 	if (ssl_write_all(ssl, fd, req, reqlen, deadline) != 0) {
-		/* A server that refused the certificate may have closed after its alert: read it. */
+		/* A server that refused the certificate may have closed after its alert: read it.
+		 */
 		uint64_t grace = monotonic_ms() + 1000;
 
 		if (cs->fatal_alert < 0)
-			ssl_read_some(ssl, fd, resp, sizeof(resp) - 1, grace < deadline ? grace : deadline);
+			ssl_read_some(ssl, fd, resp, sizeof(resp) - 1,
+				      grace < deadline ? grace : deadline);
 		describe_failure(cs, ssl, "sending the request", err, errlen);
 		return -1;
 	}
@@ -330,7 +333,7 @@ static int verify_exchange(SSL *ssl, int fd, const struct renew_verify_url *u,
 }
 
 int renew_verify(const char *url, const char *trust_file, OSSL_LIB_CTX *libctx, EVP_PKEY *key,
-		 STACK_OF(X509) *chain, unsigned timeout_s, char *err, size_t errlen)
+		 STACK_OF(X509) * chain, unsigned timeout_s, char *err, size_t errlen)
 {
 	struct renew_verify_url u;
 	struct conn_state cs = {.fatal_alert = -1};

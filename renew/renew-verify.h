@@ -24,7 +24,7 @@
 #include <openssl/x509.h>
 
 struct renew_verify_url {
-	int mqtt;       /* 0: https, 1: mqtts */
+	int mqtt;	/* 0: https, 1: mqtts */
 	char host[256]; /* without brackets */
 	char port[8];
 	char path[512]; /* https: "/..." */
@@ -40,6 +40,6 @@ int renew_verify_parse(const char *url, struct renew_verify_url *out, char *err,
  * it sent one ("the server refused the new certificate: TLS alert unknown ca").
  */
 int renew_verify(const char *url, const char *trust_file, OSSL_LIB_CTX *libctx, EVP_PKEY *key,
-		 STACK_OF(X509) *chain, unsigned timeout_s, char *err, size_t errlen);
+		 STACK_OF(X509) * chain, unsigned timeout_s, char *err, size_t errlen);
 
 #endif

@@ -92,43 +92,43 @@ enum step {
 	/* renew-verify: a connection with the new credential, before it is staged */
 	STEP_VERIFYING,
 };
-static const char *const step_names[] = {"none",	"preparing", "keygen",	  "requested",
-					 "issued",	"confirming", "confirmed", "installed",
-					 "verifying"};
+static const char *const step_names[] = {"none",      "preparing", "keygen",
+					 "requested", "issued",	   "confirming",
+					 "confirmed", "installed", "verifying"};
 
 /* Per identity, by name, surviving reloads. */
 struct rstate {
 	char *name;
 	int reconciled;
-	int forced;             /* renew_now() asked for an attempt */
-	unsigned done_gen;      /* bumped after each attempt */
-	int last_rc;            /* of the last attempt: 0 or MTLS_AGENT_ERR_* */
+	int forced;	   /* renew_now() asked for an attempt */
+	unsigned done_gen; /* bumped after each attempt */
+	int last_rc;	   /* of the last attempt: 0 or MTLS_AGENT_ERR_* */
 	unsigned failures;
-	time_t next_retry;      /* after a failure */
+	time_t next_retry;	/* after a failure */
 	char failed_serial[80]; /* the certificate the failures were about */
-	unsigned stalls;        /* consecutive renewals that left the identity due at once */
-	time_t stall_until;     /* no scheduled attempt before this while stalled */
-	char stall_serial[80];  /* the certificate the stall is about */
-	time_t rev_next;        /* next revocation check of rev_serial */
-	unsigned rev_failures;  /* checks in a row that got no trustworthy answer */
-	int rev_revoked;        /* rev_serial is revoked: re-enroll at once */
-	char rev_serial[80];    /* the certificate the revocation state is about */
-	int rev_mode;           /* revocation-check and -interval the state was made with */
+	unsigned stalls;	/* consecutive renewals that left the identity due at once */
+	time_t stall_until;	/* no scheduled attempt before this while stalled */
+	char stall_serial[80];	/* the certificate the stall is about */
+	time_t rev_next;	/* next revocation check of rev_serial */
+	unsigned rev_failures;	/* checks in a row that got no trustworthy answer */
+	int rev_revoked;	/* rev_serial is revoked: re-enroll at once */
+	char rev_serial[80];	/* the certificate the revocation state is about */
+	int rev_mode;		/* revocation-check and -interval the state was made with */
 	long long rev_interval;
-	pthread_t worker;       /* this identity's renewal thread ... */
-	int has_worker;         /* ... exists (to be joined) */
-	int worker_exited;      /* ... has ended (its identity is gone or renews no more) */
+	pthread_t worker;  /* this identity's renewal thread ... */
+	int has_worker;	   /* ... exists (to be joined) */
+	int worker_exited; /* ... has ended (its identity is gone or renews no more) */
 	struct renew_status st;
 };
 
 static struct {
 	pthread_mutex_t lock;
-	pthread_cond_t wake;     /* to the identity workers: kick_gen moved, or stop */
+	pthread_cond_t wake;	 /* to the identity workers: kick_gen moved, or stop */
 	pthread_cond_t sup_wake; /* to the supervisor: a reload, a worker ended, or stop */
-	pthread_cond_t done;     /* to renew_now() callers */
-	pthread_t thread;        /* the supervisor */
+	pthread_cond_t done;	 /* to renew_now() callers */
+	pthread_t thread;	 /* the supervisor */
 	int running, stop, kicked;
-	unsigned kick_gen;       /* bumped by every kick: workers look at their identity again */
+	unsigned kick_gen; /* bumped by every kick: workers look at their identity again */
 	renew_runtime_fn get_runtime;
 	void *arg;
 	struct rstate **states;
@@ -192,7 +192,8 @@ static int journal_write(struct identity_rt *id, const struct journal *j)
 		     j->new_key[0] != '\0' ? j->new_key : "-",
 		     j->old_key[0] != '\0' ? j->old_key : "-", j->old_not_after,
 		     j->generating[0] != '\0' ? j->generating : "-", j->known);
-	if (n > 0 && (size_t)n < sizeof(text) && write_file_atomic(path, text, (size_t)n, 0600) == 0) {
+	if (n > 0 && (size_t)n < sizeof(text) &&
+	    write_file_atomic(path, text, (size_t)n, 0600) == 0) {
 		r = 0;
 		test_crash_point(step_names[j->step]);
 	} else
@@ -246,8 +247,8 @@ static int journal_read(struct identity_rt *id, struct journal *j)
 	}
 	free(data);
 	if (j->step == STEP_NONE || (j->step != STEP_PREPARING && j->new_key[0] == '\0')) {
-		log_warn("identity \"%s\": ignoring an unreadable renewal journal %s", id->cfg->name,
-			 path);
+		log_warn("identity \"%s\": ignoring an unreadable renewal journal %s",
+			 id->cfg->name, path);
 		free(path);
 		return 0;
 	}
@@ -292,7 +293,8 @@ static int retire_write(struct identity_rt *id, const struct retire_entry *e, si
 	}
 	text[0] = '\0';
 	for (i = 0; i < n; i++)
-		off += (size_t)snprintf(text + off, cap - off, "%s %lld\n", e[i].key, e[i].not_after);
+		off += (size_t)snprintf(text + off, cap - off, "%s %lld\n", e[i].key,
+					e[i].not_after);
 	if (n == 0)
 		r = unlink(path) == 0 || errno == ENOENT ? 0 : -1;
 	else
@@ -386,16 +388,17 @@ static time_t retire_due(struct identity_rt *id, time_t now)
 		pthread_mutex_unlock(&id->lock);
 		format_utc((time_t)e[i].not_after, when, sizeof(when));
 		if (r != 0) {
-			log_warn("identity \"%s\": cannot retire key %.16s... yet: %s", id->cfg->name,
-				 e[i].key, err);
+			log_warn("identity \"%s\": cannot retire key %.16s... yet: %s",
+				 id->cfg->name, e[i].key, err);
 			e[kept++] = e[i];
 			if (next == 0 || now + 60 < next)
 				next = now + 60;
 			continue;
 		}
 		if (key != NULL)
-			log_info("identity \"%s\": retired key %.16s... (its certificate expired %s)",
-				 id->cfg->name, e[i].key, when);
+			log_info(
+				"identity \"%s\": retired key %.16s... (its certificate expired %s)",
+				id->cfg->name, e[i].key, when);
 		changed = 1;
 	}
 	if (changed)
@@ -575,9 +578,10 @@ static void purge_half_key(struct identity_rt *id, const char *hex, const char *
 			 "(id %.16s...): %s",
 			 id->cfg->name, what, hex, err);
 	else if (purged > 0)
-		log_info("identity \"%s\": removed %u object(s) of key %.16s... that an interrupted "
-			 "%s left without its private key",
-			 id->cfg->name, purged, hex, what);
+		log_info(
+			"identity \"%s\": removed %u object(s) of key %.16s... that an interrupted "
+			"%s left without its private key",
+			id->cfg->name, purged, hex, what);
 	free(ref);
 }
 
@@ -645,12 +649,12 @@ struct txn {
 	const char *trust;  /* the CA trust file, also for renew-verify's server */
 	const X509_NAME *subject;
 	struct journal *journal;
-	STACK_OF(X509) *extra; /* the CA's intermediates from /cacerts (EST), or NULL */
-	STACK_OF(X509) *staged; /* verified, not yet installed */
-	STACK_OF(X509) *installed; /* a reference to the chain installed, for the root CA update */
+	STACK_OF(X509) * extra;	    /* the CA's intermediates from /cacerts (EST), or NULL */
+	STACK_OF(X509) * staged;    /* verified, not yet installed */
+	STACK_OF(X509) * installed; /* a reference to the chain installed, for the root CA update */
 };
 
-static STACK_OF(X509) *chain_copy(STACK_OF(X509) *chain)
+static STACK_OF(X509) * chain_copy(STACK_OF(X509) * chain)
 {
 	return chain != NULL ? X509_chain_up_ref(chain) : NULL;
 }
@@ -660,7 +664,7 @@ static STACK_OF(X509) *chain_copy(STACK_OF(X509) *chain)
  * trust anchor is kept (in memory and in <identity>.issued, for a restart
  * after the CA's confirmation) until install().
  */
-static int stage_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err, size_t errlen)
+static int stage_chain(void *arg, STACK_OF(X509) * chain, int *local, char *err, size_t errlen)
 {
 	struct txn *t = arg;
 	struct identity_rt *id = t->id;
@@ -680,8 +684,9 @@ static int stage_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err, 
 	}
 	if (certcheck_spki(leaf, &spki, &spki_len) != 0 || spki_len != t->new_key->spki_len ||
 	    memcmp(spki, t->new_key->spki, spki_len) != 0) {
-		snprintf(err, errlen, "the CA's certificate is for another public key than the one "
-				      "requested");
+		snprintf(err, errlen,
+			 "the CA's certificate is for another public key than the one "
+			 "requested");
 		goto out;
 	}
 	if (certcheck_leaf(leaf, time(NULL), cerr, sizeof(cerr)) != 0) {
@@ -724,7 +729,8 @@ static int stage_chain(void *arg, STACK_OF(X509) *chain, int *local, char *err, 
 		goto out;
 	}
 	if (X509_verify_cert(vctx) != 1) {
-		snprintf(err, errlen, "the CA's certificate does not verify against ca-trust %s: %s",
+		snprintf(err, errlen,
+			 "the CA's certificate does not verify against ca-trust %s: %s",
 			 id->cfg->ca_trust,
 			 X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
 		goto out;
@@ -795,7 +801,7 @@ static void confirm_step(void *arg, int step)
 
 /* The enroller's install(): the switch. */
 /* CMP IR: a new root among the ip's caPubs is judged like one from /cacerts. */
-static void offer_ca_pubs(void *arg, STACK_OF(X509) *certs)
+static void offer_ca_pubs(void *arg, STACK_OF(X509) * certs)
 {
 	struct txn *t = arg;
 
@@ -856,7 +862,7 @@ static int keygen_type(const struct cfg_identity *cfg, const struct ks_key *cur)
 	if (cfg->key_type != 0)
 		return cfg->key_type;
 	if (cur != NULL && cur->type == MTLS_AGENT_KEY_RSA)
-		return cur->bits >= 4096 ? KS_GEN_RSA_4096
+		return cur->bits >= 4096   ? KS_GEN_RSA_4096
 		       : cur->bits >= 3072 ? KS_GEN_RSA_3072
 					   : KS_GEN_RSA_2048;
 	if (cur != NULL && cur->type == MTLS_AGENT_KEY_EC && cur->bits > 256)
@@ -869,7 +875,7 @@ static void after_renewal(struct identity_rt *id)
 {
 	const struct cfg_identity *cfg = id->cfg;
 	char err[256], env_id[300], env_cert[4200];
-	STACK_OF(X509) *chain;
+	STACK_OF(X509) * chain;
 	char *argv[4], *envp[4];
 	uint64_t deadline;
 	size_t i;
@@ -922,11 +928,11 @@ static void after_renewal(struct identity_rt *id)
 
 /* Credentials of a bootstrap enrollment; wiped by boot_free. */
 struct boot {
-	char *secret;  /* CMP shared secret or EST "user:password" */
+	char *secret; /* CMP shared secret or EST "user:password" */
 	char *user, *pass;
 	struct identity_rt *boot_id;
 	EVP_PKEY *key;
-	STACK_OF(X509) *chain;
+	STACK_OF(X509) * chain;
 };
 
 static void boot_free(struct boot *b)
@@ -968,8 +974,8 @@ static int cred_load(struct runtime *rt, const char *name, const char *what, str
 	return 0;
 }
 
-static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct boot *b,
-		     char *err, size_t errlen)
+static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct boot *b, char *err,
+		     size_t errlen)
 {
 	char kerr[256], *colon;
 
@@ -996,8 +1002,9 @@ static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct 
 	case BOOTSTRAP_IDENTITY:
 		return cred_load(rt, cfg->bootstrap_identity, "bootstrap", b, err, errlen);
 	}
-	snprintf(err, errlen, "no valid certificate to renew with and no bootstrap configured: "
-			      "import a certificate (mtls-agentctl import-cert) or set bootstrap");
+	snprintf(err, errlen,
+		 "no valid certificate to renew with and no bootstrap configured: "
+		 "import a certificate (mtls-agentctl import-cert) or set bootstrap");
 	return -1;
 }
 
@@ -1005,7 +1012,7 @@ static int boot_load(struct runtime *rt, const struct cfg_identity *cfg, struct 
 struct snapshot {
 	struct ks_key *cur;
 	struct ks_key *pending;
-	STACK_OF(X509) *chain;
+	STACK_OF(X509) * chain;
 	time_t not_before, not_after;
 	char serial[80];
 };
@@ -1104,8 +1111,7 @@ static int generations_full(struct identity_rt *id)
 {
 	size_t n = count_keys(id), limit = id->ks->backend->max_generations;
 
-	return (limit > 0 && n >= limit) ||
-	       (stalled(id->cfg->name) && n >= RENEW_MAX_GENERATIONS);
+	return (limit > 0 && n >= limit) || (stalled(id->cfg->name) && n >= RENEW_MAX_GENERATIONS);
 }
 
 /* How a step of renew_once() that failed leaves the journal (GO_ON: it did not fail). */
@@ -1182,8 +1188,9 @@ static X509_NAME *request_subject(struct identity_rt *id, int bootstrap,
 		subject = X509_NAME_dup(X509_get_subject_name(sk_X509_value(id->chain, 0)));
 	pthread_mutex_unlock(&id->lock);
 	if (subject == NULL)
-		snprintf(msg, msglen, "no subject to request: set subject = /CN=... for enrollment "
-				      "without a certificate");
+		snprintf(msg, msglen,
+			 "no subject to request: set subject = /CN=... for enrollment "
+			 "without a certificate");
 	return subject;
 }
 
@@ -1270,8 +1277,9 @@ static int renew_once(struct runtime *rt, struct identity_rt *id, int bootstrap,
 	*hint = -1;
 	/* A journal left by a failed attempt (a key that could not be recorded) comes first. */
 	if (reconcile(id) != 0) {
-		snprintf(msg, msglen, "an interrupted renewal cannot be reconciled yet (see the log); "
-				      "no new key is made meanwhile");
+		snprintf(msg, msglen,
+			 "an interrupted renewal cannot be reconciled yet (see the log); "
+			 "no new key is made meanwhile");
 		goto out;
 	}
 	snapshot_take(id, &snap);
@@ -1449,15 +1457,17 @@ static time_t compute_due(const struct cfg_identity *cfg, const struct snapshot 
 		if (cfg->bootstrap == BOOTSTRAP_NONE) {
 			format_utc(snap->not_after, when, sizeof(when));
 			if (snap->chain == NULL)
-				snprintf(st->st.action, sizeof(st->st.action),
-					 "no certificate: import one (mtls-agentctl import-cert) or "
-					 "configure bootstrap");
+				snprintf(
+					st->st.action, sizeof(st->st.action),
+					"no certificate: import one (mtls-agentctl import-cert) or "
+					"configure bootstrap");
 			else
-				snprintf(st->st.action, sizeof(st->st.action),
-					 "certificate expired %s: renewal needs a valid one; import "
-					 "a new certificate (mtls-agentctl import-cert) or configure "
-					 "bootstrap",
-					 when);
+				snprintf(
+					st->st.action, sizeof(st->st.action),
+					"certificate expired %s: renewal needs a valid one; import "
+					"a new certificate (mtls-agentctl import-cert) or configure "
+					"bootstrap",
+					when);
 			return 0;
 		}
 		return st->failures > 0 ? st->next_retry : now;
@@ -1514,8 +1524,8 @@ static void record_progress(const struct cfg_identity *cfg, const struct snapsho
 	}
 	st->stalls++;
 	snprintf(st->stall_serial, sizeof(st->stall_serial), "%s", snap->serial);
-	st->stall_until = (time_t)sched_stall(now, st->stalls, snap->not_before, snap->not_after,
-					      random01());
+	st->stall_until =
+		(time_t)sched_stall(now, st->stalls, snap->not_before, snap->not_after, random01());
 	log_warn("identity \"%s\": the new certificate (valid %lld s from now, until %lld s "
 		 "from now) is due for renewal again at once; is this clock (or the CA's) "
 		 "wrong? backing off: next attempt in %lld s (stall %u)",
@@ -1523,8 +1533,8 @@ static void record_progress(const struct cfg_identity *cfg, const struct snapsho
 		 (long long)(st->stall_until - now), st->stalls);
 }
 
-static void record_attempt(struct rstate *st, const struct snapshot *before, int outcome,
-			   long hint, const char *msg, time_t now)
+static void record_attempt(struct rstate *st, const struct snapshot *before, int outcome, long hint,
+			   const char *msg, time_t now)
 {
 	st->st.last_attempt = now;
 	st->st.last_ok = outcome == ENROLL_OK;
@@ -1538,11 +1548,10 @@ static void record_attempt(struct rstate *st, const struct snapshot *before, int
 	}
 	st->failures++;
 	snprintf(st->failed_serial, sizeof(st->failed_serial), "%s", before->serial);
-	st->next_retry = (time_t)sched_retry(now, st->failures, before->not_before,
-					     before->not_after > before->not_before
-						     ? before->not_after
-						     : now + 3600,
-					     hint, random01());
+	st->next_retry = (time_t)sched_retry(
+		now, st->failures, before->not_before,
+		before->not_after > before->not_before ? before->not_after : now + 3600, hint,
+		random01());
 	/* What `mtls-agentctl renew` reports: a refused certificate, or a renewal that failed. */
 	st->last_rc = outcome == ENROLL_BAD_CERT ? MTLS_AGENT_ERR_CERT : MTLS_AGENT_ERR_RENEWAL;
 }
@@ -1553,8 +1562,7 @@ static void record_attempt(struct rstate *st, const struct snapshot *before, int
 #define REV_TIMEOUT_MAX_S 30
 
 /* The status line for what r says about the certificate, checked at now. */
-static void rev_describe(const struct rev_result *r, time_t now, time_t next, char *out,
-			 size_t len)
+static void rev_describe(const struct rev_result *r, time_t now, time_t next, char *out, size_t len)
 {
 	char checked[32], at[32], nxt[32];
 
@@ -1632,8 +1640,8 @@ static void rev_visit(struct identity_rt *id, const struct snapshot *snap, struc
 		      time_t now)
 {
 	const struct cfg_identity *cfg = id->cfg;
-	unsigned timeout = cfg->ca_timeout < REV_TIMEOUT_MAX_S ? cfg->ca_timeout
-							       : REV_TIMEOUT_MAX_S;
+	unsigned timeout =
+		cfg->ca_timeout < REV_TIMEOUT_MAX_S ? cfg->ca_timeout : REV_TIMEOUT_MAX_S;
 	struct rev_result r = {.status = REV_UNKNOWN, .source = ""};
 	X509_STORE *trust;
 	int due;
@@ -1730,9 +1738,9 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 	 * again, and never deletes a key whose certificate was valid by the previous clock.
 	 */
 	retire_next = retire_due(id, prev_good != 0 && now - prev_good > MAX_SLEEP_S + 3600 &&
-					     prev_good < now
-					 ? prev_good
-					 : now);
+						     prev_good < now
+					     ? prev_good
+					     : now);
 	if (retire_next != 0 && retire_next <= now)
 		retire_next = now + 60;
 	pthread_mutex_lock(&g.lock);
@@ -1753,7 +1761,8 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 		outcome = renew_once(rt, id, bootstrap, &hint, msg, sizeof(msg));
 		if (outcome == ENROLL_NOT_AUTHORIZED && !bootstrap &&
 		    cfg->bootstrap != BOOTSTRAP_NONE) {
-			log_warn("identity \"%s\": %s; trying bootstrap enrollment", cfg->name, msg);
+			log_warn("identity \"%s\": %s; trying bootstrap enrollment", cfg->name,
+				 msg);
 			outcome = renew_once(rt, id, 1, &hint, msg, sizeof(msg));
 		}
 		/*
@@ -1827,7 +1836,8 @@ static void remove_stale_temps(struct runtime *rt)
 			if (strstr(gl.gl_pathv[i], own) != NULL)
 				continue;
 			if (unlink(gl.gl_pathv[i]) == 0)
-				log_info("removed %s, left by an interrupted write", gl.gl_pathv[i]);
+				log_info("removed %s, left by an interrupted write",
+					 gl.gl_pathv[i]);
 		}
 		globfree(&gl);
 	}

@@ -24,10 +24,10 @@ void renew_kick(void);
 
 /* What `status` shows for one identity. */
 struct renew_status {
-	int enabled;           /* renew != none */
-	time_t next;           /* next attempt (0: none planned) */
+	int enabled;	       /* renew != none */
+	time_t next;	       /* next attempt (0: none planned) */
 	time_t last_attempt;   /* 0: never */
-	int last_ok;           /* last attempt succeeded */
+	int last_ok;	       /* last attempt succeeded */
 	char last_result[512]; /* one line */
 	unsigned failures;     /* consecutive */
 	time_t last_renewed;   /* last success */

@@ -28,9 +28,9 @@
 const char *rev_reason_name(int reason)
 {
 	static const char *const names[] = {
-	    "unspecified",   "keyCompromise",	     "cACompromise",	"affiliationChanged",
-	    "superseded",    "cessationOfOperation", "certificateHold", "unused",
-	    "removeFromCRL", "privilegeWithdrawn",   "aACompromise",
+		"unspecified",	 "keyCompromise",	 "cACompromise",    "affiliationChanged",
+		"superseded",	 "cessationOfOperation", "certificateHold", "unused",
+		"removeFromCRL", "privilegeWithdrawn",	 "aACompromise",
 	};
 
 	if (reason < 0 || (size_t)reason >= sizeof(names) / sizeof(names[0]))
@@ -131,7 +131,7 @@ static int http_fetch(const char *url, const unsigned char *post, size_t post_le
 		snprintf(err, errlen, "cannot set up the transfer");
 	else if ((rc = curl_easy_perform(curl)) != CURLE_OK)
 		/* curl quotes the URL's host, which the certificate (its CA) chose: data. */
-		log_sanitize(b->too_big    ? "response larger than the cap"
+		log_sanitize(b->too_big	   ? "response larger than the cap"
 			     : curl_err[0] ? curl_err
 					   : curl_easy_strerror(rc),
 			     err, errlen);
@@ -186,7 +186,7 @@ static char *crl_url(X509 *leaf)
 				continue;
 			s = (const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
 			if (http_url(s) && strlen(s) == (size_t)ASN1_STRING_length(
-							    gn->d.uniformResourceIdentifier))
+								gn->d.uniformResourceIdentifier))
 				url = strdup(s);
 		}
 	}
@@ -377,8 +377,8 @@ static int idp_names_url(const DIST_POINT_NAME *dp, const char *url)
 		return 0;
 	for (int i = 0; i < sk_GENERAL_NAME_num(dp->name.fullname); i++) {
 		const GENERAL_NAME *gn = sk_GENERAL_NAME_value(dp->name.fullname, i);
-		const ASN1_IA5STRING *uri = gn->type == GEN_URI ? gn->d.uniformResourceIdentifier
-								: NULL;
+		const ASN1_IA5STRING *uri =
+			gn->type == GEN_URI ? gn->d.uniformResourceIdentifier : NULL;
 
 		if (uri != NULL && (size_t)uri->length == strlen(url) &&
 		    memcmp(uri->data, url, strlen(url)) == 0)
@@ -445,7 +445,8 @@ static int crl_trusted(X509_CRL *crl, const char *url, X509 *issuer, time_t now,
 	else if (X509_CRL_get0_nextUpdate(crl) != NULL && next_upd + REV_SKEW_S < now)
 		set_unknown(out, "crl", "bad CRL: ", "stale (nextUpdate has passed)");
 	else if (X509_CRL_get0_nextUpdate(crl) == NULL && now - this_upd > REV_OCSP_MAXAGE_S)
-		/* Issuers MUST set nextUpdate (RFC 5280 5.1.2.5): else only its age bounds a replay. */
+		/* Issuers MUST set nextUpdate (RFC 5280 5.1.2.5): else only its age bounds a
+		 * replay. */
 		set_unknown(out, "crl", "bad CRL: ", "no nextUpdate and older than an hour");
 	else
 		return 1;
@@ -533,8 +534,8 @@ void rev_check(STACK_OF(X509) * chain, X509_STORE *trust, int mode, unsigned tim
 		if (mode != REV_AUTO)
 			set_unknown(out, mode == REV_OCSP ? "ocsp" : "crl", "",
 				    mode == REV_OCSP
-					? "the certificate names no OCSP responder"
-					: "the certificate names no CRL distribution point");
+					    ? "the certificate names no OCSP responder"
+					    : "the certificate names no CRL distribution point");
 	} else if ((issuer = find_issuer(chain, trust, leaf)) == NULL) {
 		set_unknown(out, "", "",
 			    "the certificate's issuer is neither in its chain nor an anchor");

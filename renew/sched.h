@@ -14,8 +14,8 @@
 
 struct sched_policy {
 	/* renew-at: exactly one of the two is non-zero. */
-	unsigned renew_permille;  /* fraction of the lifetime elapsed, e.g. 660 for "66%" */
-	int64_t renew_before;     /* seconds before not-after, e.g. 604800 for "7d" */
+	unsigned renew_permille; /* fraction of the lifetime elapsed, e.g. 660 for "66%" */
+	int64_t renew_before;	 /* seconds before not-after, e.g. 604800 for "7d" */
 };
 
 /*

@@ -121,6 +121,13 @@ if command -v shellcheck >/dev/null; then
 	record "shellcheck" $?
 fi
 
+if command -v clang-format >/dev/null && [ -d .git ]; then
+	stage "clang-format"
+	# One style for every C file (.clang-format): a file that clang-format would change fails.
+	progress_run clang-format sh -c "git ls-files -z '*.c' '*.h' | xargs -0 clang-format --dry-run --Werror"
+	record "clang-format" $?
+fi
+
 SNAP_DIR=$(mktemp -d /tmp/mtls-ci-snap.XXXXXX)
 trap 'rm -rf "$SNAP_DIR"' EXIT
 snapshot_system "$SNAP_DIR/before"

@@ -153,8 +153,8 @@ struct der {
 static struct {
 	X509 *ca_cert, *rogue_cert;
 	EVP_PKEY *ca_key, *rogue_key;
-	STACK_OF(X509) *extra;
-	STACK_OF(X509) *untrusted; /* CA certificate + extra */
+	STACK_OF(X509) * extra;
+	STACK_OF(X509) * untrusted; /* CA certificate + extra */
 	X509_STORE *store;
 	long lifetime;
 	const char *fault_path;
@@ -168,7 +168,7 @@ static struct {
 	uint64_t pending_ready_ms;
 	int redeliver; /* the cert request callback now runs for a polled request */
 	int cb_ran;
-	X509 *issued; /* in the current transaction, for certConf */
+	X509 *issued;	/* in the current transaction, for certConf */
 	X509 *srv_cert; /* protects the answers (NULL: the CA certificate) */
 	EVP_PKEY *srv_key;
 	const char *extra_mode;
@@ -214,8 +214,8 @@ static int openssl_log(const char *func, const char *file, int line, OSSL_CMP_se
 static const char *body_name(int type)
 {
 	return type >= 0 && type < (int)(sizeof(body_names) / sizeof(*body_names))
-		   ? body_names[type]
-		   : "unknown";
+		       ? body_names[type]
+		       : "unknown";
 }
 
 static int in_list(const char *const *list, const char *s)
@@ -336,7 +336,7 @@ static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
 /* A certificate valid from now+from to now+to seconds; issuer NULL = self-signed. */
 static X509 *build_cert(EVP_PKEY *pub, const X509_NAME *subject, X509 *issuer, EVP_PKEY *signer,
 			long from, long to, int ca, int eku,
-			const STACK_OF(X509_EXTENSION) *req_exts)
+			const STACK_OF(X509_EXTENSION) * req_exts)
 {
 	X509 *cert = X509_new();
 	unsigned char serial[8] = {0};
@@ -373,7 +373,7 @@ static X509 *build_cert(EVP_PKEY *pub, const X509_NAME *subject, X509 *issuer, E
 	return cert;
 }
 
-static STACK_OF(X509) *cert_list(X509 *first, STACK_OF(X509) *more)
+static STACK_OF(X509) * cert_list(X509 *first, STACK_OF(X509) * more)
 {
 	STACK_OF(X509) *sk = sk_X509_new_null();
 
@@ -399,8 +399,8 @@ static X509_NAME *cn_name(const char *cn)
 
 /* Issues the certificate, bent as fault f asks; *chain gets the certificates to send along. */
 static X509 *issue(EVP_PKEY *pub, const X509_NAME *subject,
-		   const STACK_OF(X509_EXTENSION) *req_exts, const struct fault *f,
-		   STACK_OF(X509) **chain)
+		   const STACK_OF(X509_EXTENSION) * req_exts, const struct fault *f,
+		   STACK_OF(X509) * *chain)
 {
 	X509 *issuer = g.ca_cert, *cert = NULL;
 	EVP_PKEY *signer = g.ca_key, *other = NULL;
@@ -458,8 +458,8 @@ static int check_signer(X509 *cert, const char **why)
 		return -1;
 	*why = X509_verify_cert_error_string(err);
 	return err == X509_V_ERR_CERT_HAS_EXPIRED || err == X509_V_ERR_CERT_NOT_YET_VALID
-		   ? OSSL_CMP_PKIFAILUREINFO_notAuthorized
-		   : OSSL_CMP_PKIFAILUREINFO_signerNotTrusted;
+		       ? OSSL_CMP_PKIFAILUREINFO_notAuthorized
+		       : OSSL_CMP_PKIFAILUREINFO_signerNotTrusted;
 }
 
 /*
@@ -559,7 +559,7 @@ static EVP_PKEY *template_pubkey(const OSSL_CRMF_CERTTEMPLATE *tmpl)
 static OSSL_CMP_PKISI *on_cert_request(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req,
 				       int cert_req_id, const OSSL_CRMF_MSG *crm,
 				       const X509_REQ *p10cr, X509 **cert_out,
-				       STACK_OF(X509) **chain_out, STACK_OF(X509) **ca_pubs)
+				       STACK_OF(X509) * *chain_out, STACK_OF(X509) * *ca_pubs)
 {
 	int type = OSSL_CMP_MSG_get_bodytype(req), fail, i;
 	const char *why = "", *name = body_name(type);
@@ -761,21 +761,23 @@ typedef struct {
 	X509 *nwn, *nwo, *own;
 } ROOT_UPDATE;
 
-ASN1_SEQUENCE(ROOT_UPDATE) = {
-	ASN1_SIMPLE(ROOT_UPDATE, nwn, X509),
-	ASN1_EXP_OPT(ROOT_UPDATE, nwo, X509, 0),
-	ASN1_EXP_OPT(ROOT_UPDATE, own, X509, 1),
+ASN1_SEQUENCE(ROOT_UPDATE) =
+	{
+		ASN1_SIMPLE(ROOT_UPDATE, nwn, X509),
+		ASN1_EXP_OPT(ROOT_UPDATE, nwo, X509, 0),
+		ASN1_EXP_OPT(ROOT_UPDATE, own, X509, 1),
 } static_ASN1_SEQUENCE_END(ROOT_UPDATE)
 
 #define OID_ROOTCA_KEY_UPDATE "1.3.6.1.5.5.7.4.18"
 #define OID_ROOTCA_CERT "1.3.6.1.5.5.7.4.20"
 
-/*
- * genm: with --root-update, id-it-rootCaCert is answered with id-it-rootCaKeyUpdate carrying
- * the configured certificates; anything else (or no --root-update) with an error message.
- */
-static int on_genm(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req,
-		   const STACK_OF(OSSL_CMP_ITAV) *in, STACK_OF(OSSL_CMP_ITAV) **out)
+	/*
+	 * genm: with --root-update, id-it-rootCaCert is answered with id-it-rootCaKeyUpdate
+	 * carrying the configured certificates; anything else (or no --root-update) with an error
+	 * message.
+	 */
+	static int on_genm(OSSL_CMP_SRV_CTX * srv, const OSSL_CMP_MSG *req,
+			   const STACK_OF(OSSL_CMP_ITAV) * in, STACK_OF(OSSL_CMP_ITAV) * *out)
 {
 	ASN1_OBJECT *want = OBJ_txt2obj(OID_ROOTCA_CERT, 1), *type = NULL;
 	ROOT_UPDATE upd = {g.root_upd[0], g.root_upd[1], g.root_upd[2]};
@@ -861,8 +863,8 @@ static int new_transaction(const unsigned char *der, long len)
 	       OSSL_CMP_CTX_set1_cert(ctx, g.srv_cert != NULL ? g.srv_cert : g.ca_cert) &&
 	       OSSL_CMP_CTX_set1_pkey(ctx, g.srv_key != NULL ? g.srv_key : g.ca_key) &&
 	       /* The CA and --chain: for the protection certificate's chain in extraCerts. */
-	       OSSL_CMP_CTX_set1_untrusted(ctx, g.untrusted) &&
-	       X509_STORE_up_ref(g.store) && OSSL_CMP_CTX_set0_trustedStore(ctx, g.store) &&
+	       OSSL_CMP_CTX_set1_untrusted(ctx, g.untrusted) && X509_STORE_up_ref(g.store) &&
+	       OSSL_CMP_CTX_set0_trustedStore(ctx, g.store) &&
 	       (!pbm || g.secret == NULL ||
 		(OSSL_CMP_CTX_set1_secretValue(ctx, g.secret, (int)g.secret_len) &&
 		 OSSL_CMP_CTX_set1_referenceValue(ctx, (unsigned char *)g.ref,
@@ -1211,7 +1213,7 @@ static void on_signal(int sig)
 	stop = 1;
 }
 
-static int load_pem(const char *path, X509 **cert, EVP_PKEY **key, STACK_OF(X509) **certs)
+static int load_pem(const char *path, X509 **cert, EVP_PKEY **key, STACK_OF(X509) * *certs)
 {
 	BIO *bio = BIO_new_file(path, "r");
 	X509 *x;
@@ -1275,8 +1277,8 @@ int main(int argc, char **argv)
 	int opt, fd = -1, c, ret = 1;
 
 	for (opt = 0; opt < N; opt++)
-		opts[opt] = (struct option){names[opt],
-					    opt == IMPLICIT ? no_argument : required_argument, NULL, opt};
+		opts[opt] = (struct option){
+			names[opt], opt == IMPLICIT ? no_argument : required_argument, NULL, opt};
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) >= 0 && opt < N)
 		arg[opt] = optarg != NULL ? optarg : "yes";
 	g.lifetime = arg[DAYS] != NULL ? 86400 * atol(arg[DAYS]) : 60;
@@ -1294,14 +1296,13 @@ int main(int argc, char **argv)
 	     strcmp(g.extra_mode, "reversed") != 0) ||
 	    (arg[CAPUBS] != NULL && strcmp(arg[CAPUBS], "yes") != 0 &&
 	     strcmp(arg[CAPUBS], "no") != 0)) {
-		fprintf(
-		    stderr,
-		    "usage: cmp-ca --port-file FILE --ca-cert CA.pem --ca-key CA.key "
-		    "[--chain EXTRA.pem] [--lifetime SECONDS | --days DAYS] "
-		    "[--fault-file FAULTS] [--secret REF:SECRETFILE] [--log FILE] [--port N] "
-		    "[--srv-cert CERT.pem --srv-key KEY.pem] [--extra-certs chain|none|reversed] "
-		    "[--capubs yes|no] [--implicit-confirm] [--status-text TEXT] "
-		    "[--client-trust CERTS.pem] [--root-update NWN.pem[,NWO.pem[,OWN.pem]]]\n");
+		fprintf(stderr,
+			"usage: cmp-ca --port-file FILE --ca-cert CA.pem --ca-key CA.key "
+			"[--chain EXTRA.pem] [--lifetime SECONDS | --days DAYS] "
+			"[--fault-file FAULTS] [--secret REF:SECRETFILE] [--log FILE] [--port N] "
+			"[--srv-cert CERT.pem --srv-key KEY.pem] [--extra-certs chain|none|reversed] "
+			"[--capubs yes|no] [--implicit-confirm] [--status-text TEXT] "
+			"[--client-trust CERTS.pem] [--root-update NWN.pem[,NWO.pem[,OWN.pem]]]\n");
 		return 2;
 	}
 	g.log = stderr;

@@ -87,17 +87,17 @@ static volatile sig_atomic_t stop_requested;
 struct ca {
 	X509 *cert;
 	EVP_PKEY *key;
-	STACK_OF(X509) *extra; /* --chain: sent after the CA certificate */
-	STACK_OF(X509) *cacerts; /* --cacerts: what /cacerts serves instead of cert + extra */
-	STACK_OF(X509) *renew_from; /* --renew-from: anchors of enrollment credentials */
-	int leaf_only;           /* --leaf-only: enrollment answers carry the issued certificate alone */
-	X509 *rogue_cert;	/* the "untrusted" fault's self-signed CA */
+	STACK_OF(X509) * extra;	     /* --chain: sent after the CA certificate */
+	STACK_OF(X509) * cacerts;    /* --cacerts: what /cacerts serves instead of cert + extra */
+	STACK_OF(X509) * renew_from; /* --renew-from: anchors of enrollment credentials */
+	int leaf_only;	  /* --leaf-only: enrollment answers carry the issued certificate alone */
+	X509 *rogue_cert; /* the "untrusted" fault's self-signed CA */
 	EVP_PKEY *rogue_key;
 	long lifetime;
 	const char *fault_file;
 	const char *aia, *cdp; /* --aia, --cdp: URLs put into every leaf, or NULL */
 	const char *index;     /* --index: openssl ca index of every leaf issued, or NULL */
-	char *basic; /* "user:password", or NULL */
+	char *basic;	       /* "user:password", or NULL */
 	FILE *log;
 };
 
@@ -117,8 +117,8 @@ enum fault {
 };
 
 static const char *const fault_names[] = {
-    "none",    "reject",   "waiting",	"http500", "close",	 "delay",
-    "garbage", "wrongkey", "untrusted", "expired", "badsubject", "noeku",
+	"none",	   "reject",   "waiting",   "http500", "close",	     "delay",
+	"garbage", "wrongkey", "untrusted", "expired", "badsubject", "noeku",
 };
 
 struct conn {
@@ -483,7 +483,7 @@ static int respond_base64(struct conn *c, const char *type, const unsigned char 
 }
 
 /* A certs-only PKCS#7 SignedData (no signers, no content), base64, 200. */
-static int respond_certs(struct conn *c, STACK_OF(X509) *certs, int keep_alive)
+static int respond_certs(struct conn *c, STACK_OF(X509) * certs, int keep_alive)
 {
 	PKCS7 *p7 = PKCS7_new();
 	unsigned char *der = NULL;
@@ -659,7 +659,7 @@ static const char *client_cert_problem(SSL *ssl)
 }
 
 /* Whether the verified client chain ends in one of anchors (the enrollment credential's CA). */
-static int chain_ends_in(SSL *ssl, STACK_OF(X509) *anchors)
+static int chain_ends_in(SSL *ssl, STACK_OF(X509) * anchors)
 {
 	STACK_OF(X509) *chain = SSL_get0_verified_chain(ssl);
 	X509 *top;
@@ -814,8 +814,9 @@ static int serve_enroll(struct ca *ca, struct conn *c, struct request *r, const 
 
 		name_text(X509_get_subject_name(SSL_get0_peer_certificate(c->ssl)), peer,
 			  sizeof(peer));
-		log_line(ca, "%s forbidden: renewal only from the enrollment credential (client "
-			     "certificate %s is not one)",
+		log_line(ca,
+			 "%s forbidden: renewal only from the enrollment credential (client "
+			 "certificate %s is not one)",
 			 op, peer);
 		ret = respond_text(c, 403, NULL, "renewal only from the enrollment credential\n",
 				   keep);
@@ -877,7 +878,7 @@ static int serve_enroll(struct ca *ca, struct conn *c, struct request *r, const 
 
 	leaf = issue_leaf(ca, csr, fault);
 	certs = fault == FAULT_UNTRUSTED || ca->leaf_only ? sk_X509_new_null()
-							   : sk_X509_dup(ca->extra);
+							  : sk_X509_dup(ca->extra);
 	if (leaf == NULL || certs == NULL ||
 	    (!ca->leaf_only &&
 	     !sk_X509_insert(certs, fault == FAULT_UNTRUSTED ? ca->rogue_cert : ca->cert, 0)) ||
@@ -973,8 +974,8 @@ static void serve_connection(struct ca *ca, SSL_CTX *ctx, int fd)
 			break;
 		}
 		if (dispatch(ca, &c, &r) != 0) {
-			clean =
-			    0; /* a failed write, or the "close" fault: no close_notify either */
+			clean = 0; /* a failed write, or the "close" fault: no close_notify either
+				    */
 			break;
 		}
 		consume(&c, r.consumed);
@@ -999,7 +1000,7 @@ static int accept_any_client_cert(int preverify_ok, X509_STORE_CTX *store)
 	return 1;
 }
 
-static STACK_OF(X509) *load_certs(const char *path)
+static STACK_OF(X509) * load_certs(const char *path)
 {
 	STACK_OF(X509) *certs = sk_X509_new_null();
 	BIO *bio = BIO_new_file(path, "r");
@@ -1120,16 +1121,25 @@ int main(int argc, char **argv)
 {
 	/* Every option takes a value; getopt_long returns 0 and the index of the option. */
 	static const struct option options[] = {
-	    {"port-file", required_argument, NULL, 0}, {"tls-cert", required_argument, NULL, 0},
-	    {"tls-key", required_argument, NULL, 0},   {"ca-cert", required_argument, NULL, 0},
-	    {"ca-key", required_argument, NULL, 0},    {"chain", required_argument, NULL, 0},
-	    {"lifetime", required_argument, NULL, 0},  {"fault-file", required_argument, NULL, 0},
-	    {"basic", required_argument, NULL, 0},     {"log", required_argument, NULL, 0},
-	    {"port", required_argument, NULL, 0},      {"cacerts", required_argument, NULL, 0},
-	    {"leaf-only", required_argument, NULL, 0}, {"client-ca", required_argument, NULL, 0},
-	    {"renew-from", required_argument, NULL, 0}, {"aia", required_argument, NULL, 0},
-	    {"cdp", required_argument, NULL, 0},	{"index", required_argument, NULL, 0},
-	    {NULL, 0, NULL, 0},
+		{"port-file", required_argument, NULL, 0},
+		{"tls-cert", required_argument, NULL, 0},
+		{"tls-key", required_argument, NULL, 0},
+		{"ca-cert", required_argument, NULL, 0},
+		{"ca-key", required_argument, NULL, 0},
+		{"chain", required_argument, NULL, 0},
+		{"lifetime", required_argument, NULL, 0},
+		{"fault-file", required_argument, NULL, 0},
+		{"basic", required_argument, NULL, 0},
+		{"log", required_argument, NULL, 0},
+		{"port", required_argument, NULL, 0},
+		{"cacerts", required_argument, NULL, 0},
+		{"leaf-only", required_argument, NULL, 0},
+		{"client-ca", required_argument, NULL, 0},
+		{"renew-from", required_argument, NULL, 0},
+		{"aia", required_argument, NULL, 0},
+		{"cdp", required_argument, NULL, 0},
+		{"index", required_argument, NULL, 0},
+		{NULL, 0, NULL, 0},
 	};
 	/* clang-format off */
 	enum { PORT_FILE, TLS_CERT, TLS_KEY, CA_CERT, CA_KEY, CHAIN, LIFETIME, FAULTS, BASIC, LOG,
@@ -1188,7 +1198,7 @@ int main(int argc, char **argv)
 	}
 	if ((arg[BASIC] != NULL && load_basic(&ca, arg[BASIC]) != 0) ||
 	    (ctx = tls_setup(arg[TLS_CERT], arg[TLS_KEY], arg[CA_CERT], arg[CLIENT_CA],
-				   arg[RENEW_FROM])) == NULL)
+			     arg[RENEW_FROM])) == NULL)
 		goto out;
 
 	signal(SIGPIPE, SIG_IGN);

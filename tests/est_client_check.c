@@ -48,7 +48,7 @@ static void die(const char *what)
 	exit(2);
 }
 
-static STACK_OF(X509) *read_chain(const char *path)
+static STACK_OF(X509) * read_chain(const char *path)
 {
 	STACK_OF(X509) *chain = sk_X509_new_null();
 	FILE *f = fopen(path, "r");
@@ -147,7 +147,7 @@ static int nothing_to_install(void *arg, char *err, size_t errlen)
 }
 
 /* What the agent's stage() does before installing, minus the installing. */
-static int check_and_write(void *arg, STACK_OF(X509) *chain, int *local, char *err, size_t errlen)
+static int check_and_write(void *arg, STACK_OF(X509) * chain, int *local, char *err, size_t errlen)
 {
 	struct check *c = arg;
 	X509 *leaf = sk_X509_value(chain, 0);
@@ -197,20 +197,20 @@ static int check_and_write(void *arg, STACK_OF(X509) *chain, int *local, char *e
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-	    {"url", required_argument, NULL, 0},
-	    {"trust", required_argument, NULL, 0},
-	    {"new-key", required_argument, NULL, 0},
-	    {"subject", required_argument, NULL, 0},
-	    {"san", required_argument, NULL, 0},
-	    {"cert", required_argument, NULL, 0},
-	    {"key", required_argument, NULL, 0},
-	    {"basic", required_argument, NULL, 0},
-	    {"key-provider", required_argument, NULL, 0},
-	    {"timeout", required_argument, NULL, 0},
-	    {"out", required_argument, NULL, 0},
-	    {"renew", no_argument, NULL, 0},
-	    {"cacerts", no_argument, NULL, 0},
-	    {NULL, 0, NULL, 0},
+		{"url", required_argument, NULL, 0},
+		{"trust", required_argument, NULL, 0},
+		{"new-key", required_argument, NULL, 0},
+		{"subject", required_argument, NULL, 0},
+		{"san", required_argument, NULL, 0},
+		{"cert", required_argument, NULL, 0},
+		{"key", required_argument, NULL, 0},
+		{"basic", required_argument, NULL, 0},
+		{"key-provider", required_argument, NULL, 0},
+		{"timeout", required_argument, NULL, 0},
+		{"out", required_argument, NULL, 0},
+		{"renew", no_argument, NULL, 0},
+		{"cacerts", no_argument, NULL, 0},
+		{NULL, 0, NULL, 0},
 	};
 	/* clang-format off */
 	enum { URL, TRUST, NEW_KEY, SUBJECT, SAN, CERT, KEY, BASIC, KEY_PROVIDER, TIMEOUT, OUT,

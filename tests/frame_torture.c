@@ -265,7 +265,8 @@ int main(int argc, char **argv)
 		put_be32(copy, bad_outer[i]);
 		send_all(fd, copy, sign.len);
 		t = read_reply(fd, 3000, &code);
-		CHECK(t == MSG_REPLY_ERROR, "outer length %u: no error reply (%d)", bad_outer[i], t);
+		CHECK(t == MSG_REPLY_ERROR, "outer length %u: no error reply (%d)", bad_outer[i],
+		      t);
 		CHECK(read_reply(fd, 3000, &code) == -1, "outer length %u: connection not closed",
 		      bad_outer[i]);
 		free(copy);
@@ -294,7 +295,8 @@ int main(int argc, char **argv)
 			put_be32(copy, waits[i]);
 			send_all(fd, copy, sign.len);
 			t = read_reply(fd, 300, &code);
-			CHECK(t == 0, "outer length %u: agent answered an incomplete frame", waits[i]);
+			CHECK(t == 0, "outer length %u: agent answered an incomplete frame",
+			      waits[i]);
 			close(fd);
 		}
 		free(copy);
@@ -304,8 +306,14 @@ int main(int argc, char **argv)
 	for (k = 0; k < 2; k++) {
 		size_t off = k == 0 ? name_off : data_off;
 		const uint32_t orig = k == 0 ? (uint32_t)strlen(argv[2]) : 130;
-		const uint32_t vals[] = {0, 1, orig - 1, orig + 1, PROTO_MAX_REQUEST,
-					 PROTO_MAX_REQUEST + 1, 0x80000000u, 0xffffffffu};
+		const uint32_t vals[] = {0,
+					 1,
+					 orig - 1,
+					 orig + 1,
+					 PROTO_MAX_REQUEST,
+					 PROTO_MAX_REQUEST + 1,
+					 0x80000000u,
+					 0xffffffffu};
 
 		for (i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
 			fd = connect_agent();
@@ -316,9 +324,10 @@ int main(int argc, char **argv)
 			put_be32(copy + off, vals[i]);
 			send_all(fd, copy, sign.len);
 			t = read_reply(fd, 3000, &code);
-			CHECK(t == MSG_REPLY_ERROR, "inner length %u at %zu: got %d", vals[i], off, t);
-			CHECK(still_usable(fd), "inner length %u at %zu: connection unusable", vals[i],
-			      off);
+			CHECK(t == MSG_REPLY_ERROR, "inner length %u at %zu: got %d", vals[i], off,
+			      t);
+			CHECK(still_usable(fd), "inner length %u at %zu: connection unusable",
+			      vals[i], off);
 			free(copy);
 			close(fd);
 		}

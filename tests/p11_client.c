@@ -55,8 +55,8 @@ static int find_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *key)
 {
 	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
 	CK_ATTRIBUTE templ[] = {
-	    {CKA_CLASS, &cls, sizeof(cls)},
-	    {CKA_LABEL, (void *)label, strlen(label)},
+		{CKA_CLASS, &cls, sizeof(cls)},
+		{CKA_LABEL, (void *)label, strlen(label)},
 	};
 	CK_ULONG n = 0;
 	CK_RV rv;
@@ -186,9 +186,9 @@ static int run_fork(int n)
 				CK_OBJECT_HANDLE k2;
 
 				r = init() != 0 || open_and_find(&s2, &k2) != 0 ||
-					    sign_once(s2, k2) != 0
-					? -1
-					: 0;
+						    sign_once(s2, k2) != 0
+					    ? -1
+					    : 0;
 				if (r == 0 && p11->C_Finalize(NULL) != CKR_OK)
 					r = -1;
 			}

@@ -24,29 +24,29 @@ extern "C" {
 /* Error codes. These values travel on the wire (negated) and never change. */
 enum mtls_agent_err {
 	MTLS_AGENT_OK = 0,
-	MTLS_AGENT_ERR_INTERNAL = -1,        /* internal error */
-	MTLS_AGENT_ERR_NOMEM = -2,           /* out of memory */
-	MTLS_AGENT_ERR_TRUNCATED = -3,       /* message incomplete */
-	MTLS_AGENT_ERR_TOO_LARGE = -4,       /* length over the limit */
-	MTLS_AGENT_ERR_BAD_MESSAGE = -5,     /* malformed message */
-	MTLS_AGENT_ERR_UNSUPPORTED = -6,     /* unknown operation or version */
-	MTLS_AGENT_ERR_NOT_FOUND = -7,       /* no such identity */
-	MTLS_AGENT_ERR_DENIED = -8,          /* access denied for this caller */
-	MTLS_AGENT_ERR_POLICY = -9,          /* refused by the identity's sign-policy */
-	MTLS_AGENT_ERR_SCHEME = -10,         /* signature scheme not usable with this key */
-	MTLS_AGENT_ERR_KEYSTORE = -11,       /* keystore operation failed */
+	MTLS_AGENT_ERR_INTERNAL = -1,	      /* internal error */
+	MTLS_AGENT_ERR_NOMEM = -2,	      /* out of memory */
+	MTLS_AGENT_ERR_TRUNCATED = -3,	      /* message incomplete */
+	MTLS_AGENT_ERR_TOO_LARGE = -4,	      /* length over the limit */
+	MTLS_AGENT_ERR_BAD_MESSAGE = -5,      /* malformed message */
+	MTLS_AGENT_ERR_UNSUPPORTED = -6,      /* unknown operation or version */
+	MTLS_AGENT_ERR_NOT_FOUND = -7,	      /* no such identity */
+	MTLS_AGENT_ERR_DENIED = -8,	      /* access denied for this caller */
+	MTLS_AGENT_ERR_POLICY = -9,	      /* refused by the identity's sign-policy */
+	MTLS_AGENT_ERR_SCHEME = -10,	      /* signature scheme not usable with this key */
+	MTLS_AGENT_ERR_KEYSTORE = -11,	      /* keystore operation failed */
 	MTLS_AGENT_ERR_KEY_UNAVAILABLE = -12, /* key or token not available */
-	MTLS_AGENT_ERR_PIN = -13,            /* token login failed (wrong or locked PIN) */
-	MTLS_AGENT_ERR_CERT = -14,           /* certificate rejected */
-	MTLS_AGENT_ERR_CONFIG = -15,         /* configuration error */
-	MTLS_AGENT_ERR_IO = -16,             /* system error */
-	MTLS_AGENT_ERR_CONNECT = -17,        /* agent not reachable */
-	MTLS_AGENT_ERR_PROTOCOL = -18,       /* unexpected reply from the agent */
-	MTLS_AGENT_ERR_EXISTS = -19,         /* object already exists */
-	MTLS_AGENT_ERR_BUSY = -20,           /* too many connections or requests */
-	MTLS_AGENT_ERR_INVALID_ARG = -21,    /* invalid argument */
-	MTLS_AGENT_ERR_KEY_GONE = -22,       /* the requested key generation is no longer held */
-	MTLS_AGENT_ERR_RENEWAL = -23,        /* renewal failed (CA unreachable, refused, ...) */
+	MTLS_AGENT_ERR_PIN = -13,	      /* token login failed (wrong or locked PIN) */
+	MTLS_AGENT_ERR_CERT = -14,	      /* certificate rejected */
+	MTLS_AGENT_ERR_CONFIG = -15,	      /* configuration error */
+	MTLS_AGENT_ERR_IO = -16,	      /* system error */
+	MTLS_AGENT_ERR_CONNECT = -17,	      /* agent not reachable */
+	MTLS_AGENT_ERR_PROTOCOL = -18,	      /* unexpected reply from the agent */
+	MTLS_AGENT_ERR_EXISTS = -19,	      /* object already exists */
+	MTLS_AGENT_ERR_BUSY = -20,	      /* too many connections or requests */
+	MTLS_AGENT_ERR_INVALID_ARG = -21,     /* invalid argument */
+	MTLS_AGENT_ERR_KEY_GONE = -22,	      /* the requested key generation is no longer held */
+	MTLS_AGENT_ERR_RENEWAL = -23,	      /* renewal failed (CA unreachable, refused, ...) */
 };
 #define MTLS_AGENT_ERR_MIN (-23)
 
@@ -86,25 +86,24 @@ struct mtls_agent_cert {
 
 struct mtls_agent_identity {
 	char *name;
-	int key_type;              /* enum mtls_agent_key_type; NONE when no key yet */
+	int key_type; /* enum mtls_agent_key_type; NONE when no key yet */
 	unsigned key_bits;
-	uint8_t *spki;             /* DER SubjectPublicKeyInfo of the current key */
+	uint8_t *spki; /* DER SubjectPublicKeyInfo of the current key */
 	size_t spki_len;
-	uint16_t *schemes;         /* schemes the agent will sign with for this key */
+	uint16_t *schemes; /* schemes the agent will sign with for this key */
 	size_t n_schemes;
-	uint64_t not_after;        /* of the leaf certificate, seconds since the epoch; 0 = none */
+	uint64_t not_after; /* of the leaf certificate, seconds since the epoch; 0 = none */
 	struct mtls_agent_cert *chain; /* leaf first */
 	size_t chain_len;
 };
 
 /*
  * Connects to the agent at socket_path, or, when NULL, at $MTLS_AGENT_SOCK
- * (read with secure_getenv: ignored in setuid/setgid programs), else /run/mtls-agent/agent.sock, and exchanges versions. On success *out
- * owns a new handle. MTLS_AGENT_ERR_BUSY: the agent refused the connection
- * (too many open; mtls_agent_last_error() says which limit).
- * MTLS_AGENT_ERR_DENIED: this user may not open the socket ("permission
- * denied on SOCKET (is USER in group G?)"). MTLS_AGENT_ERR_CONNECT: no agent,
- * or a timeout (see mtls_agent_set_timeouts()).
+ * (read with secure_getenv: ignored in setuid/setgid programs), else /run/mtls-agent/agent.sock,
+ * and exchanges versions. On success *out owns a new handle. MTLS_AGENT_ERR_BUSY: the agent refused
+ * the connection (too many open; mtls_agent_last_error() says which limit). MTLS_AGENT_ERR_DENIED:
+ * this user may not open the socket ("permission denied on SOCKET (is USER in group G?)").
+ * MTLS_AGENT_ERR_CONNECT: no agent, or a timeout (see mtls_agent_set_timeouts()).
  */
 int mtls_agent_connect(const char *socket_path, mtls_agent **out);
 void mtls_agent_close(mtls_agent *agent);

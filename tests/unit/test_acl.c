@@ -80,7 +80,8 @@ static void test_cgroup_units(void **state)
 	char u[256];
 
 	(void)state;
-	assert_true(acl_cgroup_has_unit("0::/system.slice/mosquitto.service\n", "mosquitto.service"));
+	assert_true(
+		acl_cgroup_has_unit("0::/system.slice/mosquitto.service\n", "mosquitto.service"));
 	/* Nested slices are skipped; scopes are units too. */
 	assert_true(acl_cgroup_has_unit("0::/system.slice/foo.slice/bar.service\n", "bar.service"));
 	assert_false(acl_cgroup_has_unit("0::/system.slice/foo.slice/bar.service\n", "foo.slice"));
@@ -94,16 +95,17 @@ static void test_cgroup_units(void **state)
 	 * (systemd-run --user --unit=mosquitto.service): the system unit of all of
 	 * them is user@UID.service.
 	 */
-	assert_false(acl_cgroup_has_unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
-					 "mosquitto.service\n",
-					 "mosquitto.service"));
+	assert_false(
+		acl_cgroup_has_unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
+				    "mosquitto.service\n",
+				    "mosquitto.service"));
 	assert_true(acl_cgroup_unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/"
 				    "mosquitto.service\n",
 				    u, sizeof(u)));
 	assert_string_equal(u, "user@1000.service");
 	assert_false(acl_cgroup_has_unit("0::/system.slice/mosquitto.service\n", "mosquitto"));
-	assert_false(acl_cgroup_has_unit("0::/system.slice/mosquitto.service.d\n",
-					 "mosquitto.service"));
+	assert_false(
+		acl_cgroup_has_unit("0::/system.slice/mosquitto.service.d\n", "mosquitto.service"));
 	/* The controllers field is not a path: a unit name there does not count. */
 	assert_false(acl_cgroup_has_unit("0:myapp.service:/\n", "myapp.service"));
 	/* Only the root, or only slices: no unit. */

@@ -134,29 +134,36 @@ static void test_frame_peek(void **state)
 	size_t fl;
 
 	(void)state;
-	assert_int_equal(proto_frame_peek(hdr, 3, PROTO_MAX_REQUEST, &fl), MTLS_AGENT_ERR_TRUNCATED);
+	assert_int_equal(proto_frame_peek(hdr, 3, PROTO_MAX_REQUEST, &fl),
+			 MTLS_AGENT_ERR_TRUNCATED);
 	/* Length below the 5-byte header. */
 	hdr[3] = 4;
-	assert_int_equal(proto_frame_peek(hdr, 9, PROTO_MAX_REQUEST, &fl), MTLS_AGENT_ERR_BAD_MESSAGE);
+	assert_int_equal(proto_frame_peek(hdr, 9, PROTO_MAX_REQUEST, &fl),
+			 MTLS_AGENT_ERR_BAD_MESSAGE);
 	hdr[3] = 0;
-	assert_int_equal(proto_frame_peek(hdr, 9, PROTO_MAX_REQUEST, &fl), MTLS_AGENT_ERR_BAD_MESSAGE);
+	assert_int_equal(proto_frame_peek(hdr, 9, PROTO_MAX_REQUEST, &fl),
+			 MTLS_AGENT_ERR_BAD_MESSAGE);
 	/* Exactly a header. */
 	hdr[3] = 5;
 	assert_int_equal(proto_frame_peek(hdr, 9, PROTO_MAX_REQUEST, &fl), 0);
 	assert_int_equal(fl, 9);
 	/* One more than we have: wait. */
 	hdr[3] = 6;
-	assert_int_equal(proto_frame_peek(hdr, 9, PROTO_MAX_REQUEST, &fl), MTLS_AGENT_ERR_TRUNCATED);
+	assert_int_equal(proto_frame_peek(hdr, 9, PROTO_MAX_REQUEST, &fl),
+			 MTLS_AGENT_ERR_TRUNCATED);
 	/* The cap is judged from the 4 length bytes alone. */
 	hdr[0] = 0;
 	hdr[1] = 4;
 	hdr[2] = 0;
 	hdr[3] = 0; /* 262144 = cap */
-	assert_int_equal(proto_frame_peek(hdr, 4, PROTO_MAX_REQUEST, &fl), MTLS_AGENT_ERR_TRUNCATED);
+	assert_int_equal(proto_frame_peek(hdr, 4, PROTO_MAX_REQUEST, &fl),
+			 MTLS_AGENT_ERR_TRUNCATED);
 	hdr[3] = 1; /* cap + 1 */
-	assert_int_equal(proto_frame_peek(hdr, 4, PROTO_MAX_REQUEST, &fl), MTLS_AGENT_ERR_TOO_LARGE);
+	assert_int_equal(proto_frame_peek(hdr, 4, PROTO_MAX_REQUEST, &fl),
+			 MTLS_AGENT_ERR_TOO_LARGE);
 	memset(hdr, 0xff, 4); /* 2^32 - 1 */
-	assert_int_equal(proto_frame_peek(hdr, 4, PROTO_MAX_REQUEST, &fl), MTLS_AGENT_ERR_TOO_LARGE);
+	assert_int_equal(proto_frame_peek(hdr, 4, PROTO_MAX_REQUEST, &fl),
+			 MTLS_AGENT_ERR_TOO_LARGE);
 }
 
 static void test_frame_roundtrip_and_mutations(void **state)

@@ -213,10 +213,10 @@ static int teardown(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_ir_reprotected),
-	    cmocka_unit_test(test_above_max_refused),
-	    cmocka_unit_test(test_unprotected_untouched),
-	    cmocka_unit_test(test_garbage_refused),
+		cmocka_unit_test(test_ir_reprotected),
+		cmocka_unit_test(test_above_max_refused),
+		cmocka_unit_test(test_unprotected_untouched),
+		cmocka_unit_test(test_garbage_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, teardown);

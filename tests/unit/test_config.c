@@ -479,8 +479,8 @@ static void test_err_renewal(void **state)
 	expect_error(RENEW_HEAD "renew = scep\n", 6, "bad renew \"scep\": want cmp, est or none");
 	expect_error(RENEW_HEAD "renew = cmp\nca-trust = /ca.pem\n", 6,
 		     "identity \"i\": renew = cmp needs ca-url and ca-trust");
-	expect_error(RENEW_HEAD "renew = est\nca-url = http://x/.well-known/est\nca-trust = /c\n", 7,
-		     "identity \"i\": EST needs an https:// ca-url");
+	expect_error(RENEW_HEAD "renew = est\nca-url = http://x/.well-known/est\nca-trust = /c\n",
+		     7, "identity \"i\": EST needs an https:// ca-url");
 	expect_error(RENEW_HEAD "ca-url = http://x/\n", 6,
 		     "identity \"i\": \"ca-url\" needs renew = cmp or est");
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = ftp://x/\n", 7,
@@ -497,32 +497,39 @@ static void test_err_renewal(void **state)
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
 				"renew-auth = basic:/x\n",
 		     9, "bad renew-auth \"basic:/x\": want identity:NAME");
-	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
-				"renew-verify = mqtts://broker\n",
-		     9, "bad renew-verify \"mqtts://broker\": mqtts:// needs a port (mqtts://HOST:8883)");
+	expect_error(
+		RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
+			   "renew-verify = mqtts://broker\n",
+		9,
+		"bad renew-verify \"mqtts://broker\": mqtts:// needs a port (mqtts://HOST:8883)");
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
 				"renew-verify = http://x/\n",
-		     9, "bad renew-verify \"http://x/\": want https://HOST[:PORT]/PATH or "
-			"mqtts://HOST:PORT");
+		     9,
+		     "bad renew-verify \"http://x/\": want https://HOST[:PORT]/PATH or "
+		     "mqtts://HOST:PORT");
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
 				"renew-verify = https://x:99999/\n",
-		     9, "bad renew-verify \"https://x:99999/\": want https://HOST[:PORT]/PATH or "
-			"mqtts://HOST:PORT");
+		     9,
+		     "bad renew-verify \"https://x:99999/\": want https://HOST[:PORT]/PATH or "
+		     "mqtts://HOST:PORT");
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
 				"revocation-check = always\n",
 		     9, "bad revocation-check \"always\": want auto, ocsp, crl or off");
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
 				"revocation-interval = 50%\n",
-		     9, "bad revocation-interval \"50%\": want a duration from 1s to 30d (\"1h\", "
-			"\"30m\", \"45s\")");
+		     9,
+		     "bad revocation-interval \"50%\": want a duration from 1s to 30d (\"1h\", "
+		     "\"30m\", \"45s\")");
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
 				"revocation-interval = 31d\n",
-		     9, "bad revocation-interval \"31d\": want a duration from 1s to 30d (\"1h\", "
-			"\"30m\", \"45s\")");
+		     9,
+		     "bad revocation-interval \"31d\": want a duration from 1s to 30d (\"1h\", "
+		     "\"30m\", \"45s\")");
 	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\n"
 				"revocation-interval = 0\n",
-		     9, "bad revocation-interval \"0\": want a duration from 1s to 30d (\"1h\", "
-			"\"30m\", \"45s\")");
+		     9,
+		     "bad revocation-interval \"0\": want a duration from 1s to 30d (\"1h\", "
+		     "\"30m\", \"45s\")");
 	expect_error(RENEW_HEAD "revocation-check = ocsp\n", 6,
 		     "identity \"i\": \"revocation-check\" needs renew = cmp or est");
 	expect_error(RENEW_HEAD "renew-verify = https://x/\n", 6,
@@ -538,16 +545,19 @@ static void test_err_renewal(void **state)
 		     "identity \"i\": renew-auth identity \"e\" is usable by applications "
 		     "(allow-users at line 13): a renewal credential must have no allow-users or "
 		     "allow-groups, or whoever may use it can re-enroll");
-	expect_error(RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\nbootstrap = pin:1\n", 9,
-		     "bad bootstrap \"pin:1\": want secret:REFERENCE:/path (CMP), basic:/path (EST) or "
-		     "identity:NAME");
-	expect_error(RENEW_HEAD "renew = cmp\nrenew-at = 100%\n", 7,
-		     "bad renew-at \"100%\": want a share of the lifetime (\"66%\") or a time before "
-		     "expiry (\"7d\", \"12h\", \"30m\", \"45s\")");
-	expect_error(RENEW_HEAD "renew = cmp\nsubject = /CN=x/XX=y\n", 7,
-		     "bad subject \"/CN=x/XX=y\": unknown subject attribute 'XX' (known: CN C ST L O "
-		     "OU DC UID emailAddress serialNumber street title SN GN initials pseudonym "
-		     "postalCode)");
+	expect_error(
+		RENEW_HEAD "renew = cmp\nca-url = http://x/\nca-trust = /c\nbootstrap = pin:1\n", 9,
+		"bad bootstrap \"pin:1\": want secret:REFERENCE:/path (CMP), basic:/path (EST) or "
+		"identity:NAME");
+	expect_error(
+		RENEW_HEAD "renew = cmp\nrenew-at = 100%\n", 7,
+		"bad renew-at \"100%\": want a share of the lifetime (\"66%\") or a time before "
+		"expiry (\"7d\", \"12h\", \"30m\", \"45s\")");
+	expect_error(
+		RENEW_HEAD "renew = cmp\nsubject = /CN=x/XX=y\n", 7,
+		"bad subject \"/CN=x/XX=y\": unknown subject attribute 'XX' (known: CN C ST L O "
+		"OU DC UID emailAddress serialNumber street title SN GN initials pseudonym "
+		"postalCode)");
 	expect_error(RENEW_HEAD "renew = cmp\nsubject = /CN\n", 7,
 		     "bad subject \"/CN\": subject part 'CN' has no '='");
 	expect_error(RENEW_HEAD "renew = cmp\nrotate-key = maybe\n", 7,
@@ -558,9 +568,10 @@ static void test_err_renewal(void **state)
 		     "ca-signer must be an absolute path, not \"ra.pem\"");
 	expect_error(RENEW_HEAD "renew = cmp\nca-sender = /CN\n", 7,
 		     "bad ca-sender \"/CN\": subject part 'CN' has no '='");
-	expect_error(RENEW_HEAD "renew = est\nca-url = https://x/.well-known/est\nca-trust = /c\n"
-				"ca-signer = /ra.pem\n",
-		     9, "identity \"i\": ca-signer, ca-sender and implicit-confirm are for renew = cmp");
+	expect_error(
+		RENEW_HEAD "renew = est\nca-url = https://x/.well-known/est\nca-trust = /c\n"
+			   "ca-signer = /ra.pem\n",
+		9, "identity \"i\": ca-signer, ca-sender and implicit-confirm are for renew = cmp");
 	expect_error(RENEW_HEAD "renew = cmp\nimplicit-confirm = maybe\n", 7,
 		     "bad implicit-confirm \"maybe\": want yes or no");
 	expect_error(RENEW_HEAD "ca-signer = /ra.pem\n", 6,
@@ -573,7 +584,7 @@ static void test_can_inspect_others(void **state)
 	(void)state;
 	assert_true(config_can_inspect_others(0, ""));
 	assert_false(config_can_inspect_others(
-	    998, "Name:\tmtls-agent\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\n"));
+		998, "Name:\tmtls-agent\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\n"));
 	assert_true(config_can_inspect_others(998, "Name:\tx\nCapEff:\t0000000000080000\n"));
 	assert_false(config_can_inspect_others(998, "Name:\tx\nCapEff:\t0000000000040000\n"));
 	assert_false(config_can_inspect_others(998, NULL));
@@ -609,13 +620,15 @@ static void test_err_unknown_key(void **state)
 static void test_err_metrics(void **state)
 {
 	(void)state;
-	expect_error("[agent]\nmetrics-listen = 0.0.0.0:9464\n", 2,
-		     "bad metrics-listen \"0.0.0.0:9464\": only loopback addresses (127.0.0.0/8, "
-		     "[::1]) are allowed (the listener has no TLS or authentication: put a proxy in "
-		     "front)");
-	expect_error("[agent]\nmetrics-listen = [2001:db8::1]:9464\n", 2,
-		     "bad metrics-listen \"[2001:db8::1]:9464\": only the loopback address [::1] is "
-		     "allowed (the listener has no TLS or authentication: put a proxy in front)");
+	expect_error(
+		"[agent]\nmetrics-listen = 0.0.0.0:9464\n", 2,
+		"bad metrics-listen \"0.0.0.0:9464\": only loopback addresses (127.0.0.0/8, "
+		"[::1]) are allowed (the listener has no TLS or authentication: put a proxy in "
+		"front)");
+	expect_error(
+		"[agent]\nmetrics-listen = [2001:db8::1]:9464\n", 2,
+		"bad metrics-listen \"[2001:db8::1]:9464\": only the loopback address [::1] is "
+		"allowed (the listener has no TLS or authentication: put a proxy in front)");
 	expect_error("[agent]\nmetrics-listen = 127.0.0.1:0\n", 2,
 		     "bad metrics-listen \"127.0.0.1:0\": bad port \"0\" (1..65535)");
 	expect_error("[agent]\nmetrics-listen = localhost:9464\n", 2,
@@ -770,9 +783,10 @@ static void test_allow_exe_unit(void **state)
 
 	(void)state;
 	assert_non_null(sh);
-	cfg = load_ok("[keystore \"k\"]\ntype = tpm2\n"
-		      "[identity \"i\"]\nkeystore = k\nkey = handle:0x81000010\n"
-		      "allow-exe = /bin/sh /nonexistent/prog\nallow-unit = myapp.service a@b.scope\n");
+	cfg = load_ok(
+		"[keystore \"k\"]\ntype = tpm2\n"
+		"[identity \"i\"]\nkeystore = k\nkey = handle:0x81000010\n"
+		"allow-exe = /bin/sh /nonexistent/prog\nallow-unit = myapp.service a@b.scope\n");
 	id = config_identity(cfg, "i");
 	assert_non_null(id);
 	assert_int_equal(id->n_allow_exe, 2);
@@ -982,7 +996,8 @@ static void test_config_check(void **state)
 	config_free(cfg);
 	cfg = NULL;
 	if (geteuid() == 0) {
-		/* Owned by the agent's user: config_load as root refuses it, the agent would not. */
+		/* Owned by the agent's user: config_load as root refuses it, the agent would not.
+		 */
 		assert_int_equal(chown(last_path, nobody, (gid_t)-1), 0);
 		assert_int_equal(config_load(last_path, &cfg, err1, sizeof(err1)), -1);
 		assert_int_equal(config_check(last_path, nobody, &cfg, err1, sizeof(err1)), 0);

@@ -123,11 +123,11 @@ static void test_digest_level(void **state)
  * CertificateVerify signature when they were captured.
  */
 static const char *const tls12_vectors[] = {
-	"ossl-tls",          "ossl-rsakx",         "ossl-dhe",        "ossl-ocsp",
-	"ossl-dtls",         "ossl-dtls-nocookie", "gnutls-cli-tls",  "gnutls-cli-tls-rsa",
-	"gnutls-cli-dtls",   "gnutls-cli-ocsp",    "gnutls-serv-tls", "gnutls-serv-dtls",
-	"go-cli-tls",        "go-cli-tls-rsa",     "go-serv-tls",     "go-serv-tls-rsa",
-	"ossl-13to12",       "gnutls-13to12",
+	"ossl-tls",	   "ossl-rsakx",	 "ossl-dhe",	    "ossl-ocsp",
+	"ossl-dtls",	   "ossl-dtls-nocookie", "gnutls-cli-tls",  "gnutls-cli-tls-rsa",
+	"gnutls-cli-dtls", "gnutls-cli-ocsp",	 "gnutls-serv-tls", "gnutls-serv-dtls",
+	"go-cli-tls",	   "go-cli-tls-rsa",	 "go-serv-tls",	    "go-serv-tls-rsa",
+	"ossl-13to12",	   "gnutls-13to12",
 };
 #define N_VECTORS (sizeof(tls12_vectors) / sizeof(tls12_vectors[0]))
 
@@ -333,9 +333,9 @@ static void test_ikev2_octets_refused(void **state)
 	len_at = n;
 	n += 4;
 	/* SA payload with one proposal (ENCR_AES_CBC-256, PRF_HMAC_SHA2_256, INTEG, DH 19). */
-	static const uint8_t sa[] = {34, 0, 0, 44, 0, 0, 0, 40, 1, 1, 0, 4, 3, 0, 0, 12, 1, 0,
-				     0, 12, 0x80, 14, 1, 0, 3, 0, 0, 8, 2, 0, 0, 5, 3, 0,
-				     0, 8, 3, 0, 0, 12, 0, 0, 0, 8, 4, 0, 0, 19};
+	static const uint8_t sa[] = {34, 0, 0, 44, 0,	 0,  0, 40, 1, 1, 0, 4, 3, 0, 0, 12,
+				     1,	 0, 0, 12, 0x80, 14, 1, 0,  3, 0, 0, 8, 2, 0, 0, 5,
+				     3,	 0, 0, 8,  3,	 0,  0, 12, 0, 0, 0, 8, 4, 0, 0, 19};
 	memcpy(m + n, sa, sizeof(sa));
 	n += sizeof(sa);
 	/* KE payload (DH 19, 64-byte public value), Nonce payload (32 bytes). */

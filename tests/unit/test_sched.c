@@ -66,12 +66,38 @@ static void test_parse_duration(void **state)
 
 static void test_parse_bad(void **state)
 {
-	static const char *const bad[] = {
-		"0%", "0.0%", "100%", "100.0%", "150%", "-1%", "-1d", "", "7x", "66%%", "%",
-		"66.%", ".5%", "66.55%", "66,5%",
-		"99999999999999999999d", "9223372036854775808", "106751991167301d",
-		"9223372036854775807d", "0", "0s", "0d", "d", "7 d", " 7d", "7d ", "7D", "+7d",
-		"7dd", "7ds", "1e3", "0x10"};
+	static const char *const bad[] = {"0%",
+					  "0.0%",
+					  "100%",
+					  "100.0%",
+					  "150%",
+					  "-1%",
+					  "-1d",
+					  "",
+					  "7x",
+					  "66%%",
+					  "%",
+					  "66.%",
+					  ".5%",
+					  "66.55%",
+					  "66,5%",
+					  "99999999999999999999d",
+					  "9223372036854775808",
+					  "106751991167301d",
+					  "9223372036854775807d",
+					  "0",
+					  "0s",
+					  "0d",
+					  "d",
+					  "7 d",
+					  " 7d",
+					  "7d ",
+					  "7D",
+					  "+7d",
+					  "7dd",
+					  "7ds",
+					  "1e3",
+					  "0x10"};
 	struct sched_policy p = {.renew_permille = 660, .renew_before = 0};
 
 	(void)state;
@@ -266,8 +292,8 @@ static void check_backoff(int64_t lifetime)
 
 	cap = cap < 1 ? 1 : cap;
 	for (unsigned failures = 1; failures <= 20; failures++) {
-		int64_t upper = sched_retry(now, failures, ISSUED, ISSUED + lifetime, -1,
-					    JUST_BELOW_ONE);
+		int64_t upper =
+			sched_retry(now, failures, ISSUED, ISSUED + lifetime, -1, JUST_BELOW_ONE);
 
 		/* The ends: random01 = 0 is the minimum delay, random01 -> 1 the bound. */
 		assert_int_equal(sched_retry(now, failures, ISSUED, ISSUED + lifetime, -1, 0.0),
@@ -276,8 +302,8 @@ static void check_backoff(int64_t lifetime)
 		assert_true(upper >= previous_upper);
 		previous_upper = upper;
 		for (size_t d = 0; d < sizeof(draws) / sizeof(draws[0]); d++) {
-			int64_t at = sched_retry(now, failures, ISSUED, ISSUED + lifetime, -1,
-						 draws[d]);
+			int64_t at =
+				sched_retry(now, failures, ISSUED, ISSUED + lifetime, -1, draws[d]);
 
 			assert_in_range(at, now + 1, upper);
 			assert_true(at <= now + cap);
@@ -389,8 +415,8 @@ static void test_sixty_second_certificate(void **state)
 	assert_true(latest - earliest >= 2);
 	assert_int_equal(sched_deadline(ISSUED, not_after), ISSUED + 54);
 	for (unsigned failures = 1; failures <= 20; failures++) {
-		int64_t at = sched_retry(ISSUED + 40, failures, ISSUED, not_after, -1,
-					 JUST_BELOW_ONE);
+		int64_t at =
+			sched_retry(ISSUED + 40, failures, ISSUED, not_after, -1, JUST_BELOW_ONE);
 
 		assert_in_range(at, ISSUED + 41, ISSUED + 43);
 	}
@@ -406,12 +432,17 @@ static void test_extreme_validity(void **state)
 	struct sched_policy huge = {.renew_before = INT64_MAX};
 	struct sched_policy negative = {.renew_before = -5};
 	struct sched_policy too_many = {.renew_permille = UINT_MAX};
-	static const int64_t bounds[][2] = {
-		{INT64_MIN, INT64_MAX}, {0, INT64_MAX}, {INT64_MIN, 0},
-		{INT64_MAX - 1, INT64_MAX}, {INT64_MIN, INT64_MIN + 1}, {ISSUED, ISSUED},
-		{ISSUED, ISSUED - 1}, {INT64_MAX, INT64_MIN}, {0, 253402300799} /* year 9999 */};
-	const struct sched_policy *policies[] = {&percent, &before, &huge, &negative, &too_many,
-						 NULL};
+	static const int64_t bounds[][2] = {{INT64_MIN, INT64_MAX},
+					    {0, INT64_MAX},
+					    {INT64_MIN, 0},
+					    {INT64_MAX - 1, INT64_MAX},
+					    {INT64_MIN, INT64_MIN + 1},
+					    {ISSUED, ISSUED},
+					    {ISSUED, ISSUED - 1},
+					    {INT64_MAX, INT64_MIN},
+					    {0, 253402300799} /* year 9999 */};
+	const struct sched_policy *policies[] = {&percent,  &before,   &huge,
+						 &negative, &too_many, NULL};
 
 	(void)state;
 	for (size_t b = 0; b < sizeof(bounds) / sizeof(bounds[0]); b++) {
@@ -439,7 +470,6 @@ static void test_extreme_validity(void **state)
 	assert_int_equal(sched_retry(ISSUED, 1, ISSUED, ISSUED - 100, -1, 0.9), ISSUED + 1);
 }
 
-
 /* A renewal must buy 1% of the lifetime (at least 1 s) to count as progress. */
 static void test_moved(void **state)
 {
@@ -449,8 +479,8 @@ static void test_moved(void **state)
 	assert_int_equal(sched_moved(ISSUED, ISSUED + 35, ISSUED, ISSUED + 3600), 0);
 	assert_int_equal(sched_moved(ISSUED, ISSUED - 500, ISSUED - 2500, ISSUED + 1100), 0);
 	/* The normal case: a fresh 90-day certificate is due in about 60 days. */
-	assert_int_equal(sched_moved(ISSUED, sched_first_attempt(NULL, ISSUED, ISSUED + LIFETIME_90D,
-								 0.5),
+	assert_int_equal(sched_moved(ISSUED,
+				     sched_first_attempt(NULL, ISSUED, ISSUED + LIFETIME_90D, 0.5),
 				     ISSUED, ISSUED + LIFETIME_90D),
 			 1);
 	/* Tiny or inverted validity: 1 s is enough. */
@@ -571,7 +601,8 @@ static void test_revocation_schedule(void **state)
 			upper = 3600;
 		assert_int_equal(rev_next_check(now, REV_UNKNOWN, f, 3600, 0, 0.0), now + 1);
 		assert_true(rev_next_check(now, REV_UNKNOWN, f, 3600, 0, 0.999999) <= now + upper);
-		assert_true(rev_next_check(now, REV_UNKNOWN, f, 3600, 0, 0.999999) >= now + upper - 1);
+		assert_true(rev_next_check(now, REV_UNKNOWN, f, 3600, 0, 0.999999) >=
+			    now + upper - 1);
 	}
 	/* Never at now itself, whatever the inputs. */
 	assert_int_equal(rev_next_check(now, REV_GOOD, 0, 0, 0, 0.0), now + 1);

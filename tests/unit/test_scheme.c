@@ -31,28 +31,28 @@ static const struct {
 	unsigned long value;
 	const char *name;
 } ck_names[] = {
-    CK(CKM_ECDSA),
-    CK(CKM_ECDSA_SHA256),
-    CK(CKM_ECDSA_SHA384),
-    CK(CKM_ECDSA_SHA512),
-    CK(CKM_RSA_PKCS),
-    CK(CKM_SHA256_RSA_PKCS),
-    CK(CKM_SHA384_RSA_PKCS),
-    CK(CKM_SHA512_RSA_PKCS),
-    CK(CKM_RSA_PKCS_PSS),
-    CK(CKM_SHA256_RSA_PKCS_PSS),
-    CK(CKM_SHA384_RSA_PKCS_PSS),
-    CK(CKM_SHA512_RSA_PKCS_PSS),
-    CK(CKM_EDDSA),
+	CK(CKM_ECDSA),
+	CK(CKM_ECDSA_SHA256),
+	CK(CKM_ECDSA_SHA384),
+	CK(CKM_ECDSA_SHA512),
+	CK(CKM_RSA_PKCS),
+	CK(CKM_SHA256_RSA_PKCS),
+	CK(CKM_SHA384_RSA_PKCS),
+	CK(CKM_SHA512_RSA_PKCS),
+	CK(CKM_RSA_PKCS_PSS),
+	CK(CKM_SHA256_RSA_PKCS_PSS),
+	CK(CKM_SHA384_RSA_PKCS_PSS),
+	CK(CKM_SHA512_RSA_PKCS_PSS),
+	CK(CKM_EDDSA),
 };
 
 static const struct {
 	const char *name;
 	unsigned long ckm, mgf;
 } ck_hashes[] = {
-    {"SHA256", CKM_SHA256, CKG_MGF1_SHA256},
-    {"SHA384", CKM_SHA384, CKG_MGF1_SHA384},
-    {"SHA512", CKM_SHA512, CKG_MGF1_SHA512},
+	{"SHA256", CKM_SHA256, CKG_MGF1_SHA256},
+	{"SHA384", CKM_SHA384, CKG_MGF1_SHA384},
+	{"SHA512", CKM_SHA512, CKG_MGF1_SHA512},
 };
 
 static unsigned long ck_value(const char *name)
@@ -153,7 +153,7 @@ static void test_digest_der(void **state)
 
 		/* ecdsa-with-SHA256/384/512: no parameters (RFC 5758). */
 		assert_int_equal(
-		    OBJ_find_sigid_by_algs(&sig_nid, md->nid, NID_X9_62_id_ecPublicKey), 1);
+			OBJ_find_sigid_by_algs(&sig_nid, md->nid, NID_X9_62_id_ecPublicKey), 1);
 		der = NULL;
 		assert_non_null(a = X509_ALGOR_new());
 		assert_int_equal(X509_ALGOR_set0(a, OBJ_nid2obj(sig_nid), V_ASN1_UNDEF, NULL), 1);
@@ -281,9 +281,9 @@ static void test_scheme_hash(void **state)
 			continue;
 		}
 		assert_int_equal(scheme_hash(s, msg, sizeof(msg), got), 0);
-		assert_int_equal(
-		    EVP_Digest(msg, sizeof(msg), want, &n, EVP_get_digestbynid(s->hash_nid), NULL),
-		    1);
+		assert_int_equal(EVP_Digest(msg, sizeof(msg), want, &n,
+					    EVP_get_digestbynid(s->hash_nid), NULL),
+				 1);
 		assert_int_equal(n, s->hash_len);
 		assert_memory_equal(got, want, n);
 	}
@@ -292,10 +292,10 @@ static void test_scheme_hash(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_digest_rows),
-	    cmocka_unit_test(test_digest_der),
-	    cmocka_unit_test(test_scheme_rows),
-	    cmocka_unit_test(test_scheme_hash),
+		cmocka_unit_test(test_digest_rows),
+		cmocka_unit_test(test_digest_der),
+		cmocka_unit_test(test_scheme_rows),
+		cmocka_unit_test(test_scheme_hash),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -230,7 +230,7 @@ static void test_pem_framing(void **state)
 	char err[256], *pem, *two;
 	size_t len, n = 0, i;
 	static const char other[] =
-	    "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n";
+		"-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n";
 	static const char text[] = "not a key file\n";
 
 	(void)state;
@@ -318,9 +318,9 @@ static void test_truncation_and_bitflips(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_round_trip),	cmocka_unit_test(test_empty_is_no_keys),
-	    cmocka_unit_test(test_refusals),	cmocka_unit_test(test_parent_handles),
-	    cmocka_unit_test(test_pem_framing), cmocka_unit_test(test_truncation_and_bitflips),
+		cmocka_unit_test(test_round_trip),  cmocka_unit_test(test_empty_is_no_keys),
+		cmocka_unit_test(test_refusals),    cmocka_unit_test(test_parent_handles),
+		cmocka_unit_test(test_pem_framing), cmocka_unit_test(test_truncation_and_bitflips),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -272,8 +272,8 @@ static void test_log_escape_utf8(void **state)
 	(void)state;
 	/* é, €, U+1F512 kept; controls, DEL and the backslash escaped as by log_escape. */
 	assert_string_equal(
-	    log_escape_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92", out, sizeof(out)),
-	    "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92");
+		log_escape_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92", out, sizeof(out)),
+		"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92");
 	assert_string_equal(log_escape_utf8("a\nb\x1b[2J\\\x7f", out, sizeof(out)),
 			    "a\\nb\\x1b[2J\\\\\\x7f");
 	/* C1 controls (U+009B is CSI to some terminals), overlong forms, surrogates,
@@ -307,11 +307,13 @@ static void test_log_control_len(void **state)
 	assert_int_equal(log_control_len("\x1b[2J"), 1);
 	assert_int_equal(log_control_len("\n"), 1);
 	assert_int_equal(log_control_len("\x7f"), 1);
-	assert_int_equal(log_control_len("\xc2\x9b" "2J"), 2); /* CSI */
+	assert_int_equal(log_control_len("\xc2\x9b"
+					 "2J"),
+			 2); /* CSI */
 	assert_int_equal(log_control_len("\xc2\x80"), 2);
 	assert_int_equal(log_control_len("\xc2\xa0"), 0); /* no-break space */
 	assert_int_equal(log_control_len("\xc3\xa9"), 0); /* é */
-	assert_int_equal(log_control_len("\xc2"), 0);	/* truncated: not a control */
+	assert_int_equal(log_control_len("\xc2"), 0);	  /* truncated: not a control */
 }
 
 /* The one scheme table answers the provider's and the engine's digest questions. */
@@ -339,15 +341,15 @@ static void test_scheme_for_digest(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_read_file_bounds),
-	    cmocka_unit_test(test_write_file_atomic),
-	    cmocka_unit_test(test_write_file_symlinked_dir),
-	    cmocka_unit_test(test_secret_file),
-	    cmocka_unit_test(test_spawn_clean),
-	    cmocka_unit_test(test_log_escape),
-	    cmocka_unit_test(test_log_control_len),
-	    cmocka_unit_test(test_log_escape_utf8),
-	    cmocka_unit_test(test_scheme_for_digest),
+		cmocka_unit_test(test_read_file_bounds),
+		cmocka_unit_test(test_write_file_atomic),
+		cmocka_unit_test(test_write_file_symlinked_dir),
+		cmocka_unit_test(test_secret_file),
+		cmocka_unit_test(test_spawn_clean),
+		cmocka_unit_test(test_log_escape),
+		cmocka_unit_test(test_log_control_len),
+		cmocka_unit_test(test_log_escape_utf8),
+		cmocka_unit_test(test_scheme_for_digest),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

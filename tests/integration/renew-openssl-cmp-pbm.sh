@@ -9,7 +9,9 @@
 # The mock server hands out one fixed certificate (-rsp_cert), so the key is
 # made first (keygen leaves it pending, and a bootstrap uses a pending key)
 # with no bootstrap configured, and the certificate is issued for it. The mock
-# server binds every interface: the test runs in a private network namespace.
+# server makes the agent poll twice (-poll_count 2, checkAfter 1 s): each pollReq is
+# MAC-protected and re-protected too. The mock server binds every interface: the
+# test runs in a private network namespace.
 set -eu
 export NETNS_FOR="openssl cmp -port"
 # shellcheck source=../netns.sh
@@ -48,7 +50,8 @@ new_fp=$(openssl x509 -in "$WORK/next-leaf.pem" -noout -fingerprint -sha256)
 
 # 2. The mock server, verifying MACs with the secret, and the recording proxy in front of it.
 openssl cmp -port "$mport" -srv_ref boot -srv_secret "file:$WORK/boot.secret" \
-	-rsp_cert "$WORK/next-leaf.pem" -rsp_extracerts "$CA_DIR/inter.crt" -verbosity 7 \
+	-rsp_cert "$WORK/next-leaf.pem" -rsp_extracerts "$CA_DIR/inter.crt" -poll_count 2 -check_after 1 \
+	-verbosity 7 \
 	>"$WORK/mock.log" 2>&1 </dev/null &
 bg_track $!
 _wait_listen $! "$mport" 10 || {
@@ -100,6 +103,10 @@ wait_new_serial gw "" 40 >/dev/null
 ctl cert gw >"$WORK/now.pem"
 assert_eq "$(openssl x509 -in "$WORK/now.pem" -noout -fingerprint -sha256)" "$new_fp" "certificate after the IR"
 grep -q "received IR" "$WORK/mock.log" || { show_log "$WORK/mock.log"; fail "the mock server saw no IR"; }
+[ "$(grep -c "received POLLREQ" "$WORK/mock.log")" -eq 2 ] || {
+	show_log "$WORK/mock.log"
+	fail "the mock server did not get the two pollReqs it asked for"
+}
 grep -q "received CERTCONF" "$WORK/mock.log" || { show_log "$WORK/mock.log"; fail "the mock server saw no certConf"; }
 grep -q "sending PKICONF" "$WORK/mock.log" || { show_log "$WORK/mock.log"; fail "the mock server sent no pkiConf"; }
 assert_eq "$(status_field gw failures)" 0 "status failures"
@@ -124,6 +131,6 @@ for req in "$WORK"/reqs/req.*.der; do
 	openssl asn1parse -inform DER -in "$req" | grep -q ":hmacWithSHA256" ||
 		fail "$(basename "$req"): the PBM mac is not hmacWithSHA256"
 done
-[ "$n" -ge 2 ] || fail "expected the IR and the certConf, the proxy saw $n requests"
-log "OK: MAC-protected IR and certConf ($n requests) with iterationCount $ITER, verified by openssl cmp -port; certificate $new_fp installed"
+[ "$n" -ge 4 ] || fail "expected the IR, two pollReqs and the certConf, the proxy saw $n requests"
+log "OK: MAC-protected IR, pollReqs and certConf ($n requests) with iterationCount $ITER, verified by openssl cmp -port; certificate $new_fp installed"
 agent_stop

@@ -6,7 +6,8 @@
 # that chains to ca-trust, saying "notAuthorized" (a rejection from a signer that may not
 # answer for the CA never leads to bootstrap); a rejection whose statusString carries a
 # newline and ESC, which must appear escaped in the agent log (it must not forge a log
-# line). Then a CA that answers well: the next scheduled renewal is confirmed. Keys in
+# line). Then a CA that answers well: the next scheduled renewal is confirmed; and the
+# control: the genuine CA's own certRevoked does lead to bootstrap (an IR). Keys in
 # SoftHSM; the test CMP CA restarted on one port per shape, 24-second certificates.
 set -eu
 # shellcheck source=../lib.sh
@@ -81,6 +82,26 @@ log "statusString logged escaped: $(grep -aoF 'bad request\nmtls-agent: info: FO
 
 # Back to a CA that answers well: the next scheduled renewal confirms.
 shape_renews "after the refusals" --srv-cert "$WORK/ra.crt" --srv-key "$WORK/ra.key"
-log "OK: refused shapes left the certificate untouched, no bootstrap, CA text escaped"
+
+# The control: the genuine CA itself rejects the KUR as certRevoked (RFC 9483 4.1: the
+# credential is no longer accepted). That answer, and only such a one, leads to bootstrap:
+# an IR with the shared secret and a new certificate.
+ca_shape --srv-cert "$WORK/ra.crt" --srv-key "$WORK/ra.key"
+ca_fault reject 1 certRevoked
+mark=$(($(wc -l <"$CA_LOG") + 1))
+amark=$(($(wc -l <"$AGENT_LOG") + 1))
+s0=$(served_serial gw)
+ctl renew gw >/dev/null 2>&1 || true # the KUR fails; the bootstrap follows on its own
+wait_until 30 serial_changed gw "$s0" || {
+	show_log "$AGENT_LOG" 20
+	fail "certRevoked from the CA: no new certificate by bootstrap within 30 s"
+}
+s=$(served_serial gw)
+ca_log_since "$mark" | grep -q "kur rejected failInfo=certRevoked" || fail "the CA log shows no rejected KUR"
+ca_log_since "$mark" | grep -q "ir issued serial=$s " || fail "certRevoked: $s did not come from an IR"
+tail -n +"$amark" "$AGENT_LOG" | grep -q "trying bootstrap" || fail "certRevoked: the agent log does not say it bootstraps"
+chain_verifies gw
+log "control: the CA's own certRevoked led to bootstrap (IR, serial $s)"
+log "OK: refused shapes left the certificate untouched, no bootstrap, CA text escaped; the CA's own refusal bootstraps"
 agent_stop
 ca_stop

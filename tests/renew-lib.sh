@@ -724,7 +724,7 @@ chain_verifies() {
 # "gw") renews on its schedule: the CA log shows the KUR and the certConf of the
 # certificate now served, the key is new, the chain verifies. SHAPE_WAIT: seconds (40).
 shape_renews() {
-	local shape=$1 mark id s deadline wait=${SHAPE_WAIT:-40}
+	local shape=$1 mark id s before deadline wait=${SHAPE_WAIT:-40}
 	shift
 	ca_shape "$@"
 	mark=$(($(wc -l <"$CA_LOG") + 1))
@@ -733,10 +733,14 @@ shape_renews() {
 		cert_pubkey "$WORK/$id.before" "$WORK/$id.before.pub"
 	done
 	for id in ${SHAPE_IDS:-gw}; do
+		# A renewal through this shape can land between the mark and the read above (the
+		# CA is up, the identity due): then "before" is already its result. The renewal
+		# looked for is one after that read: a serial other than the one read.
+		before=$(cert_serial "$WORK/$id.before")
 		deadline=$((SECONDS + wait))
 		while :; do
 			s=$(served_serial "$id")
-			ca_log_since "$mark" | grep -q "kur issued serial=$s " && break
+			[ "$s" != "$before" ] && ca_log_since "$mark" | grep -q "kur issued serial=$s " && break
 			if [ "$SECONDS" -ge "$deadline" ]; then
 				show_log "$AGENT_LOG" 30
 				show_log "$CA_LOG" 20

@@ -469,6 +469,24 @@ nginx_get_identity() {
 	esac
 }
 
+# nginx_logged_request BEFORE ERE: the request logged after the first BEFORE lines of
+# nginx's access log (BEFORE: nginx_requests before it was made) matches ERE; prints its
+# line. nginx logs a request after it sent the answer, so the client (curl --fail stops at
+# the status line) can be done before the line is written: waits up to 5 s for it.
+nginx_logged_request() {
+	local deadline=$((SECONDS + 5)) line
+	until [ "$(nginx_requests)" -gt "$1" ]; do
+		[ "$SECONDS" -lt "$deadline" ] || {
+			printf 'no request logged after line %s\n' "$1"
+			return 1
+		}
+		sleep 0.1
+	done
+	line=$(sed -n "$(($1 + 1))p" "$NGINX_ACCESS_LOG")
+	printf '%s\n' "$line"
+	grep -qE -- "$2" <<<"$line"
+}
+
 # Number of requests in nginx's access log.
 nginx_requests() {
 	[ -f "$NGINX_ACCESS_LOG" ] || { echo 0; return 0; }

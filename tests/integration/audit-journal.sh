@@ -67,7 +67,11 @@ for e in open(sys.argv[1], "rb").read().decode().split("\n\n"):
 PY
 }
 count() { entries "$@" | wc -l; }
-wait_until 10 test "$(count MTLS_AUDIT_EVENT=sign MTLS_RESULT=refused)" -ge 1 || fail "no refusal entry"
+# The fake journal (another process) writes what it received when it is scheduled: poll it,
+# re-reading the file each time. The entries are datagrams written in order, so once the
+# refusal (sent last) is there, the ones before it are too.
+refusal_entry() { [ "$(count MTLS_AUDIT_EVENT=sign MTLS_RESULT=refused)" -ge 1 ]; }
+wait_until 10 refusal_entry || fail "no refusal entry"
 assert_eq "$(count MTLS_AUDIT_EVENT=sign MTLS_RESULT=ok MTLS_IDENTITY=gw MTLS_UID=0 \
 	MTLS_SCHEME=ecdsa_secp256r1_sha256 PRIORITY=6)" 1 "journal entry for the signature"
 assert_match "$(entries MTLS_AUDIT_EVENT=sign MTLS_RESULT=ok)" "MTLS_EXE=[^ ]*mtls-agentctl " "executable"

@@ -58,11 +58,15 @@ cmp -s "$STATE_DIR/gw.crt" "$WORK/before.crt" || fail "the certificate file chan
 [ ! -e "$STATE_DIR/gw.pending" ] || fail "a pending record exists although it could not be written"
 log "full disk: $LAST_ERR"
 
-# The automatic retries (backoff 3, 6 s ...) fail the same way and leave no key behind.
-sleep 8
-n=$(grep -c "the new key was deleted again" "$AGENT_LOG" || true)
-[ "$n" -ge 2 ] || fail "expected the agent to retry on its own, saw $n failure(s)"
+# The automatic retries (full-jitter backoff: 1..3 s, then 1..6 s ...) fail the same way
+# and leave no key behind. The token is read right after a retry's failure is logged (the
+# key it made is deleted before that line, and the next attempt is at least 1 s later): a
+# read at a fixed time could fall inside an attempt, between its keygen and its deletion.
+failures() { grep -c "the new key was deleted again" "$AGENT_LOG" || true; }
+retried() { [ "$(failures)" -ge 2 ]; }
+wait_until 30 retried || fail "expected the agent to retry on its own, saw $(failures) failure(s)"
 [ "$(keystore_keys gw)" = "$keys0" ] || fail "retries left keys in the token: $(keystore_keys gw | tr '\n' ' ')"
+n=$(failures)
 log "$n failed attempts, token unchanged"
 
 # Room again; a restart finds no orphan, and renewal works.

@@ -72,6 +72,14 @@ for id in stale-est stale-cmp; do
 done
 
 # (b) Bootstrap: a new certificate on the agent's own, soon after start.
+# enrollment_recorded ID: a status snapshot ($WORK/snap.json) whose last-result for ID says installed.
+enrollment_recorded() {
+	status_save "$WORK/snap.json"
+	case "$(status_get "$WORK/snap.json" "$1" last-result)" in
+	*installed*) return 0 ;;
+	*) return 1 ;;
+	esac
+}
 for id in boot-est boot-cmp; do
 	old=$(cert_serial "$WORK/$id.expired.pem")
 	new=$(wait_new_serial "$id" "$old" 60)
@@ -85,9 +93,12 @@ for id in boot-est boot-cmp; do
 	assert_eq "$(cert_subject "$WORK/$id.new.pem")" "$(cert_subject "$WORK/$id.expired.pem")" "$id: subject"
 	cert_pubkey "$WORK/$id.new.pem" "$WORK/$id.new.pub"
 	sign_verify "$id" ecdsa_secp256r1_sha256 "$WORK/$id.new.pem" "$WORK/$id.new.pub"
-	status_save "$WORK/snap.json"
+	# The new chain is served from inside the enrollment; its result reaches status when
+	# the attempt returns (after the journal and the retirement list were written, with
+	# fsync): poll for it rather than read it once.
+	wait_until 10 enrollment_recorded "$id" ||
+		fail "$id: status last-result does not say installed: $(status_get "$WORK/snap.json" "$id" last-result)"
 	assert_eq "$(status_get "$WORK/snap.json" "$id" failures)" 0 "$id: status failures"
-	assert_contains "$(status_get "$WORK/snap.json" "$id" last-result)" installed "$id: status last-result"
 	assert_eq "$(status_get "$WORK/snap.json" "$id" action)" "" "$id: status action after bootstrap"
 	grep -qF "identity \"$id\": enrolling (" "$AGENT_LOG" || fail "$id: the agent log shows no enrollment"
 	log "$id: re-enrolled on its own: serial $new, valid $((na - now)) s more"

@@ -85,12 +85,21 @@ printf '%s\n' "$delays" | awk '
 	  if ($2 < int(lo) || $2 > hi) { print "stall " $1 ": " $2 " s outside [" int(lo) ", " hi "]"; bad = 1 } }
 	END { exit bad }' || fail "backoff delays out of bounds: $(printf '%s; ' "$delays")"
 
-status_save "$WORK/st.json"
+# next-renewal is the second the next attempt is due; while that attempt runs (and in the
+# moment before it starts, with the clock read after the status) it is not in the future
+# yet, until the attempt ends and announces the next delay. A snapshot that fell there is
+# taken again, for a few seconds: one between two attempts must show the due time ahead.
+next_ahead() {
+	status_save "$WORK/st.json"
+	next_raw=$(status_get "$WORK/st.json" gw next-renewal)
+	next=$(date -u -d "$next_raw" +%s 2>/dev/null) || { next="'$next_raw'"; return 1; }
+	agent_clock=$(faketime -f "+$SKEW" date +%s)
+	[ "$next" -gt "$agent_clock" ]
+}
+wait_until 10 next_ahead ||
+	fail "status next-renewal ($next) is not in the agent's future ($agent_clock)"
 action=$(status_get "$WORK/st.json" gw action)
 assert_contains "$action" "renewal stalled" "status action"
-next=$(utc_epoch "$(status_get "$WORK/st.json" gw next-renewal)")
-agent_clock=$(faketime -f "+$SKEW" date +%s)
-[ "$next" -gt "$agent_clock" ] || fail "status next-renewal ($next) is not in the agent's future ($agent_clock)"
 keys=$(keystore_keys gw | grep -c . || true)
 log "$renewals renewals in $elapsed s ($stalls stalls; delays: $(printf '%s' "$delays" | tr '\n' ',')); next in $((next - agent_clock)) s; $keys keys; status: $action"
 

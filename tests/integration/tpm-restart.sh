@@ -68,8 +68,13 @@ log "kill -9/start: recovered"
 
 # --- in the middle of a stream -----------------------------------------------------------------------
 N=60
+# The last 10 signatures are asked for only once swtpm is back ($WORK/tpm.back): how many
+# fail while it is down depends on the machine's speed (23 of 50 seen unloaded), and the
+# claim is that every one after the restart works, not that the restart is fast.
+rm -f "$WORK/tpm.back"
 (
 	for i in $(seq 1 "$N"); do
+		[ "$i" -ne $((N - 9)) ] || wait_until 60 test -e "$WORK/tpm.back" || echo "$i: swtpm not back" >>"$WORK/stream.err"
 		if ctl sign ec --scheme ecdsa_secp256r1_sha256 --in "$WORK/cv" --out "$WORK/stream.$i" 2>>"$WORK/stream.err"; then
 			echo "$i ok"
 		else
@@ -85,6 +90,7 @@ wait_until 30 stream_at 10 || fail "the signature stream did not get going"
 swtpm_kill9
 sleep 0.3
 swtpm_start
+touch "$WORK/tpm.back"
 wait "$STREAM" || fail "the signature stream failed"
 ok=$(grep -c ' ok$' "$WORK/stream.out" || true)
 bad=$(grep -c ' failed$' "$WORK/stream.out" || true)

@@ -102,6 +102,7 @@ struct rstate {
 	int reconciled;
 	int forced;	   /* renew_now() asked for an attempt */
 	unsigned done_gen; /* bumped after each attempt */
+	int completing;	   /* the attempt of done_gen is not yet in status in full */
 	int last_rc;	   /* of the last attempt: 0 or MTLS_AGENT_ERR_* */
 	unsigned failures;
 	time_t next_retry;	/* after a failure */
@@ -1784,9 +1785,10 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 		else
 			st->st.failures = 0;
 		if (forced) {
+			/* A request made from now on is for another attempt. */
 			st->forced = 0;
 			st->done_gen++;
-			pthread_cond_broadcast(&g.done);
+			st->completing = 1;
 		}
 		pthread_mutex_unlock(&g.lock);
 		snapshot_free(&snap);
@@ -1799,6 +1801,11 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 		if (outcome != ENROLL_OK && due != 0)
 			log_info("identity \"%s\": next attempt in %lld s (failure %u)", cfg->name,
 				 (long long)(due - now), st->failures);
+		/* The caller of renew_now() is told once status shows the next renewal too. */
+		if (forced) {
+			st->completing = 0;
+			pthread_cond_broadcast(&g.done);
+		}
 		pthread_mutex_unlock(&g.lock);
 	}
 	pthread_mutex_lock(&g.lock);
@@ -2084,9 +2091,9 @@ int renew_now(const char *name, unsigned wait_s, char *msg, size_t msglen)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += wait_s;
 	r = 0;
-	while (st->done_gen == gen && g.running && r != ETIMEDOUT)
+	while ((st->done_gen == gen || st->completing) && g.running && r != ETIMEDOUT)
 		r = pthread_cond_timedwait(&g.done, &g.lock, &ts);
-	if (st->done_gen == gen) {
+	if (st->done_gen == gen || st->completing) {
 		snprintf(msg, msglen, "renewal still in progress after %u s; see status", wait_s);
 		r = MTLS_AGENT_ERR_BUSY;
 	} else {

@@ -503,6 +503,9 @@ static int put_identity_status(struct buf *b, struct identity_rt *id)
 			if (rs.revocation[0] != '\0')
 				FIELD("revocation", rs.revocation);
 		}
+	} else if (renew_get_status(id->cfg->name, &rs) == 0 && rs.revocation[0] != '\0') {
+		/* Checked without renewal: the outcome alone, no renewal fields. */
+		FIELD("revocation", rs.revocation);
 	}
 #undef FIELD
 	if ((r = buf_put_cstring(b, "identity")) != 0 ||

@@ -126,6 +126,7 @@ struct id_snap {
 	long long not_before, not_after; /* -1: no certificate */
 	uint64_t ok, refused, error, bucket[METRICS_SIGN_BUCKETS + 1], sum_ns;
 	int renew, renew_running;
+	int rev_running; /* rs was read (revocation is checked without renewal too) */
 	struct renew_status rs;
 };
 
@@ -151,8 +152,8 @@ static void snapshot(struct identity_rt *id, struct id_snap *s)
 		s->bucket[i] = atomic_load(&id->metrics.bucket[i]);
 	s->sum_ns = atomic_load(&id->metrics.sum_ns);
 	s->renew = id->cfg->renew != RENEW_NONE;
-	if (s->renew)
-		s->renew_running = renew_get_status(id->cfg->name, &s->rs) == 0;
+	s->rev_running = renew_get_status(id->cfg->name, &s->rs) == 0;
+	s->renew_running = s->renew && s->rev_running;
 }
 
 /* The renewal states, one series each (a Prometheus "state set"). */
@@ -255,7 +256,7 @@ static void render_revocation(struct out *o, struct id_snap *ids, size_t n)
 	head(o, "mtls_agent_revocation_state", "gauge",
 	     "Revocation status of the certificate (OCSP or CRL): 1 for the current state.");
 	for (i = 0; i < n; i++) {
-		if (!ids[i].renew_running || ids[i].rs.revocation[0] == '\0')
+		if (!ids[i].rev_running || ids[i].rs.revocation[0] == '\0')
 			continue;
 		for (j = 0; j < sizeof(states) / sizeof(states[0]); j++) {
 			len = strlen(states[j]);

@@ -307,10 +307,18 @@ static const char *or_unknown(const char *s)
 	return s != NULL ? s : "?";
 }
 
-/* The agent's own revocation check of the certificate (status field "revocation"). */
-static void check_revocation(struct findings *fd, const char *revocation)
+/*
+ * The agent's own revocation check of the certificate (status field "revocation"); renews:
+ * whether the identity renews (status field "renew"), else only an import replaces it.
+ */
+static void check_revocation(struct findings *fd, const char *revocation, int renews)
 {
-	if (revocation != NULL && strncmp(revocation, "revoked", 7) == 0)
+	if (revocation != NULL && strncmp(revocation, "revoked", 7) == 0 && !renews)
+		add_finding(fd, 0,
+			    "certificate %s — no renewal is configured: import a new certificate "
+			    "(mtls-agentctl import-cert); the revoked one is served until then",
+			    revocation);
+	else if (revocation != NULL && strncmp(revocation, "revoked", 7) == 0)
 		add_finding(fd, 0, "certificate %s — the agent is re-enrolling; see last-result",
 			    revocation);
 	else if (revocation != NULL && strncmp(revocation, "unknown", 7) == 0)
@@ -324,7 +332,7 @@ static void check_renewal_state(struct findings *fd, const struct mtls_agent_sta
 	const char *action = status_field(rec, "action");
 	const char *failures = status_field(rec, "failures");
 
-	check_revocation(fd, status_field(rec, "revocation"));
+	check_revocation(fd, status_field(rec, "revocation"), status_field(rec, "renew") != NULL);
 	if (action != NULL)
 		add_finding(fd, 0, "renewal: %s", action);
 	else if (failures != NULL && strcmp(failures, "0") != 0)

@@ -1598,7 +1598,13 @@ static void rev_record(const struct cfg_identity *cfg, struct rstate *st,
 	rev_describe(r, now, st->rev_next, line, sizeof(line));
 	if (r->status == REV_GOOD || r->status == REV_REVOKED)
 		st->rev_revoked = r->status == REV_REVOKED;
-	if (r->status == REV_REVOKED && !was_revoked)
+	if (r->status == REV_REVOKED && !was_revoked && cfg->renew == RENEW_NONE)
+		/* Still served: refusing it would take the device offline for good. */
+		log_error("identity \"%s\": certificate serial %s is REVOKED: %s; no renewal is "
+			  "configured: import a new certificate (mtls-agentctl import-cert); the "
+			  "revoked one is served until then",
+			  cfg->name, st->rev_serial, line);
+	else if (r->status == REV_REVOKED && !was_revoked)
 		log_error("identity \"%s\": certificate serial %s is REVOKED: %s; re-enrolling now",
 			  cfg->name, st->rev_serial, line);
 	else if (r->status == REV_UNKNOWN && st->rev_failures == 1)
@@ -1657,8 +1663,18 @@ static void rev_visit(struct identity_rt *id, const struct snapshot *snap, struc
 	pthread_mutex_unlock(&g.lock);
 	if (!due)
 		return;
-	if ((trust = cacerts_trust_store(id, r.msg, sizeof(r.msg))) != NULL)
+	/*
+	 * Without ca-trust (an identity that does not renew) the issuer in the installed
+	 * chain is the only anchor: the authority for its own certificate's status.
+	 */
+	if (cfg->ca_trust == NULL)
+		trust = rev_issuer_store(snap->chain);
+	else
+		trust = cacerts_trust_store(id, r.msg, sizeof(r.msg));
+	if (trust != NULL)
 		rev_check(snap->chain, trust, cfg->revocation_check, timeout, now, &r);
+	else if (cfg->ca_trust == NULL)
+		snprintf(r.msg, sizeof(r.msg), "out of memory");
 	X509_STORE_free(trust);
 	pthread_mutex_lock(&g.lock);
 	rev_record(cfg, st, &r, time(NULL));
@@ -1821,6 +1837,47 @@ static time_t visit(struct runtime *rt, struct identity_rt *id, time_t now)
 }
 
 /*
+ * Visits an identity that does not renew: only its revocation check (no reconcile,
+ * retirement, renewal or bootstrap: the keys and certificate are the operator's). The
+ * clock gates it as it gates renewal: a clock set back could make a replayed answer look
+ * current. Returns the next wake-up (0: none).
+ */
+static time_t visit_revocation(struct runtime *rt, struct identity_rt *id, time_t now)
+{
+	const struct cfg_identity *cfg = id->cfg;
+	struct snapshot snap;
+	struct rstate *st;
+	time_t next;
+	char why[384];
+
+	pthread_mutex_lock(&g.lock);
+	st = state_for(cfg->name);
+	if (st != NULL)
+		st->st.enabled = 0;
+	pthread_mutex_unlock(&g.lock);
+	if (st == NULL)
+		return now + 60;
+	snapshot_take(id, &snap);
+	if (snap.chain != NULL &&
+	    !clock_good(rt->cfg->state_dir, now, snap.not_before, why, sizeof(why))) {
+		snapshot_free(&snap);
+		return now + CLOCK_RECHECK_S;
+	}
+	rev_visit(id, &snap, st, now);
+	pthread_mutex_lock(&g.lock);
+	next = rev_due(cfg, &snap, st, now);
+	pthread_mutex_unlock(&g.lock);
+	snapshot_free(&snap);
+	return next;
+}
+
+/* Whether an identity has a worker: it renews, or checks its certificate's revocation. */
+static int wants_worker(const struct cfg_identity *cfg)
+{
+	return cfg->renew != RENEW_NONE || cfg->revocation_check != REV_OFF;
+}
+
+/*
  * A crash between creating and renaming a temporary file (write_file_atomic:
  * "<file>.tmp.<pid>.<n>") leaves it behind; this process's own are never in
  * flight here (the supervisor runs this before it starts any worker).
@@ -1851,11 +1908,13 @@ static void remove_stale_temps(struct runtime *rt)
 }
 
 /*
- * One thread per identity with renew = cmp | est: a CA that is slow or does
- * not answer at all (a transaction waits up to ca-timeout) delays only the
- * identities that use it. The worker looks its identity up in the runtime in
- * force at each pass, so a reload that changes it takes effect at once, and
- * ends when a reload removes the identity or its renewal. Keystores are
+ * One thread per identity with renew = cmp | est, or with a revocation check
+ * (renew = none: only that check, visit_revocation): a CA or responder that is
+ * slow or does not answer at all (a transaction waits up to ca-timeout) delays
+ * only the identities that use it. The worker looks its identity up in the
+ * runtime in force at each pass, so a reload that changes it takes effect at
+ * once, and ends when a reload removes the identity or leaves it neither
+ * renewing nor checking revocation. Keystores are
  * shared and thread-safe (the application side signs from many threads too);
  * each identity's own state is under its lock, the schedules under g.lock.
  */
@@ -1874,12 +1933,19 @@ static void *renew_worker(void *arg)
 		pthread_mutex_unlock(&g.lock);
 		rt = g.get_runtime(g.arg);
 		id = runtime_identity(rt, st->name);
-		if (id == NULL || id->cfg->renew == RENEW_NONE) {
+		if (id == NULL || !wants_worker(id->cfg)) {
 			runtime_unref(rt);
 			pthread_mutex_lock(&g.lock);
+			/* No check any more: status must not show the last one as current. */
+			st->st.revocation[0] = '\0';
+			st->rev_serial[0] = '\0';
+			st->rev_revoked = 0;
 			break;
 		}
-		next = visit(rt, id, time(NULL));
+		if (id->cfg->renew == RENEW_NONE)
+			next = visit_revocation(rt, id, time(NULL));
+		else
+			next = visit(rt, id, time(NULL));
 		runtime_unref(rt);
 		pthread_mutex_lock(&g.lock);
 		if (next == 0 || next > time(NULL) + MAX_SLEEP_S)
@@ -1916,8 +1982,9 @@ static void reap_workers(int all)
 }
 
 /*
- * The supervisor: keeps one worker per renewing identity of the runtime in
- * force, and the internal provider pointed at that runtime.
+ * The supervisor: keeps one worker per identity of the runtime in force that
+ * renews or checks revocation (wants_worker), and the internal provider
+ * pointed at that runtime.
  */
 static void *renew_thread(void *arg)
 {
@@ -1941,7 +2008,7 @@ static void *renew_thread(void *arg)
 		pthread_mutex_lock(&g.lock);
 		reap_workers(0);
 		for (i = 0; i < rt->n_ids && !g.stop; i++) {
-			if (rt->ids[i].cfg->renew == RENEW_NONE)
+			if (!wants_worker(rt->ids[i].cfg))
 				continue;
 			if ((st = state_for(rt->ids[i].cfg->name)) == NULL || st->has_worker)
 				continue;

@@ -236,6 +236,32 @@ static X509 *find_issuer(STACK_OF(X509) * chain, X509_STORE *trust, X509 *leaf)
 	return NULL;
 }
 
+X509_STORE *rev_issuer_store(STACK_OF(X509) * chain)
+{
+	X509_STORE *store = X509_STORE_new(), *none = X509_STORE_new();
+	X509 *issuer;
+
+	if (store == NULL || none == NULL) {
+		X509_STORE_free(store);
+		X509_STORE_free(none);
+		return NULL;
+	}
+	/* Only in the chain: an empty store adds no anchor to look in. */
+	issuer = sk_X509_num(chain) > 0 ? find_issuer(chain, none, sk_X509_value(chain, 0)) : NULL;
+	X509_STORE_free(none);
+	/*
+	 * The issuer is usually an intermediate: a responder's certificate chains to it and
+	 * stops there (partial chain), never to whatever root the chain goes on to.
+	 */
+	if ((issuer != NULL && X509_STORE_add_cert(store, issuer) != 1) ||
+	    X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN) != 1) {
+		X509_STORE_free(store);
+		store = NULL;
+	}
+	ERR_clear_error();
+	return store;
+}
+
 static time_t asn1_time(const ASN1_TIME *t)
 {
 	struct tm tm;

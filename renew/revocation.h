@@ -52,6 +52,16 @@ void rev_check(STACK_OF(X509) * chain, X509_STORE *trust, int mode, unsigned tim
 	       struct rev_result *out);
 
 /*
+ * The anchors for an identity without ca-trust: the certificate that issued the leaf in
+ * chain (its signature checked), alone, as a partial-chain anchor. The issuer is the
+ * authority for its own certificates' status (RFC 5280 6.3, RFC 6960 4.2.2.2): a CRL or
+ * an OCSP response counts only when it or a responder it certified for OCSP signing
+ * signed it. An empty store when the chain does not hold the issuer (rev_check then says
+ * so); NULL only when out of memory.
+ */
+X509_STORE *rev_issuer_store(STACK_OF(X509) * chain);
+
+/*
  * Whether rev_check has anything to do for leaf: an explicit mode always (a certificate
  * without the source is a warning), auto when the certificate names a source.
  */

@@ -1481,11 +1481,11 @@ static int finish_renewal(struct parser *p, size_t i)
 	struct cfg_identity *id = &p->cfg->identities[i];
 	const struct key_lines *kl = &p->ids[i];
 	const struct cfg_identity *boot;
+	/* The revocation check works without renewal too (renew/renew.c: visit_revocation). */
 	static const int renew_only[] = {
-		I_CA_URL,     I_CA_TRUST,     I_RENEW_AT,	  I_ROTATE_KEY,
-		I_BOOTSTRAP,  I_POST_RENEW,   I_CERT_OUT,	  I_SUBJECT,
-		I_CA_TIMEOUT, I_CA_SIGNER,    I_CA_SENDER,	  I_IMPLICIT_CONFIRM,
-		I_RENEW_AUTH, I_RENEW_VERIFY, I_REVOCATION_CHECK, I_REVOCATION_INTERVAL};
+		I_CA_URL,     I_CA_TRUST,	  I_RENEW_AT,	I_ROTATE_KEY,  I_BOOTSTRAP,
+		I_POST_RENEW, I_CERT_OUT,	  I_SUBJECT,	I_CA_TIMEOUT,  I_CA_SIGNER,
+		I_CA_SENDER,  I_IMPLICIT_CONFIRM, I_RENEW_AUTH, I_RENEW_VERIFY};
 	size_t j;
 
 	if (id->renew_permille == 0 && id->renew_before == 0)

@@ -1084,3 +1084,45 @@ revoked_scenario() {
 	[ "$source" = crl ] && revoked_without_bootstrap "$s2"
 	agent_stop
 }
+
+# revocation_issue CSR OUT OCSP_URL CRL_URL [leaf-only]: a client certificate from the
+# issuing CA for CSR, recorded in $REV_INDEX (so `openssl ocsp -index` and the CRL know it),
+# naming OCSP_URL in its AIA and CRL_URL as its distribution point ("" leaves either out);
+# OUT holds the leaf and the intermediate, or the leaf alone with leaf-only. For identities
+# whose certificate is imported (renew = none). Needs revocation_setup.
+revocation_issue() {
+	local csr=$1 out=$2 ext=$WORK/rev/ext.$RANDOM.cnf cnf=$WORK/rev/issue.cnf
+	# The same database as $REV_CNF, with a serial file (random start) and a policy.
+	[ -s "$WORK/rev/serial" ] || printf '%s\n' "$(openssl rand -hex 8)" >"$WORK/rev/serial"
+	cat >"$cnf" <<CNF
+[ca]
+default_ca = rev_issue
+[rev_issue]
+database = $REV_INDEX
+new_certs_dir = $WORK/rev
+serial = $WORK/rev/serial
+default_md = sha256
+unique_subject = no
+policy = rev_policy
+[rev_policy]
+commonName = supplied
+organizationName = optional
+CNF
+	{
+		printf '[leaf]\nbasicConstraints = critical, CA:FALSE\n'
+		printf 'keyUsage = critical, digitalSignature\nextendedKeyUsage = clientAuth\n'
+		printf 'subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n'
+		[ -z "$3" ] || printf 'authorityInfoAccess = OCSP;URI:%s\n' "$3"
+		[ -z "$4" ] || printf 'crlDistributionPoints = URI:%s\n' "$4"
+	} >"$ext"
+	openssl ca -batch -config "$cnf" -notext -days 1 \
+		-cert "$CA_DIR/inter.crt" -keyfile "$CA_DIR/inter.key" -extfile "$ext" \
+		-extensions leaf -in "$csr" -out "$out.leaf" 2>"$WORK/rev/issue.err" ||
+		fail "openssl ca (revocation_issue $csr): $(cat "$WORK/rev/issue.err")"
+	if [ "${5:-}" = leaf-only ]; then
+		mv "$out.leaf" "$out"
+	else
+		cat "$out.leaf" "$CA_DIR/inter.crt" >"$out"
+		rm -f "$out.leaf"
+	fi
+}

@@ -25,6 +25,7 @@ RENEW_TESTS = \
 	tests/integration/renew-keygen-crash.sh \
 	tests/integration/renew-revoked.sh \
 	tests/integration/renew-revoked-crl.sh \
+	tests/integration/revoked-norenew.sh \
 	tests/integration/renew-soak-tpm-cmp.sh
 TESTS += $(RENEW_TESTS)
 EXTRA_DIST += tests/renew-lib.sh tests/netns.sh $(RENEW_TESTS)

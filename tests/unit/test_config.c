@@ -470,6 +470,27 @@ static void test_renewal(void **state)
 	config_free(cfg);
 }
 
+/* Without renewal, the revocation check is still the identity's own. */
+static void test_revocation_without_renewal(void **state)
+{
+	struct config *cfg;
+	const struct cfg_identity *id;
+
+	(void)state;
+	cfg = load_ok("[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nkeystore = k\n"
+		      "key = handle:0x81000010\nrevocation-check = ocsp\nrevocation-interval = 2s\n"
+		      "[identity \"j\"]\nkeystore = k\nkey = handle:0x81000011\n");
+	id = config_identity(cfg, "i");
+	assert_int_equal(id->renew, RENEW_NONE);
+	assert_int_equal(id->revocation_check, REV_OCSP);
+	assert_int_equal(id->revocation_interval, 2);
+	assert_null(id->ca_trust);
+	id = config_identity(cfg, "j");
+	assert_int_equal(id->revocation_check, REV_AUTO);
+	assert_int_equal(id->revocation_interval, REV_DEFAULT_INTERVAL_S);
+	config_free(cfg);
+}
+
 #define RENEW_HEAD                                                                                 \
 	"[keystore \"k\"]\ntype = tpm2\n[identity \"i\"]\nkeystore = k\nkey = handle:0x81000010\n"
 
@@ -530,8 +551,6 @@ static void test_err_renewal(void **state)
 		     9,
 		     "bad revocation-interval \"0\": want a duration from 1s to 30d (\"1h\", "
 		     "\"30m\", \"45s\")");
-	expect_error(RENEW_HEAD "revocation-check = ocsp\n", 6,
-		     "identity \"i\": \"revocation-check\" needs renew = cmp or est");
 	expect_error(RENEW_HEAD "renew-verify = https://x/\n", 6,
 		     "identity \"i\": \"renew-verify\" needs renew = cmp or est");
 	expect_error(RENEW_HEAD "renew-auth = identity:e\n", 6,
@@ -1036,6 +1055,7 @@ int main(void)
 		cmocka_unit_test(test_sign_policy_names),
 		cmocka_unit_test(test_renewal),
 		cmocka_unit_test(test_err_renewal),
+		cmocka_unit_test(test_revocation_without_renewal),
 		cmocka_unit_test(test_module_root_owned_copy),
 		cmocka_unit_test(test_secret_bits),
 		cmocka_unit_test(test_err_unknown_key),

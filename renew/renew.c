@@ -1858,7 +1858,8 @@ static time_t visit_revocation(struct runtime *rt, struct identity_rt *id, time_
 	if (st == NULL)
 		return now + 60;
 	snapshot_take(id, &snap);
-	if (snap.chain != NULL &&
+	/* Only when there is something to ask: the clock file is not every identity's. */
+	if (snap.chain != NULL && rev_wanted(sk_X509_value(snap.chain, 0), cfg->revocation_check) &&
 	    !clock_good(rt->cfg->state_dir, now, snap.not_before, why, sizeof(why))) {
 		snapshot_free(&snap);
 		return now + CLOCK_RECHECK_S;

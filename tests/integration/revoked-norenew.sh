@@ -6,6 +6,8 @@
 #    within a few 2 s intervals: status, check and the metric say so, one error in the
 #    log says to import a new certificate, handshakes through the provider go on with
 #    the revoked certificate, nothing enrolls; a new certificate imported is good again;
+#    answers are verified with the issuer in the installed chain alone: a forged one or
+#    one from a responder certified without OCSP signing is unknown, a delegated one good;
 #  - bare (leaf only, no ca-trust): the issuer is nowhere to be found: unknown, never good;
 #  - quiet (revocation-check = off): no request at all to its responder; after a reload
 #    with revocation-check = auto, the request comes (the worker follows reloads).
@@ -74,6 +76,39 @@ assert_eq "$(revocation_metric dev good)" 1 "mtls_agent_revocation_state good (d
 assert_eq "$(handshake_ok dev)" "$s1" "serial the server saw"
 assert_eq "$(status_field dev renew)" "" "status renew of an identity that does not renew"
 assert_eq "$(status_field dev next-renewal)" "" "status next-renewal of an identity that does not renew"
+
+# 1b. Only the issuer or a responder it delegated to (its certificate, with OCSP signing)
+# may answer: a signer with the issuer's name and a key of its own, or one the issuer
+# certified without OCSP signing, is a warning, never "good".
+revocation_rogue
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=responder" \
+	-keyout "$WORK/rev/resp.key" -out "$WORK/rev/resp.csr" 2>/dev/null || fail "responder key"
+for eku in OCSPSigning clientAuth; do
+	printf 'basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = %s\n' \
+		"$eku" >"$WORK/rev/resp-$eku.ext"
+	openssl x509 -req -in "$WORK/rev/resp.csr" -CA "$CA_DIR/inter.crt" -CAkey "$CA_DIR/inter.key" \
+		-set_serial "0x$(openssl rand -hex 8)" -days 1 -extfile "$WORK/rev/resp-$eku.ext" \
+		-out "$WORK/rev/resp-$eku.crt" 2>/dev/null || fail "responder certificate ($eku)"
+done
+# The CRL would answer in the responder's place (auto): down meanwhile.
+pid_stop CRL_PID
+pid_stop OCSP_PID
+ocsp_start "$ocsp_port" "$WORK/rev/rogue.crt" "$WORK/rev/rogue.key"
+v=$(wait_revocation dev "^unknown \(bad response: signature not by the issuing CA" 10)
+log "dev, forged answer: revocation $v"
+pid_stop OCSP_PID
+ocsp_start "$ocsp_port" "$WORK/rev/resp-clientAuth.crt" "$WORK/rev/resp.key"
+sleep 3 # more than one interval: still not good
+v=$(wait_revocation dev "^unknown \(bad response: signature not by the issuing CA" 10)
+log "dev, responder certified without OCSP signing: revocation $v"
+pid_stop OCSP_PID
+ocsp_start "$ocsp_port" "$WORK/rev/resp-OCSPSigning.crt" "$WORK/rev/resp.key"
+v=$(wait_revocation dev "^good \(ocsp," 10)
+log "dev, delegated responder: revocation $v"
+pid_stop OCSP_PID
+ocsp_start "$ocsp_port"
+crl_server_start "$crl_port"
+assert_eq "$(handshake_ok dev)" "$s1" "serial the server saw after the forged answers"
 
 # 2. A leaf-only chain and no ca-trust: no issuer to verify an answer with.
 v=$(wait_revocation bare "^unknown \(the certificate's issuer is neither in its chain nor an anchor; " 15)

@@ -101,5 +101,5 @@ install_packages() { # LOG LIST_FILE...
 	progress_run "apt-get install of the ${#pkgs[@]} packages in $* (log: $log)" \
 		to_log "$log" apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${pkgs[@]}" ||
 		{ tail -n 30 "$log"; return 1; }
-	progress_note "$(grep -c '^Setting up ' "$log") packages newly set up (with their dependencies)"
+	progress_note "apt set up $(grep -c '^Setting up ' "$log") packages (those named, their dependencies, upgrades)"
 }

@@ -83,16 +83,23 @@ to_log() {
 	"$@" >>"$log" 2>&1
 }
 
-# apt-get install of .ci/packages, with progress lines; apt's output goes to LOG
-# and is shown (its end) only on failure.
-install_packages() { # LOG
-	local pkgs
-	mapfile -t pkgs < <(grep -v -e '^#' -e '^$' .ci/packages)
+# apt-get install of the packages named in the list files (one name a line, '#'
+# starts a comment; e.g. .ci/packages, .ci/packages-test), with progress lines;
+# apt's output goes to LOG and is shown (its end) only on failure.
+install_packages() { # LOG LIST_FILE...
+	local log=$1 pkgs f
+	shift
+	[ "$#" -gt 0 ] || { echo "install_packages: no package list given" >&2; return 1; }
+	for f in "$@"; do
+		[ -r "$f" ] || { echo "install_packages: cannot read the package list $f" >&2; return 1; }
+	done
+	mapfile -t pkgs < <(grep -h -v -e '^#' -e '^[[:space:]]*$' "$@")
 	export DEBIAN_FRONTEND=noninteractive
-	: >"$1"
-	progress_run "apt-get update" to_log "$1" apt-get -o DPkg::Lock::Timeout=300 update ||
-		{ tail -n 30 "$1"; return 1; }
-	progress_run "apt-get install of the ${#pkgs[@]} packages in .ci/packages (log: $1)" \
-		to_log "$1" apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${pkgs[@]}" ||
-		{ tail -n 30 "$1"; return 1; }
+	: >"$log"
+	progress_run "apt-get update" to_log "$log" apt-get -o DPkg::Lock::Timeout=300 update ||
+		{ tail -n 30 "$log"; return 1; }
+	progress_run "apt-get install of the ${#pkgs[@]} packages in $* (log: $log)" \
+		to_log "$log" apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${pkgs[@]}" ||
+		{ tail -n 30 "$log"; return 1; }
+	progress_note "apt set up $(grep -c '^Setting up ' "$log") packages (those named, their dependencies, upgrades)"
 }

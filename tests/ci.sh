@@ -155,7 +155,7 @@ if [ "${SKIP_FUZZ:-0}" != 1 ] && [ -f "$TOP/build/Makefile" ]; then
 			progress_run "fuzzers" "$TOP/fuzz/run-fuzzers.sh" "$TOP/build" "${FUZZ_SECONDS:-60}"
 		record "fuzz (make fuzz + run-fuzzers.sh)" $?
 	else
-		record "fuzz (clang missing: it is in .ci/packages)" 1
+		record "fuzz (clang missing: it is in .ci/packages-test)" 1
 	fi
 fi
 

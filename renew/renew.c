@@ -587,6 +587,20 @@ static void purge_half_key(struct identity_rt *id, const char *hex, const char *
 }
 
 /*
+ * Whether the certificate now served (its key cur_hex, its notAfter) is the one the
+ * journal's renewal was for. A renewal that certified a new key is installed when the
+ * certificate names that key. One that certified the current key again (rotate-key = no,
+ * a full key file) cannot be told apart by its key: the old certificate's notAfter, which
+ * the journal recorded, says the renewal never replaced it.
+ */
+static int renewal_installed(const struct journal *j, const char *cur_hex, time_t cur_not_after)
+{
+	if (j->new_key[0] == '\0' || strcmp(cur_hex, j->new_key) != 0)
+		return 0;
+	return strcmp(j->old_key, j->new_key) != 0 || (long long)cur_not_after != j->old_not_after;
+}
+
+/*
  * Finishes or rolls back what the journal says was interrupted. Returns 0
  * when no journal is left, -1 when it must stay (keystore unreachable, a key
  * that cannot be recorded yet).
@@ -595,6 +609,7 @@ static int reconcile(struct identity_rt *id)
 {
 	char err[256], cur_hex[2 * KS_MAX_ID + 1] = "";
 	struct journal j;
+	time_t cur_not_after;
 
 	if (!journal_read(id, &j))
 		return 0;
@@ -619,14 +634,19 @@ static int reconcile(struct identity_rt *id)
 		if (ks_activate(id->ks, id->current, err, sizeof(err)) != 0)
 			log_warn("identity \"%s\": %s", id->cfg->name, err);
 	}
+	cur_not_after = id->not_after;
 	pthread_mutex_unlock(&id->lock);
-	if (j.step == STEP_CONFIRMED && j.new_key[0] != '\0' && strcmp(cur_hex, j.new_key) != 0 &&
-	    install_staged(id, cur_hex, sizeof(cur_hex)) == 0)
+	if (j.step == STEP_CONFIRMED && !renewal_installed(&j, cur_hex, cur_not_after) &&
+	    j.new_key[0] != '\0' && install_staged(id, cur_hex, sizeof(cur_hex)) == 0) {
 		log_info("identity \"%s\": installed the certificate the CA had confirmed before "
 			 "the interruption",
 			 id->cfg->name);
+		pthread_mutex_lock(&id->lock);
+		cur_not_after = id->not_after;
+		pthread_mutex_unlock(&id->lock);
+	}
 	staged_remove(id);
-	if (j.new_key[0] != '\0' && strcmp(cur_hex, j.new_key) == 0) {
+	if (renewal_installed(&j, cur_hex, cur_not_after)) {
 		if (j.old_key[0] != '\0' && strcmp(j.old_key, j.new_key) != 0)
 			retire_add(id, j.old_key, j.old_not_after);
 		log_info("identity \"%s\": completed a renewal interrupted after step \"%s\": the "

@@ -56,9 +56,10 @@ KILLS=${SOAK_KILLS:-30}
 HS_EVERY=${SOAK_HANDSHAKE_EVERY:-10}
 MODES=${SOAK_MODES:-point inside external}
 # Short certificates (SoftHSM 120 s, swtpm 45 s): old keys leave the keystore during the
-# soak (retirement is part of what a kill may interrupt), and a TSS2 key file, which
-# holds at most 8 generations (keystore/ks-tpm2.c: the renewal fails until one retires),
-# stays below that at this test's renewal rate. renew-at 99% and a clean renewal between
+# soak (retirement is part of what a kill may interrupt). A TSS2 key file holds at most 8
+# generations (keystore/ks-tpm2.c); at this test's renewal rate it fills, and renewals then
+# certify the current key again, whose interruptions must be reconciled like any other
+# (renew/renew.c renewal_installed). renew-at 99% and a clean renewal between
 # kills once the certificate is half through its life keep the schedule quiet: a renewal
 # the agent starts by itself after a restart would race the checks.
 if [ "${SOAK_BACKEND:-pkcs11}" = tpm ]; then
